@@ -1,0 +1,58 @@
+"""The ``finedefics`` command line: one entry point with subcommands, like ``trl`` or ``accelerate``.
+
+Each subcommand lives in ``commands/<name>.py`` and exposes ``register(subparsers)``, which adds
+its parser and sets ``func``. Command modules import heavy libraries (torch, transformers) inside
+their ``run`` functions, so that ``finedefics --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Order is the order shown in ``finedefics --help``.
+COMMANDS = ("demo", "data", "train", "two-stage", "eval", "push", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finedefics",
+        description="Attribute-augmented alignment for fine-grained visual recognition with multimodal LLMs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module_name = "finedefics_training.commands." + name.replace("-", "_")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # command not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input is reported as one clear line, not a traceback.
+        print(f"finedefics {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
