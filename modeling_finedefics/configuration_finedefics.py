@@ -1,0 +1,53 @@
+"""Finedefics configuration: the Idefics2 configuration plus the alignment settings.
+
+This file ships inside every Finedefics checkpoint (``trust_remote_code``); it imports nothing from
+the rest of the Finedefics repository.
+"""
+
+from transformers import Idefics2Config
+
+
+class FinedeficsConfig(Idefics2Config):
+    r"""
+    Configuration of a [`FinedeficsForConditionalGeneration`]: an Idefics2 model (SigLIP vision encoder,
+    perceiver resampler, Mistral decoder) with the settings of attribute-augmented alignment.
+
+    Args (in addition to [`Idefics2Config`]'s):
+        embed_dim (`int`, *optional*, defaults to 0):
+            Output size of the optional linear projection heads applied to the pooled summary-token
+            states. 0 means no heads: embeddings live in the decoder's hidden size.
+        init_temperature (`float`, *optional*, defaults to 0.07):
+            Initial temperature tau of the object-attribute and attribute-category contrastive terms
+            (the logit scale is 1 / tau).
+        min_temperature (`float`, *optional*, defaults to 0.01):
+            Lower clamp of tau (the logit scale never exceeds 1 / min_temperature = 100, as in CLIP).
+        max_temperature (`float`, *optional*, defaults to 1.0):
+            Upper clamp of tau.
+        summary_token_id (`int`, *optional*):
+            Token appended to every sequence whose final hidden state is the global embedding.
+            Defaults to the text model's EOS id (the tokenizer's EOS when the model is built with the
+            package's builders or converter), never a hard-coded id.
+    """
+
+    model_type = "finedefics"
+
+    embed_dim: int = 0
+    init_temperature: float = 0.07
+    min_temperature: float = 0.01
+    max_temperature: float = 1.0
+    summary_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.summary_token_id is None:
+            self.summary_token_id = self.text_config.eos_token_id
+        if not 0 < self.min_temperature <= self.init_temperature <= self.max_temperature:
+            raise ValueError(
+                "FinedeficsConfig needs 0 < min_temperature <= init_temperature <= max_temperature, got "
+                f"{self.min_temperature}, {self.init_temperature}, {self.max_temperature}"
+            )
+        if self.embed_dim < 0:
+            raise ValueError(f"FinedeficsConfig.embed_dim must be >= 0 (0 = no projection heads), got {self.embed_dim}")
+
+
+__all__ = ["FinedeficsConfig"]

@@ -1,0 +1,361 @@
+"""Finedefics model: Idefics2 generation unchanged, plus the global embeddings and learnable
+temperatures that attribute-augmented alignment trains.
+
+Global embeddings are read from the decoder itself (as in the Finedefics paper): a sequence is run
+through the language model and the final hidden state of a summary token (EOS by default) is
+L2-normalised.
+- image embedding: the resampled image tokens followed by the summary token;
+- text embedding (attribute description, category name): the text followed by the summary token,
+  pooled at the last real token of each row, so left and right padding give the same result.
+
+The model provides representations; the contrastive objectives live in the training package.
+This file ships inside every Finedefics checkpoint (``trust_remote_code``); it imports nothing from
+the rest of the Finedefics repository.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Idefics2ForConditionalGeneration
+from transformers.utils import ModelOutput
+
+from .configuration_finedefics import FinedeficsConfig
+
+TEMPERATURE_NAMES = ("object_attribute", "attribute_category")
+WEIGHT_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+
+
+class FinedeficsTemperatures(nn.Module):
+    """Learnable logit scales of the contrastive terms, stored as ``log(1 / tau)`` (as CLIP does).
+
+    A module of its own (not bare parameters on the model) so that PEFT can train and save it with
+    an adapter through ``modules_to_save``.
+    """
+
+    def __init__(self, config: FinedeficsConfig):
+        super().__init__()
+        self.min_temperature = config.min_temperature
+        self.max_temperature = config.max_temperature
+        self.object_attribute = nn.Parameter(torch.empty(()))
+        self.attribute_category = nn.Parameter(torch.empty(()))
+
+    def reset_parameters(self, temperature: float) -> None:
+        with torch.no_grad():
+            for name in TEMPERATURE_NAMES:
+                getattr(self, name).fill_(math.log(1.0 / temperature))
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """Clamped logit scales ``1 / tau`` by name; the clamp keeps the gradient inside the range."""
+        max_log_scale = math.log(1.0 / self.min_temperature)
+        min_log_scale = math.log(1.0 / self.max_temperature)
+        return {
+            name: getattr(self, name).clamp(min_log_scale, max_log_scale).exp() for name in TEMPERATURE_NAMES
+        }
+
+
+@dataclass
+class FinedeficsEmbeddingOutput(ModelOutput):
+    """Global embeddings of one batched decoder pass over image-summary and text rows."""
+
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+
+
+@dataclass
+class FinedeficsClassificationOutput(ModelOutput):
+    """Zero-shot recognition result: per image, the top labels and their softmax scores."""
+
+    labels: list[list[str]] | None = None
+    scores: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
+    """Idefics2 with Finedefics' global embeddings, projection heads and learnable temperatures.
+
+    ``forward`` and ``generate`` are Idefics2's, with clearer errors on mismatched image inputs.
+    """
+
+    config_class = FinedeficsConfig
+    config: FinedeficsConfig
+
+    def __init__(self, config: FinedeficsConfig):
+        super().__init__(config)
+        hidden_size = config.text_config.hidden_size
+        if config.embed_dim > 0:
+            self.image_projection = nn.Linear(hidden_size, config.embed_dim, bias=False)
+            self.text_projection = nn.Linear(hidden_size, config.embed_dim, bias=False)
+        else:
+            self.image_projection = None
+            self.text_projection = None
+        self.temperatures = FinedeficsTemperatures(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, FinedeficsTemperatures):
+            module.reset_parameters(self.config.init_temperature)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` that never unpickles and names a missing weight file."""
+        kwargs.setdefault("use_safetensors", True)
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path) and not kwargs.get("gguf_file") and not kwargs.get("subfolder"):
+            if not any(os.path.isfile(os.path.join(path, name)) for name in WEIGHT_FILE_NAMES):
+                raise ValueError(
+                    f"Checkpoint folder {path!r} has no weights: expected one of {', '.join(WEIGHT_FILE_NAMES)}. "
+                    "Finedefics loads safetensors only (pickled .bin files are never loaded)."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    # --------------------------------------------------------------- embeddings
+    @property
+    def summary_token_id(self) -> int:
+        token_id = self.config.summary_token_id
+        if token_id is None:
+            raise ValueError("config.summary_token_id is not set; set it to the tokenizer's EOS id")
+        return token_id
+
+    def get_logit_scales(self) -> dict[str, torch.Tensor]:
+        """Clamped logit scales ``1 / tau``: keys ``object_attribute`` and ``attribute_category``."""
+        return self.temperatures()
+
+    def get_image_embeddings(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        image_features: list[torch.Tensor] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised image embeddings ``(B, D)``: resampled image tokens + summary token through the decoder.
+
+        Args:
+            pixel_values: ``(B, n_images, 3, H, W)`` as the processor returns them (or ``(B, 3, H, W)``).
+            pixel_attention_mask: the processor's pixel mask, if any.
+            image_features: resampled image features already computed by a forward pass
+                (``outputs.image_outputs.pooler_output``, a per-sample list); when given, the vision
+                tower is not run again.
+        """
+        return self.get_embeddings(pixel_values, pixel_attention_mask, image_features=image_features).image_embeds
+
+    def get_text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised text embeddings ``(B, D)``, pooled at the last real token of each row.
+
+        ``input_ids`` should end with the summary token (``FinedeficsProcessor.tokenize_texts`` appends
+        it). Left and right padding give the same embedding.
+        """
+        return self.get_embeddings(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+
+    def get_embeddings(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_features: list[torch.Tensor] | torch.Tensor | None = None,
+    ) -> FinedeficsEmbeddingOutput:
+        """Image and text embeddings in ONE decoder pass: image-summary rows and text rows share a batch.
+
+        This is what makes a contrastive training step cheap: descriptions, negatives, category names
+        and image summaries cost one decoder call, not one per kind.
+        """
+        if pixel_values is not None and image_features is None:
+            image_features = self._image_features(pixel_values, pixel_attention_mask)
+        rows, masks = [], []
+        num_images = 0
+        if image_features is not None:
+            image_rows, image_mask = self._image_summary_rows(image_features)
+            rows.append(image_rows)
+            masks.append(image_mask)
+            num_images = image_rows.shape[0]
+        if input_ids is not None:
+            text_rows, text_mask = self._text_rows(input_ids, attention_mask)
+            rows.append(text_rows)
+            masks.append(text_mask)
+        if not rows:
+            raise ValueError("get_embeddings needs pixel_values, image_features or input_ids")
+        inputs_embeds, mask = _concat_right_padded(rows, masks)
+        pooled = self._pool_summary(inputs_embeds, mask)
+        image_embeds = self._project(pooled[:num_images], self.image_projection) if num_images else None
+        text_embeds = self._project(pooled[num_images:], self.text_projection) if input_ids is not None else None
+        return FinedeficsEmbeddingOutput(image_embeds=image_embeds, text_embeds=text_embeds)
+
+    def _image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None):
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values.unsqueeze(1)
+            if pixel_attention_mask is not None and pixel_attention_mask.dim() == 3:
+                pixel_attention_mask = pixel_attention_mask.unsqueeze(1)
+        if pixel_values.dim() != 5:
+            raise ValueError(
+                f"pixel_values must be (batch, n_images, 3, height, width) or (batch, 3, height, width), "
+                f"got shape {tuple(pixel_values.shape)}"
+            )
+        outputs = self.model.get_image_features(pixel_values, pixel_attention_mask, return_dict=True)
+        return outputs.pooler_output
+
+    def _image_summary_rows(self, image_features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample: its resampled image tokens followed by the summary token's input embedding."""
+        if isinstance(image_features, torch.Tensor):
+            image_features = list(image_features) if image_features.dim() == 3 else [image_features]
+        if any(features.shape[0] == 0 for features in image_features):
+            raise ValueError("every sample needs at least one real image to compute an image embedding")
+        summary = self._summary_embedding(image_features[0])
+        rows = [torch.cat([features.to(summary.dtype), summary], dim=0) for features in image_features]
+        return _right_pad(rows)
+
+    def _text_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        max_positions = self.config.text_config.max_position_embeddings
+        if input_ids.shape[1] > max_positions:
+            raise ValueError(f"text of {input_ids.shape[1]} tokens is longer than the model's maximum of {max_positions}")
+        if (attention_mask.sum(dim=1) == 0).any():
+            raise ValueError("a text row has no real token (empty text); embeddings need at least the summary token")
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        # Left-padded rows are moved to the right so that every row's real tokens start at position 0.
+        order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)
+        inputs_embeds = torch.gather(inputs_embeds, 1, order.unsqueeze(-1).expand_as(inputs_embeds))
+        return inputs_embeds, torch.gather(attention_mask, 1, order)
+
+    def _summary_embedding(self, like: torch.Tensor) -> torch.Tensor:
+        token = torch.tensor([self.summary_token_id], device=like.device)
+        return self.get_input_embeddings()(token)
+
+    def _pool_summary(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Decoder hidden state at the last real position of each (right-padded) row."""
+        hidden = self.model.text_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False, return_dict=True
+        ).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    @staticmethod
+    def _project(pooled: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
+        if projection is not None:
+            pooled = projection(pooled)
+        return F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
+
+    # ------------------------------------------------------------ classification
+    @torch.no_grad()
+    def classify(
+        self,
+        images,
+        candidate_labels: list[str],
+        processor,
+        top_k: int = 5,
+        label_batch_size: int = 256,
+    ) -> FinedeficsClassificationOutput:
+        """Zero-shot recognition by embedding similarity between images and candidate category names.
+
+        Args:
+            images: one PIL image or a list of them.
+            candidate_labels: the category names to choose from.
+            processor: the checkpoint's ``FinedeficsProcessor``.
+            top_k: how many labels to return per image.
+
+        Returns:
+            ``labels`` (per image, the top-k names, best first), ``scores`` (their softmax
+            probabilities at the learned attribute-category temperature), ``indices`` and the full
+            ``logits`` ``(n_images, n_labels)``.
+        """
+        if not candidate_labels:
+            raise ValueError("classify needs at least one candidate label")
+        images = images if isinstance(images, (list, tuple)) else [images]
+        image_inputs = processor.image_processor([[image] for image in images], return_tensors="pt")
+        image_inputs = image_inputs.to(self.device)
+        image_embeds = self.get_image_embeddings(
+            image_inputs["pixel_values"].to(self.dtype), image_inputs.get("pixel_attention_mask")
+        )
+        label_embeds = []
+        for start in range(0, len(candidate_labels), label_batch_size):
+            text_inputs = processor.tokenize_texts(candidate_labels[start : start + label_batch_size]).to(self.device)
+            label_embeds.append(self.get_text_embeddings(text_inputs["input_ids"], text_inputs["attention_mask"]))
+        label_embeds = torch.cat(label_embeds)
+        logits = self.get_logit_scales()["attribute_category"] * image_embeds.float() @ label_embeds.float().T
+        scores, indices = logits.softmax(dim=-1).topk(min(top_k, len(candidate_labels)), dim=-1)
+        labels = [[candidate_labels[i] for i in row] for row in indices.tolist()]
+        return FinedeficsClassificationOutput(labels=labels, scores=scores, indices=indices, logits=logits)
+
+    # -------------------------------------------------------------- generation
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.BoolTensor | None = None,
+        mm_encoder_outputs=None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """Idefics2's forward, after checking that image tokens and images match."""
+        if input_ids is not None and pixel_values is not None:
+            self._check_image_tokens(input_ids, pixel_values)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_attention_mask=pixel_attention_mask,
+            mm_encoder_outputs=mm_encoder_outputs,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def _check_image_tokens(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        """A clear error when the prompts' image tokens and the images passed do not match."""
+        if pixel_values.dim() != 5:
+            raise ValueError(
+                f"pixel_values must be (batch, n_images, 3, height, width), got shape {tuple(pixel_values.shape)}"
+            )
+        if input_ids.shape[1] == 1:  # a decoding step: images were merged at the prefill
+            return
+        real_images = (pixel_values != 0).flatten(2).any(dim=-1).sum(dim=1)
+        image_tokens = (input_ids == self.config.image_token_id).sum(dim=1)
+        expected = real_images * self.config.perceiver_config.resampler_n_latents
+        if pixel_values.shape[0] != input_ids.shape[0] or not torch.equal(image_tokens, expected):
+            raise ValueError(
+                f"image tokens and images do not match: the prompts hold {image_tokens.tolist()} image tokens, "
+                f"the images need {expected.tolist()} ({self.config.perceiver_config.resampler_n_latents} per image). "
+                "Put one <image> placeholder per image in the text and let the processor expand it."
+            )
+
+
+def _right_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(row.shape[0] for row in rows)
+    padded = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
+    for i, row in enumerate(rows):
+        padded[i, : row.shape[0]] = row
+        mask[i, : row.shape[0]] = 1
+    return padded, mask
+
+
+def _concat_right_padded(rows: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack right-padded blocks of different lengths into one right-padded batch."""
+    length = max(block.shape[1] for block in rows)
+    dtype = rows[0].dtype
+    padded = [F.pad(block.to(dtype), (0, 0, 0, length - block.shape[1])) for block in rows]
+    padded_masks = [F.pad(mask, (0, length - mask.shape[1])) for mask in masks]
+    return torch.cat(padded), torch.cat(padded_masks)
+
+
+__all__ = ["FinedeficsForConditionalGeneration", "FinedeficsTemperatures"]
