@@ -13,3 +13,26 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+
+import pytest  # noqa: E402
+
+TEST_CORPUS = [
+    "a small bird with a red crown, a short conical beak and barred brown wings",
+    "Velmoran Thistlewing", "Ashcombe Reedhopper", "Which of these birds is shown in the image?",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    """A FinedeficsProcessor with a BPE tokenizer trained offline on a few sentences, 64 px images."""
+    from modeling_finedefics.tiny import build_tiny_processor, build_tiny_tokenizer
+
+    return build_tiny_processor(build_tiny_tokenizer(TEST_CORPUS))
+
+
+@pytest.fixture
+def micro_model(tiny_processor):
+    """A fresh ~1M-parameter Finedefics model (seeded), in eval mode."""
+    from modeling_finedefics.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_processor, preset="micro", seed=0).eval()
