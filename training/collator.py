@@ -1,0 +1,191 @@
+"""Chat-formatted batches for both Finedefics stages, with every contrastive text of a step in one batch.
+
+A training record (see ``data/schema.py``) holds ``image``, ``category``, ``attribute`` (this image's
+attribute description), ``neg_categories`` and ``neg_attributes`` (hard negatives, most similar first).
+
+- Stage I instruction: "describe the object's attributes" -> the attribute description (rows without a
+  description fall back to the open-set name question, so no row is dropped).
+- Stage II instructions: open-set ("What is the species of the bird in the image?" -> name) and
+  closed-set multiple choice whose wrong options are the row's hard negatives, in a seeded order.
+
+Only answer tokens are supervised: prompt, image and padding positions get label -100.
+
+For stage I the collator also tokenises, in ONE padded batch, every distinct text the contrastive
+terms need (descriptions, negative descriptions, category names, negative names), and returns index
+tensors into it, so the trainer embeds them all in a single decoder pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+LETTERS = "ABCDEFGHIJ"
+
+DESCRIBE_INSTRUCTION = "Describe the attributes of the {noun} in the image."
+OPEN_SET_QUESTION = "What is the species of the {noun} in the image?"
+CLOSED_SET_QUERY = "Which of these {noun}s is shown in the image?"
+
+
+def multiple_choice_prompt(query: str, options: list[str]) -> str:
+    """FOCI's multiple-choice prompt: the query, lettered options, and the answer instruction."""
+    lines = [query, "Choices:"] + [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
+    return "\n".join(lines) + "\nAnswer with the letter from the given choices directly."
+
+
+def stable_category_id(name: str) -> int:
+    """A category id that is the same on every rank and in every process (names are the identity)."""
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=7).digest(), "big")
+
+
+def _example_rng(seed: int, example: dict, row: int) -> random.Random:
+    """Per-example randomness that does not depend on batch order, so resumed runs see the same data."""
+    key = example.get("example_id", row)
+    return random.Random(f"{seed}:{key}:{example.get('category', '')}")
+
+
+@dataclass
+class FinedeficsDataCollator:
+    """Builds model inputs, answer-only labels and (stage I) contrastive text batches.
+
+    Args:
+        processor: a ``FinedeficsProcessor``.
+        stage: 1 (attribute description + contrastive texts) or 2 (recognition instructions).
+        num_negatives: hard negatives per row used by the contrastive terms and the multiple choice.
+        closed_set_ratio: share of stage II rows asked as multiple choice (the rest are open-set).
+        noun: what the objects are ("bird", "car", ...), used in the instructions.
+        seed: seeds the per-example choice of question and option order.
+        max_length: prompts longer than this raise an error rather than being truncated (truncation
+            would cut image tokens).
+    """
+
+    processor: object
+    stage: int = 1
+    num_negatives: int = 3
+    closed_set_ratio: float = 0.5
+    noun: str = "bird"
+    seed: int = 0
+    max_length: int | None = None
+    contrastive: bool = True
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        for row, example in enumerate(examples):
+            _check_example(example, row)
+        conversations = [self._conversation(example, row) for row, example in enumerate(examples)]
+        batch = self._tokenize_conversations(examples, conversations)
+        if self.stage == 1 and self.contrastive:
+            missing = [row for row, example in enumerate(examples) if example.get("image") is None]
+            if missing:
+                raise ValueError(f"stage I rows need an image for the contrastive terms; rows {missing} have none")
+            batch.update(self._contrastive_texts(examples))
+        return batch
+
+    # ------------------------------------------------------------ instructions
+    def _conversation(self, example: dict, row: int) -> tuple[str, str]:
+        """(user text, assistant answer) for one example."""
+        if example.get("question"):
+            return example["question"], example["answer"]  # an explicit instruction row
+        if self.stage == 1 and example.get("attribute"):
+            return DESCRIBE_INSTRUCTION.format(noun=self.noun), example["attribute"]
+        rng = _example_rng(self.seed, example, row)
+        negatives = [n for n in (example.get("neg_categories") or []) if n != example["category"]]
+        if self.stage == 2 and negatives and rng.random() < self.closed_set_ratio:
+            options = [example["category"]] + negatives[: self.num_negatives]
+            rng.shuffle(options)
+            prompt = multiple_choice_prompt(CLOSED_SET_QUERY.format(noun=self.noun), options)
+            return prompt, LETTERS[options.index(example["category"])]
+        return OPEN_SET_QUESTION.format(noun=self.noun), example["category"]
+
+    def _tokenize_conversations(self, examples: list[dict], conversations: list[tuple[str, str]]) -> dict:
+        processor = self.processor
+        prompts, full_texts = [], []
+        for example, (question, answer) in zip(examples, conversations):
+            image_part = [{"type": "image"}] if example.get("image") is not None else []
+            user = {"role": "user", "content": image_part + [{"type": "text", "text": question}]}
+            assistant = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
+            prompts.append(processor.apply_chat_template([user], add_generation_prompt=True))
+            full_texts.append(processor.apply_chat_template([user, assistant]).rstrip("\n"))
+        images = [[example["image"]] if example.get("image") is not None else [] for example in examples]
+        batch = processor(images=images, text=full_texts, return_tensors="pt", padding=True, padding_side="right")
+        prompt_lengths = [len(ids) for ids in processor(text=prompts)["input_ids"]]
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            raise ValueError(
+                f"a training sequence is {batch['input_ids'].shape[1]} tokens, more than max_length={self.max_length}; "
+                "raise max_length (truncation would cut image tokens)"
+            )
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        for row, length in enumerate(prompt_lengths):
+            labels[row, :length] = IGNORE_INDEX  # prompt and image tokens are never supervised
+        batch["labels"] = labels
+        return dict(batch)
+
+    # ------------------------------------------------------- contrastive texts
+    def _contrastive_texts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        texts: dict[str, int] = {}
+
+        def index_of(text: str | None) -> int:
+            if not text or not text.strip():
+                return -1
+            return texts.setdefault(text, len(texts))
+
+        k = self.num_negatives
+        attribute_index, category_index, category_ids = [], [], []
+        neg_attribute_index, neg_category_index, neg_category_ids = [], [], []
+        for example in examples:
+            attribute_index.append(index_of(example.get("attribute")))
+            category_index.append(index_of(example["category"]))
+            category_ids.append(stable_category_id(example["category"]))
+            names = list(example.get("neg_categories") or [])[:k]
+            descriptions = list(example.get("neg_attributes") or [])[:k]
+            neg_category_index.append(_pad([index_of(n) for n in names], k))
+            neg_category_ids.append(_pad([stable_category_id(n) for n in names], k))
+            neg_attribute_index.append(_pad([index_of(d) for d in descriptions], k))
+        encoded = self.processor.tokenize_texts(list(texts), padding_side="right")
+        return {
+            "contrastive_input_ids": encoded["input_ids"],
+            "contrastive_attention_mask": encoded["attention_mask"],
+            "attribute_index": torch.tensor(attribute_index),
+            "category_index": torch.tensor(category_index),
+            "category_ids": torch.tensor(category_ids),
+            "neg_attribute_index": torch.tensor(neg_attribute_index, dtype=torch.long).reshape(len(examples), k),
+            "neg_category_index": torch.tensor(neg_category_index, dtype=torch.long).reshape(len(examples), k),
+            "neg_category_ids": torch.tensor(neg_category_ids, dtype=torch.long).reshape(len(examples), k),
+        }
+
+
+def _pad(values: list[int], k: int) -> list[int]:
+    return (values + [-1] * k)[:k]
+
+
+def _check_example(example: dict, row: int) -> None:
+    where = f"example {example.get('example_id', row)}"
+    category = example.get("category")
+    if example.get("question") and not example.get("answer"):
+        raise ValueError(f"{where}: field 'answer' is empty for question {example['question']!r}")
+    if not isinstance(category, str) or not category.strip():
+        raise ValueError(f"{where}: field 'category' is empty; every training image needs a category name")
+    if example.get("image") is None:
+        if example.get("question") and example.get("answer"):
+            return  # a text-only instruction row (e.g. category knowledge)
+        raise ValueError(f"{where} ({category}): field 'image' is missing")
+    if isinstance(example["image"], str):
+        # A path: open it now so a missing file is reported with its name.
+        example["image"] = _load_image(example["image"], where)
+
+
+def _load_image(path: str, where: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError as error:
+        raise ValueError(f"{where}: image file not found: {path}") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{where}: cannot read image file {path} ({error})") from error

@@ -1,0 +1,68 @@
+"""Configuration of a Finedefics training run: a TRL ``SFTConfig`` plus the alignment settings.
+
+Kept beside ``trainer.py`` as TRL keeps ``SFTConfig`` beside ``SFTTrainer``. Every field can be set in a
+YAML recipe or on the command line (``finedefics train --config recipe.yaml --stage 2``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+
+@dataclass
+class FinedeficsTrainingConfig(SFTConfig):
+    r"""
+    [`SFTConfig`] for [`FinedeficsTrainer`], with the attribute-augmented alignment settings.
+
+    Parameters:
+        stage (`int`, defaults to 1):
+            1: instruction tuning on attribute descriptions + the three attribute contrastive terms.
+            2: classification-centred instruction tuning (LM loss only).
+        object_attribute_weight, attribute_category_weight, category_category_weight (`float`, defaults to 0.5):
+            Weights of the contrastive terms in ``L = L_lm + w_oa L_oa + w_ac L_ac + w_cc L_cc``.
+        num_negatives (`int`, defaults to 3):
+            Hard negatives per example, for the contrastive terms and the multiple-choice questions.
+        use_hard_negatives (`bool`, defaults to `True`):
+            Add the hard negatives as extra contrastive columns (turn off for the "no hard negatives" ablation).
+        train_temperatures (`bool`, defaults to `True`):
+            Learn the temperatures in stage I (they are always frozen in stage II, where no term uses them).
+        init_temperature (`float`, *optional*):
+            Reset both temperatures to this value before training (default: keep the model's).
+        closed_set_ratio (`float`, defaults to 0.5):
+            Share of stage II examples asked as multiple choice rather than open-set naming.
+        object_noun (`str`, defaults to `"bird"`):
+            The super-category's noun used in the instructions ("bird", "car", "aircraft", ...).
+        gather_with_grad (`bool`, defaults to `True`):
+            Under multi-process training, gather embeddings from all ranks with gradients so every rank sees
+            every negative.
+    """
+
+    stage: int = field(default=1, metadata={"help": "1 = attribute contrastive + description tuning, 2 = recognition tuning"})
+    object_attribute_weight: float = field(default=0.5, metadata={"help": "weight of the object-attribute term"})
+    attribute_category_weight: float = field(default=0.5, metadata={"help": "weight of the attribute-category term"})
+    category_category_weight: float = field(default=0.5, metadata={"help": "weight of the category-category term"})
+    num_negatives: int = field(default=3, metadata={"help": "hard negatives per example"})
+    use_hard_negatives: bool = field(default=True, metadata={"help": "use hard negatives as extra contrastive columns"})
+    train_temperatures: bool = field(default=True, metadata={"help": "learn the temperatures in stage I"})
+    init_temperature: float | None = field(default=None, metadata={"help": "reset the temperatures before training"})
+    closed_set_ratio: float = field(default=0.5, metadata={"help": "share of multiple-choice questions in stage II"})
+    object_noun: str = field(default="bird", metadata={"help": "noun of the super-category used in instructions"})
+    gather_with_grad: bool = field(default=True, metadata={"help": "gather negatives across ranks with gradients"})
+
+    def __post_init__(self):
+        # Columns such as `attribute` and `neg_categories` are read by the collator, not the model.
+        self.remove_unused_columns = False
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        super().__post_init__()
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if not 0.0 <= self.closed_set_ratio <= 1.0:
+            raise ValueError(f"closed_set_ratio must be in [0, 1], got {self.closed_set_ratio}")
+
+    @property
+    def contrastive_weights(self) -> tuple[float, float, float]:
+        return (self.object_attribute_weight, self.attribute_category_weight, self.category_category_weight)

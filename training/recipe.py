@@ -1,0 +1,205 @@
+"""The Finedefics recipe: load a model for full / LoRA / QLoRA training, run one stage, merge, run both.
+
+    finedefics train --config recipes/tiny-cpu-stage1.yaml           # one stage
+    finedefics two-stage --config recipes/tiny-cpu-two-stage.yaml    # stage I, merge, stage II
+
+Each stage's output folder is a complete checkpoint (merged weights as safetensors, processor, model
+code, README) that loads with ``AutoModelForImageTextToText.from_pretrained(..., trust_remote_code=True)``.
+Multi-process runs go through ``accelerate launch`` or ``torchrun``; nothing here starts processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .config import FinedeficsTrainingConfig
+
+logger = logging.getLogger(__name__)
+
+# Attention and MLP projections of the text model, the modality projection and the perceiver
+# resampler; the vision tower is not matched, so it stays frozen.
+DEFAULT_LORA_TARGETS = (
+    r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+# Kept in full precision under QLoRA and trained/saved with the adapter.
+NOT_QUANTISED = ["lm_head", "image_projection", "text_projection", "temperatures"]
+MODULES_TO_SAVE = ["temperatures", "image_projection", "text_projection"]
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train and how (full fine-tuning, LoRA or QLoRA)."""
+
+    model_name_or_path: str = field(default="HuggingFaceM4/idefics2-8b", metadata={"help": "Hub id or folder of the base model"})
+    tuning: str = field(default="lora", metadata={"help": "full, lora or qlora"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.2, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default=DEFAULT_LORA_TARGETS, metadata={"help": "regex of modules that get LoRA"})
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "keep the SigLIP encoder frozen (full tuning)"})
+    trust_remote_code: bool = field(default=True, metadata={"help": "load Finedefics code shipped with the checkpoint"})
+    torch_dtype: str = field(default="auto", metadata={"help": "float32, bfloat16, float16 or auto"})
+
+    def __post_init__(self):
+        if self.tuning not in ("full", "lora", "qlora"):
+            raise ValueError(f"tuning must be full, lora or qlora, got {self.tuning!r}")
+
+
+@dataclass
+class DataArguments:
+    """Where the training data comes from."""
+
+    dataset_dir: str | None = field(default=None, metadata={"help": "folder from `finedefics data` (train/ test/ categories.json)"})
+    dataset_name: str | None = field(default=None, metadata={"help": "a `datasets` dataset already carrying Finedefics columns"})
+    train_split: str = field(default="train", metadata={"help": "split to train on"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set (debugging)"})
+
+    def __post_init__(self):
+        if not self.dataset_dir and not self.dataset_name:
+            raise ValueError("give dataset_dir (a `finedefics data` folder) or dataset_name")
+
+
+# ---------------------------------------------------------------------------- model
+def load_model_and_processor(model_args: ModelArguments, training_args: FinedeficsTrainingConfig):
+    """The model (wrapped with PEFT for LoRA/QLoRA) and its processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import modeling_finedefics  # noqa: F401  (local registration of the Finedefics classes)
+
+    kwargs = {"trust_remote_code": model_args.trust_remote_code, "dtype": _dtype(model_args.torch_dtype)}
+    if model_args.tuning == "qlora":
+        kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
+    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    if model_args.tuning == "full":
+        if model_args.freeze_vision_tower:
+            model.model.vision_model.requires_grad_(False)
+        return model, processor
+    return apply_lora(model, model_args, training_args), processor
+
+
+def qlora_quantization_config(compute_dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype if compute_dtype not in (None, "auto") else torch.float32,
+        llm_int8_skip_modules=NOT_QUANTISED,
+    )
+
+
+def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrainingConfig):
+    """Wrap with LoRA; temperatures and projection heads train in full and are saved with the adapter."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if model_args.tuning == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+    modules_to_save = [name for name in MODULES_TO_SAVE if getattr(model, name, None) is not None]
+    config = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    return model
+
+
+def merge_and_save(model, processor, output_dir: str | Path) -> Path:
+    """Merge a LoRA adapter (if any) into the weights and save a complete, loadable checkpoint."""
+    output_dir = Path(output_dir)
+    if hasattr(model, "merge_and_unload"):
+        if getattr(model, "is_loaded_in_4bit", False) or _is_quantised(model):
+            model = dequantised_merge(model)
+        else:
+            model = model.merge_and_unload()
+    model.save_pretrained(output_dir, safe_serialization=True)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def dequantised_merge(peft_model):
+    """QLoRA merge: dequantise the 4-bit base to the compute dtype, then merge the adapter into it."""
+    base = peft_model.get_base_model()
+    dtype = next(p.dtype for p in base.parameters() if p.is_floating_point() and p.dtype != torch.uint8)
+    merged = peft_model.merge_and_unload()
+    if hasattr(merged, "dequantize"):
+        merged = merged.dequantize()
+    merged.config.quantization_config = None
+    if hasattr(merged, "hf_quantizer"):
+        merged.hf_quantizer = None
+    merged.is_quantized = False
+    return merged.to(dtype)
+
+
+def _is_quantised(model) -> bool:
+    return any(type(module).__name__ in ("Linear4bit", "Linear8bitLt") for module in model.modules())
+
+
+def _dtype(name: str):
+    if name in ("auto", None):
+        return "auto"
+    return getattr(torch, name)
+
+
+# ----------------------------------------------------------------------------- data
+def load_training_dataset(data_args: DataArguments):
+    """The training split with the Finedefics columns (image, category, attribute, negatives)."""
+    if data_args.dataset_dir:
+        from .data.synth import load_benchmark
+
+        if not Path(data_args.dataset_dir).is_dir():
+            raise FileNotFoundError(f"dataset_dir {data_args.dataset_dir} does not exist; run `finedefics data synth` first")
+        dataset = load_benchmark(data_args.dataset_dir)[data_args.train_split]
+    else:
+        from datasets import load_dataset
+
+        dataset = load_dataset(data_args.dataset_name, split=data_args.train_split)
+    if data_args.max_train_samples:
+        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    if "example_id" not in dataset.column_names:
+        dataset = dataset.add_column("example_id", list(range(len(dataset))))
+    return dataset
+
+
+# ----------------------------------------------------------------------------- runs
+def run_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
+              callbacks=None) -> Path:
+    """Train one stage and write its merged checkpoint to ``training_args.output_dir/final``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .trainer import FinedeficsTrainer
+
+    model, processor = load_model_and_processor(model_args, training_args)
+    dataset = load_training_dataset(data_args)
+    trainer = FinedeficsTrainer(model=model, args=training_args, train_dataset=dataset,
+                                processing_class=processor, callbacks=callbacks)
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir):
+        resume = get_last_checkpoint(training_args.output_dir)  # pick up an interrupted run
+    if resume:
+        logger.info("resuming stage %d from %s", training_args.stage, resume)
+    trainer.train(resume_from_checkpoint=resume)
+    final_dir = Path(training_args.output_dir) / "final"
+    if trainer.is_world_process_zero():
+        merge_and_save(trainer.model, processor, final_dir)
+        logger.info("stage %d checkpoint: %s", training_args.stage, final_dir)
+    trainer.accelerator.wait_for_everyone()
+    return final_dir
+
+
+def run_two_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
+                  stage2_overrides: dict | None = None) -> tuple[Path, Path]:
+    """Stage I, merge, stage II (from the merged stage I checkpoint): the paper's recipe in one call."""
+    root = Path(training_args.output_dir)
+    stage1_args = replace(training_args, stage=1, output_dir=str(root / "stage1"))
+    stage1_dir = run_stage(model_args, data_args, stage1_args)
+    stage2_args = replace(training_args, stage=2, output_dir=str(root / "stage2"), **(stage2_overrides or {}))
+    stage2_model_args = replace(model_args, model_name_or_path=str(stage1_dir))
+    stage2_dir = run_stage(stage2_model_args, data_args, stage2_args)
+    return stage1_dir, stage2_dir

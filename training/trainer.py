@@ -1,0 +1,185 @@
+"""``FinedeficsTrainer``: TRL's ``SFTTrainer`` plus the attribute contrastive terms of Finedefics stage I.
+
+    loss = L_lm + w_oa * L_oa + w_ac * L_ac + w_cc * L_cc          (stage I)
+    loss = L_lm                                                    (stage II)
+
+``L_lm`` is the next-token loss on answer tokens only (prompt, image and padding tokens are masked by
+the collator). The contrastive terms are computed from ONE extra decoder pass: the image summaries
+reuse the resampled image features of the main forward (the vision tower runs once), and every text
+of the step (descriptions, negative descriptions, category names, negative names) shares that pass.
+Every term, the temperatures and how often a term had to be skipped are logged each step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+
+from .collator import IGNORE_INDEX, FinedeficsDataCollator
+from .config import FinedeficsTrainingConfig
+from .losses import ContrastiveBatch, FinedeficsContrastiveLoss
+
+logger = logging.getLogger(__name__)
+
+CONTRASTIVE_KEYS = (
+    "contrastive_input_ids", "contrastive_attention_mask", "attribute_index", "category_index", "category_ids",
+    "neg_attribute_index", "neg_category_index", "neg_category_ids",
+)
+TERM_NAMES = ("object_attribute", "attribute_category", "category_category")
+STAGE_ONE_COLUMNS = ("image", "category", "attribute")
+NEGATIVE_COLUMNS = ("neg_categories", "neg_attributes")
+
+
+class FinedeficsTrainer(SFTTrainer):
+    """Instruction tuning with Finedefics' attribute-augmented contrastive alignment.
+
+    Args:
+        model: a ``FinedeficsForConditionalGeneration`` (or a PEFT model wrapping one).
+        args: a [`FinedeficsTrainingConfig`].
+        processing_class: the model's ``FinedeficsProcessor`` (required: it builds the chat prompts).
+        data_collator: defaults to a [`FinedeficsDataCollator`] for ``args.stage``.
+        Other arguments are [`SFTTrainer`]'s.
+    """
+
+    _tag_names = ["trl", "sft", "finedefics"]
+    _name = "Finedefics"
+
+    def __init__(self, model, args: FinedeficsTrainingConfig | None = None, data_collator=None,
+                 train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
+        if args is None:
+            args = FinedeficsTrainingConfig(output_dir="finedefics-output")
+        if processing_class is None:
+            raise ValueError("FinedeficsTrainer needs processing_class: the model's FinedeficsProcessor")
+        if train_dataset is not None:
+            check_training_columns(train_dataset, args)
+        if data_collator is None:
+            data_collator = FinedeficsDataCollator(
+                processor=processing_class, stage=args.stage, num_negatives=args.num_negatives,
+                closed_set_ratio=args.closed_set_ratio, noun=args.object_noun, seed=args.seed,
+                max_length=args.max_length,
+            )
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        # The loss adds terms the model does not know of: let Trainer scale it for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self.contrastive_loss = FinedeficsContrastiveLoss(
+            weights=args.contrastive_weights, gather_with_grad=args.gather_with_grad,
+            use_hard_negatives=args.use_hard_negatives,
+        )
+        self._prepare_temperatures()
+
+    # ------------------------------------------------------------------ set-up
+    def _core_model(self, model=None):
+        """The FinedeficsForConditionalGeneration under any DDP / PEFT wrapping."""
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _prepare_temperatures(self) -> None:
+        core = self._core_model()
+        if self.args.init_temperature is not None:
+            for parameter in _temperature_parameters(core):
+                with torch.no_grad():
+                    parameter.fill_(-torch.log(torch.tensor(self.args.init_temperature)).item())
+        trainable = self.args.stage == 1 and self.args.train_temperatures
+        for parameter in _temperature_parameters(core):
+            parameter.requires_grad_(trainable)
+
+    # -------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        contrastive_inputs = {key: inputs.pop(key) for key in CONTRASTIVE_KEYS if key in inputs}
+        labels = inputs.pop("labels")
+        # No fused LM head: the contrastive terms need the forward's image features.
+        outputs = model(**inputs, use_cache=False)
+        lm_loss, token_accuracy = causal_lm_loss(outputs.logits, labels)
+        loss = lm_loss
+        self._log_metric(mode, "lm_loss", lm_loss)
+        self._log_metric(mode, "mean_token_accuracy", token_accuracy)
+        if self.args.stage == 1 and contrastive_inputs:
+            loss = loss + self._contrastive_step(mode, outputs, contrastive_inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _contrastive_step(self, mode: str, outputs, contrastive_inputs: dict) -> torch.Tensor:
+        core = self._core_model()
+        embeddings = core.get_embeddings(
+            image_features=outputs.image_outputs.pooler_output,
+            input_ids=contrastive_inputs["contrastive_input_ids"],
+            attention_mask=contrastive_inputs["contrastive_attention_mask"],
+        )
+        batch = build_contrastive_batch(embeddings.image_embeds, embeddings.text_embeds, contrastive_inputs)
+        scales = core.get_logit_scales()
+        result = self.contrastive_loss(batch, scales)
+        for name in TERM_NAMES:
+            if name in result.terms:
+                self._log_metric(mode, f"loss_{name}", result.terms[name])
+            self._log_metric(mode, f"skipped_{name}", torch.tensor(float(name in result.skipped)))
+        for name, scale in scales.items():
+            self._log_metric(mode, f"temperature_{name}", 1.0 / scale.detach())
+        return result.loss
+
+    def _log_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
+        value = value.detach().float().reshape(1).to(self.accelerator.device)
+        self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy over supervised (answer) tokens, and their top-1 accuracy.
+
+    A batch without any supervised token gives a zero loss (with a gradient path), not NaN.
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(logits.device)
+    mask = shift_labels != IGNORE_INDEX
+    if not mask.any():
+        return shift_logits.sum() * 0.0, torch.tensor(0.0)
+    loss = F.cross_entropy(shift_logits[mask], shift_labels[mask])
+    accuracy = (shift_logits[mask].argmax(-1) == shift_labels[mask]).float().mean()
+    return loss, accuracy
+
+
+def build_contrastive_batch(image_embeds: torch.Tensor, text_embeds: torch.Tensor, inputs: dict) -> ContrastiveBatch:
+    """Index the step's text embeddings into the per-row tensors the contrastive loss expects."""
+
+    def pick(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = index.to(text_embeds.device)
+        mask = index >= 0
+        return text_embeds[index.clamp(min=0)], mask
+
+    attribute_embeds, attribute_mask = pick(inputs["attribute_index"])
+    category_embeds, _ = pick(inputs["category_index"])
+    neg_attribute_embeds, neg_attribute_mask = pick(inputs["neg_attribute_index"])
+    neg_category_embeds, neg_category_mask = pick(inputs["neg_category_index"])
+    has_negatives = inputs["neg_category_index"].shape[1] > 0
+    return ContrastiveBatch(
+        image_embeds=image_embeds,
+        attribute_embeds=attribute_embeds,
+        attribute_mask=attribute_mask,
+        category_embeds=category_embeds,
+        category_ids=inputs["category_ids"].to(text_embeds.device),
+        neg_attribute_embeds=neg_attribute_embeds if has_negatives else None,
+        neg_attribute_mask=neg_attribute_mask if has_negatives else None,
+        neg_category_embeds=neg_category_embeds if has_negatives else None,
+        neg_category_mask=neg_category_mask if has_negatives else None,
+        neg_category_ids=inputs["neg_category_ids"].to(text_embeds.device) if has_negatives else None,
+    )
+
+
+def check_training_columns(dataset, args: FinedeficsTrainingConfig) -> None:
+    """Fail before training starts when the data cannot feed the configured stage."""
+    columns = set(dataset.column_names or [])
+    required = ["image", "category"]
+    if args.stage == 1:
+        required = list(STAGE_ONE_COLUMNS) + (list(NEGATIVE_COLUMNS) if args.use_hard_negatives else [])
+    missing = [column for column in required if column not in columns]
+    if missing:
+        raise ValueError(
+            f"stage {args.stage} training data lacks column(s) {missing} (has {sorted(columns)}). Stage I needs "
+            "attribute descriptions and hard negatives: build them with `finedefics data` or set use_hard_negatives=false."
+        )
+
+
+def _temperature_parameters(core) -> list[torch.nn.Parameter]:
+    return [parameter for name, parameter in core.named_parameters() if "temperatures." in name]
