@@ -1,0 +1,58 @@
+"""``finedefics push CHECKPOINT --repo-id USER/NAME``: stage a merged checkpoint with its model card and upload it."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="upload a merged checkpoint, its processor, code files and model card to a Hugging Face Hub repo",
+        description=(
+            "Stage CHECKPOINT (a merged Finedefics checkpoint with safetensors weights, e.g. a stage output's "
+            "final/ folder) with a model card filled from the eval report and training recipe, then upload it "
+            "with huggingface_hub. The token comes from --token, HF_TOKEN or `hf auth login`; the Hub from "
+            "HF_ENDPOINT (default https://huggingface.co)."
+        ),
+    )
+    parser.add_argument("checkpoint", help="merged checkpoint folder (config.json, *.safetensors, processor files)")
+    parser.add_argument("--repo-id", required=True, help="target repo, USER/NAME or ORG/NAME (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo as private (no effect on an existing repo)")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request against main instead of committing")
+    parser.add_argument("--report", default=None, help="eval report: report.json or the folder holding it")
+    parser.add_argument("--recipe", default=None, help="training recipe YAML to show in the model card")
+    parser.add_argument("--base-model", default=None,
+                        help="Hub id of the model it was trained from (default: the recipe's model_name_or_path)")
+    parser.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN or the cached login)")
+    parser.add_argument("--commit-message", default=None, help="commit message (default: 'Upload Finedefics checkpoint')")
+    parser.add_argument("--stage-only", metavar="DIR", default=None,
+                        help="write the staged folder to DIR (must be empty) and upload nothing")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import tempfile
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..push import DEFAULT_COMMIT_MESSAGE, push_to_hub, stage_for_hub, staged_files
+
+    stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True)
+    if args.stage_only:
+        staging = stage_for_hub(args.checkpoint, args.stage_only, **stage)
+        print(f"staged {len(staged_files(staging))} files in {staging} (nothing uploaded)")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="finedefics-push-") as tmp:
+        staging = stage_for_hub(args.checkpoint, tmp, **stage)
+        try:
+            result = push_to_hub(staging, args.repo_id, token=args.token, private=args.private,
+                                 revision=args.revision, create_pr=args.create_pr,
+                                 commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE)
+        except (ConnectionError, HfHubHTTPError) as error:  # the Hub failed us: not bad input, still one line
+            print(f"finedefics push: error: {str(error).splitlines()[0]}", file=sys.stderr)
+            return 1
+    print(f"uploaded {len(result['files'])} files to {result['repo_url']} ({result['revision']})")
+    print(f"pull request: {result['pr_url']}" if result["pr_url"] else f"commit: {result['commit_url']}")
+    return 0

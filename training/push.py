@@ -1,0 +1,366 @@
+"""Publish a Finedefics checkpoint on the Hugging Face Hub: stage a complete folder, then upload it.
+
+    staged = stage_for_hub("runs/finedefics-8b/stage2/final", "hub-staging",
+                           report="runs/eval/report.json", recipe="recipes/idefics2-8b-two-stage.yaml")
+    push_to_hub(staged, "me/finedefics-8b", private=True)
+
+Staging copies only what a user of the repo needs (config with ``auto_map``, safetensors weights,
+generation config, processor/tokenizer files, the three model code files) and writes the model card
+as ``README.md``, so the folder that is uploaded is exactly the folder that was checked. Uploading
+goes through ``huggingface_hub.HfApi`` and honours ``HF_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")
+CONFIG_AUTO_MAP = {
+    "AutoConfig": "configuration_finedefics.FinedeficsConfig",
+    "AutoModelForImageTextToText": "modeling_finedefics.FinedeficsForConditionalGeneration",
+}
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_finedefics.FinedeficsProcessor"}
+# Processor, image-processor and tokenizer files transformers may write; whichever exist are staged.
+PROCESSOR_FILES = (
+    "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+    "chat_template.jinja", "chat_template.json",
+)
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLED_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+DEFAULT_COMMIT_MESSAGE = "Upload Finedefics checkpoint"
+CARD_TAGS = ["finedefics", "fine-grained-visual-recognition"]
+HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+LOGIN_HINT = "pass --token, set HF_TOKEN, or log in once with `hf auth login`"
+
+
+# ----------------------------------------------------------------------------- staging
+def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=None, recipe=None,
+                  base_model: str | None = None, validate: bool = False) -> Path:
+    """Copy a complete, merged checkpoint and its model card into ``staging_dir`` (which must be empty).
+
+    ``report`` is an eval report (a dict, a ``report.json`` or a folder holding one); ``recipe`` is the
+    training recipe (a dict, YAML text or a YAML file); ``base_model`` a Hub id for the card's
+    metadata (taken from the recipe's ``model_name_or_path`` when that is a Hub id). With ``validate``
+    the staged folder is loaded back with ``AutoConfig`` using the staged code. Returns the folder.
+    """
+    checkpoint = Path(checkpoint_dir)
+    weight_files = check_checkpoint(checkpoint)
+    staging = _empty_staging_dir(staging_dir, checkpoint)
+    report_dict, recipe_dict = load_report(report), load_recipe(recipe)
+
+    _write_json(staging / "config.json", _with_auto_map(_read_json(checkpoint / "config.json"), CONFIG_AUTO_MAP))
+    for name in ["generation_config.json", *weight_files]:
+        shutil.copy2(checkpoint / name, staging / name)
+    _stage_processor_files(checkpoint, staging)
+    _stage_code_files(checkpoint, staging)
+    card = render_model_card(report_dict, recipe_dict, base_model or _base_model_from_recipe(recipe_dict))
+    (staging / "README.md").write_text(card, encoding="utf-8")
+    if validate:
+        validate_staged(staging)
+    logger.info("staged %d files in %s", len(staged_files(staging)), staging)
+    return staging
+
+
+def check_checkpoint(checkpoint: Path) -> list[str]:
+    """Refuse folders that are not a complete, merged, safetensors checkpoint; return its weight files."""
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {checkpoint}")
+    if (checkpoint / "adapter_config.json").exists():
+        raise ValueError(
+            f"{checkpoint} is an un-merged PEFT adapter folder (adapter_config.json): merge the adapter into "
+            "the base weights first, e.g. push the stage output's final/ folder, which is merged"
+        )
+    for name in ("config.json", "generation_config.json"):
+        if not (checkpoint / name).is_file():
+            raise FileNotFoundError(f"{checkpoint} has no {name}: not a complete checkpoint (save it with save_pretrained)")
+    if not any((checkpoint / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{checkpoint} has no processor/tokenizer files: save the processor into it too")
+    model_type = _read_json(checkpoint / "config.json").get("model_type")
+    if model_type != "finedefics":
+        raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}, not 'finedefics': "
+                         "convert it first with `finedefics convert`")
+    return _safetensors_weight_files(checkpoint)
+
+
+def _safetensors_weight_files(checkpoint: Path) -> list[str]:
+    """The safetensors weight files (and shard index) of ``checkpoint``; pickled-only weights are refused."""
+    index_path = checkpoint / SAFETENSORS_INDEX
+    if index_path.is_file():
+        shards = sorted(set(_read_json(index_path)["weight_map"].values()))
+        missing = [shard for shard in shards if not (checkpoint / shard).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{checkpoint} is missing weight shards listed in {SAFETENSORS_INDEX}: {missing}")
+        return [SAFETENSORS_INDEX, *shards]
+    weights = sorted(path.name for path in checkpoint.glob("*.safetensors"))
+    if weights:
+        return weights
+    pickled = sorted(path.name for pattern in PICKLED_WEIGHT_PATTERNS for path in checkpoint.glob(pattern)
+                     if path.name != "training_args.bin")
+    if pickled:
+        raise ValueError(f"{checkpoint} holds pickled weights only ({', '.join(pickled)}); the Hub copy must be "
+                         "safetensors: re-save with model.save_pretrained(folder, safe_serialization=True)")
+    raise FileNotFoundError(f"{checkpoint} has no model weights (*.safetensors)")
+
+
+def _empty_staging_dir(staging_dir: str | Path, checkpoint: Path) -> Path:
+    """Create the staging folder; a non-empty one is refused so that no stale file gets uploaded."""
+    staging = Path(staging_dir)
+    if staging.resolve() == checkpoint.resolve() or checkpoint.resolve() in staging.resolve().parents:
+        raise ValueError(f"staging folder {staging} must lie outside the checkpoint folder {checkpoint}")
+    if staging.exists() and any(staging.iterdir()):
+        raise ValueError(f"staging folder {staging} is not empty: choose a new folder or delete it first")
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _stage_processor_files(checkpoint: Path, staging: Path) -> None:
+    for name in PROCESSOR_FILES:
+        if not (checkpoint / name).is_file():
+            continue
+        if name in ("processor_config.json", "tokenizer_config.json"):
+            # Without ``auto_map`` AutoProcessor(trust_remote_code=True) would not find FinedeficsProcessor.
+            _write_json(staging / name, _with_auto_map(_read_json(checkpoint / name), PROCESSOR_AUTO_MAP))
+        else:
+            shutil.copy2(checkpoint / name, staging / name)
+
+
+def _stage_code_files(checkpoint: Path, staging: Path) -> None:
+    """The checkpoint's own code files (they match its weights), else those of the installed package."""
+    import modeling_finedefics
+
+    package_dir = Path(modeling_finedefics.__file__).parent
+    for name in CODE_FILES:
+        source = checkpoint / name if (checkpoint / name).is_file() else package_dir / name
+        if source.parent == package_dir:
+            logger.info("%s: not in the checkpoint, copied from the installed modeling_finedefics", name)
+        shutil.copy2(source, staging / name)
+
+
+def _with_auto_map(config: dict, entries: dict) -> dict:
+    return {**config, "auto_map": {**entries, **config.get("auto_map", {})}}
+
+
+def validate_staged(staging: Path) -> None:
+    """Load the staged config with its own shipped code, as a user of the Hub repo would."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(staging), trust_remote_code=True)
+    if config.model_type != "finedefics":
+        raise ValueError(f"the staged folder loads as {config.model_type!r}, not a Finedefics config")
+    logger.info("staged config loads with AutoConfig (%s)", type(config).__name__)
+
+
+def staged_files(staging: str | Path) -> list[str]:
+    """Every file under ``staging`` as a repo path, i.e. what the Hub receives."""
+    root = Path(staging)
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file())
+
+
+# ----------------------------------------------------------------------------- model card inputs
+def load_report(report) -> dict | None:
+    """An eval report from a dict, a ``report.json`` path, or a folder that holds ``report.json``."""
+    if report is None or isinstance(report, dict):
+        return report
+    path = Path(report)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"eval report not found: {path}")
+    loaded = _read_json(path)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"eval report {path} must hold a JSON object")
+    return loaded
+
+
+def load_recipe(recipe) -> dict | None:
+    """A training recipe from a dict, a YAML file, or YAML text."""
+    import yaml
+
+    if recipe is None or isinstance(recipe, dict):
+        return recipe
+    text = str(recipe)
+    if isinstance(recipe, Path) or "\n" not in text and text.endswith((".yaml", ".yml")):
+        if not Path(text).is_file():
+            raise FileNotFoundError(f"recipe file not found: {text}")
+        text = Path(text).read_text(encoding="utf-8")
+    loaded = yaml.safe_load(text)
+    if not isinstance(loaded, dict):
+        raise ValueError("the training recipe must be a YAML mapping of settings")
+    return loaded
+
+
+def _base_model_from_recipe(recipe: dict | None) -> str | None:
+    """The recipe's starting model, when it names a Hub repo rather than a local folder."""
+    name = (recipe or {}).get("model_name_or_path")
+    if isinstance(name, str) and HUB_REPO_ID.match(name) and not Path(name).exists():
+        return name
+    return None
+
+
+def render_model_card(report: dict | None, recipe: dict | None, base_model: str | None) -> str:
+    """The model card text (YAML metadata + Markdown)."""
+    return render_fallback_card(report, recipe, base_model)
+
+
+def render_fallback_card(report: dict | None, recipe: dict | None, base_model: str | None) -> str:
+    """A minimal card: Hub metadata, how to load the model, the recipe, and the report's numbers."""
+    import yaml
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text", license="apache-2.0",
+                         base_model=base_model, tags=list(CARD_TAGS))
+    sections = [
+        "# Finedefics",
+        "A multimodal LLM aligned for fine-grained visual recognition with attribute-augmented "
+        "contrastive learning and classification-centred instruction tuning (Finedefics, ICLR 2025)"
+        + (f", fine-tuned from `{base_model}`." if base_model else "."),
+        "## Usage",
+        "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+        'model = AutoModelForImageTextToText.from_pretrained("REPO_ID", trust_remote_code=True)\n'
+        'processor = AutoProcessor.from_pretrained("REPO_ID", trust_remote_code=True)\n```',
+    ]
+    if recipe:
+        sections += ["## Training recipe", "```yaml\n" + yaml.safe_dump(recipe, sort_keys=False).strip() + "\n```"]
+    if report:
+        sections += ["## Evaluation", _metrics_table(report)]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n").content
+
+
+def _metrics_table(report: dict) -> str:
+    rows = [f"| {name} | {value:.4g} |" for name, value in _numeric_leaves(report)]
+    return "\n".join(["| metric | value |", "|---|---|", *rows])
+
+
+def _numeric_leaves(tree, prefix: str = ""):
+    """(dotted key, number) for every number in a nested dict, in order."""
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from _numeric_leaves(value, name)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name, value
+
+
+# ----------------------------------------------------------------------------- upload
+def push_to_hub(staging_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False,
+                revision: str | None = None, create_pr: bool = False,
+                commit_message: str = DEFAULT_COMMIT_MESSAGE, endpoint: str | None = None) -> dict:
+    """Upload a staged folder to ``repo_id`` (created if needed) and return the commit / PR URLs.
+
+    ``revision`` names a branch, created when it does not exist yet; ``create_pr`` opens a pull
+    request against ``main`` instead of committing to it (huggingface_hub opens folder-upload PRs
+    against the default branch only). ``private`` applies when the repo is created. The token comes
+    from the argument, ``HF_TOKEN`` or a cached login; the endpoint from the argument or ``HF_ENDPOINT``.
+    """
+    from huggingface_hub import HfApi
+
+    staging = _checked_staging(staging_dir)
+    _check_target(repo_id, revision, create_pr)
+    token = resolve_token(token)
+    endpoint = hub_endpoint(endpoint)
+    api = HfApi(endpoint=endpoint, token=token)
+    with translated_hub_errors(endpoint):
+        user = check_endpoint(endpoint, token)
+        logger.info("pushing %s to %s/%s as %s", staging, endpoint, repo_id, user)
+        repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision, create_pr=create_pr,
+                                   commit_message=commit_message)
+    return {"repo_url": str(repo_url), "commit_url": commit.commit_url, "pr_url": commit.pr_url,
+            "revision": revision or "main", "files": staged_files(staging)}
+
+
+def _checked_staging(staging_dir: str | Path) -> Path:
+    staging = Path(staging_dir)
+    for name in ("config.json", "README.md"):
+        if not (staging / name).is_file():
+            raise FileNotFoundError(f"{staging} has no {name}: stage the checkpoint with stage_for_hub first")
+    return staging
+
+
+def _check_target(repo_id: str, revision: str | None, create_pr: bool) -> None:
+    if not HUB_REPO_ID.match(repo_id or ""):
+        raise ValueError(f"repo id must look like USER/NAME or ORG/NAME, got {repo_id!r}")
+    if create_pr and revision not in (None, "main"):
+        raise ValueError("a pull request is opened against main: use either --revision or --create-pr, not both")
+
+
+def resolve_token(token: str | None) -> str:
+    """The given token, else ``HF_TOKEN``, else the cached login; none at all is a clear error."""
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise ValueError(f"no Hugging Face token found: {LOGIN_HINT}")
+    return token
+
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """The Hub to talk to: the argument, else ``HF_ENDPOINT`` as set now, else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def check_endpoint(endpoint: str, token: str) -> str:
+    """Ask the endpoint who the token belongs to, with a timeout, before anything is created or sent.
+
+    huggingface_hub's own calls wait without a time limit, so an endpoint that swallows packets
+    would otherwise hang the push; this also catches a rejected token before the upload starts.
+    """
+    from huggingface_hub import constants, get_session
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+    response = get_session().get(f"{endpoint}/api/whoami-v2", headers=build_hf_headers(token=token),
+                                 timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    hf_raise_for_status(response)
+    return response.json().get("name", "unknown user")
+
+
+@contextlib.contextmanager
+def translated_hub_errors(endpoint: str):
+    """Turn network, offline-mode and rejected-token failures into one-line errors naming the endpoint."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        yield
+    except OfflineModeIsEnabled as error:
+        raise ValueError(f"offline mode is on (HF_HUB_OFFLINE): unset it to push to {endpoint}") from error
+    except _transport_errors() as error:
+        raise ConnectionError(f"cannot reach the Hub endpoint {endpoint} ({error}); check HF_ENDPOINT "
+                              "and the network") from error
+    except HfHubHTTPError as error:
+        if error.response is not None and error.response.status_code == 401:
+            raise ValueError(f"{endpoint} rejected the token: {LOGIN_HINT}") from error
+        raise
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Connection failures and timeouts of the HTTP client huggingface_hub uses."""
+    try:
+        from httpx2 import TransportError  # huggingface_hub >= 2
+    except ImportError:
+        from httpx import TransportError
+    return (TransportError,)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
