@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_functional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -161,7 +162,7 @@ def gather_batch(batch: ContrastiveBatch, world_size: int, with_grad: bool = Tru
             return None
         padded = F.pad(tensor, [0, 0] * (tensor.dim() - 1) + [0, largest - tensor.shape[0]])
         if differentiable:
-            parts = torch.distributed.nn.functional.all_gather(padded)
+            parts = dist_functional.all_gather(padded)
         else:
             parts = [torch.zeros_like(padded) for _ in range(world_size)]
             dist.all_gather(parts, padded.contiguous())
