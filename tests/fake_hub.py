@@ -2,7 +2,7 @@
 
 It answers the endpoints the real ``huggingface_hub`` client calls when it pushes a folder
 (``HfApi.create_repo``, ``create_branch``, ``upload_folder`` -> validate-yaml, preupload, commit;
-``whoami`` for a token check) and records every request (method, path, query, headers, body), so a
+``whoami`` for a token check; the client's once-a-day fetch of the agent-harness registry) and records every request (method, path, query, headers, body), so a
 test can assert what the Hub would have received. Preupload answers that every file is "regular",
 so the client sends each file base64-encoded inside the NDJSON commit instead of going through
 LFS or Xet storage. Unknown requests get a 404 and are kept in ``unknown`` for debugging.
@@ -92,6 +92,7 @@ class FakeHub:
     def routes(self):
         """(method, path regex, handler) triples; handlers return (status, json-able body)."""
         return [
+            ("GET", r"/api/agent-harnesses", self._agent_harnesses),
             ("GET", r"/api/whoami-v2", self._whoami),
             ("POST", r"/api/validate-yaml", self._validate_yaml),
             ("POST", r"/api/repos/create", self._create_repo),
@@ -106,7 +107,7 @@ class FakeHub:
             for method, pattern, handler in self.routes():
                 match = re.fullmatch(pattern, request.path)
                 if match and method == request.method:
-                    needs_auth = handler is not self._validate_yaml
+                    needs_auth = handler not in (self._validate_yaml, self._agent_harnesses)
                     if needs_auth and not self._authorised(request):
                         return 401, {"error": "Invalid credentials in Authorization header"}
                     params = {key: unquote(value) for key, value in match.groupdict().items()}
@@ -118,6 +119,10 @@ class FakeHub:
         return request.headers.get("authorization") == f"Bearer {self.token}"
 
     # ------------------------------------------------------------------ endpoints
+    def _agent_harnesses(self, request):
+        # huggingface_hub fetches this registry to tag its user agent; an empty one detects nothing.
+        return 200, {"standardEnvVars": [], "harnesses": {}}
+
     def _whoami(self, request):
         return 200, {"type": "user", "name": self.user, "auth": {"accessToken": {"role": "write"}}}
 

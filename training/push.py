@@ -50,7 +50,7 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
     ``report`` is an eval report (a dict, a ``report.json`` or a folder holding one); ``recipe`` is the
     training recipe (a dict, YAML text or a YAML file); ``base_model`` a Hub id for the card's
     metadata (taken from the recipe's ``model_name_or_path`` when that is a Hub id). With ``validate``
-    the staged folder is loaded back with ``AutoConfig`` using the staged code. Returns the folder.
+    the staged config is loaded back with the staged code files. Returns the folder.
     """
     checkpoint = Path(checkpoint_dir)
     weight_files = check_checkpoint(checkpoint)
@@ -150,13 +150,22 @@ def _with_auto_map(config: dict, entries: dict) -> dict:
 
 
 def validate_staged(staging: Path) -> None:
-    """Load the staged config with its own shipped code, as a user of the Hub repo would."""
-    from transformers import AutoConfig
+    """Load the staged config with the code files shipped in the folder, as a Hub user's machine would.
 
-    config = AutoConfig.from_pretrained(str(staging), trust_remote_code=True)
+    ``AutoConfig`` alone would not do: where this package is installed, its registered class takes
+    precedence over ``auto_map``, so the staged code files would never be imported.
+    """
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    class_reference = _read_json(staging / "config.json")["auto_map"]["AutoConfig"]
+    try:
+        config_class = get_class_from_dynamic_module(class_reference, str(staging))
+        config = config_class.from_pretrained(staging)
+    except Exception as error:  # any failure here means users of the repo could not load it
+        raise ValueError(f"the staged folder {staging} does not load with its shipped code: {error}") from error
     if config.model_type != "finedefics":
         raise ValueError(f"the staged folder loads as {config.model_type!r}, not a Finedefics config")
-    logger.info("staged config loads with AutoConfig (%s)", type(config).__name__)
+    logger.info("staged config loads with its shipped %s", class_reference)
 
 
 def staged_files(staging: str | Path) -> list[str]:
