@@ -282,6 +282,7 @@ def test_cli_push_stages_and_uploads(checkpoint, hub, tmp_path, capsys):
     (commit,) = hub.commits
     assert set(commit.files) == EXPECTED_FILES and commit.create_pr
     assert b"lora_r: 8" in commit.files["README.md"]
+    assert b'from_pretrained("tester/cli", trust_remote_code=True)' in commit.files["README.md"]
     assert f"{hub.endpoint}/tester/cli/discussions/1" in capsys.readouterr().out
 
 

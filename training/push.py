@@ -44,12 +44,13 @@ LOGIN_HINT = "pass --token, set HF_TOKEN, or log in once with `hf auth login`"
 
 # ----------------------------------------------------------------------------- staging
 def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=None, recipe=None,
-                  base_model: str | None = None, validate: bool = False) -> Path:
+                  base_model: str | None = None, validate: bool = False, repo_id: str | None = None) -> Path:
     """Copy a complete, merged checkpoint and its model card into ``staging_dir`` (which must be empty).
 
     ``report`` is an eval report (a dict, a ``report.json`` or a folder holding one); ``recipe`` is the
     training recipe (a dict, YAML text or a YAML file); ``base_model`` a Hub id for the card's
-    metadata (taken from the recipe's ``model_name_or_path`` when that is a Hub id). With ``validate``
+    metadata (taken from the recipe's ``model_name_or_path`` when that is a Hub id); ``repo_id`` the
+    target repo, shown in the card's loading snippet. With ``validate``
     the staged config is loaded back with the staged code files. Returns the folder.
     """
     checkpoint = Path(checkpoint_dir)
@@ -62,7 +63,7 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
         shutil.copy2(checkpoint / name, staging / name)
     _stage_processor_files(checkpoint, staging)
     _stage_code_files(checkpoint, staging)
-    card = render_model_card(report_dict, recipe_dict, base_model or _base_model_from_recipe(recipe_dict))
+    card = render_model_card(report_dict, recipe_dict, base_model or _base_model_from_recipe(recipe_dict), repo_id)
     (staging / "README.md").write_text(card, encoding="utf-8")
     if validate:
         validate_staged(staging)
@@ -215,12 +216,14 @@ def _base_model_from_recipe(recipe: dict | None) -> str | None:
     return None
 
 
-def render_model_card(report: dict | None, recipe: dict | None, base_model: str | None) -> str:
+def render_model_card(report: dict | None, recipe: dict | None, base_model: str | None,
+                      repo_id: str | None = None) -> str:
     """The model card text (YAML metadata + Markdown)."""
-    return render_fallback_card(report, recipe, base_model)
+    return render_fallback_card(report, recipe, base_model, repo_id)
 
 
-def render_fallback_card(report: dict | None, recipe: dict | None, base_model: str | None) -> str:
+def render_fallback_card(report: dict | None, recipe: dict | None, base_model: str | None,
+                         repo_id: str | None = None) -> str:
     """A minimal card: Hub metadata, how to load the model, the recipe, and the report's numbers."""
     import yaml
     from huggingface_hub import ModelCard, ModelCardData
@@ -234,8 +237,8 @@ def render_fallback_card(report: dict | None, recipe: dict | None, base_model: s
         + (f", fine-tuned from `{base_model}`." if base_model else "."),
         "## Usage",
         "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-        'model = AutoModelForImageTextToText.from_pretrained("REPO_ID", trust_remote_code=True)\n'
-        'processor = AutoProcessor.from_pretrained("REPO_ID", trust_remote_code=True)\n```',
+        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id or "USER/NAME"}", trust_remote_code=True)\n'
+        f'processor = AutoProcessor.from_pretrained("{repo_id or "USER/NAME"}", trust_remote_code=True)\n```',
     ]
     if recipe:
         sections += ["## Training recipe", "```yaml\n" + yaml.safe_dump(recipe, sort_keys=False).strip() + "\n```"]

@@ -39,7 +39,8 @@ def run(args) -> int:
 
     from ..push import DEFAULT_COMMIT_MESSAGE, push_to_hub, stage_for_hub, staged_files
 
-    stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True)
+    stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True,
+                 repo_id=args.repo_id)
     if args.stage_only:
         staging = stage_for_hub(args.checkpoint, args.stage_only, **stage)
         print(f"staged {len(staged_files(staging))} files in {staging} (nothing uploaded)")
