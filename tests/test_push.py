@@ -114,6 +114,19 @@ def test_validation_imports_the_shipped_code_files(staged):
         validate_staged(staged)
 
 
+def test_a_failed_staging_leaves_an_empty_folder_behind(checkpoint, tmp_path):
+    from finedefics_training.push import stage_for_hub
+
+    broken = copy_checkpoint(checkpoint, tmp_path / "broken")
+    with (broken / "modeling_finedefics.py").open("a") as code:
+        code.write("\nraise ImportError('broken shipped code')\n")
+    with pytest.raises(ValueError, match="broken shipped code"):
+        stage_for_hub(broken, tmp_path / "staged", validate=True)
+    assert list((tmp_path / "staged").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="eval report not found"):
+        stage_for_hub(checkpoint, tmp_path / "staged", report=tmp_path / "missing.json")
+
+
 def test_code_files_come_from_the_installed_package_when_the_checkpoint_lacks_them(checkpoint, tmp_path):
     import modeling_finedefics
     from finedefics_training.push import stage_for_hub

@@ -50,25 +50,37 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
     ``report`` is an eval report (a dict, a ``report.json`` or a folder holding one); ``recipe`` is the
     training recipe (a dict, YAML text or a YAML file); ``base_model`` a Hub id for the card's
     metadata (taken from the recipe's ``model_name_or_path`` when that is a Hub id); ``repo_id`` the
-    target repo, shown in the card's loading snippet. With ``validate``
-    the staged config is loaded back with the staged code files. Returns the folder.
+    target repo, shown in the card's loading snippet. With ``validate`` the staged config is loaded
+    back with the staged code files. Returns the staging folder.
     """
     checkpoint = Path(checkpoint_dir)
     weight_files = check_checkpoint(checkpoint)
-    staging = _empty_staging_dir(staging_dir, checkpoint)
     report_dict, recipe_dict = load_report(report), load_recipe(recipe)
+    card = render_model_card(report_dict, recipe_dict, base_model or _base_model_from_recipe(recipe_dict), repo_id)
+    staging = _empty_staging_dir(staging_dir, checkpoint)
+    try:
+        _copy_checkpoint_files(checkpoint, staging, weight_files)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if validate:
+            validate_staged(staging)
+    except BaseException:
+        _remove_contents(staging)  # a half-staged folder must neither be uploaded nor block the next attempt
+        raise
+    logger.info("staged %d files in %s", len(staged_files(staging)), staging)
+    return staging
 
+
+def _copy_checkpoint_files(checkpoint: Path, staging: Path, weight_files: list[str]) -> None:
     _write_json(staging / "config.json", _with_auto_map(_read_json(checkpoint / "config.json"), CONFIG_AUTO_MAP))
     for name in ["generation_config.json", *weight_files]:
         shutil.copy2(checkpoint / name, staging / name)
     _stage_processor_files(checkpoint, staging)
     _stage_code_files(checkpoint, staging)
-    card = render_model_card(report_dict, recipe_dict, base_model or _base_model_from_recipe(recipe_dict), repo_id)
-    (staging / "README.md").write_text(card, encoding="utf-8")
-    if validate:
-        validate_staged(staging)
-    logger.info("staged %d files in %s", len(staged_files(staging)), staging)
-    return staging
+
+
+def _remove_contents(folder: Path) -> None:
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def check_checkpoint(checkpoint: Path) -> list[str]:
@@ -151,22 +163,28 @@ def _with_auto_map(config: dict, entries: dict) -> dict:
 
 
 def validate_staged(staging: Path) -> None:
-    """Load the staged config with the code files shipped in the folder, as a Hub user's machine would.
+    """Import every class ``auto_map`` names from the staged code files and load the config with it.
 
-    ``AutoConfig`` alone would not do: where this package is installed, its registered class takes
-    precedence over ``auto_map``, so the staged code files would never be imported.
+    This is what a Hub user's ``trust_remote_code=True`` does. ``AutoConfig`` alone would not do:
+    where this package is installed its registered classes take precedence over ``auto_map``, so the
+    staged code files would never be imported.
     """
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    class_reference = _read_json(staging / "config.json")["auto_map"]["AutoConfig"]
+    auto_map = {**_read_json(staging / "config.json")["auto_map"], **_staged_processor_auto_map(staging)}
     try:
-        config_class = get_class_from_dynamic_module(class_reference, str(staging))
-        config = config_class.from_pretrained(staging)
+        classes = {name: get_class_from_dynamic_module(reference, str(staging)) for name, reference in auto_map.items()}
+        config = classes["AutoConfig"].from_pretrained(staging)
     except Exception as error:  # any failure here means users of the repo could not load it
         raise ValueError(f"the staged folder {staging} does not load with its shipped code: {error}") from error
     if config.model_type != "finedefics":
         raise ValueError(f"the staged folder loads as {config.model_type!r}, not a Finedefics config")
-    logger.info("staged config loads with its shipped %s", class_reference)
+    logger.info("staged code files import: %s", ", ".join(sorted(auto_map.values())))
+
+
+def _staged_processor_auto_map(staging: Path) -> dict:
+    path = staging / "processor_config.json"
+    return _read_json(path).get("auto_map", {}) if path.is_file() else {}
 
 
 def staged_files(staging: str | Path) -> list[str]:
