@@ -78,6 +78,7 @@ def test_stage_copies_exactly_the_files_a_hub_user_needs(checkpoint, staged):
     assert set(staged_files(staged)) == EXPECTED_FILES  # no training_args.bin / trainer_state.json
     for name in EXPECTED_FILES - {"README.md", "config.json", "processor_config.json", "tokenizer_config.json"}:
         assert (staged / name).read_bytes() == (checkpoint / name).read_bytes(), name
+    assert (staged / "model.safetensors").samefile(checkpoint / "model.safetensors")  # hard link, no 16 GB copy
     config = json.loads((staged / "config.json").read_text())
     assert config["model_type"] == "finedefics"
     assert config["auto_map"] == {
@@ -297,6 +298,7 @@ def test_cli_push_stages_and_uploads(checkpoint, hub, tmp_path, capsys):
     assert b"lora_r: 8" in commit.files["README.md"]
     assert b'from_pretrained("tester/cli", trust_remote_code=True)' in commit.files["README.md"]
     assert f"{hub.endpoint}/tester/cli/discussions/1" in capsys.readouterr().out
+    assert not list(checkpoint.parent.glob(".finedefics-push-*"))  # the temporary staging folder is gone
 
 
 def test_cli_stage_only_uploads_nothing(checkpoint, hub, tmp_path):

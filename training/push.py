@@ -72,10 +72,19 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
 
 def _copy_checkpoint_files(checkpoint: Path, staging: Path, weight_files: list[str]) -> None:
     _write_json(staging / "config.json", _with_auto_map(_read_json(checkpoint / "config.json"), CONFIG_AUTO_MAP))
-    for name in ["generation_config.json", *weight_files]:
-        shutil.copy2(checkpoint / name, staging / name)
+    shutil.copy2(checkpoint / "generation_config.json", staging / "generation_config.json")
+    for name in weight_files:
+        _link_or_copy(checkpoint / name, staging / name)
     _stage_processor_files(checkpoint, staging)
     _stage_code_files(checkpoint, staging)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link weights when staging on the same filesystem: an 8B checkpoint is 16 GB to copy otherwise."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _remove_contents(folder: Path) -> None:
@@ -294,7 +303,7 @@ def push_to_hub(staging_dir: str | Path, repo_id: str, token: str | None = None,
     from huggingface_hub import HfApi
 
     staging = _checked_staging(staging_dir)
-    _check_target(repo_id, revision, create_pr)
+    check_target(repo_id, revision, create_pr)
     token = resolve_token(token)
     endpoint = hub_endpoint(endpoint)
     api = HfApi(endpoint=endpoint, token=token)
@@ -318,7 +327,8 @@ def _checked_staging(staging_dir: str | Path) -> Path:
     return staging
 
 
-def _check_target(repo_id: str, revision: str | None, create_pr: bool) -> None:
+def check_target(repo_id: str, revision: str | None, create_pr: bool) -> None:
+    """Refuse a malformed repo id, and a branch combined with a PR (folder-upload PRs target main)."""
     if not HUB_REPO_ID.match(repo_id or ""):
         raise ValueError(f"repo id must look like USER/NAME or ORG/NAME, got {repo_id!r}")
     if create_pr and revision not in (None, "main"):

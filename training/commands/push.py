@@ -33,11 +33,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import tempfile
-
     from huggingface_hub.errors import HfHubHTTPError
 
-    from ..push import DEFAULT_COMMIT_MESSAGE, push_to_hub, stage_for_hub, staged_files
+    from ..push import DEFAULT_COMMIT_MESSAGE, check_target, push_to_hub, resolve_token, stage_for_hub, staged_files
 
     stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True,
                  repo_id=args.repo_id)
@@ -45,15 +43,28 @@ def run(args) -> int:
         staging = stage_for_hub(args.checkpoint, args.stage_only, **stage)
         print(f"staged {len(staged_files(staging))} files in {staging} (nothing uploaded)")
         return 0
-    with tempfile.TemporaryDirectory(prefix="finedefics-push-") as tmp:
+    # Refuse bad targets and a missing token before staging, which may copy gigabytes.
+    check_target(args.repo_id, args.revision, args.create_pr)
+    token = resolve_token(args.token)
+    with _staging_folder(args.checkpoint) as tmp:
         staging = stage_for_hub(args.checkpoint, tmp, **stage)
         try:
-            result = push_to_hub(staging, args.repo_id, token=args.token, private=args.private,
-                                 revision=args.revision, create_pr=args.create_pr,
-                                 commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE)
+            result = push_to_hub(staging, args.repo_id, token=token, private=args.private, revision=args.revision,
+                                 create_pr=args.create_pr, commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE)
         except (ConnectionError, HfHubHTTPError) as error:  # the Hub failed us: not bad input, still one line
             print(f"finedefics push: error: {str(error).splitlines()[0]}", file=sys.stderr)
             return 1
     print(f"uploaded {len(result['files'])} files to {result['repo_url']} ({result['revision']})")
     print(f"pull request: {result['pr_url']}" if result["pr_url"] else f"commit: {result['commit_url']}")
     return 0
+
+
+def _staging_folder(checkpoint: str):
+    """A temporary folder beside the checkpoint (same filesystem, so weights are hard-linked), else in /tmp."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        return tempfile.TemporaryDirectory(prefix=".finedefics-push-", dir=Path(checkpoint).resolve().parent)
+    except OSError:  # read-only parent folder
+        return tempfile.TemporaryDirectory(prefix="finedefics-push-")
