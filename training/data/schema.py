@@ -1,0 +1,252 @@
+"""The Finedefics training record, its validation, and the bookkeeping every reader shares.
+
+One record is one training image:
+
+==================  =====================================================================
+``image``           the image (PIL image, a file path, or a ``datasets`` image dict)
+``category``        category name, e.g. ``"Velmoran Thistlewing"``
+``label``           class id: index into the sorted list of category names
+``attribute``       one-sentence attribute description of THIS image (``""``: none available)
+``attributes``      JSON of the structured visible attribute values ``{name: value}``
+``neg_categories``  hard-negative category names, most similar first
+``neg_attributes``  attribute descriptions of those negatives, same order
+``genus``           the category's group (``""`` when unknown)
+``is_rare``         whether the category has few training images
+==================  =====================================================================
+
+Readers never drop a row silently: a bad row either raises :class:`RecordError` (a ``ValueError``
+naming the file, row and field) or, when the caller asks to skip bad rows, is counted in the
+reader's :class:`ReadReport` under its reason, with its row number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("image", "category", "label", "attribute", "attributes", "neg_categories", "neg_attributes", "genus", "is_rare")
+
+# The reference training CSVs put several negatives in one cell, separated by a tab and a newline.
+NEGATIVE_SEPARATOR = "\t\n"
+
+ERROR_MODES = ("raise", "skip")
+
+
+class RecordError(ValueError):
+    """A bad training record; the message names the source file, the row and the field."""
+
+    def __init__(self, source: str, row: int | str | None, field_name: str | None, problem: str):
+        self.source, self.row, self.field, self.problem = str(source), row, field_name, problem
+        super().__init__(f"{where(source, row, field_name)}: {problem}")
+
+
+def where(source, row=None, field_name: str | None = None) -> str:
+    """``"file.csv, row 3, field 'category'"``: the location prefix of every data error."""
+    parts = [str(source)]
+    if row is not None:
+        parts.append(f"row {row}")
+    if field_name:
+        parts.append(f"field {field_name!r}")
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_record(record: dict, source: str = "<records>", row: int | str | None = None,
+                    require_category: bool = True) -> dict:
+    """Check one training record against the schema and return it unchanged.
+
+    Args:
+        record: the record (a dict with the columns above; extra keys are allowed).
+        source: where the record comes from (a file name), used in error messages.
+        row: the record's row or line number in ``source``.
+        require_category: a text-only instruction row (``question`` + ``answer``, no image) may
+            lack a category only when this is False.
+
+    Raises:
+        RecordError: naming ``source``, ``row`` and the offending field.
+    """
+
+    def fail(field_name: str, problem: str):
+        raise RecordError(source, row, field_name, problem)
+
+    _check_category(record, fail, require_category)
+    _check_image(record, fail)
+    _check_description(record.get("attribute", ""), "attribute", fail)
+    _check_negatives(record, fail)
+    _check_attributes_json(record.get("attributes"), fail)
+    label = record.get("label")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+        fail("label", f"must be a non-negative integer class id, got {label!r}")
+    if "is_rare" in record and not isinstance(record["is_rare"], bool):
+        fail("is_rare", f"must be true or false, got {record['is_rare']!r}")
+    if "genus" in record and not isinstance(record["genus"], str):
+        fail("genus", f"must be a string, got {type(record['genus']).__name__}")
+    return record
+
+
+def _check_category(record: dict, fail, require_category: bool) -> None:
+    category = record.get("category")
+    if isinstance(category, str) and category.strip():
+        if category != category.strip():
+            fail("category", f"has leading or trailing whitespace: {category!r}")
+        return
+    text_only = record.get("question") and record.get("answer")
+    if category in (None, "") and text_only and not require_category:
+        return
+    fail("category", "is empty; every training row needs its category name")
+
+
+def _check_image(record: dict, fail) -> None:
+    if record.get("image") is not None or record.get("images"):
+        return
+    if record.get("question") and record.get("answer"):
+        return  # a text-only instruction row
+    fail("image", "is missing")
+
+
+def _check_description(text, field_name: str, fail, allow_empty: bool = True) -> None:
+    if not isinstance(text, str):
+        fail(field_name, f"must be a string, got {type(text).__name__}")
+    if text == "" and allow_empty:
+        return  # "" means: no description available
+    if not text.strip():
+        fail(field_name, "is an empty description (whitespace only)")
+
+
+def _check_negatives(record: dict, fail) -> None:
+    names = record.get("neg_categories") or []
+    descriptions = record.get("neg_attributes") or []
+    for field_name, values in (("neg_categories", names), ("neg_attributes", descriptions)):
+        if not isinstance(values, (list, tuple)):
+            fail(field_name, f"must be a list, got {type(values).__name__}")
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            fail("neg_categories", f"negative {index + 1} is empty")
+        if name == record.get("category"):
+            fail("neg_categories", f"negative {index + 1} is the positive category {name!r} itself")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        fail("neg_categories", f"lists {duplicates[0]!r} more than once")
+    for index, text in enumerate(descriptions):
+        _check_description(text, "neg_attributes", lambda f, p: fail(f, f"negative {index + 1} {p}"), allow_empty=False)
+    if names and descriptions and len(names) != len(descriptions):
+        fail("neg_attributes", f"has {len(descriptions)} descriptions for {len(names)} negative categories")
+
+
+def _check_attributes_json(value, fail) -> None:
+    if value in (None, ""):
+        return
+    if not isinstance(value, str):
+        fail("attributes", f"must be a JSON string, got {type(value).__name__}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        fail("attributes", f"is not valid JSON ({error})")
+    if not isinstance(parsed, dict):
+        fail("attributes", "must be a JSON object {attribute name: value}")
+
+
+# ----------------------------------------------------------------------------- reports
+@dataclass
+class ReadReport:
+    """What a reader read, kept and skipped (with reasons and row numbers): nothing goes unaccounted."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    skipped: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    notes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def skip(self, row, reason: str) -> None:
+        """Count a skipped row under ``reason``."""
+        self.skipped[reason].append(row)
+
+    def note(self, what: str, count: int = 1) -> None:
+        """Count something worth reporting that did not cost a row (e.g. a fallback used)."""
+        self.notes[what] += count
+
+    @property
+    def rows_skipped(self) -> int:
+        return sum(len(rows) for rows in self.skipped.values())
+
+    def summary(self) -> str:
+        """One human-readable paragraph: counts, then each skip reason with its first row numbers."""
+        lines = [f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}, skipped {self.rows_skipped}"]
+        for reason, rows in sorted(self.skipped.items()):
+            shown = ", ".join(str(r) for r in rows[:10]) + (" ..." if len(rows) > 10 else "")
+            lines.append(f"  skipped {len(rows)} ({reason}): rows {shown}")
+        for what, count in sorted(self.notes.items()):
+            lines.append(f"  {what}: {count}")
+        return "\n".join(lines)
+
+    def log(self) -> None:
+        level = logging.WARNING if self.rows_skipped else logging.INFO
+        logger.log(level, "%s", self.summary())
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "rows_read": self.rows_read, "rows_kept": self.rows_kept,
+                "skipped": {k: list(v) for k, v in self.skipped.items()}, "notes": dict(self.notes)}
+
+
+class Records(list):
+    """A list of records that also carries the :class:`ReadReport` of the reader that made it."""
+
+    def __init__(self, records=(), report: ReadReport | None = None):
+        super().__init__(records)
+        self.report = report
+
+    def to_dataset(self, decode_images: bool = True):
+        """A ``datasets.Dataset``; ``image`` file paths become an ``Image`` feature."""
+        import datasets
+
+        dataset = datasets.Dataset.from_list(list(self))
+        if "image" in dataset.column_names and dataset.features["image"].dtype == "string":
+            dataset = dataset.cast_column("image", datasets.Image(decode=decode_images))
+        return dataset
+
+
+def check_error_mode(errors: str) -> None:
+    if errors not in ERROR_MODES:
+        raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+
+
+def handle_bad_row(error: RecordError, report: ReadReport, errors: str, reason: str | None = None) -> None:
+    """Raise ``error`` (errors="raise") or count the row as skipped under a short reason."""
+    if errors == "raise":
+        raise error
+    report.skip(error.row, reason or f"{error.field}: {error.problem}")
+
+
+# ----------------------------------------------------------------------------- files
+def read_text(path: str | Path) -> str:
+    """A text file decoded as UTF-8 (a BOM is dropped); other encodings fail naming the line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise RecordError(path, None, None, f"line {line} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                          f"{error.start}); re-save the file as UTF-8") from None
+
+
+def check_image_file(path: str | Path, source, row, field_name: str = "image") -> Path:
+    """Open and verify an image file; a missing or unreadable one raises naming source, row and field."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(source, row, field_name, f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            # Decode for real (a truncated file passes a header check); JPEGs decode at 1/8 scale, cheaply.
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise RecordError(source, row, field_name, f"cannot read image file {path} ({error})") from None
+    return path
