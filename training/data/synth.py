@@ -1,0 +1,763 @@
+"""An embedded synthetic fine-grained benchmark: stylised birds drawn procedurally, CUB-200 in miniature.
+
+Why it exists: nothing can be downloaded in an offline or CI setting, yet the Finedefics recipe needs
+images with attribute descriptions, category names and hard negatives. This generator builds a
+task with the structure that makes fine-grained recognition hard:
+
+- A category (species) is a fixed combination of nine visible attributes (build, plumage colour,
+  wing colour and pattern, breast colour, beak, tail, crest, eye ring). Categories come in groups
+  (genera) whose members share all but one attribute with the genus's type species, so two siblings
+  differ in exactly one or two attributes (e.g. the tail shape, or the eye ring).
+- Names are invented ("Velmoran Reedhopper"): they do not spell out the attributes, so the
+  name <-> appearance link has to be learned, which is the misalignment Finedefics addresses.
+- Images vary within a category: pose (facing side, rotation), scale, position, background colour
+  and clutter, colour jitter, noise, and occasional occlusion of one part; the image's description
+  then omits the hidden attribute.
+- Each image has a one-sentence attribute description (several templates), its structured
+  attribute values, and hard negatives (siblings first) with their descriptions.
+- A long tail: ``rare_fraction`` of the categories get only ``rare_train_per_category`` training
+  images, so accuracy on rare categories can be measured.
+
+Everything is deterministic for a seed: each image is drawn from its own random stream keyed by
+``(seed, split, label, index)``. Images are drawn with PIL at the final size (polygons only) and
+noised with numpy, so generation runs at hundreds of images per second on one core.
+
+Folder layout written by :func:`generate_benchmark`::
+
+    DIR/train/*.png + metadata.jsonl     datasets.load_dataset("imagefolder", data_dir=DIR)
+    DIR/test/*.png  + metadata.jsonl
+    DIR/categories.json                  one entry per category (attributes, description, siblings, ...)
+    DIR/foci_test.json                   the test split as FOCI 4-way options
+    DIR/train_reference.csv              the train split in the reference implementation's CSV format
+    DIR/README.md                        what the benchmark is, with its numbers
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .negatives import build_option_sets, mine_by_attributes, negative_descriptions
+from .schema import NEGATIVE_SEPARATOR
+
+logger = logging.getLogger(__name__)
+
+BENCHMARK_VERSION = 1
+NOUN = "bird"
+
+# ----------------------------------------------------------------------------- vocabulary
+# Attribute -> values. Every value word appears in the descriptions (see `attribute_phrase`).
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "build": ("plump", "slender"),
+    "plumage": ("red", "orange", "yellow", "green", "blue", "brown", "grey"),
+    "wing_color": ("black", "white", "grey", "brown", "yellow", "blue"),
+    "wing_pattern": ("plain", "barred", "spotted"),
+    "breast": ("white", "yellow", "red", "black"),
+    "beak": ("short", "long", "hooked"),
+    "tail": ("pointed", "forked", "fanned"),
+    "crest": ("crested", "smooth"),
+    "eye": ("ringed", "dark"),
+}
+# Siblings differ from their genus's type species in one of these part-level attributes; build and
+# plumage stay fixed within a genus, as body shape and overall colour do within a real genus.
+SPECIES_ATTRIBUTES = ("wing_color", "wing_pattern", "breast", "beak", "tail", "crest", "eye")
+# Parts that a foreground leaf may hide (the description then leaves them out).
+OCCLUDABLE = ("breast", "beak", "tail", "crest", "eye")
+
+COLOURS = {
+    "red": (200, 40, 40), "orange": (238, 132, 30), "yellow": (236, 208, 52), "green": (58, 152, 66),
+    "blue": (48, 88, 206), "brown": (126, 82, 44), "grey": (138, 138, 138), "black": (32, 32, 32),
+    "white": (240, 240, 240),
+}
+
+# Invented names: syllables chosen so that no name contains an attribute word.
+_EPITHET_HEADS = ("Vel", "Ash", "Cor", "Mir", "Tal", "Bren", "Dun", "Fal", "Gor", "Hal", "Isk", "Jor", "Kes", "Lun",
+                  "Nor", "Ost", "Pel", "Quen", "Ros", "Sil", "Tor", "Ul", "Vor", "Wen", "Yar", "Zel", "Em", "Ard")
+_EPITHET_MIDDLES = ("mo", "ca", "ri", "ve", "la", "do", "ne", "si", "tu", "mi", "o", "e")
+_EPITHET_TAILS = ("ran", "mbe", "nth", "vel", "ric", "dor", "lis", "nor", "wyn", "sk", "th", "mar", "gan", "din")
+_GENUS_STEMS = ("Thistle", "Reed", "Moss", "Bramble", "Fen", "Heath", "Sedge", "Cinder", "Marsh", "Brook", "Alder",
+                "Cress", "Furze", "Willow", "Hazel", "Rush", "Clover", "Bracken", "Aspen", "Tansy")
+_GENUS_SUFFIXES = ("hopper", "finch", "warbler", "piper", "dart", "shrike", "lark", "thrush", "wren", "flit",
+                   "runner", "creeper")
+_BANNED_IN_NAMES = tuple(sorted({w for values in ATTRIBUTES.values() for w in values} | {
+    "wing", "crest", "beak", "tail", "ring", "eye", "breast", "bar", "spot", "hook", "fork", "fan", "point",
+    "gray", "plum", "long", "short"}))
+
+
+@dataclass
+class SynthConfig:
+    """Size and difficulty of the synthetic benchmark. Defaults suit a CPU demo that trains in minutes.
+
+    Args:
+        num_genera: groups of similar categories (each genus has its own plumage colour while colours last).
+        species_per_genus: categories per genus; siblings differ in one or two attributes.
+        train_per_category: training images of a common category.
+        rare_fraction: share of categories that are rare (few training images).
+        rare_train_per_category: training images of a rare category.
+        test_per_category: test images of every category (rare ones included).
+        image_size: width = height in pixels.
+        seed: everything (names, attributes, images) follows from it.
+        num_negatives: hard negatives per record (siblings first).
+        occlusion_prob: chance that one part of an image is hidden by a leaf.
+        noise_std: range of the per-image Gaussian pixel noise (standard deviation, 0-255 scale).
+        clutter: draw background twigs and leaves.
+    """
+
+    num_genera: int = 7
+    species_per_genus: int = 4
+    train_per_category: int = 32
+    rare_fraction: float = 0.25
+    rare_train_per_category: int = 4
+    test_per_category: int = 10
+    image_size: int = 64
+    seed: int = 0
+    num_negatives: int = 3
+    occlusion_prob: float = 0.15
+    noise_std: tuple[float, float] = (2.0, 8.0)
+    clutter: bool = True
+
+    def __post_init__(self):
+        self.noise_std = tuple(self.noise_std)
+        # One sibling per changed (attribute, value); wing and breast colours lose one more value to the plumage.
+        max_species = 1 + sum(len(ATTRIBUTES[a]) - 1 for a in SPECIES_ATTRIBUTES) - 2
+        checks = [
+            (1 <= self.num_genera <= len(_GENUS_STEMS) * len(_GENUS_SUFFIXES), f"num_genera must be 1..{len(_GENUS_STEMS) * len(_GENUS_SUFFIXES)}"),
+            (2 <= self.species_per_genus <= max_species, f"species_per_genus must be 2..{max_species} (siblings are needed as hard negatives)"),
+            (self.train_per_category >= 1 and self.test_per_category >= 1, "train_per_category and test_per_category must be >= 1"),
+            (0.0 <= self.rare_fraction < 1.0, "rare_fraction must be in [0, 1)"),
+            (1 <= self.rare_train_per_category <= self.train_per_category, "rare_train_per_category must be 1..train_per_category"),
+            (32 <= self.image_size <= 1024, "image_size must be 32..1024"),
+            (1 <= self.num_negatives < self.num_categories, "num_negatives must be 1..(number of categories - 1)"),
+            (0.0 <= self.occlusion_prob <= 1.0, "occlusion_prob must be in [0, 1]"),
+            (len(self.noise_std) == 2 and 0 <= self.noise_std[0] <= self.noise_std[1], "noise_std must be (low, high) with 0 <= low <= high"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SynthConfig: {message}")
+
+    @property
+    def num_categories(self) -> int:
+        return self.num_genera * self.species_per_genus
+
+    @property
+    def num_rare(self) -> int:
+        return int(round(self.rare_fraction * self.num_categories))
+
+
+# ----------------------------------------------------------------------------- categories
+def attribute_phrase(name: str, value: str) -> str:
+    """The words a description uses for one attribute value (the value word always appears)."""
+    phrases = {
+        "plumage": f"{value} plumage",
+        "breast": f"a {value} breast",
+        "beak": {"short": "a short conical beak", "long": "a long thin beak", "hooked": "a hooked beak"}.get(value),
+        "tail": f"a {value} tail",
+        "crest": f"a {value} head",
+        "eye": f"{value} eyes",
+    }
+    if name not in phrases or phrases[name] is None:
+        raise ValueError(f"no phrase for attribute {name}={value!r}")
+    return phrases[name]
+
+
+# Per-image description templates, in the spirit of the paper's one-sentence attribute summaries.
+# Template 0 (fixed detail order) gives each category's canonical description.
+TEMPLATES = (
+    "a {build} bird with {plumage}, {details}.",
+    "This {build} bird has {plumage}, {details}.",
+    "A {build} bird with {details}, and {plumage} overall.",
+    "{Plumage} covers this {build} bird, which has {details}.",
+    "The bird is {build}, with {plumage}, {details}.",
+)
+
+
+def describe(attributes: dict[str, str], template: int = 0, rng: np.random.Generator | None = None) -> str:
+    """One-sentence description of the visible attributes (occluded ones are simply absent).
+
+    With ``rng`` the order of the part details is shuffled, as a human describer's would vary.
+    """
+    details = []
+    if "wing_color" in attributes:
+        pattern = attributes.get("wing_pattern", "")
+        details.append(f"{pattern} {attributes['wing_color']} wings".strip())
+    details += [attribute_phrase(name, attributes[name]) for name in OCCLUDABLE if name in attributes]
+    if rng is not None and len(details) > 1:
+        details = [details[i] for i in rng.permutation(len(details))]
+    plumage = attribute_phrase("plumage", attributes["plumage"])
+    text = TEMPLATES[template].format(build=attributes["build"], plumage=plumage, Plumage=plumage.capitalize(),
+                                      details=_join(details))
+    return text[0].upper() + text[1:] if template else text
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _invent_names(rng: np.random.Generator, num_genera: int, species_per_genus: int) -> list[tuple[str, list[str]]]:
+    """``[(genus, [species names])]``: invented, unique, and free of attribute words."""
+    # Distinct stems and suffixes first ("Reedhopper", "Mossfinch"), so genus names do not look alike.
+    stems = [_GENUS_STEMS[i] for i in rng.permutation(len(_GENUS_STEMS))]
+    suffixes = [_GENUS_SUFFIXES[i] for i in rng.permutation(len(_GENUS_SUFFIXES))]
+    pairs = [(stems[i % len(stems)], suffixes[(i % len(stems) + i // len(stems)) % len(suffixes)])
+             for i in range(len(stems) * len(suffixes))]
+    genera = [stem + suffix for stem, suffix in pairs if not _has_banned_word(stem + suffix)][:num_genera]
+    used: set[str] = set()
+    result = []
+    for genus in genera:
+        epithets = []
+        while len(epithets) < species_per_genus:
+            word = _invent_epithet(rng)
+            if word not in used and not _has_banned_word(word):
+                used.add(word)
+                epithets.append(word)
+        result.append((genus, [f"{e} {genus}" for e in epithets]))
+    return result
+
+
+def _invent_epithet(rng: np.random.Generator) -> str:
+    parts = [_EPITHET_HEADS[rng.integers(len(_EPITHET_HEADS))]]
+    if rng.random() < 0.5:
+        parts.append(_EPITHET_MIDDLES[rng.integers(len(_EPITHET_MIDDLES))])
+    parts.append(_EPITHET_TAILS[rng.integers(len(_EPITHET_TAILS))])
+    return "".join(parts)
+
+
+def _has_banned_word(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _BANNED_IN_NAMES)
+
+
+def _genus_type_attributes(rng: np.random.Generator, plumage: str) -> dict[str, str]:
+    """A genus's type species: a random value per attribute, with contrasting part colours."""
+    attributes = {"build": _pick(rng, ATTRIBUTES["build"]), "plumage": plumage}
+    for name in SPECIES_ATTRIBUTES:
+        attributes[name] = _pick(rng, [v for v in ATTRIBUTES[name] if _allowed(name, v, plumage)])
+    return attributes
+
+
+def _pick(rng: np.random.Generator, values) -> str:
+    return values[rng.integers(len(values))]
+
+
+def _allowed(name: str, value: str, plumage: str) -> bool:
+    # A wing or breast the colour of the plumage would be invisible.
+    return not (name in ("wing_color", "breast") and value == plumage)
+
+
+def _sibling_mutations(rng: np.random.Generator, base: dict[str, str], count: int) -> list[dict[str, str]]:
+    """``count`` siblings of ``base``, each differing from it in exactly one attribute value.
+
+    Each sibling changes a different ``(attribute, value)`` pair, so two siblings differ from each
+    other in one attribute (the same one changed) or two. Different attributes are used first, so
+    siblings spread over many parts.
+    """
+    order = [SPECIES_ATTRIBUTES[i] for i in rng.permutation(len(SPECIES_ATTRIBUTES))]
+    options = {}
+    for name in order:
+        values = [v for v in ATTRIBUTES[name] if v != base[name] and _allowed(name, v, base["plumage"])]
+        options[name] = [values[i] for i in rng.permutation(len(values))]
+    mutations = [(name, options[name][round_]) for round_ in range(max(map(len, options.values())))
+                 for name in order if round_ < len(options[name])]
+    if count > len(mutations):
+        raise ValueError(f"SynthConfig: a genus can have at most {len(mutations) + 1} species")
+    return [{**base, name: value} for name, value in mutations[:count]]
+
+
+def build_categories(config: SynthConfig) -> list[dict]:
+    """The benchmark's categories (sorted by name; ``label`` is the index), without image counts."""
+    rng = np.random.default_rng([config.seed, 0xCA7])
+    colours = ATTRIBUTES["plumage"]
+    plumages = [colours[i % len(colours)] for i in rng.permutation(max(len(colours), config.num_genera))[:config.num_genera]]
+    categories, seen = [], set()
+    for (genus, names), plumage in zip(_invent_names(rng, config.num_genera, config.species_per_genus), plumages):
+        base = _unique_base(rng, plumage, seen)
+        members = [base] + _sibling_mutations(rng, base, config.species_per_genus - 1)
+        seen.update(json.dumps(m, sort_keys=True) for m in members)
+        for name, attributes in zip(names, members):
+            categories.append({"name": name, "genus": genus, "attributes": attributes,
+                               "description": describe(attributes), "siblings": [n for n in names if n != name]})
+    categories.sort(key=lambda c: c["name"])
+    rare = set(rng.permutation(len(categories))[:config.num_rare].tolist())
+    for label, category in enumerate(categories):
+        category["label"] = label
+        category["is_rare"] = label in rare
+    return categories
+
+
+def _unique_base(rng, plumage, seen):
+    # When genera outnumber colours two genera share a plumage; resample until no species collides.
+    for _ in range(1000):
+        base = _genus_type_attributes(rng, plumage)
+        if json.dumps(base, sort_keys=True) not in seen:
+            return base
+    raise ValueError("SynthConfig: too many genera for the attribute space; lower num_genera")
+
+
+# ----------------------------------------------------------------------------- drawing
+_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 18, endpoint=False)),
+                    np.sin(np.linspace(0, 2 * np.pi, 18, endpoint=False))], axis=1)
+
+
+def _ellipse(cx, cy, rx, ry, angle=0.0) -> np.ndarray:
+    points = _CIRCLE * (rx, ry)
+    if angle:
+        c, s = math.cos(angle), math.sin(angle)
+        points = points @ np.array([[c, s], [-s, c]])
+    return points + (cx, cy)
+
+
+# Shapes in the bird's own frame: facing right, body centred at the origin, y pointing down,
+# about 2.2 units from tail tip to beak tip.
+def _body(build: str) -> np.ndarray:
+    return _ellipse(0.0, 0.0, 0.55, 0.40) if build == "plump" else _ellipse(0.02, 0.0, 0.62, 0.27)
+
+
+_HEAD = _ellipse(0.56, -0.30, 0.24, 0.24)
+_EYE = _ellipse(0.64, -0.30, 0.055, 0.055)
+_EYE_RING = _ellipse(0.64, -0.30, 0.11, 0.11)
+_CREST = np.array([[0.40, -0.44], [0.30, -0.78], [0.50, -0.50], [0.50, -0.84], [0.62, -0.52], [0.74, -0.70], [0.72, -0.42]])
+_BEAKS = {
+    "short": np.array([[0.76, -0.38], [0.98, -0.29], [0.76, -0.22]]),
+    "long": np.array([[0.77, -0.35], [1.22, -0.28], [0.77, -0.25]]),
+    "hooked": np.array([[0.76, -0.40], [0.93, -0.37], [1.00, -0.26], [0.95, -0.18], [0.93, -0.27], [0.76, -0.23]]),
+}
+_TAILS = {
+    "pointed": np.array([[-0.45, -0.08], [-1.12, 0.20], [-0.45, 0.12]]),
+    "forked": np.array([[-0.45, -0.10], [-1.08, -0.14], [-0.80, 0.06], [-1.08, 0.30], [-0.45, 0.14]]),
+    "fanned": np.array([[-0.45, -0.04], [-0.95, -0.28], [-1.08, -0.02], [-1.05, 0.24], [-0.90, 0.42], [-0.45, 0.10]]),
+}
+_WING = _ellipse(-0.10, -0.06, 0.42, 0.20, angle=0.18)
+_WING_BARS = [np.array([[x, -0.24], [x - 0.06, 0.12]]) for x in (-0.34, -0.18, -0.02, 0.14)]
+_WING_SPOTS = [_ellipse(x, y, 0.06, 0.06) for x, y in ((-0.32, -0.08), (-0.14, -0.14), (-0.12, 0.02), (0.06, -0.08), (0.10, 0.04))]
+_LEGS = [np.array([[0.05, 0.25], [0.0, 0.55]]), np.array([[0.22, 0.22], [0.22, 0.55]])]
+
+
+def _breast(build: str) -> np.ndarray:
+    return _ellipse(0.26, 0.12, 0.30, 0.22 if build == "plump" else 0.15, angle=-0.3)
+
+
+class _Pose:
+    """Maps the bird's frame to pixels: mirror (facing side), rotate, scale, translate."""
+
+    def __init__(self, rng: np.random.Generator, size: int):
+        self.flip = -1.0 if rng.random() < 0.5 else 1.0
+        angle = rng.uniform(-0.26, 0.26)  # +-15 degrees
+        scale = size * 0.30 * rng.uniform(0.85, 1.10)
+        c, s = math.cos(angle), math.sin(angle)
+        self.matrix = np.array([[c, s], [-s, c]]) * scale
+        self.offset = np.array([size / 2 + rng.uniform(-0.07, 0.07) * size, size / 2 + rng.uniform(-0.04, 0.08) * size])
+        self.scale = scale
+
+    def __call__(self, points: np.ndarray) -> list[float]:
+        return (((points * (self.flip, 1.0)) @ self.matrix) + self.offset).ravel().tolist()
+
+
+def _jitter(colour: tuple[int, int, int], gain: np.ndarray) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.clip(np.asarray(colour) * gain, 0, 255))
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A muted vertical gradient (sky, foliage or wall), different in every image."""
+    top = rng.uniform(110, 225, size=3) * rng.uniform(0.85, 1.0)
+    bottom = np.clip(top + rng.uniform(-45, 45, size=3), 60, 235)
+    grey = top.mean()
+    top, bottom = 0.55 * top + 0.45 * grey, 0.55 * bottom + 0.45 * bottom.mean()  # desaturate
+    ramp = np.linspace(0.0, 1.0, size)[:, None, None]
+    pixels = (top * (1 - ramp) + bottom * ramp).astype(np.uint8)
+    return Image.fromarray(np.broadcast_to(pixels, (size, size, 3)).copy())
+
+
+def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    for _ in range(int(rng.integers(1, 4))):  # twigs
+        x0, y0 = rng.uniform(0, size, 2)
+        x1, y1 = rng.uniform(0, size, 2)
+        shade = int(rng.uniform(70, 140))
+        draw.line([x0, y0, x1, y1], fill=(shade, int(shade * 0.8), int(shade * 0.6)), width=1)
+    for _ in range(int(rng.integers(0, 4))):  # soft leaves behind the bird
+        cx, cy = rng.uniform(0, size, 2)
+        leaf = _ellipse(cx, cy, rng.uniform(2, 6), rng.uniform(1.5, 3), rng.uniform(0, np.pi))
+        draw.polygon(leaf.ravel().tolist(), fill=(int(rng.uniform(70, 120)), int(rng.uniform(110, 160)), int(rng.uniform(60, 100))))
+
+
+def _perch(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pose: _Pose, size: int) -> None:
+    y = pose(np.array([[0.0, 0.56]]))[1]
+    tilt = rng.uniform(-4, 4)
+    draw.line([0, y - tilt, size, y + tilt], fill=(96, 66, 40), width=max(2, size // 24))
+
+
+def draw_bird(attributes: dict[str, str], rng: np.random.Generator, size: int = 64, occluded: str | None = None,
+              clutter: bool = True, noise_std: tuple[float, float] = (2.0, 8.0)) -> Image.Image:
+    """Draw one image of a bird with the given attribute values, in a random pose and scene.
+
+    ``occluded`` names one part (from ``OCCLUDABLE``) that a foreground leaf hides completely.
+    """
+    image = _background(rng, size)
+    draw = ImageDraw.Draw(image)
+    if clutter:
+        _clutter(draw, rng, size)
+    pose = _Pose(rng, size)
+    gain = rng.uniform(0.85, 1.12) * rng.uniform(0.95, 1.05, size=3)  # illumination and white balance
+    paint = {name: _jitter(rgb, gain) for name, rgb in COLOURS.items()}
+    _perch(draw, rng, pose, size)
+    _draw_parts(draw, attributes, pose, paint)
+    if occluded:
+        _occlude(draw, rng, attributes, occluded, pose)
+    return _add_noise(image, rng, noise_std)
+
+
+def _draw_parts(draw: ImageDraw.ImageDraw, attributes: dict[str, str], pose: _Pose, paint: dict) -> None:
+    plumage = paint[attributes["plumage"]]
+    outline = tuple(int(v * 0.45) for v in plumage)
+    dark = paint["black"]
+    for leg in _LEGS:
+        draw.line(pose(leg), fill=(70, 60, 50), width=1)
+    draw.polygon(pose(_TAILS[attributes["tail"]]), fill=tuple(int(v * 0.8) for v in plumage), outline=outline)
+    draw.polygon(pose(_body(attributes["build"])), fill=plumage, outline=outline)
+    draw.polygon(pose(_breast(attributes["build"])), fill=paint[attributes["breast"]])
+    wing = paint[attributes["wing_color"]]
+    draw.polygon(pose(_WING), fill=wing, outline=outline)
+    mark = paint["white"] if attributes["wing_color"] in ("black", "brown", "blue") else dark
+    if attributes["wing_pattern"] == "barred":
+        for bar in _WING_BARS:
+            draw.line(pose(bar), fill=mark, width=max(1, round(pose.scale * 0.06)))
+    elif attributes["wing_pattern"] == "spotted":
+        for spot in _WING_SPOTS:
+            draw.polygon(pose(spot), fill=mark)
+    if attributes["crest"] == "crested":
+        draw.polygon(pose(_CREST), fill=tuple(int(v * 0.7) for v in plumage), outline=outline)
+    draw.polygon(pose(_HEAD), fill=plumage, outline=outline)
+    draw.polygon(pose(_BEAKS[attributes["beak"]]), fill=(62, 52, 40))
+    if attributes["eye"] == "ringed":
+        draw.polygon(pose(_EYE_RING), fill=paint["white"])
+    draw.polygon(pose(_EYE), fill=dark)
+
+
+def _bounds(*shapes: np.ndarray) -> tuple[float, float, float, float]:
+    points = np.concatenate(shapes)
+    return (*points.min(axis=0), *points.max(axis=0))
+
+
+# Bird-frame boxes that a leaf covers to hide a part. They cover every value of the part (hiding a
+# crestless head hides the absence too) and stay clear of the neighbouring parts.
+_OCCLUSION_BOXES = {
+    "beak": _bounds(*_BEAKS.values()),
+    "tail": _bounds(*_TAILS.values()),
+    "crest": (0.28, -0.88, 0.78, -0.50),  # the part of the crest above the head's outline
+    "eye": _bounds(_EYE_RING),
+}
+
+
+def _occlusion_box(attributes: dict[str, str], part: str) -> np.ndarray:
+    margin = 0.07
+    x0, y0, x1, y1 = _bounds(_breast(attributes["build"])) if part == "breast" else _OCCLUSION_BOXES[part]
+    x0, y0, x1, y1 = x0 - margin, y0 - margin, x1 + margin, y1 + margin
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+
+
+def _occlude(draw: ImageDraw.ImageDraw, rng: np.random.Generator, attributes: dict[str, str], part: str, pose: _Pose) -> None:
+    """A foreground leaf (a box that turns with the bird) over the part, so no trace of it shows."""
+    leaf = (int(rng.uniform(30, 70)), int(rng.uniform(90, 130)), int(rng.uniform(30, 60)))
+    draw.polygon(pose(_occlusion_box(attributes, part)), fill=leaf, outline=tuple(int(v * 0.6) for v in leaf))
+
+
+def _add_noise(image: Image.Image, rng: np.random.Generator, noise_std: tuple[float, float]) -> Image.Image:
+    std = rng.uniform(*noise_std)
+    if std <= 0:
+        return image
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0.0, std, size=(image.height, image.width, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------- samples
+SPLITS = {"train": 1, "test": 2}
+
+
+def sample_image(category: dict, split: str, index: int, config: SynthConfig, attempt: int = 0):
+    """Draw image ``index`` of ``category`` in ``split``: ``(image, visible attributes, description)``.
+
+    The random stream depends only on ``(seed, split, label, index, attempt)``, so an image does not
+    change when other images, categories or split sizes change.
+    """
+    rng = np.random.default_rng([config.seed, SPLITS[split], category["label"], index, attempt])
+    occluded = OCCLUDABLE[rng.integers(len(OCCLUDABLE))] if rng.random() < config.occlusion_prob else None
+    image = draw_bird(category["attributes"], rng, config.image_size, occluded, config.clutter, config.noise_std)
+    visible = {k: v for k, v in category["attributes"].items() if k != occluded}
+    description = describe(visible, template=int(rng.integers(len(TEMPLATES))), rng=rng)
+    return image, visible, description
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # level 1: 5x faster than the default, ~10% larger
+    return buffer.getvalue()
+
+
+def _split_counts(category: dict, config: SynthConfig) -> dict[str, int]:
+    train = config.rare_train_per_category if category["is_rare"] else config.train_per_category
+    return {"train": train, "test": config.test_per_category}
+
+
+def _write_split(root: Path, split: str, categories: list[dict], config: SynthConfig, negatives: dict,
+                 neg_descriptions: dict, seen_pixels: set, progress_bar) -> list[dict]:
+    """Draw and save one split; returns its metadata rows. No image is identical to another."""
+    folder = root / split
+    folder.mkdir(parents=True)
+    rows = []
+    for category in categories:
+        for index in range(_split_counts(category, config)[split]):
+            image, visible, description, data = _unique_sample(category, split, index, config, seen_pixels)
+            file_name = f"{category['label']:03d}-{index:04d}.png"
+            (folder / file_name).write_bytes(data)
+            rows.append({"file_name": file_name, "category": category["name"], "label": category["label"],
+                         "attribute": description, "attributes": json.dumps(visible, sort_keys=True),
+                         "neg_categories": negatives[category["name"]], "neg_attributes": neg_descriptions[category["name"]],
+                         "genus": category["genus"], "is_rare": category["is_rare"]})
+            progress_bar.update(1)
+    with open(folder / "metadata.jsonl", "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return rows
+
+
+def _unique_sample(category, split, index, config, seen_pixels):
+    # Identical pixels in train and test would leak; redraw (next attempt) in the unlikely event.
+    for attempt in range(100):
+        image, visible, description = sample_image(category, split, index, config, attempt)
+        digest = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        if digest not in seen_pixels:
+            seen_pixels.add(digest)
+            return image, visible, description, _png_bytes(image)
+    raise RuntimeError(f"could not draw a unique image for {category['name']!r} ({split} {index})")
+
+
+# ----------------------------------------------------------------------------- benchmark folder
+def generate_benchmark(output_dir: str | Path, config: SynthConfig = SynthConfig(), progress: bool = True,
+                       overwrite: bool = False) -> Path:
+    """Generate the synthetic benchmark folder (layout in the module docstring) and return its path.
+
+    The folder is built next to ``output_dir`` and moved into place at the end, so an interrupted
+    run never leaves a half-written benchmark.
+
+    Raises:
+        ValueError: ``output_dir`` exists and is not empty (pass ``overwrite=True`` to replace a
+            previous benchmark; other folders are never deleted).
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir, overwrite)
+    categories = build_categories(config)
+    negatives = mine_by_attributes(categories, k=config.num_negatives)
+    neg_descriptions = negative_descriptions(negatives, {c["name"]: c["description"] for c in categories})
+    total = sum(sum(_split_counts(c, config).values()) for c in categories)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        seen_pixels: set = set()
+        with tqdm(total=total, desc="drawing birds", unit="img", disable=not progress) as bar:
+            splits = {split: _write_split(staging, split, categories, config, negatives, neg_descriptions, seen_pixels, bar)
+                      for split in ("train", "test")}
+        _write_extras(staging, categories, negatives, splits, config)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("synthetic benchmark: %d categories, %d train / %d test images in %s", len(categories),
+                len(splits["train"]), len(splits["test"]), output_dir)
+    return output_dir
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(f"{output_dir} exists and is not empty; choose a new folder or pass overwrite (--overwrite)")
+    if not (output_dir / "categories.json").is_file():
+        raise ValueError(f"{output_dir} is not empty and is not a synthetic benchmark (no categories.json); refusing to delete it")
+
+
+def _write_extras(root: Path, categories: list[dict], negatives: dict, splits: dict, config: SynthConfig) -> None:
+    keys = ("name", "label", "genus", "attributes", "description", "is_rare", "siblings", "negatives", "n_train", "n_test")
+    entries = []
+    for category in categories:
+        counts = _split_counts(category, config)
+        full = {**category, "negatives": negatives[category["name"]], "n_train": counts["train"], "n_test": counts["test"]}
+        entries.append({k: full[k] for k in keys})
+    _write_json(root / "categories.json", entries)
+    _write_json(root / "config.json", {"version": BENCHMARK_VERSION, **asdict(config)})
+    test_records = [{"image": f"test/{row['file_name']}", "category": row["category"]} for row in splits["test"]]
+    foci = build_option_sets(test_records, negatives, num_options=min(4, config.num_categories), seed=config.seed)
+    _write_json(root / "foci_test.json", foci)
+    write_reference_csv(root / "train_reference.csv", splits["train"], image_prefix="train/")
+    (root / "README.md").write_text(benchmark_readme(entries, config), encoding="utf-8")
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+REFERENCE_COLUMNS = ("question", "answer", "type", "image_path", "image_path_1", "image_path_2", "attribute",
+                     "neg_attribute", "category", "neg_category")
+
+
+def write_reference_csv(path: str | Path, rows: list[dict], image_prefix: str = "", question: str | None = None) -> Path:
+    """Write records in the reference implementation's stage I CSV format.
+
+    Each row asks for the image's attributes and answers with its description; negatives share one
+    cell, separated by a tab and a newline. Image paths are relative to the benchmark folder.
+    """
+    if question is None:
+        question = f"Describe the attributes of the {NOUN} in the image."  # the trainer's stage I instruction
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=REFERENCE_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"question": question, "answer": row["attribute"], "type": "single-image",
+                             "image_path": image_prefix + row["file_name"], "image_path_1": "", "image_path_2": "",
+                             "attribute": row["attribute"], "neg_attribute": NEGATIVE_SEPARATOR.join(row["neg_attributes"]),
+                             "category": row["category"], "neg_category": NEGATIVE_SEPARATOR.join(row["neg_categories"])})
+    return Path(path)
+
+
+def benchmark_readme(categories: list[dict], config: SynthConfig) -> str:
+    """The benchmark's README: what the task is, how it was made, and its numbers."""
+    rare = [c for c in categories if c["is_rare"]]
+    n_train = sum(c["n_train"] for c in categories)
+    n_test = sum(c["n_test"] for c in categories)
+    attribute_rows = "\n".join(f"| {name} | {', '.join(values)} |" for name, values in ATTRIBUTES.items())
+    example = categories[0]
+    return f"""# Synthetic fine-grained bird benchmark
+
+Procedurally drawn stylised birds ({config.image_size}x{config.image_size} px), generated by
+`finedefics data synth` (seed {config.seed}). A miniature CUB-200: {len(categories)} invented species in
+{config.num_genera} genera of {config.species_per_genus}. Species of one genus share build and plumage colour and
+differ from the genus's type species in one part-level attribute, so two siblings differ in one or two
+attributes. Names are invented and do not spell out attributes.
+
+| split | images |
+|---|---|
+| train | {n_train} |
+| test | {n_test} |
+
+**Long tail.** {len(rare)} of {len(categories)} categories ({100 * len(rare) / len(categories):.0f}%, `is_rare`) have
+{config.rare_train_per_category} training images; the others have {config.train_per_category}. Every category has
+{config.test_per_category} test images.
+
+**Within-category variation.** Facing side, rotation (+-15 degrees), scale, position, background gradient and
+clutter, colour jitter, pixel noise; with probability {config.occlusion_prob} a leaf hides one of {', '.join(OCCLUDABLE)}
+(the image's description and `attributes` then omit it).
+
+**Attributes.**
+
+| attribute | values |
+|---|---|
+{attribute_rows}
+
+Example: **{example['name']}** (genus {example['genus']}): {example['description']}
+
+## Files
+
+- `train/`, `test/`: PNG images and `metadata.jsonl` (`file_name`, `category`, `label`, `attribute`,
+  `attributes` (JSON), `neg_categories`, `neg_attributes`, `genus`, `is_rare`);
+  `datasets.load_dataset("imagefolder", data_dir=...)` loads both splits.
+- `categories.json`: name, label, genus, attributes, canonical description, is_rare, siblings,
+  hard negatives ({config.num_negatives}, by attribute overlap), n_train, n_test.
+- `foci_test.json`: the test split as FOCI 4-way multiple choice (ground truth first, then hard negatives).
+- `train_reference.csv`: the train split in the reference implementation's CSV format.
+- `config.json`: the generator settings; the same settings give the same bytes.
+"""
+
+
+# ----------------------------------------------------------------------------- loading
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {what} (build a benchmark with `finedefics data synth DIR`)")
+    return path
+
+
+def load_categories(data_dir: str | Path) -> list[dict]:
+    """``categories.json`` of a benchmark folder, sorted by label."""
+    path = _require(Path(data_dir) / "categories.json", "not a synthetic benchmark folder")
+    categories = json.loads(path.read_text(encoding="utf-8"))
+    return sorted(categories, key=lambda c: c["label"])
+
+
+def load_metadata(data_dir: str | Path, split: str) -> list[dict]:
+    """The metadata rows of one split, each validated (errors name the file and line)."""
+    from .schema import RecordError, read_text, validate_record
+
+    path = _require(Path(data_dir) / split / "metadata.jsonl", f"no {split} split")
+    rows = []
+    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RecordError(path, f"line {line_number}", None, f"is not valid JSON ({error})") from None
+        validate_record({**row, "image": row.get("file_name")}, source=str(path), row=f"line {line_number}")
+        rows.append(row)
+    return rows
+
+
+def load_benchmark(data_dir: str | Path):
+    """The benchmark as a ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
+
+    Columns: ``image`` (PIL), ``category``, ``label``, ``attribute``, ``attributes`` (JSON string),
+    ``neg_categories`` / ``neg_attributes`` (lists), ``genus``, ``is_rare``. Metadata rows are
+    validated first, so a broken row is reported with its file and line.
+    """
+    import datasets
+
+    data_dir = Path(data_dir)
+    load_categories(data_dir)
+    for split in ("train", "test"):
+        load_metadata(data_dir, split)
+    features = datasets.Features({
+        "image": datasets.Image(), "category": datasets.Value("string"), "label": datasets.Value("int64"),
+        "attribute": datasets.Value("string"), "attributes": datasets.Value("string"),
+        "neg_categories": datasets.List(datasets.Value("string")), "neg_attributes": datasets.List(datasets.Value("string")),
+        "genus": datasets.Value("string"), "is_rare": datasets.Value("bool"),
+    })
+    return datasets.load_dataset("imagefolder", data_dir=str(data_dir), features=features)
+
+
+def text_corpus(data_dir: str | Path) -> list[str]:
+    """Every text the model will read or write on this benchmark, for training a tiny tokenizer offline.
+
+    Category and genus names, canonical and per-image descriptions, attribute words, and the
+    instruction phrasing (description, open-set and multiple-choice questions and answers).
+    """
+    data_dir = Path(data_dir)
+    categories = load_categories(data_dir)
+    texts = [c["name"] for c in categories] + sorted({c["genus"] for c in categories})
+    texts += [c["description"] for c in categories]
+    for split in ("train", "test"):
+        texts += [row["attribute"] for row in load_metadata(data_dir, split)]
+    texts += [" ".join(values) for values in ATTRIBUTES.values()] + [" ".join(ATTRIBUTES)]
+    texts += _instruction_texts(categories)
+    return list(dict.fromkeys(t for t in texts if t))
+
+
+def _instruction_texts(categories: list[dict]) -> list[str]:
+    names = [c["name"] for c in categories]
+    options = "\n".join(f"{letter}. {name}" for letter, name in zip("ABCD", names))
+    return [
+        f"Describe the attributes of the {NOUN} in the image.",
+        f"What is the species of the {NOUN} in the image?",
+        f"Which of these {NOUN}s is shown in the image?\nChoices:\n{options}\nAnswer with the letter from the given choices directly.",
+        "A", "B", "C", "D", "Answer: A", f"The {NOUN} is a {names[0]}.",
+    ]
