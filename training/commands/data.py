@@ -1,0 +1,245 @@
+"""``finedefics data synth|preview|csv|cub|options``: build and check Finedefics training data.
+
+- ``synth DIR``: generate the embedded synthetic fine-grained benchmark (``--preview PATH.png``
+  also writes a contact sheet of a few genera).
+- ``preview DIR PATH.png``: the contact sheet of an existing synthetic benchmark.
+- ``csv FILE.csv --image-root DIR``: read and check a reference-implementation training CSV; with
+  ``--output`` save it as a dataset that ``finedefics train --dataset_dir`` reads.
+- ``cub CUB_ROOT --output DIR``: CUB-200-2011 with descriptions from its attribute annotations and
+  hard negatives mined from the same annotations.
+- ``options DATA --output FILE.json``: FOCI-style 4-way option sets for a dataset split, from a
+  hard-negative miner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="build and check training data (synthetic benchmark, CSV, CUB, options)",
+                                   description=__doc__.split("\n\n", 1)[1].replace("``", ""),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    _register_synth(commands)
+    _register_preview(commands)
+    _register_csv(commands)
+    _register_cub(commands)
+    _register_options(commands)
+
+
+# ----------------------------------------------------------------------------- synth / preview
+def _register_synth(commands) -> None:
+    from ..data.synth import SynthConfig  # numpy + PIL only: cheap enough for --help
+
+    defaults = SynthConfig()
+    parser = commands.add_parser("synth", help="generate the synthetic fine-grained bird benchmark",
+                                 description="Generate the synthetic benchmark: train/ and test/ (imagefolder with metadata.jsonl), "
+                                             "categories.json, foci_test.json, train_reference.csv, README.md.")
+    parser.add_argument("output", help="folder to create (must be new or empty, or use --overwrite)")
+    for name, help_text in [("num_genera", "groups of similar species"), ("species_per_genus", "species per genus"),
+                            ("train_per_category", "training images of a common species"),
+                            ("rare_train_per_category", "training images of a rare species"),
+                            ("test_per_category", "test images per species"), ("image_size", "pixels per side"),
+                            ("seed", "random seed (same seed, same bytes)"), ("num_negatives", "hard negatives per image")]:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(defaults, name),
+                            help=f"{help_text} (default {getattr(defaults, name)})")
+    parser.add_argument("--rare-fraction", type=float, default=defaults.rare_fraction,
+                        help=f"share of rare species (default {defaults.rare_fraction})")
+    parser.add_argument("--occlusion-prob", type=float, default=defaults.occlusion_prob,
+                        help=f"chance that a part is hidden (default {defaults.occlusion_prob})")
+    parser.add_argument("--preview", metavar="PATH.png", help="also write a contact sheet of a few genera")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing synthetic benchmark in OUTPUT")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_synth)
+
+
+def run_synth(args) -> int:
+    from ..data.synth import SynthConfig, generate_benchmark, load_categories
+
+    config = SynthConfig(num_genera=args.num_genera, species_per_genus=args.species_per_genus,
+                         train_per_category=args.train_per_category, rare_fraction=args.rare_fraction,
+                         rare_train_per_category=args.rare_train_per_category, test_per_category=args.test_per_category,
+                         image_size=args.image_size, seed=args.seed, num_negatives=args.num_negatives,
+                         occlusion_prob=args.occlusion_prob)
+    output = generate_benchmark(args.output, config, progress=not args.no_progress, overwrite=args.overwrite)
+    categories = load_categories(output)
+    rare = sum(c["is_rare"] for c in categories)
+    print(f"{output}: {len(categories)} species ({rare} rare), {sum(c['n_train'] for c in categories)} train / "
+          f"{sum(c['n_test'] for c in categories)} test images")
+    if args.preview:
+        _write_preview(output, args.preview)
+    return 0
+
+
+def _register_preview(commands) -> None:
+    parser = commands.add_parser("preview", help="write a contact sheet of a synthetic benchmark")
+    parser.add_argument("data_dir", help="a folder made by `finedefics data synth`")
+    parser.add_argument("path", metavar="PATH.png", help="where to write the picture")
+    parser.add_argument("--genera", type=int, default=2, help="genera to show (default 2)")
+    parser.set_defaults(func=lambda args: _write_preview(args.data_dir, args.path, args.genera))
+
+
+def _write_preview(data_dir, path, genera: int = 2) -> int:
+    from ..data.preview import write_preview
+
+    print(f"preview: {write_preview(data_dir, path, num_genera=genera)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- csv
+def _register_csv(commands) -> None:
+    parser = commands.add_parser("csv", help="read and check a reference-implementation training CSV")
+    parser.add_argument("csv", help="the CSV file (columns question, answer, type, image_path, attribute, ...)")
+    parser.add_argument("--image-root", required=True, help="folder the CSV's image paths are relative to")
+    parser.add_argument("--output", help="save the records as a dataset (train split) in this folder")
+    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of stopping at the first")
+    parser.add_argument("--keep-multi-image", action="store_true", help="keep two-image rows (skipped and counted by default)")
+    parser.add_argument("--no-check-images", action="store_true", help="do not open every image while reading")
+    parser.set_defaults(func=run_csv)
+
+
+def run_csv(args) -> int:
+    from ..data.readers import read_reference_csv
+
+    records = read_reference_csv(args.csv, args.image_root, errors="skip" if args.skip_bad_rows else "raise",
+                                 multi_image="keep" if args.keep_multi_image else "skip",
+                                 check_images=not args.no_check_images)
+    print(records.report.summary())
+    if args.output:
+        _save_splits({"train": records}, args.output)
+    return 0
+
+
+# ----------------------------------------------------------------------------- cub
+def _register_cub(commands) -> None:
+    parser = commands.add_parser("cub", help="CUB-200-2011 with descriptions from its attribute annotations")
+    parser.add_argument("cub_root", help="the CUB_200_2011 folder (images/, attributes/, images.txt, ...)")
+    parser.add_argument("--output", required=True, help="folder for the train/test dataset, or a .jsonl file for "
+                                                        "per-image descriptions only")
+    parser.add_argument("--certainty", type=int, default=3, choices=[1, 2, 3, 4],
+                        help="lowest certainty id counted: 2 guessing, 3 probably, 4 definitely (default 3)")
+    parser.add_argument("--num-negatives", type=int, default=3, help="hard negatives per image (default 3)")
+    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad lines and images")
+    parser.set_defaults(func=run_cub)
+
+
+def run_cub(args) -> int:
+    from ..data.readers import build_cub_records, read_cub_attributes
+
+    errors = "skip" if args.skip_bad_rows else "raise"
+    if args.output.endswith(".jsonl"):
+        records = read_cub_attributes(args.cub_root, args.certainty, errors=errors)
+        with open(args.output, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(records.report.summary())
+        print(f"descriptions: {args.output}")
+        return 0
+    splits = build_cub_records(args.cub_root, args.certainty, args.num_negatives, errors=errors)
+    print(splits["train"].report.summary())
+    _save_splits(splits, args.output)
+    return 0
+
+
+def _save_splits(splits: dict, output: str) -> None:
+    import datasets
+
+    dataset = datasets.DatasetDict({name: records.to_dataset() for name, records in splits.items()})
+    dataset.save_to_disk(output)
+    print(f"saved {', '.join(f'{k}: {len(v)} rows' for k, v in dataset.items())} to {output}")
+
+
+# ----------------------------------------------------------------------------- options
+def _register_options(commands) -> None:
+    parser = commands.add_parser("options", help="FOCI-style multiple-choice option sets for a dataset split",
+                                 description="Mine hard negatives and write FOCI option sets "
+                                             "{groundtruth: [{image, options, groundtruth}]} for a dataset split.")
+    parser.add_argument("data", help="a synthetic benchmark folder, a save_to_disk folder, or an imagefolder")
+    parser.add_argument("--output", required=True, help="the FOCI JSON file to write")
+    parser.add_argument("--split", default="test", help="split to build questions for (default test)")
+    parser.add_argument("--miner", choices=["attributes", "confusion", "text-embeddings"], default="attributes",
+                        help="attributes: overlap of the `attributes` column; confusion: --confusion file; "
+                             "text-embeddings: cosine similarity of category names under --model")
+    parser.add_argument("--confusion", help="FOCI results JSON (predictions with 'correct'/'predicted') or "
+                                            "{'names': [...], 'matrix': [[...]]}")
+    parser.add_argument("--model", help="Finedefics checkpoint for --miner text-embeddings")
+    parser.add_argument("--num-options", type=int, default=4, help="options per question (default 4)")
+    parser.add_argument("--image-root", help="write image paths relative to this folder (default: DATA)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds filler options for categories with too few negatives")
+    parser.set_defaults(func=run_options)
+
+
+def run_options(args) -> int:
+    from ..data.negatives import build_option_sets
+
+    records = _split_records(Path(args.data), args.split, Path(args.image_root or args.data))
+    names = sorted({r["category"] for r in records})
+    negatives = _mine(args, records, names, args.num_options - 1)
+    option_sets = build_option_sets(records, negatives, num_options=args.num_options, seed=args.seed)
+    Path(args.output).write_text(json.dumps(option_sets, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{args.output}: {sum(map(len, option_sets.values()))} questions over {len(option_sets)} categories")
+    return 0
+
+
+def _split_records(data: Path, split: str, image_root: Path) -> list[dict]:
+    """``category``, ``attributes`` and an image path (relative to ``image_root``) per row of a split."""
+    import datasets
+
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data} is not a folder")
+    if (data / "categories.json").is_file():
+        from ..data.synth import load_benchmark
+
+        splits = load_benchmark(data)
+    elif (data / "dataset_dict.json").is_file():
+        splits = datasets.load_from_disk(str(data))
+    else:
+        splits = datasets.load_dataset("imagefolder", data_dir=str(data))
+    if split not in splits:
+        raise ValueError(f"{data} has no split {split!r} (has {sorted(splits)})")
+    table = splits[split]
+    if "category" not in table.column_names:
+        raise ValueError(f"{data} ({split}): column 'category' is missing (has {table.column_names})")
+    table = table.cast_column("image", datasets.Image(decode=False))
+    records = []
+    for row in table:
+        path = Path(row["image"]["path"] or "")
+        relative = path.relative_to(image_root.resolve()) if path.is_absolute() and path.is_relative_to(image_root.resolve()) else path
+        records.append({"category": row["category"], "image": relative.as_posix(), "attributes": row.get("attributes") or "{}"})
+    return records
+
+
+def _mine(args, records: list[dict], names: list[str], k: int) -> dict:
+    from ..data import negatives as miners
+    from ..data.readers import category_attributes
+
+    if args.miner == "attributes":
+        return miners.mine_by_attributes(category_attributes(records), k)
+    if args.miner == "confusion":
+        if not args.confusion:
+            raise ValueError("--miner confusion needs --confusion FILE.json")
+        confusion, confusion_names = _read_confusion(Path(args.confusion))
+        return miners.mine_by_confusion(confusion, confusion_names, k)
+    if not args.model:
+        raise ValueError("--miner text-embeddings needs --model CHECKPOINT")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(args.model, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    return miners.mine_by_embeddings(names, miners.finedefics_text_embedder(model, processor), k)
+
+
+def _read_confusion(path: Path):
+    from ..data.negatives import confusion_from_predictions
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "matrix" in data and "names" in data:
+        return data["matrix"], data["names"]
+    if "predictions" in data:
+        predictions = data["predictions"]
+        names = sorted({p["correct"] for p in predictions} | {o for p in predictions for o in p.get("options", [])})
+        return confusion_from_predictions([p["correct"] for p in predictions], [p["predicted"] for p in predictions], names), names
+    raise ValueError(f"{path}: expected FOCI results ('predictions') or {{'names', 'matrix'}}")
