@@ -12,7 +12,17 @@ import torch
 from fake_hub import FakeHub
 
 TOKEN = "hf_test_token"
-REPORT = {"benchmarks": {"bird-200": {"accuracy": 0.6971}, "car-196": {"accuracy": 0.8467}}}
+# The shape `finedefics eval` writes to report.json (finedefics_eval.runner.evaluate_model), two scoring modes.
+REPORT = {
+    "model": "runs/finedefics/stage2/final", "benchmark": "bird-200", "split": "test", "seed": 0,
+    "n": 400, "n_scored": 400,
+    "modes": {
+        "generate": {"n": 400, "accuracy": 0.6971, "ci95": [0.652, 0.741], "macro_accuracy": 0.6903,
+                     "failures": 2, "failure_rate": 0.005, "per_class": {"Velmoran Thistlewing": 0.5}},
+        "likelihood": {"n": 400, "accuracy": 0.8467, "ci95": [0.81, 0.88], "macro_accuracy": 0.8401,
+                       "failures": 0, "failure_rate": 0.0, "per_class": {"Velmoran Thistlewing": 1.0}},
+    },
+}
 RECIPE_YAML = "model_name_or_path: HuggingFaceM4/idefics2-8b\ntuning: qlora\nlora_r: 8\nlearning_rate: 2.0e-4\n"
 CODE_FILES = {"configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py"}
 EXPECTED_FILES = CODE_FILES | {
@@ -148,7 +158,11 @@ def test_model_card_metadata_parses_back_with_eval_numbers_and_recipe(staged):
     assert card.data.license == "apache-2.0"
     assert card.data.base_model == "HuggingFaceM4/idefics2-8b"  # from the recipe's model_name_or_path
     assert {"finedefics", "fine-grained-visual-recognition"} <= set(card.data.tags)
-    assert "0.6971" in card.text and "0.8467" in card.text
+    results = {result.metric_config: result for result in card.data.eval_results}
+    assert results.keys() == {"generate", "likelihood"}
+    assert (results["generate"].metric_value, results["likelihood"].metric_value) == (69.71, 84.67)
+    assert results["generate"].dataset_name == "bird-200" and results["generate"].metric_type == "accuracy"
+    assert "| bird-200 | generate | 69.71 | 65.20 – 74.10 | 69.03 | 400 |" in card.text
     assert "lora_r: 8" in card.text
 
 
@@ -162,7 +176,9 @@ def test_report_is_read_from_a_folder_and_base_model_argument_wins(checkpoint, t
     staged = stage_for_hub(checkpoint, tmp_path / "staged", report=tmp_path / "eval", base_model="me/base")
     card = ModelCard.load(staged / "README.md")
     assert card.data.base_model == "me/base"
-    assert "0.6971" in card.text
+    assert [result.metric_value for result in card.data.eval_results] == [69.71, 84.67]
+    with pytest.raises(ValueError, match="no 'modes' section"):
+        stage_for_hub(checkpoint, tmp_path / "other", report={"accuracy": 0.5})
 
 
 @pytest.mark.parametrize("breakage, error, message", [

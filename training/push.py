@@ -204,17 +204,12 @@ def staged_files(staging: str | Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- model card inputs
 def load_report(report) -> dict | None:
-    """An eval report from a dict, a ``report.json`` path, or a folder that holds ``report.json``."""
-    if report is None or isinstance(report, dict):
-        return report
-    path = Path(report)
-    if path.is_dir():
-        path = path / "report.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"eval report not found: {path}")
-    loaded = _read_json(path)
-    if not isinstance(loaded, dict):
-        raise ValueError(f"eval report {path} must hold a JSON object")
+    """An eval report (from ``finedefics eval``): a dict, a ``report.json``, or the folder holding one."""
+    from finedefics_eval.report import load_report as read_report_file
+
+    loaded = report if report is None or isinstance(report, dict) else read_report_file(report)
+    if loaded is not None and not (isinstance(loaded, dict) and isinstance(loaded.get("modes"), dict)):
+        raise ValueError("the eval report has no 'modes' section: pass the report.json written by `finedefics eval`")
     return loaded
 
 
@@ -251,14 +246,15 @@ def render_model_card(report: dict | None, recipe: dict | None, base_model: str 
 
 def render_fallback_card(report: dict | None, recipe: dict | None, base_model: str | None,
                          repo_id: str | None = None) -> str:
-    """A minimal card: Hub metadata, how to load the model, the recipe, and the report's numbers."""
+    """A minimal card: Hub metadata (with a model-index of the report's accuracies), usage, recipe, results."""
     import yaml
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text", license="apache-2.0",
-                         base_model=base_model, tags=list(CARD_TAGS))
+                         base_model=base_model, tags=list(CARD_TAGS), model_name=repo_id or "Finedefics",
+                         eval_results=_eval_results(report) if report else None)
     sections = [
-        "# Finedefics",
+        f"# {repo_id or 'Finedefics'}",
         "A multimodal LLM aligned for fine-grained visual recognition with attribute-augmented "
         "contrastive learning and classification-centred instruction tuning (Finedefics, ICLR 2025)"
         + (f", fine-tuned from `{base_model}`." if base_model else "."),
@@ -270,23 +266,37 @@ def render_fallback_card(report: dict | None, recipe: dict | None, base_model: s
     if recipe:
         sections += ["## Training recipe", "```yaml\n" + yaml.safe_dump(recipe, sort_keys=False).strip() + "\n```"]
     if report:
-        sections += ["## Evaluation", _metrics_table(report)]
+        sections += ["## Evaluation", _results_table(report)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n").content
 
 
-def _metrics_table(report: dict) -> str:
-    rows = [f"| {name} | {value:.4g} |" for name, value in _numeric_leaves(report)]
-    return "\n".join(["| metric | value |", "|---|---|", *rows])
+def _eval_results(report: dict) -> list:
+    """One model-index entry per scoring mode: accuracy in percent on the report's benchmark."""
+    from huggingface_hub import EvalResult
+
+    benchmark = str(report.get("benchmark") or "benchmark")
+    return [
+        EvalResult(task_type="image-classification", task_name="Fine-grained visual recognition",
+                   dataset_type=benchmark, dataset_name=benchmark, dataset_split=report.get("split"),
+                   metric_type="accuracy", metric_name=f"accuracy ({mode})", metric_config=mode,
+                   metric_value=round(100 * metrics["accuracy"], 2))
+        for mode, metrics in report["modes"].items()
+        if metrics.get("accuracy") is not None
+    ]
 
 
-def _numeric_leaves(tree, prefix: str = ""):
-    """(dotted key, number) for every number in a nested dict, in order."""
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            yield from _numeric_leaves(value, name)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield name, value
+def _results_table(report: dict) -> str:
+    rows = ["| benchmark | mode | accuracy (%) | 95% CI | macro accuracy (%) | n |", "|---|---|---|---|---|---|"]
+    for mode, metrics in report["modes"].items():
+        interval = metrics.get("ci95")
+        ci = f"{100 * interval[0]:.2f} – {100 * interval[1]:.2f}" if interval else "-"
+        rows.append(f"| {report.get('benchmark')} | {mode} | {_percent(metrics.get('accuracy'))} | {ci} | "
+                    f"{_percent(metrics.get('macro_accuracy'))} | {metrics.get('n', '-')} |")
+    return "\n".join(rows)
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
 
 
 # ----------------------------------------------------------------------------- upload
