@@ -1,0 +1,456 @@
+"""Benchmarks for 4-way fine-grained recognition: FOCI's six datasets, the synthetic benchmark, and any
+image classification dataset (an imagefolder or a ``datasets`` dataset) with hard-negative options.
+
+Every loader returns a :class:`Benchmark`: multiple-choice examples whose ``options[0]`` is the
+ground truth (the option order shown to a model is chosen later, with a seed), the full list of
+categories (for top-k over all of them), the FOCI question, and which categories are rare where the
+dataset says so.
+
+    bench = load_benchmark("bird-200", image_root="/data/CUB_200_2011")   # FOCI option file + your images
+    bench = load_benchmark("runs/synth")                                  # synthetic benchmark folder
+    bench = load_benchmark("my_imagefolder", split="test")               # options from the hard-negative miner
+
+Images are opened lazily, one batch at a time. A missing image does not stop an evaluation: the
+runner counts it, reports it and goes on (see ``Benchmark.missing_images``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .foci import (
+    CHOICE_LETTERS, FOCI_DATASETS, OptionExample, check_options, foci_option_path, foci_query, load_option_file,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+OPEN_SET_QUESTION = "What is the species of the {noun} in the image?"  # stage II's open-set instruction
+SYNTHETIC_NOUN = "bird"
+NUM_OPTIONS = len(CHOICE_LETTERS)
+
+# category -> similar categories, most similar first; or a function computing that from the names.
+Negatives = Mapping[str, Sequence[str]] | Callable[[list[str]], Mapping[str, Sequence[str]]]
+
+
+@dataclass
+class Benchmark:
+    """A multiple-choice recognition benchmark.
+
+    Attributes:
+        name: short name used in reports ("bird-200", "synth", a folder name).
+        split: the dataset split evaluated.
+        examples: the examples, ``options[0]`` being the ground truth.
+        categories: every category name of the dataset (the candidates of top-k over all categories).
+        query: FOCI's question for these objects.
+        open_set_question: the question asking the model to name the object.
+        image_root: folder the examples' image paths are relative to (None for in-memory images).
+        rare_categories: categories the dataset marks as rare, or None where it says nothing.
+        display_name / dataset_type: how model cards name the dataset.
+        source: where the benchmark was read from.
+    """
+
+    name: str
+    split: str
+    examples: list[OptionExample]
+    categories: list[str]
+    query: str
+    open_set_question: str
+    image_root: Path | None = None
+    rare_categories: frozenset[str] | None = None
+    display_name: str | None = None
+    dataset_type: str | None = None
+    source: str = ""
+    image_getter: Callable[[OptionExample], object] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if not self.examples:
+            raise ValueError(f"benchmark {self.name!r} ({self.source or 'no source'}, split {self.split!r}) "
+                             "has no examples")
+        unknown = sorted({e.groundtruth for e in self.examples} - set(self.categories))
+        if unknown:
+            raise ValueError(f"benchmark {self.name!r}: ground-truth labels missing from its categories: {unknown[:5]}")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def image_path(self, example: OptionExample) -> Path | None:
+        """The image file of ``example``, or None when images are held in memory."""
+        return None if self.image_getter else Path(self.image_root) / example.image
+
+    def load_image(self, example: OptionExample):
+        """The example's image as an RGB PIL image; a missing or unreadable file raises FileNotFoundError/ValueError."""
+        from PIL import Image, UnidentifiedImageError
+
+        if self.image_getter is not None:
+            image = self.image_getter(example)
+        else:
+            path = self.image_path(example)
+            if not path.is_file():
+                raise FileNotFoundError(f"image not found: {path}")
+            try:
+                with Image.open(path) as opened:
+                    opened.load()
+                    image = opened.copy()
+            except (UnidentifiedImageError, OSError, SyntaxError) as error:
+                raise ValueError(f"cannot read image {path}: {error}") from error
+        return image.convert("RGB") if image.mode != "RGB" else image
+
+    def missing_images(self) -> list[OptionExample]:
+        """Examples whose image file does not exist (always empty for in-memory images)."""
+        if self.image_getter is not None:
+            return []
+        return [example for example in self.examples if not self.image_path(example).is_file()]
+
+    def describe(self) -> dict:
+        """The benchmark's identity for a report."""
+        return {"name": self.name, "split": self.split, "source": self.source, "query": self.query,
+                "num_examples": len(self.examples), "num_categories": len(self.categories),
+                "num_rare_categories": None if self.rare_categories is None else len(self.rare_categories),
+                "display_name": self.display_name or self.name, "dataset_type": self.dataset_type or self.name}
+
+
+# ----------------------------------------------------------------------------- entry point
+def load_benchmark(spec: str, image_root: str | Path | None = None, split: str = "test",
+                   negatives: Negatives | None = None, limit: int | None = None, **kwargs) -> Benchmark:
+    """Load a benchmark from ``spec``:
+
+    - a FOCI dataset name (``bird-200``, ``car-196``, ...; ``foci:`` prefix allowed): the shipped option
+      file, with images under ``image_root``;
+    - a FOCI option file (``*.json``): with images under ``image_root`` (default: the file's folder);
+    - a synthetic benchmark folder (``categories.json`` + ``foci_test.json``);
+    - an imagefolder (``<split>/metadata.jsonl`` or ``<split>/<class>/*.jpg``) or a ``save_to_disk``
+      dataset folder;
+    - otherwise a ``datasets`` dataset name (needs network or a local cache).
+
+    ``limit`` keeps the first examples only (a quick look, not a result). Other keyword arguments go
+    to the specific loader.
+    """
+    name = spec.removeprefix("foci:")
+    path = Path(spec)
+    if name in FOCI_DATASETS:
+        benchmark = load_foci_benchmark(name, _required_root(image_root, name), **kwargs)
+    elif spec.startswith("foci:"):
+        raise ValueError(f"unknown FOCI dataset {name!r}; choose one of {', '.join(FOCI_DATASETS)}")
+    elif path.suffix == ".json":
+        benchmark = load_option_file_benchmark(path, image_root, **kwargs)
+    elif path.is_dir() and (path / "categories.json").is_file():
+        benchmark = load_synthetic_benchmark(path, split=split, negatives=negatives)
+    elif path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        benchmark = load_datasets_benchmark(str(path), split=split, negatives=negatives, **kwargs)
+    elif path.is_dir():
+        benchmark = load_imagefolder_benchmark(path, split=split, negatives=negatives, **kwargs)
+    elif path.exists() or spec.startswith((".", "/")):
+        raise FileNotFoundError(f"benchmark not found or not a folder: {spec}")
+    else:
+        benchmark = load_datasets_benchmark(spec, split=split, negatives=negatives, **kwargs)
+    return _limited(benchmark, limit)
+
+
+def _required_root(image_root, name: str) -> Path:
+    if image_root is None:
+        raise ValueError(f"FOCI dataset {name!r} needs --image-root: the folder its option file's image "
+                         "paths (e.g. 'images/...jpg') are relative to")
+    root = Path(image_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image root not found: {root}")
+    return root
+
+
+def _limited(benchmark: Benchmark, limit: int | None) -> Benchmark:
+    if limit is None or limit >= len(benchmark.examples):
+        return benchmark
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    benchmark.examples = benchmark.examples[:limit]
+    return benchmark
+
+
+# ----------------------------------------------------------------------------- FOCI
+def load_foci_benchmark(name: str, image_root: str | Path, max_per_label: int | None = None) -> Benchmark:
+    """One of FOCI's six datasets: the shipped option file, images under ``image_root``.
+
+    ``max_per_label`` keeps the first examples of each label, as FOCI's ``--max_examples`` does.
+    """
+    dataset = FOCI_DATASETS[name]
+    benchmark = load_option_file_benchmark(foci_option_path(name), image_root, max_per_label=max_per_label,
+                                           query=foci_query(name), noun=dataset.singular)
+    benchmark.name, benchmark.source = name, f"FOCI option file {foci_option_path(name).name}"
+    benchmark.display_name, benchmark.dataset_type = dataset.display_name, dataset.dataset_type
+    return benchmark
+
+
+def load_option_file_benchmark(path: str | Path, image_root: str | Path | None = None,
+                               max_per_label: int | None = None, query: str | None = None,
+                               noun: str = "object") -> Benchmark:
+    """Any option file in FOCI's format; the categories are its ground-truth labels and options."""
+    path = Path(path)
+    examples = load_option_file(path)
+    if max_per_label is not None:
+        examples = _first_per_label(examples, max_per_label)
+    categories = _ordered_unique(label for e in examples for label in [e.groundtruth, *e.options])
+    return Benchmark(
+        name=path.name.split("-ViT")[0].removesuffix(".json"), split="test", examples=examples,
+        categories=categories, query=query or foci_query(noun + "s"),
+        open_set_question=OPEN_SET_QUESTION.format(noun=noun),
+        image_root=Path(image_root) if image_root is not None else path.parent, source=str(path),
+    )
+
+
+def _first_per_label(examples: list[OptionExample], max_per_label: int) -> list[OptionExample]:
+    seen: dict[str, int] = {}
+    kept = []
+    for example in examples:
+        seen[example.groundtruth] = seen.get(example.groundtruth, 0) + 1
+        if seen[example.groundtruth] <= max_per_label:
+            kept.append(example)
+    return kept
+
+
+# ----------------------------------------------------------------------------- synthetic
+def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives: Negatives | None = None) -> Benchmark:
+    """The synthetic benchmark folder: ``categories.json``, ``<split>/metadata.jsonl``, ``foci_test.json``.
+
+    The test split uses ``foci_test.json`` (FOCI's option format); another split builds its options
+    from the rows' ``neg_categories``. Rare categories are those with ``is_rare`` in ``categories.json``.
+    """
+    folder = Path(folder)
+    categories = _read_categories(folder / "categories.json")
+    names = [c["name"] for c in categories]
+    option_file = folder / f"foci_{split}.json"
+    if option_file.is_file():
+        examples = load_option_file(option_file)
+        image_root = _option_image_root(folder, split, examples)
+    else:
+        rows = _read_metadata(folder / split / "metadata.jsonl")
+        examples = _examples_from_rows(rows, folder / split / "metadata.jsonl", "category", names, negatives)
+        image_root = folder / split
+    rare = frozenset(c["name"] for c in categories if c.get("is_rare"))
+    return Benchmark(
+        name=folder.name, split=split, examples=examples, categories=_ordered_unique(names),
+        query=foci_query(SYNTHETIC_NOUN + "s"), open_set_question=OPEN_SET_QUESTION.format(noun=SYNTHETIC_NOUN),
+        image_root=image_root, rare_categories=rare, display_name=f"Finedefics synthetic birds ({folder.name})",
+        dataset_type="finedefics-synthetic", source=str(folder),
+    )
+
+
+def _read_categories(path: Path) -> list[dict]:
+    try:
+        categories = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(categories, list) or not categories:
+        raise ValueError(f"{path}: expected a non-empty list of categories")
+    for index, category in enumerate(categories):
+        if not isinstance(category, dict) or not isinstance(category.get("name"), str) or not category["name"].strip():
+            raise ValueError(f"{path}: category {index}: field 'name' must be a non-empty string")
+    return categories
+
+
+def _option_image_root(folder: Path, split: str, examples: list[OptionExample]) -> Path:
+    """Option-file image paths are relative to the benchmark folder or to its split folder."""
+    if (folder / examples[0].image).is_file() or not (folder / split / examples[0].image).is_file():
+        return folder
+    return folder / split
+
+
+# ----------------------------------------------------------------------------- imagefolder
+def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_column: str | None = None,
+                               negatives: Negatives | None = None, noun: str = "object",
+                               rare_column: str = "is_rare") -> Benchmark:
+    """An imagefolder: ``<split>/metadata.jsonl`` (``file_name`` + a label column) or ``<split>/<class>/<image>``.
+
+    Without a ``<split>`` folder the folder itself is the split. Options are the rows'
+    ``neg_categories`` where present, else the hard negatives of ``negatives`` (default:
+    :func:`hard_negatives`). Categories marked in ``rare_column`` are reported as rare.
+    """
+    folder = Path(folder)
+    split_dir = folder / split if (folder / split).is_dir() else folder
+    metadata = split_dir / "metadata.jsonl"
+    if metadata.is_file():
+        rows = _read_metadata(metadata)
+        label_column = label_column or ("category" if "category" in rows[0] else "label")
+    else:
+        rows = _rows_from_class_folders(split_dir)
+        label_column = "category"
+    categories = _ordered_unique(str(row.get(label_column, "")) for row in rows)
+    examples = _examples_from_rows(rows, metadata, label_column, categories, negatives)
+    rare = _rare_from_rows(rows, label_column, rare_column)
+    return Benchmark(
+        name=folder.name, split=split, examples=examples, categories=categories, query=foci_query(noun + "s"),
+        open_set_question=OPEN_SET_QUESTION.format(noun=noun), image_root=split_dir, rare_categories=rare,
+        source=str(folder),
+    )
+
+
+def _read_metadata(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: line {number} is not valid JSON: {error}") from error
+    if not rows:
+        raise ValueError(f"{path} holds no rows: the benchmark would be empty")
+    return rows
+
+
+def _rows_from_class_folders(split_dir: Path) -> list[dict]:
+    rows = [{"file_name": image.relative_to(split_dir).as_posix(), "category": class_dir.name}
+            for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir())
+            for image in sorted(class_dir.iterdir()) if image.suffix.lower() in IMAGE_SUFFIXES]
+    if not rows:
+        raise ValueError(f"{split_dir} holds no images in class folders (<class>/<image>) and no metadata.jsonl: "
+                         "the benchmark would be empty")
+    return rows
+
+
+def _examples_from_rows(rows: list[dict], where: Path, label_column: str, categories: list[str],
+                        negatives: Negatives | None) -> list[OptionExample]:
+    """Multiple-choice examples from dataset rows: own ``neg_categories`` first, then mined negatives."""
+    needs_mining = any(len(_row_negatives(row, row.get(label_column))) < NUM_OPTIONS - 1 for row in rows)
+    mined = _resolve_negatives(negatives, categories) if needs_mining else {}
+    examples = []
+    for index, row in enumerate(rows):
+        place = f"{where}: row {index}"
+        label = row.get(label_column)
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"{place}: field {label_column!r} must be a non-empty category name, got {label!r}")
+        image = row.get("file_name") or row.get("image")
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"{place}: field 'file_name' must name the image file, got {image!r}")
+        distractors = _distractors(_row_negatives(row, label), mined.get(label, ()), label)
+        if len(distractors) < NUM_OPTIONS - 1:
+            raise ValueError(f"{place}: only {len(distractors)} wrong options for {label!r}; need "
+                             f"{NUM_OPTIONS - 1} (the dataset has {len(categories)} categories)")
+        options = [label, *distractors[: NUM_OPTIONS - 1]]
+        check_options(options, label, place)
+        examples.append(OptionExample(example_id=str(index), image=image, groundtruth=label, options=options,
+                                      extra={"is_rare": row.get("is_rare")} if "is_rare" in row else {}))
+    return examples
+
+
+def _row_negatives(row: dict, label) -> list[str]:
+    return [n for n in (row.get("neg_categories") or []) if isinstance(n, str) and n != label]
+
+
+def _distractors(own: Sequence[str], mined: Sequence[str], label: str) -> list[str]:
+    return _ordered_unique(n for n in [*own, *mined] if n != label)
+
+
+def _rare_from_rows(rows: list[dict], label_column: str, rare_column: str) -> frozenset[str] | None:
+    if not any(rare_column in row for row in rows):
+        return None
+    return frozenset(str(row[label_column]) for row in rows if row.get(rare_column))
+
+
+# ----------------------------------------------------------------------------- datasets
+def load_datasets_benchmark(name_or_path: str, split: str = "test", image_column: str = "image",
+                            label_column: str = "label", negatives: Negatives | None = None,
+                            noun: str = "object") -> Benchmark:
+    """A ``datasets`` image-classification dataset (a ``save_to_disk`` folder or a dataset name).
+
+    Labels may be a ``ClassLabel`` (its names are the categories) or strings. Options come from the
+    hard-negative miner over the category names (``negatives``, default :func:`hard_negatives`).
+    """
+    dataset = _load_split(name_or_path, split)
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"{name_or_path} ({split}): no column {column!r}; columns are {dataset.column_names}")
+    labels = _label_names(dataset, label_column)
+    categories = _ordered_unique(labels)
+    rows = [{"file_name": f"{split}/{index}", "category": label} for index, label in enumerate(labels)]
+    examples = _examples_from_rows(rows, Path(name_or_path), "category", categories, negatives)
+    images = dataset.select_columns([image_column])
+
+    def image_getter(example: OptionExample):
+        return images[int(example.example_id)][image_column]
+
+    return Benchmark(
+        name=Path(name_or_path).name, split=split, examples=examples, categories=categories,
+        query=foci_query(noun + "s"), open_set_question=OPEN_SET_QUESTION.format(noun=noun),
+        source=name_or_path, image_getter=image_getter,
+    )
+
+
+def _load_split(name_or_path: str, split: str):
+    import datasets
+
+    if Path(name_or_path).is_dir():
+        loaded = datasets.load_from_disk(name_or_path)
+    else:
+        loaded = datasets.load_dataset(name_or_path)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"{name_or_path} has no split {split!r}; splits are {list(loaded)}")
+        loaded = loaded[split]
+    if len(loaded) == 0:
+        raise ValueError(f"{name_or_path} ({split}) has no rows: the benchmark would be empty")
+    return loaded
+
+
+def _label_names(dataset, label_column: str) -> list[str]:
+    feature = dataset.features[label_column]
+    values = dataset[label_column]
+    if hasattr(feature, "int2str"):
+        return [feature.int2str(int(value)) for value in values]
+    for index, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"row {index}: field {label_column!r} must be a category name or a ClassLabel, "
+                             f"got {value!r}")
+    return list(values)
+
+
+# ----------------------------------------------------------------------------- hard negatives
+def _resolve_negatives(negatives: Negatives | None, categories: list[str]) -> Mapping[str, Sequence[str]]:
+    if negatives is None:
+        return hard_negatives(categories)
+    if callable(negatives):
+        return negatives(categories)
+    return negatives
+
+
+def hard_negatives(categories: list[str], k: int = NUM_OPTIONS - 1) -> dict[str, list[str]]:
+    """For each category, the ``k`` most similar other category names, most similar first.
+
+    Uses the project's hard-negative miner (``finedefics_training.data.negatives``) when it is
+    installed; otherwise a deterministic name-similarity ranking (``difflib`` ratio, ties by name),
+    which favours siblings such as "Laysan Albatross" / "Sooty Albatross".
+    """
+    miner = _project_miner()
+    if miner is not None:
+        return {name: list(similar)[:k] for name, similar in miner(categories, k).items()}
+    ranked = {}
+    for name in categories:
+        others = [other for other in categories if other != name]
+        others.sort(key=lambda other: (-difflib.SequenceMatcher(None, name.lower(), other.lower()).ratio(), other))
+        ranked[name] = others[:k]
+    return ranked
+
+
+def _project_miner():
+    """The training package's name-based hard-negative miner, if this installation has one."""
+    try:
+        from finedefics_training.data.negatives import mine_name_negatives
+    except ImportError:
+        return None
+    return mine_name_negatives
+
+
+def _ordered_unique(values) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+__all__ = [
+    "Benchmark", "hard_negatives", "load_benchmark", "load_datasets_benchmark", "load_foci_benchmark",
+    "load_imagefolder_benchmark", "load_option_file_benchmark", "load_synthetic_benchmark",
+]

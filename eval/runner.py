@@ -1,0 +1,191 @@
+"""Evaluate a Finedefics model on a benchmark in one or more scoring modes and build the report dict.
+
+    from finedefics_eval import evaluate_model, load_benchmark, write_report
+
+    benchmark = load_benchmark("bird-200", image_root="/data/CUB_200_2011")
+    report = evaluate_model(model, processor, benchmark, modes=("generate", "likelihood", "embedding"), seed=0)
+    write_report(report, "runs/eval/bird-200")
+
+All modes see the same examples with the same seeded option order. Images are loaded once per batch
+and shared by the modes; each mode's time includes that loading, so its speed is what a run of that
+mode alone would take. ``seconds`` is a mode's whole time (set-up included: the embedding mode embeds
+every category name first); ``images_per_second`` is the steady-state speed, measured after the first
+batch (which pays one-off costs) whenever there is more than one. Missing or unreadable images are
+skipped, counted and listed in the report; the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from .report import DEFAULT_BOOTSTRAP_SAMPLES, mode_metrics, top_k_metrics
+from .scoring import FOCI_MAX_NEW_TOKENS, MC_MODES, build_scorers, check_modes, prepare_examples
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_LISTED = 20
+
+
+def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, batch_size: int = 8,
+                   max_new_tokens: int = FOCI_MAX_NEW_TOKENS, likelihood_answer: str = "letter",
+                   prompt_template: str = "{}", bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
+                   progress: bool = True, model_name: str | None = None) -> dict:
+    """Score ``benchmark`` with each of ``modes`` and return the report dict.
+
+    Args:
+        model: a ``FinedeficsForConditionalGeneration`` (put in eval mode here).
+        processor: its ``FinedeficsProcessor``.
+        benchmark: a :class:`~finedefics_eval.benchmarks.Benchmark`.
+        modes: any of ``generate``, ``likelihood``, ``embedding``, ``open_set``.
+        seed: seeds the option order (the same for every mode); recorded in the report.
+        batch_size: examples per forward pass.
+        max_new_tokens: generation budget of ``generate`` (FOCI: 10).
+        likelihood_answer: the answer ``likelihood`` scores: ``letter`` (default), ``letter_name`` or ``name``.
+        prompt_template: wraps the FOCI prompt text (``"{}"``: as is).
+        bootstrap_samples: resamples of the 95% intervals (0: none).
+        progress: show a progress bar.
+        model_name: how the report names the model (default: the model's ``name_or_path``).
+
+    Returns:
+        ``{"model", "benchmark", "split", "seed", "n", "n_scored", "skipped", "protocol", "modes",
+        "predictions", ...}``; ``modes[mode]`` holds ``accuracy``, ``ci95``, ``macro_accuracy``,
+        ``failures``, ``images_per_second`` and more; ``predictions[mode]`` the FOCI-format records.
+
+    Raises:
+        ValueError: an unknown mode, a batch size below 1, or no image of the benchmark could be read.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    modes = check_modes(modes)
+    model.eval()
+    prepared = prepare_examples(benchmark.examples, benchmark.query, seed, prompt_template)
+    missing_ids = {example.example_id for example in benchmark.missing_images()}
+    if missing_ids:
+        logger.warning("%s: %d of %d images are missing under %s; they are skipped and reported",
+                       benchmark.name, len(missing_ids), len(prepared), benchmark.image_root)
+    to_score = [item for item in prepared if item.example.example_id not in missing_ids]
+    scorers, setup_seconds = _timed_scorers(model, processor, benchmark, modes, max_new_tokens, likelihood_answer)
+    records, unreadable, timings = _score_all(benchmark, to_score, scorers, batch_size, progress)
+    scored = len(to_score) - len(unreadable)
+    if scored == 0:
+        raise ValueError(f"benchmark {benchmark.name!r}: none of its {len(prepared)} images could be read "
+                         f"({len(missing_ids)} missing, {len(unreadable)} unreadable) under {benchmark.image_root}")
+    skipped = [item.example.image for item in prepared if item.example.example_id in missing_ids] + unreadable
+    report = _report_header(model, benchmark, seed, len(prepared), scored, len(missing_ids), unreadable, skipped,
+                            model_name)
+    report["protocol"] = {"query": benchmark.query, "open_set_question": benchmark.open_set_question,
+                          "prompt_template": prompt_template, "max_new_tokens": max_new_tokens,
+                          "likelihood_answer": likelihood_answer, "batch_size": batch_size,
+                          "option_order": f"per-example shuffle seeded by (seed={seed}, example id)"}
+    report["modes"] = {mode: _mode_report(mode, records[mode], benchmark, timings[mode], setup_seconds[mode],
+                                          bootstrap_samples, seed) for mode in scorers}
+    report["predictions"] = records
+    return report
+
+
+def _timed_scorers(model, processor, benchmark, modes, max_new_tokens: int, likelihood_answer: str):
+    """Build the scorers, timing each set-up (the embedding mode embeds every category name here)."""
+    scorers, setup_seconds = {}, {}
+    for mode in modes:
+        start = time.perf_counter()
+        scorers.update(build_scorers(model, processor, benchmark, [mode], max_new_tokens, likelihood_answer))
+        setup_seconds[mode] = time.perf_counter() - start
+    return scorers, setup_seconds
+
+
+def _score_all(benchmark, to_score, scorers: dict, batch_size: int, progress: bool):
+    """Run every scorer over the examples in batches.
+
+    Returns the records per mode, the unreadable image paths, and per mode a list of
+    ``(images scored, seconds)`` per batch.
+    """
+    from tqdm.auto import tqdm
+
+    records = {mode: [] for mode in scorers}
+    timings = {mode: [] for mode in scorers}
+    unreadable: list[str] = []
+    bar = tqdm(total=len(to_score), desc=f"{benchmark.name} [{', '.join(scorers)}]", unit="img",
+               disable=not progress)
+    for start in range(0, len(to_score), batch_size):
+        batch = to_score[start:start + batch_size]
+        load_start = time.perf_counter()
+        images, items = _load_batch(benchmark, batch, unreadable)
+        load_seconds = time.perf_counter() - load_start
+        for mode, scorer in scorers.items():
+            mode_start = time.perf_counter()
+            if items:
+                records[mode].extend(scorer(images, items))
+            timings[mode].append((len(items), time.perf_counter() - mode_start + load_seconds))
+        bar.update(len(batch))
+    bar.close()
+    return records, unreadable, timings
+
+
+def _load_batch(benchmark, batch, unreadable: list[str]):
+    """The batch's images; one that cannot be read is logged, recorded in ``unreadable`` and left out."""
+    images, items = [], []
+    for item in batch:
+        try:
+            images.append(benchmark.load_image(item.example))
+        except (FileNotFoundError, ValueError) as error:
+            logger.warning("skipping example %s: %s", item.example.example_id, error)
+            unreadable.append(item.example.image)
+            continue
+        items.append(item)
+    return images, items
+
+
+def _report_header(model, benchmark, seed, total, scored, missing, unreadable, skipped, model_name) -> dict:
+    return {
+        "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+        "benchmark": benchmark.name, "split": benchmark.split, "seed": seed, "n": total, "n_scored": scored,
+        "skipped": {"missing_images": missing, "unreadable_images": len(unreadable),
+                    "examples": skipped[:SKIPPED_LISTED]},
+        "benchmark_info": benchmark.describe(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+
+
+def _mode_report(mode: str, records: list[dict], benchmark, timings: list[tuple[int, float]], setup_seconds: float,
+                 bootstrap_samples: int, seed: int) -> dict:
+    failures = _failures(mode, records, benchmark.categories)
+    metrics = mode_metrics(records, failures, bootstrap_samples, seed, benchmark.rare_categories)
+    if mode == "embedding":
+        metrics.update(top_k_metrics(records, bootstrap_samples, seed), num_categories=len(benchmark.categories),
+                       category_cache_seconds=setup_seconds)
+    metrics["seconds"] = setup_seconds + sum(seconds for _, seconds in timings)
+    metrics["images_per_second"] = steady_state_speed(timings)
+    return metrics
+
+
+def steady_state_speed(timings: list[tuple[int, float]]) -> float | None:
+    """Images per second over all batches but the first (one-off costs), or over the only batch."""
+    counted = timings[1:] if len(timings) > 1 else timings
+    images, seconds = sum(n for n, _ in counted), sum(s for _, s in counted)
+    return images / seconds if seconds > 0 and images else None
+
+
+def _failures(mode: str, records: list[dict], categories: list[str]) -> list[bool]:
+    """Generation failures: an unparseable letter (multiple choice) or an answer naming no category (open set)."""
+    if mode == "open_set":
+        known = set(categories)
+        return [record["predicted"] not in known for record in records]
+    return [record["predicted"] not in record["options"] for record in records]
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("finedefics", "transformers", "torch"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+__all__ = ["evaluate_model"]
