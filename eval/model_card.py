@@ -1,0 +1,204 @@
+"""Model cards with evaluation results: Hub ``model-index`` entries from eval reports, rendered into a
+checkpoint's ``README.md`` from the repository's ``model_card.md`` template.
+
+    card = render_model_card(load_report("runs/eval/bird-200"), recipe=recipe, repo_id="me/finedefics-8b")
+    write_model_card("runs/stage2/final", "runs/eval/bird-200", repo_id="me/finedefics-8b")
+
+The template's master copy is ``model_card.md`` at the repository root; ``eval/templates/model_card.md``
+is the copy shipped inside the package (so a non-editable install has it), kept identical to the
+master by a test. Edit the master, then copy it over.
+
+Every mode of every benchmark becomes one ``EvalResult`` (huggingface_hub), accuracy in percent:
+``task`` "fine-grained visual recognition (4-way multiple choice)" (``open_set`` has its own task),
+``dataset`` the benchmark (FOCI datasets under their usual names), ``metric`` accuracy with the mode
+as its ``config``. The embedding mode adds top-1 and top-5 over all categories.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+from .foci import FOCI_DATASETS
+
+logger = logging.getLogger(__name__)
+
+CARD_TAGS = ["finedefics", "fine-grained-visual-recognition", "idefics2", "multimodal"]
+TASK_TYPE = "image-classification"
+OPEN_SET_TASK_TYPE = "image-text-to-text"  # naming the object is generation, not a choice among classes
+MC_TASK_NAME = "Fine-grained visual recognition (4-way multiple choice)"
+OPEN_SET_TASK_NAME = "Fine-grained visual recognition (open set)"
+TEMPLATE_NAME = "model_card.md"
+
+
+def template_path() -> Path:
+    """The model-card template shipped in the package (a copy of the repository's ``model_card.md``)."""
+    return Path(str(resources.files(__package__).joinpath("templates", TEMPLATE_NAME)))
+
+
+# ----------------------------------------------------------------------------- results
+def benchmark_reports(report) -> list[dict]:
+    """The per-benchmark reports inside ``report``: one report, a list, or ``{"benchmarks": {name: report}}``."""
+    if report is None:
+        return []
+    if isinstance(report, (list, tuple)):
+        return [single for item in report for single in benchmark_reports(item)]
+    if not isinstance(report, dict):
+        raise ValueError(f"an eval report must be a dict, got {type(report).__name__}")
+    if "benchmarks" in report:
+        return [{"benchmark": name, **entry} for name, entry in report["benchmarks"].items()]
+    if "modes" in report or "accuracy" in report:
+        return [report]
+    raise ValueError("eval report has neither 'modes' nor 'benchmarks': not a finedefics eval report")
+
+
+def eval_results_from_report(report) -> list:
+    """``huggingface_hub.EvalResult`` entries (accuracy in %) for every benchmark and mode of ``report``."""
+    return [result for result, _ in _result_entries(report)]
+
+
+def _result_entries(report) -> list[tuple]:
+    """(EvalResult, 95% interval in % or None) for every benchmark and mode of ``report``."""
+    entries = []
+    for single in benchmark_reports(report):
+        modes = single.get("modes") or {"accuracy": {"accuracy": single["accuracy"]}}
+        for mode, metrics in modes.items():
+            entries += _mode_entries(single, mode, metrics)
+    return entries
+
+
+def _mode_entries(report: dict, mode: str, metrics: dict) -> list[tuple]:
+    from huggingface_hub import EvalResult
+
+    dataset_type, dataset_name = _dataset_identity(report)
+    common = dict(
+        task_type=OPEN_SET_TASK_TYPE if mode == "open_set" else TASK_TYPE,
+        task_name=OPEN_SET_TASK_NAME if mode == "open_set" else MC_TASK_NAME,
+        dataset_type=dataset_type, dataset_name=dataset_name, dataset_split=report.get("split") or "test",
+        metric_type="accuracy",
+    )
+    config = None if mode == "accuracy" else mode  # a bare {"accuracy": x} summary names no mode
+    entries = [(EvalResult(metric_value=_percent(metrics["accuracy"]), metric_config=config,
+                           metric_name=f"accuracy ({mode})" if config else "accuracy", **common),
+                _percent_interval(metrics.get("ci95")))]
+    categories = f"all {metrics['num_categories']} categories" if metrics.get("num_categories") else "all categories"
+    for key, label in (("top1_all", "top-1"), ("top5_all", "top-5")):
+        if metrics.get(key) is not None:
+            entries.append((EvalResult(metric_value=_percent(metrics[key]), metric_config=f"{mode}-{key}",
+                                       metric_name=f"{label} accuracy over {categories} ({mode})", **common),
+                            _percent_interval(metrics.get(f"{key}_ci95"))))
+    return entries
+
+
+def _dataset_identity(report: dict) -> tuple[str, str]:
+    name = str(report.get("benchmark") or "benchmark")
+    info = report.get("benchmark_info") or {}
+    foci = FOCI_DATASETS.get(name)
+    if foci:
+        return foci.dataset_type, f"{foci.display_name} (FOCI {name})"
+    return info.get("dataset_type") or name, info.get("display_name") or name
+
+
+def _percent(value: float) -> float:
+    return round(100 * float(value), 2)
+
+
+def _percent_interval(interval) -> list[float] | None:
+    return [_percent(value) for value in interval] if interval else None
+
+
+# ----------------------------------------------------------------------------- table
+def results_table(results: list, intervals: dict | None = None) -> str:
+    """A Markdown table of ``EvalResult`` entries; ``intervals`` maps a result's key to its 95% interval (in %)."""
+    if not results:
+        return ""
+    intervals = intervals or {}
+    rows = ["| dataset | split | metric | value (%) | 95% CI |", "|---|---|---|---|---|"]
+    for result in results:
+        interval = intervals.get(_result_key(result))
+        cell = f"{interval[0]:.2f} – {interval[1]:.2f}" if interval else "–"
+        rows.append(f"| {result.dataset_name} | {result.dataset_split} | {result.metric_name} | "
+                    f"{result.metric_value:.2f} | {cell} |")
+    return "\n".join(rows)
+
+
+def _result_key(result) -> tuple:
+    """What makes two results the same measurement (a newer one replaces an older one)."""
+    return (result.task_name, result.dataset_type, result.dataset_split, result.metric_type,
+            result.metric_config or result.metric_name)
+
+
+# ----------------------------------------------------------------------------- rendering
+def render_model_card(report=None, recipe: dict | None = None, base_model: str | None = None,
+                      repo_id: str | None = None, existing_results: list | None = None,
+                      template: str | Path | None = None) -> str:
+    """The model card (YAML metadata with ``model-index`` + Markdown) rendered from the template.
+
+    Args:
+        report: an eval report dict, a list of them, or ``{"benchmarks": {name: report}}``; None for none.
+        recipe: the training recipe (a dict), shown in the card.
+        base_model: Hub id of the model it was trained from.
+        repo_id: the repo the card is for (used in the loading snippet and as the model-index name).
+        existing_results: ``EvalResult`` entries already published; kept unless ``report`` measures them again.
+        template: another template file (default: the shipped copy of ``model_card.md``).
+    """
+    import yaml
+    from huggingface_hub import ModelCard, ModelCardData
+
+    entries = _result_entries(report)
+    results = merge_results(existing_results or [], [result for result, _ in entries])
+    intervals = {_result_key(result): interval for result, interval in entries if interval}
+    model_name = (repo_id or "finedefics").split("/")[-1]
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="image-text-to-text", license="apache-2.0", base_model=base_model,
+        tags=list(CARD_TAGS), model_name=model_name, eval_results=results or None,
+    )
+    card = ModelCard.from_template(
+        data, template_path=str(template or template_path()), title=f"Finedefics: {model_name}",
+        summary=_summary(base_model), repo_id=repo_id or "USER/NAME",
+        results_table=results_table(results, intervals),
+        recipe_yaml=yaml.safe_dump(recipe, sort_keys=False).strip() if recipe else "",
+    )
+    return card.content
+
+
+def _summary(base_model: str | None) -> str:
+    origin = f", fine-tuned from [`{base_model}`](https://huggingface.co/{base_model})" if base_model else ""
+    return ("A multimodal LLM aligned for fine-grained visual recognition with attribute-augmented contrastive "
+            f"learning and classification-centred instruction tuning (Finedefics, ICLR 2025){origin}.")
+
+
+def merge_results(existing: list, new: list) -> list:
+    """``existing`` results not measured again by ``new``, then ``new`` (in their order)."""
+    measured = {_result_key(result) for result in new}
+    return [result for result in existing if _result_key(result) not in measured] + list(new)
+
+
+def write_model_card(checkpoint_dir: str | Path, report, recipe: dict | None = None, base_model: str | None = None,
+                     repo_id: str | None = None) -> Path:
+    """Render the card into ``checkpoint_dir/README.md``, keeping results an existing card already holds.
+
+    Evaluating one benchmark at a time thus builds up a card with all of them; a benchmark and mode
+    evaluated again replace their earlier numbers.
+    """
+    from huggingface_hub import ModelCard
+
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
+    readme = folder / "README.md"
+    existing = []
+    if readme.is_file():
+        card = ModelCard.load(readme)
+        existing = list(card.data.eval_results or [])
+        base_model = base_model or card.data.base_model
+    readme.write_text(render_model_card(report, recipe, base_model, repo_id, existing), encoding="utf-8")
+    logger.info("model card with %d result(s) written to %s", len(eval_results_from_report(report)), readme)
+    return readme
+
+
+__all__ = [
+    "benchmark_reports", "eval_results_from_report", "merge_results", "render_model_card", "results_table",
+    "template_path", "write_model_card",
+]
