@@ -1,0 +1,88 @@
+"""Throughput of the three scoring modes on the same tiny model and the same images, in one run.
+
+    python benchmarks/bench_eval_modes.py --images 96 --batch-size 16
+
+Builds a tiny Finedefics model (random weights, CPU) and a synthetic 4-way benchmark of flat-colour
+64 px images, warms every mode up on one batch, then runs ``evaluate_model`` once with
+``generate`` (FOCI's max_new_tokens=10), ``likelihood`` and ``embedding`` and prints images per
+second and the ratios to ``generate``. Targets: embedding >= 10x generate, likelihood >= 2x generate.
+
+A random model never emits its end-of-turn token, so ``generate`` always decodes all 10 tokens:
+FOCI's budget, and the worst case for a trained model (which usually stops after "B<end_of_utterance>").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CATEGORIES = [f"{genus} {species}" for genus in ("Velmoran", "Corvel", "Ashcombe", "Mirel", "Tarrow")
+              for species in ("Thistlewing", "Tit", "Reedhopper", "Finch")]
+COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "pink", "brown",
+           "grey", "cyan", "magenta", "olive", "navy", "teal", "maroon", "lime", "silver", "gold"]
+
+
+def build_benchmark(num_images: int):
+    """An in-memory 4-way benchmark: one flat colour per category, the next three categories as options."""
+    from PIL import Image
+
+    from finedefics_eval.benchmarks import Benchmark
+    from finedefics_eval.foci import OptionExample, foci_query
+
+    images = {}
+    examples = []
+    for index in range(num_images):
+        category = index % len(CATEGORIES)
+        options = [CATEGORIES[(category + k) % len(CATEGORIES)] for k in range(4)]
+        examples.append(OptionExample(str(index), f"synthetic/{index}.png", options[0], options))
+        images[str(index)] = Image.new("RGB", (64, 64), COLOURS[category])
+    return Benchmark(name="throughput", split="test", examples=examples, categories=list(CATEGORIES),
+                     query=foci_query("birds"), open_set_question="What is the species of the bird in the image?",
+                     source="benchmarks/bench_eval_modes.py", image_getter=lambda example: images[example.example_id])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--preset", default="tiny", choices=["micro", "tiny"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--output", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="finedefics-bench-hf-home-"))
+
+    import torch
+
+    from finedefics_eval.runner import evaluate_model
+    from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    processor = build_tiny_processor(build_tiny_tokenizer(CATEGORIES))
+    model = build_tiny_model(processor, preset=args.preset, seed=0).eval()
+    benchmark = build_benchmark(args.images)
+    modes = ("generate", "likelihood", "embedding")
+    warm_up = build_benchmark(args.batch_size)
+    evaluate_model(model, processor, warm_up, modes=modes, batch_size=args.batch_size, progress=False,
+                   bootstrap_samples=0)
+    report = evaluate_model(model, processor, benchmark, modes=modes, batch_size=args.batch_size, progress=True,
+                            bootstrap_samples=0)
+    speed = {mode: report["modes"][mode]["images_per_second"] for mode in modes}
+    result = {
+        "preset": args.preset, "parameters": sum(p.numel() for p in model.parameters()), "images": args.images,
+        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "images_per_second": speed,
+        "speed_up_over_generate": {mode: speed[mode] / speed["generate"] for mode in modes},
+    }
+    print(json.dumps(result, indent=2))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

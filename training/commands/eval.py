@@ -1,0 +1,178 @@
+"""``finedefics eval --model PATH --benchmark NAME --mode ... --output-dir DIR``: FOCI-style evaluation.
+
+Writes, per benchmark, ``report.json``, ``report.md``, FOCI-format prediction files and plots (see
+``finedefics_eval.report``). With several benchmarks each gets a sub-folder and ``DIR/report.json``
+sums them up under ``"benchmarks"`` (the shape ``finedefics push --report`` turns into the card).
+``--import-foci`` reports FOCI's own prediction files the same way, without a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODES = ("generate", "likelihood", "embedding", "open_set")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint on FOCI's datasets or any classification benchmark (reports, plots, card)",
+        description=(
+            "4-way multiple-choice recognition with FOCI's prompt and answer rule (seeded option order), scored "
+            "by generation, option likelihood and/or embedding similarity, plus open-set naming. A FOCI dataset "
+            "(aircraft-102, bird-200, car-196, dog-120, flower-102, pet-37) needs --image-root, the folder its "
+            "image paths are relative to. Other benchmarks: a synthetic benchmark folder, an imagefolder, a "
+            "save_to_disk dataset or a FOCI option file."
+        ),
+    )
+    parser.add_argument("--model", help="checkpoint folder or Hub id of a Finedefics model")
+    parser.add_argument("--benchmark", nargs="+", default=[], metavar="NAME_OR_PATH",
+                        help="FOCI dataset name(s) or benchmark path(s)")
+    parser.add_argument("--mode", nargs="+", default=["generate"], choices=MODES,
+                        help="scoring mode(s) (default: generate, FOCI's protocol)")
+    parser.add_argument("--output-dir", required=True, help="folder for report.json, report.md, predictions, plots")
+    parser.add_argument("--image-root", default=None,
+                        help="image folder of a FOCI dataset (with several datasets: DIR/<dataset> where it exists)")
+    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the option order (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="score the first N examples only (a smoke test)")
+    parser.add_argument("--max-per-label", type=int, default=None,
+                        help="FOCI datasets: first N examples per label (FOCI's --max_examples)")
+    parser.add_argument("--max-new-tokens", type=int, default=10, help="generate mode's budget (FOCI: 10)")
+    parser.add_argument("--likelihood-answer", default="letter", choices=["letter", "letter_name", "name"],
+                        help="answer scored by the likelihood mode (default: the letter token)")
+    parser.add_argument("--prompt-template", default="{}",
+                        help="wraps the FOCI prompt; FOCI's runner used 'User: {}' for Idefics2 (default: '{}')")
+    parser.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples of the 95%% intervals")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--write-card", action="store_true",
+                        help="also render the results into the checkpoint's README.md (merged with results already there)")
+    parser.add_argument("--import-foci", nargs="+", default=[], metavar="FILE",
+                        help="FOCI prediction file(s) to report instead of running a model")
+    parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from finedefics_eval.report import write_report
+
+    if not args.import_foci and not (args.model and args.benchmark):
+        raise ValueError("give --model and --benchmark, or --import-foci FILE to report FOCI prediction files")
+    output = Path(args.output_dir)
+    reports = _imported_reports(args) if args.import_foci else _model_reports(args)
+    several = len(reports) > 1
+    for name, report in reports.items():
+        folder = write_report(report, output / _folder_name(name) if several else output, plots=not args.no_plots)
+        _print_summary(name, report, folder)
+    if several:
+        _write_summary(reports, output, args.seed)
+    if args.write_card:
+        _write_card(args.model, reports)
+    return 0
+
+
+def _imported_reports(args) -> dict:
+    from finedefics_eval.report import report_from_prediction_file
+
+    reports = {}
+    for path in args.import_foci:
+        report = report_from_prediction_file(path, bootstrap_samples=args.bootstrap_samples)
+        reports[_unique(reports, report["benchmark"])] = report
+    return reports
+
+
+def _model_reports(args) -> dict:
+    from finedefics_eval.benchmarks import load_benchmark
+    from finedefics_eval.runner import evaluate_model
+
+    several = len(args.benchmark) > 1
+    extra = {"max_per_label": args.max_per_label} if args.max_per_label else {}
+    # Benchmarks first: bad input fails before minutes of model loading.
+    benchmarks = [load_benchmark(spec, image_root=_image_root(args.image_root, spec, several), split=args.split,
+                                 limit=args.limit, **extra) for spec in args.benchmark]
+    model, processor = load_model(args.model, args.device, args.dtype)
+    reports = {}
+    for benchmark in benchmarks:
+        report = evaluate_model(model, processor, benchmark, modes=args.mode, seed=args.seed,
+                                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                likelihood_answer=args.likelihood_answer, prompt_template=args.prompt_template,
+                                bootstrap_samples=args.bootstrap_samples, progress=not args.no_progress,
+                                model_name=args.model)
+        reports[_unique(reports, benchmark.name)] = report
+    return reports
+
+
+def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
+    """A Finedefics model (eval mode, on ``device``) and its processor."""
+    import torch
+
+    from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if not Path(name_or_path).exists() and name_or_path.startswith((".", "/")):
+        raise FileNotFoundError(f"model folder not found: {name_or_path}")
+    model = FinedeficsForConditionalGeneration.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    processor = FinedeficsProcessor.from_pretrained(name_or_path)
+    return model.to(device).eval(), processor
+
+
+def _image_root(image_root: str | None, spec: str, several: bool) -> str | None:
+    """With several benchmarks, ``image_root/<benchmark>`` when that folder exists, else ``image_root``."""
+    if image_root and several and (Path(image_root) / spec.removeprefix("foci:")).is_dir():
+        return str(Path(image_root) / spec.removeprefix("foci:"))
+    return image_root
+
+
+def _unique(existing: dict, name: str) -> str:
+    candidate, number = name, 2
+    while candidate in existing:
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate
+
+
+def _folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _print_summary(name: str, report: dict, folder: Path) -> None:
+    skipped = report["skipped"]
+    for mode, metrics in report["modes"].items():
+        interval = metrics.get("ci95") or [float("nan")] * 2
+        speed = metrics.get("images_per_second")
+        print(f"{name} {mode}: accuracy {100 * metrics['accuracy']:.2f} "
+              f"(95% CI {100 * interval[0]:.2f}-{100 * interval[1]:.2f}), failures {metrics['failures']}, "
+              f"n {metrics['n']}" + (f", {speed:.1f} images/s" if speed else ""))
+    if skipped["missing_images"] or skipped["unreadable_images"]:
+        print(f"{name}: skipped {skipped['missing_images']} missing and {skipped['unreadable_images']} "
+              "unreadable images (listed in report.json)")
+    print(f"{name}: report written to {folder}")
+
+
+def _write_summary(reports: dict, output: Path, seed: int) -> None:
+    import json
+
+    first = next(iter(reports.values()))
+    summary = {"model": first.get("model"), "seed": seed, "benchmarks": {
+        name: {**{k: v for k, v in report.items() if k != "predictions"}, "report": f"{_folder_name(name)}/report.json"}
+        for name, report in reports.items()}}
+    (output / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"summary of {len(reports)} benchmarks written to {output / 'report.json'}")
+
+
+def _write_card(model: str | None, reports: dict) -> None:
+    from finedefics_eval.model_card import write_model_card
+
+    if not model or not Path(model).is_dir():
+        raise ValueError("--write-card needs --model to be a local checkpoint folder (its README.md is the card)")
+    readme = write_model_card(model, [{k: v for k, v in r.items() if k != "predictions"} for r in reports.values()])
+    print(f"model card written to {readme}")
