@@ -161,9 +161,10 @@ def test_model_card_metadata_parses_back_with_eval_numbers_and_recipe(staged):
     results = {result.metric_config: result for result in card.data.eval_results}
     assert results.keys() == {"generate", "likelihood"}
     assert (results["generate"].metric_value, results["likelihood"].metric_value) == (69.71, 84.67)
-    assert results["generate"].dataset_name == "bird-200" and results["generate"].metric_type == "accuracy"
-    assert "| bird-200 | generate | 69.71 | 65.20 – 74.10 | 69.03 | 400 |" in card.text
-    assert "lora_r: 8" in card.text
+    assert results["generate"].metric_type == "accuracy" and results["generate"].dataset_split == "test"
+    assert "69.71" in card.text and "65.20 – 74.10" in card.text  # the results table, with the interval
+    assert "lora_r: 8" in card.text  # the recipe
+    assert "No evaluation results yet" not in card.text
 
 
 def test_report_is_read_from_a_folder_and_base_model_argument_wins(checkpoint, tmp_path):
@@ -177,8 +178,26 @@ def test_report_is_read_from_a_folder_and_base_model_argument_wins(checkpoint, t
     card = ModelCard.load(staged / "README.md")
     assert card.data.base_model == "me/base"
     assert [result.metric_value for result in card.data.eval_results] == [69.71, 84.67]
-    with pytest.raises(ValueError, match="no 'modes' section"):
-        stage_for_hub(checkpoint, tmp_path / "other", report={"accuracy": 0.5})
+    with pytest.raises(ValueError, match="not a finedefics eval report"):
+        stage_for_hub(checkpoint, tmp_path / "other", report={"score": 0.5})
+    assert not (tmp_path / "other").exists()
+
+
+def test_results_already_in_the_checkpoint_card_are_kept(checkpoint, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from finedefics_eval.model_card import write_model_card
+    from finedefics_training.push import stage_for_hub
+
+    evaluated = copy_checkpoint(checkpoint, tmp_path / "evaluated")
+    car_report = {**REPORT, "benchmark": "car-196", "modes": {"generate": {**REPORT["modes"]["generate"], "accuracy": 0.8}}}
+    write_model_card(evaluated, car_report, base_model="me/base")  # what `finedefics eval` leaves in the folder
+
+    staged = stage_for_hub(evaluated, tmp_path / "staged", report=REPORT)
+    card = ModelCard.load(staged / "README.md")
+    values = sorted(result.metric_value for result in card.data.eval_results)
+    assert values == [69.71, 80.0, 84.67]  # car-196 from the folder's card, bird-200 from the report
+    assert card.data.base_model == "me/base"
 
 
 @pytest.mark.parametrize("breakage, error, message", [

@@ -37,7 +37,6 @@ PROCESSOR_FILES = (
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLED_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 DEFAULT_COMMIT_MESSAGE = "Upload Finedefics checkpoint"
-CARD_TAGS = ["finedefics", "fine-grained-visual-recognition"]
 HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 LOGIN_HINT = "pass --token, set HF_TOKEN, or log in once with `hf auth login`"
 
@@ -47,16 +46,16 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
                   base_model: str | None = None, validate: bool = False, repo_id: str | None = None) -> Path:
     """Copy a complete, merged checkpoint and its model card into ``staging_dir`` (which must be empty).
 
-    ``report`` is an eval report (a dict, a ``report.json`` or a folder holding one); ``recipe`` is the
+    ``report`` is an eval report (a dict or list of them, a ``report.json`` or its folder); ``recipe`` is the
     training recipe (a dict, YAML text or a YAML file); ``base_model`` a Hub id for the card's
     metadata (taken from the recipe's ``model_name_or_path`` when that is a Hub id); ``repo_id`` the
-    target repo, shown in the card's loading snippet. With ``validate`` the staged config is loaded
-    back with the staged code files. Returns the staging folder.
+    target repo, shown in the card. Results already in the checkpoint's card are kept. With ``validate``
+    the staged config is loaded back with the staged code files. Returns the staging folder.
     """
     checkpoint = Path(checkpoint_dir)
     weight_files = check_checkpoint(checkpoint)
     report_dict, recipe_dict = load_report(report), load_recipe(recipe)
-    card = render_model_card(report_dict, recipe_dict, base_model or _base_model_from_recipe(recipe_dict), repo_id)
+    card = build_model_card(checkpoint, report_dict, recipe_dict, base_model, repo_id)
     staging = _empty_staging_dir(staging_dir, checkpoint)
     try:
         _copy_checkpoint_files(checkpoint, staging, weight_files)
@@ -203,14 +202,11 @@ def staged_files(staging: str | Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- model card inputs
-def load_report(report) -> dict | None:
-    """An eval report (from ``finedefics eval``): a dict, a ``report.json``, or the folder holding one."""
+def load_report(report):
+    """An eval report (from ``finedefics eval``): a dict or list as is, else a ``report.json`` or its folder."""
     from finedefics_eval.report import load_report as read_report_file
 
-    loaded = report if report is None or isinstance(report, dict) else read_report_file(report)
-    if loaded is not None and not (isinstance(loaded, dict) and isinstance(loaded.get("modes"), dict)):
-        raise ValueError("the eval report has no 'modes' section: pass the report.json written by `finedefics eval`")
-    return loaded
+    return report if report is None or isinstance(report, (dict, list)) else read_report_file(report)
 
 
 def load_recipe(recipe) -> dict | None:
@@ -238,65 +234,35 @@ def _base_model_from_recipe(recipe: dict | None) -> str | None:
     return None
 
 
-def render_model_card(report: dict | None, recipe: dict | None, base_model: str | None,
-                      repo_id: str | None = None) -> str:
-    """The model card text (YAML metadata + Markdown)."""
-    return render_fallback_card(report, recipe, base_model, repo_id)
+def build_model_card(checkpoint: Path, report, recipe: dict | None, base_model: str | None,
+                     repo_id: str | None) -> str:
+    """The card text, rendered by ``finedefics_eval.model_card`` from the repository's template.
+
+    Results already in the checkpoint's own card (``finedefics eval`` can write them there, one
+    benchmark at a time) are kept unless ``report`` measures them again, so pushing without
+    ``--report`` does not drop them.
+    """
+    from finedefics_eval.model_card import render_model_card
+
+    existing = _existing_card_data(checkpoint)
+    base_model = base_model or _base_model_from_recipe(recipe) or getattr(existing, "base_model", None)
+    existing_results = list(getattr(existing, "eval_results", None) or [])
+    return render_model_card(report, recipe=recipe, base_model=base_model, repo_id=repo_id,
+                             existing_results=existing_results)
 
 
-def render_fallback_card(report: dict | None, recipe: dict | None, base_model: str | None,
-                         repo_id: str | None = None) -> str:
-    """A minimal card: Hub metadata (with a model-index of the report's accuracies), usage, recipe, results."""
-    import yaml
-    from huggingface_hub import ModelCard, ModelCardData
+def _existing_card_data(checkpoint: Path):
+    """The metadata of the checkpoint's README.md, or None when it has none (or none that parses)."""
+    from huggingface_hub import ModelCard
 
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text", license="apache-2.0",
-                         base_model=base_model, tags=list(CARD_TAGS), model_name=repo_id or "Finedefics",
-                         eval_results=_eval_results(report) if report else None)
-    sections = [
-        f"# {repo_id or 'Finedefics'}",
-        "A multimodal LLM aligned for fine-grained visual recognition with attribute-augmented "
-        "contrastive learning and classification-centred instruction tuning (Finedefics, ICLR 2025)"
-        + (f", fine-tuned from `{base_model}`." if base_model else "."),
-        "## Usage",
-        "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id or "USER/NAME"}", trust_remote_code=True)\n'
-        f'processor = AutoProcessor.from_pretrained("{repo_id or "USER/NAME"}", trust_remote_code=True)\n```',
-    ]
-    if recipe:
-        sections += ["## Training recipe", "```yaml\n" + yaml.safe_dump(recipe, sort_keys=False).strip() + "\n```"]
-    if report:
-        sections += ["## Evaluation", _results_table(report)]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n").content
-
-
-def _eval_results(report: dict) -> list:
-    """One model-index entry per scoring mode: accuracy in percent on the report's benchmark."""
-    from huggingface_hub import EvalResult
-
-    benchmark = str(report.get("benchmark") or "benchmark")
-    return [
-        EvalResult(task_type="image-classification", task_name="Fine-grained visual recognition",
-                   dataset_type=benchmark, dataset_name=benchmark, dataset_split=report.get("split"),
-                   metric_type="accuracy", metric_name=f"accuracy ({mode})", metric_config=mode,
-                   metric_value=round(100 * metrics["accuracy"], 2))
-        for mode, metrics in report["modes"].items()
-        if metrics.get("accuracy") is not None
-    ]
-
-
-def _results_table(report: dict) -> str:
-    rows = ["| benchmark | mode | accuracy (%) | 95% CI | macro accuracy (%) | n |", "|---|---|---|---|---|---|"]
-    for mode, metrics in report["modes"].items():
-        interval = metrics.get("ci95")
-        ci = f"{100 * interval[0]:.2f} – {100 * interval[1]:.2f}" if interval else "-"
-        rows.append(f"| {report.get('benchmark')} | {mode} | {_percent(metrics.get('accuracy'))} | {ci} | "
-                    f"{_percent(metrics.get('macro_accuracy'))} | {metrics.get('n', '-')} |")
-    return "\n".join(rows)
-
-
-def _percent(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+    readme = checkpoint / "README.md"
+    if not readme.is_file():
+        return None
+    try:
+        return ModelCard.load(readme).data
+    except Exception as error:  # a hand-written README must not block the push; it is replaced anyway
+        logger.warning("ignoring the metadata of %s (%s); the card is rendered afresh", readme, error)
+        return None
 
 
 # ----------------------------------------------------------------------------- upload
