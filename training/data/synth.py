@@ -279,14 +279,18 @@ def build_categories(config: SynthConfig) -> list[dict]:
     rng = np.random.default_rng([config.seed, 0xCA7])
     colours = ATTRIBUTES["plumage"]
     plumages = [colours[i % len(colours)] for i in rng.permutation(max(len(colours), config.num_genera))[:config.num_genera]]
-    categories, seen = [], set()
+    categories, bases, crowded = [], [], 0
     for (genus, names), plumage in zip(_invent_names(rng, config.num_genera, config.species_per_genus), plumages):
-        base = _unique_base(rng, plumage, seen)
+        base, distance = _unique_base(rng, plumage, bases)
+        crowded += distance < MIN_GENUS_DISTANCE
+        bases.append(base)
         members = [base] + _sibling_mutations(rng, base, config.species_per_genus - 1)
-        seen.update(json.dumps(m, sort_keys=True) for m in members)
         for name, attributes in zip(names, members):
             categories.append({"name": name, "genus": genus, "attributes": attributes,
                                "description": describe(attributes), "siblings": [n for n in names if n != name]})
+    if crowded:
+        logger.warning("%d genera are fewer than %d part attributes away from another genus, so some species of other "
+                       "genera are as similar as siblings; lower num_genera for cleaner genera", crowded, MIN_GENUS_DISTANCE)
     categories.sort(key=lambda c: c["name"])
     rare = set(rng.permutation(len(categories))[:config.num_rare].tolist())
     for label, category in enumerate(categories):
@@ -295,13 +299,25 @@ def build_categories(config: SynthConfig) -> list[dict]:
     return categories
 
 
-def _unique_base(rng, plumage, seen):
-    # When genera outnumber colours two genera share a plumage; resample until no species collides.
-    for _ in range(1000):
-        base = _genus_type_attributes(rng, plumage)
-        if json.dumps(base, sort_keys=True) not in seen:
-            return base
-    raise ValueError("SynthConfig: too many genera for the attribute space; lower num_genera")
+# Genus type species differ in at least this many part attributes (besides plumage), so a species
+# of another genus differs in >= 3 attributes while a sibling differs in <= 2: siblings are always
+# the most similar categories, as in a real taxonomy.
+MIN_GENUS_DISTANCE = 4
+
+
+def _unique_base(rng: np.random.Generator, plumage: str, bases: list[dict[str, str]]) -> tuple[dict[str, str], int]:
+    """A new genus type species, as far as possible from the other genera's (best of many draws), and that distance."""
+    best, best_distance = None, -1
+    for _ in range(2000):
+        candidate = _genus_type_attributes(rng, plumage)
+        distance = min((sum(candidate[a] != b[a] for a in SPECIES_ATTRIBUTES) for b in bases), default=len(SPECIES_ATTRIBUTES))
+        if distance > best_distance:
+            best, best_distance = candidate, distance
+        if best_distance >= MIN_GENUS_DISTANCE:
+            break
+    if best_distance == 0 and any(best["plumage"] == b["plumage"] and best["build"] == b["build"] for b in bases):
+        raise ValueError("SynthConfig: too many genera for the attribute space; lower num_genera")
+    return best, best_distance
 
 
 # ----------------------------------------------------------------------------- drawing
