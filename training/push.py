@@ -216,7 +216,7 @@ def load_recipe(recipe) -> dict | None:
     if recipe is None or isinstance(recipe, dict):
         return recipe
     text = str(recipe)
-    if isinstance(recipe, Path) or "\n" not in text and text.endswith((".yaml", ".yml")):
+    if isinstance(recipe, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
         if not Path(text).is_file():
             raise FileNotFoundError(f"recipe file not found: {text}")
         text = Path(text).read_text(encoding="utf-8")
