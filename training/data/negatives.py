@@ -30,8 +30,12 @@ Negatives = dict[str, list[str]]
 
 
 # ----------------------------------------------------------------------------- ranking
-def top_k_from_similarity(similarity, names: Sequence[str], k: int, exclude_non_positive: bool = False) -> Negatives:
+def top_k_from_similarity(similarity, names: Sequence[str], k: int, exclude_non_positive: bool = False,
+                          how: str = "similarity") -> Negatives:
     """For each row category, the ``k`` most similar other categories (diagonal excluded).
+
+    Categories that get fewer than ``k`` (fewer than ``k + 1`` categories, or candidates excluded)
+    are logged, naming ``how`` they were mined.
 
     Args:
         similarity: ``(N, N)`` array; ``similarity[i, j]`` is how similar category ``j`` is to ``i``.
@@ -54,6 +58,7 @@ def top_k_from_similarity(similarity, names: Sequence[str], k: int, exclude_non_
         order = np.argsort(-scores, kind="stable")  # stable: ties keep the names' order
         chosen = [j for j in order if j != i and (not exclude_non_positive or scores[j] > 0)]
         negatives[name] = [names[j] for j in chosen[:k]]
+    report_short_lists(negatives, k, how)
     return negatives
 
 
@@ -107,7 +112,7 @@ def mine_by_attributes(categories, k: int = 3) -> Negatives:
     table = _attribute_table(categories)
     names = list(table)
     similarity = np.array([[attribute_similarity(table[a], table[b]) for b in names] for a in names])
-    return top_k_from_similarity(similarity, names, k)
+    return top_k_from_similarity(similarity, names, k, how="attribute overlap")
 
 
 def _attribute_table(categories) -> dict[str, dict]:
@@ -156,7 +161,7 @@ def mine_by_embeddings(names: Sequence[str], embed_fn: Callable, k: int = 3, inp
         centroids.append(vectors[start:start + len(items)].mean(axis=0))
         start += len(items)
     centroids = _normalise(np.stack(centroids), names)
-    return top_k_from_similarity(centroids @ centroids.T, names, k)
+    return top_k_from_similarity(centroids @ centroids.T, names, k, how="embedding similarity")
 
 
 def _inputs_per_category(names: list[str], inputs) -> list[list]:
@@ -258,9 +263,7 @@ def mine_by_confusion(confusion, names: Sequence[str], k: int = 3) -> Negatives:
     _check_square(confusion, names)
     if (confusion < 0).any():
         raise ValueError("a confusion matrix cannot hold negative counts")
-    negatives = top_k_from_similarity(confusion + confusion.T, names, k, exclude_non_positive=True)
-    report_short_lists(negatives, k, "confusion")
-    return negatives
+    return top_k_from_similarity(confusion + confusion.T, names, k, exclude_non_positive=True, how="confusion")
 
 
 def merge_negatives(primary: Negatives, fallback: Negatives, k: int) -> Negatives:

@@ -79,9 +79,11 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     _check_reference_columns(path, reader.fieldnames or [])
     report, records = ReadReport(str(path)), []
+    last_line = reader.line_num  # the header's last line
     for number, row in enumerate(reader, start=1):
         report.rows_read += 1
-        where_row = f"{number} (line {reader.line_num})"
+        # A row can span lines (negatives are newline-separated): name the line it starts on.
+        where_row, last_line = f"{number} (line {last_line + 1})", reader.line_num
         if row.get("type", "").strip() == MULTI_IMAGE_TYPE and multi_image == "skip":
             report.skip(number, "two-image row (multi_image='skip')")
             continue
@@ -114,7 +116,8 @@ def _reference_record(row: dict, where_row: str, path: Path, image_root: Path, c
         raise RecordError(path, where_row, short[0], "is missing: the row has fewer cells than the header")
     # Surrounding whitespace is dropped, but a cell of only whitespace stays as it is, so validation
     # reports it as an empty description or name instead of it passing as "absent".
-    cell = {k: v.strip() or v for k, v in row.items()}
+    # Negative cells keep their separators until they are split.
+    cell = {k: v if k in ("neg_category", "neg_attribute") else (v.strip() or v) for k, v in row.items()}
     images = _reference_images(cell, where_row, path, image_root, check_images)
     neg_categories = _split_negatives(cell["neg_category"], report)
     neg_attributes = _split_negatives(cell["neg_attribute"], report)
@@ -141,8 +144,8 @@ def _reference_images(cell: dict, where_row: str, path: Path, image_root: Path, 
 
 
 def _split_negatives(cell: str, report: ReadReport) -> list[str]:
-    if not cell:
-        return []
+    if not cell.strip():
+        return [cell] if cell else []  # whitespace only: kept, so validation reports an empty negative
     parts = _SEPARATOR.split(cell)
     if len(parts) > 1 and not parts[-1].strip():
         parts = parts[:-1]  # "a\t\nb\t\n": a trailing separator is not an extra (empty) negative
@@ -519,13 +522,14 @@ def category_attributes(records: Sequence[dict], min_share: float = 0.5) -> dict
         if not record.get("category"):
             continue
         totals[record["category"]] += 1
+        counts[record["category"]]  # a category whose images show no attribute still gets an (empty) entry
         for group, values in json.loads(record["attributes"] or "{}").items():
             values = values if isinstance(values, list) else [values]  # CUB: lists; synthetic: one value
             counts[record["category"]].update((group, v) for v in values)
     result = {}
     for category, counter in counts.items():
         table: dict[str, list[str]] = {}
-        for (group, value), n in sorted(counter.items()):
+        for (group, value), n in counter.items():  # first-seen order: CUB's attribute order
             if n >= min_share * totals[category]:
                 table.setdefault(group, []).append(value)
         result[category] = table
@@ -547,6 +551,11 @@ def build_cub_records(cub_root: str | Path, certainty_threshold: int = 3, num_ne
         raise RecordError(cub_root, f"image {missing[0]}", None, "has no file name, class or split; images.txt, "
                           "classes.txt, image_class_labels.txt and train_test_split.txt are needed")
     class_attributes = category_attributes(per_image, min_share)
+    empty = [name for name, table in class_attributes.items() if not table]
+    if empty:
+        raise ValueError(f"category {empty[0]!r} has no attribute present in >= {min_share:.0%} of its images at certainty "
+                         f">= {certainty_threshold}, so it has no description and cannot be compared; lower min_share "
+                         "or certainty_threshold")
     negatives = mine_by_attributes(class_attributes, k=num_negatives)
     descriptions = {name: describe_cub_attributes(attrs) for name, attrs in class_attributes.items()}
     neg_texts = negative_descriptions(negatives, descriptions)
