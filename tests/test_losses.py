@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from finedefics_training.losses import (
+    TERMS,
     ContrastiveBatch,
     FinedeficsContrastiveLoss,
     attribute_category_loss,
@@ -19,60 +21,65 @@ from finedefics_training.losses import (
     object_attribute_loss,
 )
 
-SCALE = torch.tensor(2.0)
+SCALE = 2.0
 
 
 def _unit(*rows):
     return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
 
 
-def _nce(query, target, others):
-    """-log softmax of the target among target + others, by hand with math (no torch CE)."""
+def _nce(query, target, others, scale=SCALE):
+    """-log softmax of the target among target + others, with plain Python math."""
     def dot(a, b):
-        return float(sum(x * y for x, y in zip(a.tolist(), b.tolist())))
+        return sum(x * y for x, y in zip(a.tolist(), b.tolist()))
 
-    logits = [2.0 * dot(query, target)] + [2.0 * dot(query, other) for other in others]
-    return -(logits[0] - math.log(sum(math.exp(v) for v in logits)))
+    logits = [scale * dot(query, target)] + [scale * dot(query, other) for other in others]
+    return -(logits[0] - math.log(sum(math.exp(value) for value in logits)))
+
+
+def _mean(values):
+    return sum(values) / len(values)
 
 
 @pytest.fixture
 def batch():
-    """Three rows: rows 0 and 1 are the same category (duplicates); row 2 has no description."""
+    """Three rows: rows 0 and 1 are the same category (duplicates); row 2 has no description; K = 2."""
     return ContrastiveBatch(
         image_embeds=_unit([1, 0, 0], [0.8, 0.6, 0], [0, 1, 0]),
         attribute_embeds=_unit([0.9, 0.1, 0.2], [0.7, 0.7, 0.1], [0, 0, 1]),
         attribute_mask=torch.tensor([True, True, False]),
         category_embeds=_unit([1, 1, 0], [1, 1, 0], [0, 1, 1]),
         category_ids=torch.tensor([5, 5, 9]),
-        neg_attribute_embeds=torch.stack([_unit([0, 1, 0], [1, 0, 1]), _unit([0, 0, 1], [0, 0, 1]), _unit([1, 0, 0], [0, 1, 0])]),
+        neg_attribute_embeds=torch.stack([_unit([0, 1, 0], [1, 0, 1]), _unit([0, 0, 1], [0, 0, 1]),
+                                          _unit([1, 0, 0], [0, 1, 0])]),
         neg_attribute_mask=torch.tensor([[True, True], [True, False], [True, True]]),
-        neg_category_embeds=torch.stack([_unit([0, 1, 1], [1, 0, 1]), _unit([0, 1, 1], [1, 0, 0]), _unit([1, 1, 0], [1, 0, 0])]),
+        neg_category_embeds=torch.stack([_unit([0, 1, 1], [1, 0, 1]), _unit([0, 1, 1], [1, 0, 0]),
+                                         _unit([1, 1, 0], [1, 0, 0])]),
         neg_category_mask=torch.tensor([[True, True], [True, False], [True, True]]),
-        neg_category_ids=torch.tensor([[9, 7], [9, -1], [5, 9]]),  # row 2's second negative is itself
+        neg_category_ids=torch.tensor([[9, 7], [9, -1], [5, 9]]),  # row 2's second negative is its own category
     )
 
 
 def test_object_attribute_by_hand(batch):
     v, a, na = batch.image_embeds, batch.attribute_embeds, batch.neg_attribute_embeds
-    # image -> text, rows with a description (0, 1); row 1 is row 0's duplicate, so each sees no
-    # in-batch column but its own; hard negatives are extra columns (row 1's second is padding;
-    # row 0's first negative has id 9 != 5, live).
-    i2t = [_nce(v[0], a[0], [na[0, 0], na[0, 1]]), _nce(v[1], a[1], [na[1, 0]])]
-    # text -> image: descriptions 0 and 1 only see each other's image, which is a duplicate (masked),
-    # and row 2's image has no description: that direction has no negative at all, cannot be formed,
-    # and the term is the image -> text direction alone (not halved by an empty direction).
-    expected = sum(i2t) / 2
-    assert object_attribute_loss(batch, SCALE).item() == pytest.approx(expected, rel=1e-5)
+    # image -> text, rows with a description (0, 1): a1 is row 0's duplicate and a2 does not exist, so
+    # the only other columns are the live hard negatives (row 1's second one is padding).
+    image_to_text = [_nce(v[0], a[0], [na[0, 0], na[0, 1]]), _nce(v[1], a[1], [na[1, 0]])]
+    # text -> image: each description sees the image of row 2 (no description, still an image), not its duplicate.
+    text_to_image = [_nce(a[0], v[0], [v[2]]), _nce(a[1], v[1], [v[2]])]
+    expected = 0.5 * (_mean(image_to_text) + _mean(text_to_image))
+    assert object_attribute_loss(batch, torch.tensor(SCALE)).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_attribute_category_by_hand(batch):
-    a, c, na, nc = batch.attribute_embeds, batch.category_embeds, batch.neg_attribute_embeds, batch.neg_category_embeds
-    # attribute -> category (rows 0, 1): in-batch columns are c0, c1 (duplicates of each other) and c2.
-    a2c = [_nce(a[0], c[0], [c[2], nc[0, 0], nc[0, 1]]), _nce(a[1], c[1], [c[2], nc[1, 0]])]
-    # category -> attribute (targets exist for rows 0, 1): keys a0, a1 (duplicates), a2 has no description.
-    c2a = [_nce(c[0], a[0], [na[0, 0], na[0, 1]]), _nce(c[1], a[1], [na[1, 0]])]
-    expected = 0.5 * (sum(a2c) / 2 + sum(c2a) / 2)
-    assert attribute_category_loss(batch, SCALE).item() == pytest.approx(expected, rel=1e-5)
+    a, c = batch.attribute_embeds, batch.category_embeds
+    na, nc = batch.neg_attribute_embeds, batch.neg_category_embeds
+    # attribute -> category (rows 0, 1): c1 / c0 are duplicates, c2 is live, plus the negative names.
+    attribute_to_category = [_nce(a[0], c[0], [c[2], nc[0, 0], nc[0, 1]]), _nce(a[1], c[1], [c[2], nc[1, 0]])]
+    # category -> attribute (targets exist for rows 0, 1): a2 does not exist; the negative descriptions.
+    category_to_attribute = [_nce(c[0], a[0], [na[0, 0], na[0, 1]]), _nce(c[1], a[1], [na[1, 0]])]
+    expected = 0.5 * (_mean(attribute_to_category) + _mean(category_to_attribute))
+    assert attribute_category_loss(batch, torch.tensor(SCALE)).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_category_category_targets_each_rows_own_category(batch):
@@ -82,36 +89,69 @@ def test_category_category_targets_each_rows_own_category(batch):
         _nce(c[1], c[1], [c[2], nc[1, 0]]),
         _nce(c[2], c[2], [c[0], c[1], nc[2, 0]]),  # the negative with its own id 9 is masked
     ]
-    value = category_category_loss(batch, SCALE).item()
-    assert value == pytest.approx(sum(rows) / 3, rel=1e-5)
-    # The reference's bug (target 0 for every row) gives a different, wrong value.
-    logits = 2.0 * c @ c.T
-    assert value != pytest.approx(F.cross_entropy(logits, torch.zeros(3, dtype=torch.long)).item(), rel=1e-3)
+    value = category_category_loss(batch, torch.tensor(SCALE)).item()
+    assert value == pytest.approx(_mean(rows), rel=1e-5)
+    # The reference code's target 0 for every row gives a different value.
+    reference_bug = _mean([-(SCALE * (c[i] @ c[0]).item()) + math.log(sum(math.exp(SCALE * (c[i] @ c[j]).item())
+                                                                          for j in range(3))) for i in range(3)])
+    assert value != pytest.approx(reference_bug, rel=1e-3)
 
 
-def test_duplicates_are_not_negatives(batch):
-    """Moving a duplicate's embedding changes nothing for its sibling's in-batch terms."""
-    moved = ContrastiveBatch(**{**batch.__dict__, "category_embeds": batch.category_embeds.clone()})
-    moved.category_embeds[1] = _unit([-1, 0.2, 0.3])[0]
-    row0_before = category_category_loss(ContrastiveBatch(**{**batch.__dict__}), SCALE)
-    row0_after = category_category_loss(moved, SCALE)
-    # Row 1 itself changes, so compare row 0 alone through a batch without row 1.
-    keep = torch.tensor([0, 2])
-    only = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()}
-    alone = category_category_loss(ContrastiveBatch(**only), SCALE).item()
-    c, nc = batch.category_embeds, batch.neg_category_embeds
-    assert alone == pytest.approx((_nce(c[0], c[0], [c[2], nc[0, 0], nc[0, 1]]) + _nce(c[2], c[2], [c[0], nc[2, 0]])) / 2, rel=1e-5)
-    assert row0_before.item() != row0_after.item()
+def _duplicate_batch(category_ids):
+    """Four rows of categories A, A, B, C: the two A images differ but share one name and one description."""
+    name_a, description_a = _unit([1, 0.2, 0, 0])[0], _unit([0.9, 0, 0.3, 0])[0]
+    return ContrastiveBatch(
+        image_embeds=_unit([1, 0, 0.1, 0], [0.8, 0.3, 0, 0.2], [0, 1, 0, 0.1], [0, 0, 1, 0.3]),
+        attribute_embeds=torch.stack([description_a, description_a, *_unit([0.1, 1, 0, 0], [0, 0.2, 1, 0.1])]),
+        attribute_mask=torch.ones(4, dtype=torch.bool),
+        category_embeds=torch.stack([name_a, name_a, *_unit([0.3, 1, 0, 0], [0, 0, 1, 1])]),
+        category_ids=torch.tensor(category_ids),
+    )
+
+
+def _hand_loss(loss_name, batch, ids):
+    """Each term with explicit loops; columns j != i whose id equals row i's id are left out."""
+    v, a, c = batch.image_embeds, batch.attribute_embeds, batch.category_embeds
+
+    def direction(queries, keys):
+        return _mean([_nce(queries[i], keys[i], [keys[j] for j in range(4) if j != i and ids[j] != ids[i]])
+                      for i in range(4)])
+
+    if loss_name == "object_attribute":
+        return 0.5 * (direction(v, a) + direction(a, v))
+    if loss_name == "attribute_category":
+        return 0.5 * (direction(a, c) + direction(c, a))
+    return direction(c, c)
+
+
+LOSSES = {"object_attribute": object_attribute_loss, "attribute_category": attribute_category_loss,
+          "category_category": category_category_loss}
+
+
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_batch_duplicates_are_not_negatives(loss_name):
+    """Two images of one species: with equal ids their shared name/description is not a negative."""
+    duplicates = _duplicate_batch([1, 1, 2, 3])
+    distinct = _duplicate_batch([1, 4, 2, 3])  # same embeddings, the duplicate relabelled as another category
+    masked = LOSSES[loss_name](duplicates, torch.tensor(SCALE)).item()
+    unmasked = LOSSES[loss_name](distinct, torch.tensor(SCALE)).item()
+    assert masked == pytest.approx(_hand_loss(loss_name, duplicates, [1, 1, 2, 3]), rel=1e-5)
+    assert unmasked == pytest.approx(_hand_loss(loss_name, distinct, [1, 4, 2, 3]), rel=1e-5)
+    assert masked < unmasked  # the identical sibling would otherwise compete with the target
 
 
 def test_module_weights_terms_and_hard_negative_ablation(batch):
-    scales = {"object_attribute": SCALE, "attribute_category": SCALE}
+    scales = {"object_attribute": torch.tensor(SCALE), "attribute_category": torch.tensor(SCALE)}
     output = FinedeficsContrastiveLoss(weights=(0.5, 0.25, 1.0))(batch, scales)
-    expected = 0.5 * object_attribute_loss(batch, SCALE) + 0.25 * attribute_category_loss(batch, SCALE) + category_category_loss(batch, SCALE)
+    assert output.skipped == [] and set(output.terms) == set(TERMS)
+    expected = 0.5 * output.terms["object_attribute"] + 0.25 * output.terms["attribute_category"] \
+        + output.terms["category_category"]
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert output.skipped == []
-    no_negatives = FinedeficsContrastiveLoss(use_hard_negatives=False)(batch, scales)
-    assert no_negatives.terms["category_category"].item() != pytest.approx(output.terms["category_category"].item())
+    # Without hard negatives, L_cc sees in-batch names only (duplicates still masked).
+    c = batch.category_embeds
+    in_batch_only = _mean([_nce(c[0], c[0], [c[2]]), _nce(c[1], c[1], [c[2]]), _nce(c[2], c[2], [c[0], c[1]])])
+    ablation = FinedeficsContrastiveLoss(use_hard_negatives=False)(batch, scales)
+    assert ablation.terms["category_category"].item() == pytest.approx(in_batch_only, rel=1e-5)
 
 
 def _awkward_batches():
@@ -119,31 +159,73 @@ def _awkward_batches():
     emb = F.normalize(torch.randn(3, d, generator=torch.Generator().manual_seed(0)), dim=-1)
     base = dict(image_embeds=emb, attribute_embeds=emb.flip(0), attribute_mask=torch.ones(3, dtype=torch.bool),
                 category_embeds=emb.roll(1, 0), category_ids=torch.tensor([1, 2, 3]))
-    negs = dict(neg_attribute_embeds=emb[:, None].expand(3, 2, d), neg_category_embeds=emb[:, None].expand(3, 2, d),
-                neg_attribute_mask=torch.zeros(3, 2, dtype=torch.bool), neg_category_mask=torch.zeros(3, 2, dtype=torch.bool),
-                neg_category_ids=torch.full((3, 2), -1))
-    return {
-        "all_same_category": ({**base, "category_ids": torch.tensor([4, 4, 4])}, {"object_attribute", "attribute_category", "category_category"}),
-        "no_attributes": ({**base, "attribute_mask": torch.zeros(3, dtype=torch.bool)}, {"object_attribute", "attribute_category"}),
-        "all_negatives_padded": ({**base, **negs}, set()),
-        "single_row": ({k: v[:1] for k, v in base.items()}, set(TERMS_ALL)),
-        "bf16": ({k: (v.bfloat16() if v.is_floating_point() else v) for k, v in base.items()}, set()),
+    negatives = dict(neg_attribute_embeds=emb.flip(1)[:, None].expand(3, 2, d).clone(),
+                     neg_category_embeds=emb.roll(1, 1)[:, None].expand(3, 2, d).clone(),
+                     neg_attribute_mask=torch.ones(3, 2, dtype=torch.bool),
+                     neg_category_mask=torch.ones(3, 2, dtype=torch.bool), neg_category_ids=torch.full((3, 2), -1))
+    padded = {**negatives, "neg_attribute_mask": torch.zeros(3, 2, dtype=torch.bool),
+              "neg_category_mask": torch.zeros(3, 2, dtype=torch.bool)}
+    same = torch.tensor([4, 4, 4])
+    return {  # name: (fields, terms expected to be skipped)
+        "all_same_category": ({**base, "category_ids": same}, set(TERMS)),
+        "all_same_category_with_negatives": ({**base, **negatives, "category_ids": same}, set()),
+        "all_same_category_negatives_padded": ({**base, **padded, "category_ids": same}, set(TERMS)),
+        "no_attributes": ({**base, "attribute_mask": torch.zeros(3, dtype=torch.bool)},
+                          {"object_attribute", "attribute_category"}),
+        "all_negatives_padded": ({**base, **padded}, set()),
+        "single_row": ({k: v[:1] for k, v in base.items()}, set(TERMS)),
+        "single_row_with_negatives": ({k: v[:1] for k, v in {**base, **negatives}.items()}, set()),
+        "float16": ({**base, **negatives}, set()),
+        "bfloat16": ({**base, **negatives}, set()),
     }
-
-
-TERMS_ALL = ("object_attribute", "attribute_category", "category_category")
 
 
 @pytest.mark.parametrize("name", list(_awkward_batches()))
 def test_awkward_batches_skip_instead_of_nan(name):
     fields, expected_skipped = _awkward_batches()[name]
-    batch = ContrastiveBatch(**{k: (v.clone().requires_grad_(True) if v.is_floating_point() else v) for k, v in fields.items()})
-    scale = torch.tensor(14.0, requires_grad=True)
-    output = FinedeficsContrastiveLoss()(batch, {"object_attribute": scale, "attribute_category": scale})
+    dtype = getattr(torch, name, torch.float32)
+    fields = {k: (v.to(dtype).requires_grad_(True) if v.is_floating_point() else v) for k, v in fields.items()}
+    scale = torch.tensor(14.0, dtype=dtype, requires_grad=True)
+    output = FinedeficsContrastiveLoss()(ContrastiveBatch(**fields), {"object_attribute": scale,
+                                                                      "attribute_category": scale})
     assert set(output.skipped) == expected_skipped
-    assert torch.isfinite(output.loss)
+    assert set(output.terms) == set(TERMS) - expected_skipped
+    assert output.loss.dtype == torch.float32 and torch.isfinite(output.loss)
     output.loss.backward()
-    assert torch.isfinite(batch.image_embeds.grad).all() and torch.isfinite(scale.grad)
+    assert all(torch.isfinite(v.grad).all() for v in fields.values() if v.is_floating_point())
+    assert torch.isfinite(scale.grad)
+    if dtype != torch.float32:  # computed in float32: same value as the float32 copy of the rounded inputs
+        upcast = {k: (v.detach().float() if v.is_floating_point() else v) for k, v in fields.items()}
+        reference = FinedeficsContrastiveLoss()(ContrastiveBatch(**upcast), {"object_attribute": scale.float(),
+                                                                           "attribute_category": scale.float()})
+        assert output.loss.item() == pytest.approx(reference.loss.item(), rel=1e-6)
+
+
+def test_a_row_without_negatives_adds_a_finite_zero():
+    """A row whose every non-target column is masked keeps its target: a finite 0 in the mean, not NaN."""
+    triplicate = replace(_duplicate_batch([1, 1, 2, 3]), category_ids=torch.tensor([1, 1, 1, 3]))
+    c = triplicate.category_embeds
+    rows = [_nce(c[0], c[0], [c[3]]), _nce(c[1], c[1], [c[3]]), _nce(c[2], c[2], [c[3]]),
+            _nce(c[3], c[3], [c[0], c[1], c[2]])]
+    assert category_category_loss(triplicate, torch.tensor(SCALE)).item() == pytest.approx(_mean(rows), rel=1e-5)
+    # One category only; row i's single hard negative is c[3 - i], live for rows 0 and 2 only.
+    one_category = replace(triplicate, category_ids=torch.tensor([1, 1, 1, 1]), neg_category_embeds=c.flip(0)[:, None],
+                           neg_category_mask=torch.tensor([[True], [False], [True], [False]]))
+    expected = _mean([_nce(c[0], c[0], [c[3]]), 0.0, _nce(c[2], c[2], [c[1]]), 0.0])
+    assert category_category_loss(one_category, torch.tensor(SCALE)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_bad_input_names_the_field(batch):
+    with pytest.raises(ValueError, match="attribute_embeds"):
+        replace(batch, attribute_embeds=batch.attribute_embeds[:2])
+    with pytest.raises(ValueError, match="neg_category_ids"):
+        replace(batch, neg_category_ids=batch.neg_category_ids[:, :1])
+    with pytest.raises(ValueError, match="neg_attribute_mask"):
+        replace(batch, neg_attribute_mask=None)
+    with pytest.raises(ValueError, match="attribute_category"):
+        FinedeficsContrastiveLoss()(batch, {"object_attribute": torch.tensor(SCALE)})
+    with pytest.raises(ValueError, match="weights"):
+        FinedeficsContrastiveLoss(weights=(0.5, 0.5))
 
 
 def _free_port():
@@ -152,18 +234,30 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
-    """gloo, 2 ranks x 4 rows == 1 rank x 8 rows: same loss, and the same gradients after DDP averaging."""
+@pytest.fixture(scope="module")
+def distributed_results(tmp_path_factory):
+    """Every scenario of distributed_loss_worker.py in 1 process and in 2 gloo processes."""
+    out = tmp_path_factory.mktemp("distributed-loss")
     script = Path(__file__).with_name("distributed_loss_worker.py")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
     for world_size in (1, 2):
-        result = subprocess.run([sys.executable, str(script), str(world_size), str(tmp_path)],
+        result = subprocess.run([sys.executable, str(script), str(world_size), str(out)],
                                 capture_output=True, text=True, env=env, timeout=240)
         assert result.returncode == 0, result.stderr[-3000:]
-    single = torch.load(tmp_path / "world1.pt")
-    double = torch.load(tmp_path / "world2.pt")
+    return torch.load(out / "world1.pt"), torch.load(out / "world2.pt")
+
+
+@pytest.mark.parametrize("scenario", ["even", "uneven", "ragged_negatives", "missing_negatives", "gather_without_grad"])
+def test_two_processes_match_one_process(distributed_results, scenario):
+    """2 ranks (4 + 4 rows, or 5 + 3, or ranks with different K) == 1 rank with the 8 rows: same loss and,
+    after DDP's gradient averaging, the same gradients for the embeddings and the logit scales."""
+    single, double = (results[scenario] for results in distributed_results)
+    assert double["skipped"] == single["skipped"] == []
     assert double["loss"] == pytest.approx(single["loss"], rel=1e-6)
-    for name in single["terms"]:
+    for name in TERMS:
         assert double["terms"][name] == pytest.approx(single["terms"][name], rel=1e-6)
-    torch.testing.assert_close(double["embedding_grads"], single["embedding_grads"], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(double["scale_grads"], single["scale_grads"], rtol=1e-5, atol=1e-7)
+    # Without gradients through the gather, a rank's rows only get its own copy of the loss's gradient.
+    share = 0.5 if scenario == "gather_without_grad" else 1.0
+    assert single["embedding_grads"].abs().sum() > 0
+    torch.testing.assert_close(double["embedding_grads"], share * single["embedding_grads"], rtol=1e-5, atol=1e-7)
