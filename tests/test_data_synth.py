@@ -235,3 +235,19 @@ def test_cli_synth_with_preview(tmp_path, capsys):
     assert sheet.width > 4 * 2 * 64 and sheet.height > 6 * 2 * 64  # 6 rows of enlarged images
     assert main(["data", "synth", str(out), "--no-progress"]) == 2  # exists: a clear error, not a traceback
     assert "not empty" in capsys.readouterr().err
+
+
+def test_benchmark_rows_feed_the_training_collator(bench):
+    from modeling_finedefics.tiny import build_tiny_processor, build_tiny_tokenizer
+
+    from finedefics_training.collator import FinedeficsDataCollator
+
+    processor = build_tiny_processor(build_tiny_tokenizer(synth.text_corpus(bench)))
+    rows = [synth.load_benchmark(bench)["train"][i] for i in range(4)]
+    batch = FinedeficsDataCollator(processor, stage=1, num_negatives=SMALL.num_negatives)(rows)
+    assert batch["pixel_values"].shape[0] == 4
+    assert (batch["attribute_index"] >= 0).all() and (batch["neg_category_index"] >= 0).all()
+    # Stage I answers are the rows' own descriptions.
+    answers = [processor.tokenizer.decode(ids[labels != -100], skip_special_tokens=True).strip()
+               for ids, labels in zip(batch["input_ids"], batch["labels"])]
+    assert answers == [row["attribute"] for row in rows]
