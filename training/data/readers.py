@@ -22,9 +22,10 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .negatives import mine_by_attributes, negative_descriptions
 from .schema import (
-    NEGATIVE_SEPARATOR,
     ReadReport,
     RecordError,
     Records,
@@ -80,7 +81,7 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
     _check_reference_columns(path, reader.fieldnames or [])
     report, records = ReadReport(str(path)), []
     last_line = reader.line_num  # the header's last line
-    for number, row in enumerate(reader, start=1):
+    for number, row in enumerate(tqdm(reader, desc=f"reading {path.name}", unit="row", disable=None), start=1):
         report.rows_read += 1
         # A row can span lines (negatives are newline-separated): name the line it starts on.
         where_row, last_line = f"{number} (line {last_line + 1})", reader.line_num
@@ -208,7 +209,8 @@ def from_classification_dataset(ds, image_column: str = "image", label_column: s
     raw = ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(ds.features[image_column], datasets.Image) else ds
     report = ReadReport(source)
     kept, rows = [], []
-    for index, example in enumerate(raw.select_columns([image_column, label_column])):
+    rows_to_check = raw.select_columns([image_column, label_column])
+    for index, example in enumerate(tqdm(rows_to_check, desc=f"checking {source}", unit="img", disable=None)):
         report.rows_read += 1
         try:
             if check_images:
@@ -410,7 +412,8 @@ def read_cub_attributes(cub_root: str | Path, certainty_threshold: int = 3, noun
 
 def _read_image_attribute_labels(path: Path, names: dict, threshold: int, report: ReadReport, errors: str) -> dict:
     present: dict[int, dict[str, list[str]]] = defaultdict(dict)
-    for number, fields in _numbered_lines(path):
+    for number, fields in tqdm(_numbered_lines(path), desc="reading CUB attribute labels", unit="line", disable=None,
+                               mininterval=1.0):
         report.rows_read += 1
         try:
             image_id, attribute_id, is_present, certainty = _parse_label_line(path, number, fields, names)
