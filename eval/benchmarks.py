@@ -34,7 +34,8 @@ OPEN_SET_QUESTION = "What is the species of the {noun} in the image?"  # stage I
 SYNTHETIC_NOUN = "bird"
 NUM_OPTIONS = len(CHOICE_LETTERS)
 
-# category -> similar categories, most similar first; or a function computing that from the names.
+# category -> similar categories, most similar first (used as is); or a miner computing that from
+# the category names (used when the rows carry neither their own negatives nor attributes).
 Negatives = Mapping[str, Sequence[str]] | Callable[[list[str]], Mapping[str, Sequence[str]]]
 
 
@@ -53,6 +54,8 @@ class Benchmark:
         rare_categories: categories the dataset marks as rare, or None where it says nothing.
         display_name / dataset_type: how model cards name the dataset.
         source: where the benchmark was read from.
+        options_source: where the wrong options come from (an option file, the rows' own
+            ``neg_categories``, or a hard-negative miner).
     """
 
     name: str
@@ -66,6 +69,7 @@ class Benchmark:
     display_name: str | None = None
     dataset_type: str | None = None
     source: str = ""
+    options_source: str = "option file"
     image_getter: Callable[[OptionExample], object] | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -110,6 +114,7 @@ class Benchmark:
     def describe(self) -> dict:
         """The benchmark's identity for a report."""
         return {"name": self.name, "split": self.split, "source": self.source, "query": self.query,
+                "options_source": self.options_source,
                 "num_examples": len(self.examples), "num_categories": len(self.categories),
                 "num_rare_categories": None if self.rare_categories is None else len(self.rare_categories),
                 "display_name": self.display_name or self.name, "dataset_type": self.dataset_type or self.name}
@@ -199,6 +204,7 @@ def load_option_file_benchmark(path: str | Path, image_root: str | Path | None =
         categories=categories, query=query or foci_query(noun + "s"),
         open_set_question=OPEN_SET_QUESTION.format(noun=noun),
         image_root=Path(image_root) if image_root is not None else path.parent, source=str(path),
+        options_source=f"option file {path.name}",
     )
 
 
@@ -224,18 +230,19 @@ def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives:
     names = [c["name"] for c in categories]
     option_file = folder / f"foci_{split}.json"
     if option_file.is_file():
-        examples = load_option_file(option_file)
+        examples, options_source = load_option_file(option_file), f"option file {option_file.name}"
         image_root = _option_image_root(folder, split, examples)
     else:
         rows = _read_metadata(folder / split / "metadata.jsonl")
-        examples = _examples_from_rows(rows, folder / split / "metadata.jsonl", "category", names, negatives)
+        examples, options_source = _examples_from_rows(rows, folder / split / "metadata.jsonl", "category", names,
+                                                       negatives)
         image_root = folder / split
     rare = frozenset(c["name"] for c in categories if c.get("is_rare"))
     return Benchmark(
         name=folder.name, split=split, examples=examples, categories=_ordered_unique(names),
         query=foci_query(SYNTHETIC_NOUN + "s"), open_set_question=OPEN_SET_QUESTION.format(noun=SYNTHETIC_NOUN),
         image_root=image_root, rare_categories=rare, display_name=f"Finedefics synthetic birds ({folder.name})",
-        dataset_type="finedefics-synthetic", source=str(folder),
+        dataset_type="finedefics-synthetic", source=str(folder), options_source=options_source,
     )
 
 
@@ -267,7 +274,8 @@ def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_co
 
     Without a ``<split>`` folder the folder itself is the split. Options are the rows'
     ``neg_categories`` where present, else the hard negatives of ``negatives`` (default:
-    :func:`hard_negatives`). Categories marked in ``rare_column`` are reported as rare.
+    :func:`hard_negatives_by_name` unless the rows carry ``attributes``). Categories marked in
+    ``rare_column`` are reported as rare.
     """
     folder = Path(folder)
     split_dir = folder / split if (folder / split).is_dir() else folder
@@ -279,12 +287,12 @@ def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_co
         rows = _rows_from_class_folders(split_dir)
         label_column = "category"
     categories = _ordered_unique(str(row.get(label_column, "")) for row in rows)
-    examples = _examples_from_rows(rows, metadata, label_column, categories, negatives)
+    examples, options_source = _examples_from_rows(rows, metadata, label_column, categories, negatives)
     rare = _rare_from_rows(rows, label_column, rare_column)
     return Benchmark(
         name=folder.name, split=split, examples=examples, categories=categories, query=foci_query(noun + "s"),
         open_set_question=OPEN_SET_QUESTION.format(noun=noun), image_root=split_dir, rare_categories=rare,
-        source=str(folder),
+        source=str(folder), options_source=options_source,
     )
 
 
@@ -315,10 +323,13 @@ def _rows_from_class_folders(split_dir: Path) -> list[dict]:
 
 
 def _examples_from_rows(rows: list[dict], where: Path, label_column: str, categories: list[str],
-                        negatives: Negatives | None) -> list[OptionExample]:
-    """Multiple-choice examples from dataset rows: own ``neg_categories`` first, then mined negatives."""
-    needs_mining = any(len(_row_negatives(row, row.get(label_column))) < NUM_OPTIONS - 1 for row in rows)
-    mined = _resolve_negatives(negatives, categories) if needs_mining else {}
+                        negatives: Negatives | None) -> tuple[list[OptionExample], str]:
+    """Multiple-choice examples from dataset rows: own ``neg_categories`` first, then mined negatives.
+
+    Returns the examples and a description of where their wrong options came from.
+    """
+    short = [row for row in rows if len(_row_negatives(row, row.get(label_column))) < NUM_OPTIONS - 1]
+    mined, source = _mined_negatives(rows, label_column, categories, negatives) if short else ({}, "")
     examples = []
     for index, row in enumerate(rows):
         place = f"{where}: row {index}"
@@ -334,9 +345,9 @@ def _examples_from_rows(rows: list[dict], where: Path, label_column: str, catego
                              f"{NUM_OPTIONS - 1} (the dataset has {len(categories)} categories)")
         options = [label, *distractors[: NUM_OPTIONS - 1]]
         check_options(options, label, place)
-        examples.append(OptionExample(example_id=str(index), image=image, groundtruth=label, options=options,
-                                      extra={"is_rare": row.get("is_rare")} if "is_rare" in row else {}))
-    return examples
+        examples.append(OptionExample(example_id=str(index), image=image, groundtruth=label, options=options))
+    own = "the rows' neg_categories"
+    return examples, own if not short else (f"{own}, topped up by {source}" if len(short) < len(rows) else source)
 
 
 def _row_negatives(row: dict, label) -> list[str]:
@@ -360,7 +371,7 @@ def load_datasets_benchmark(name_or_path: str, split: str = "test", image_column
     """A ``datasets`` image-classification dataset (a ``save_to_disk`` folder or a dataset name).
 
     Labels may be a ``ClassLabel`` (its names are the categories) or strings. Options come from the
-    hard-negative miner over the category names (``negatives``, default :func:`hard_negatives`).
+    hard-negative miner over the category names (``negatives``; default :func:`hard_negatives_by_name`).
     """
     dataset = _load_split(name_or_path, split)
     for column in (image_column, label_column):
@@ -369,7 +380,7 @@ def load_datasets_benchmark(name_or_path: str, split: str = "test", image_column
     labels = _label_names(dataset, label_column)
     categories = _ordered_unique(labels)
     rows = [{"file_name": f"{split}/{index}", "category": label} for index, label in enumerate(labels)]
-    examples = _examples_from_rows(rows, Path(name_or_path), "category", categories, negatives)
+    examples, options_source = _examples_from_rows(rows, Path(name_or_path), "category", categories, negatives)
     images = dataset.select_columns([image_column])
 
     def image_getter(example: OptionExample):
@@ -378,7 +389,7 @@ def load_datasets_benchmark(name_or_path: str, split: str = "test", image_column
     return Benchmark(
         name=Path(name_or_path).name, split=split, examples=examples, categories=categories,
         query=foci_query(noun + "s"), open_set_question=OPEN_SET_QUESTION.format(noun=noun),
-        source=name_or_path, image_getter=image_getter,
+        source=name_or_path, options_source=options_source, image_getter=image_getter,
     )
 
 
@@ -411,24 +422,48 @@ def _label_names(dataset, label_column: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- hard negatives
-def _resolve_negatives(negatives: Negatives | None, categories: list[str]) -> Mapping[str, Sequence[str]]:
-    if negatives is None:
-        return hard_negatives(categories)
-    if callable(negatives):
-        return negatives(categories)
-    return negatives
+def _mined_negatives(rows: list[dict], label_column: str, categories: list[str],
+                     negatives: Negatives | None) -> tuple[Mapping[str, Sequence[str]], str]:
+    """Hard negatives for rows without their own.
 
-
-def hard_negatives(categories: list[str], k: int = NUM_OPTIONS - 1) -> dict[str, list[str]]:
-    """For each category, the ``k`` most similar other category names, most similar first.
-
-    Uses the project's hard-negative miner (``finedefics_training.data.negatives``) when it is
-    installed; otherwise a deterministic name-similarity ranking (``difflib`` ratio, ties by name),
-    which favours siblings such as "Laysan Albatross" / "Sooty Albatross".
+    A mapping given as ``negatives`` is used as is. Otherwise the rows' ``attributes`` are mined
+    (attribute overlap), else the miner given as ``negatives`` is called with the category names,
+    else names are compared as strings.
     """
-    miner = _project_miner()
-    if miner is not None:
-        return {name: list(similar)[:k] for name, similar in miner(categories, k).items()}
+    if negatives is not None and not callable(negatives):
+        return negatives, "the given hard negatives"
+    attributes = _category_attributes(rows, label_column)
+    if attributes is not None:
+        from finedefics_training.data.negatives import mine_by_attributes
+
+        return mine_by_attributes(attributes, k=NUM_OPTIONS - 1), "hard negatives mined by attribute overlap"
+    if callable(negatives):
+        return negatives(categories), f"hard negatives from {getattr(negatives, '__name__', 'the given miner')}"
+    logger.warning("no hard negatives given and no attributes to mine them from: options are the most similar "
+                   "category NAMES (pass negatives=..., e.g. mined with a model's text embeddings)")
+    return hard_negatives_by_name(categories), "hard negatives by name similarity"
+
+
+def _category_attributes(rows: list[dict], label_column: str) -> dict[str, dict] | None:
+    """Per category, the union of its rows' visible attributes; None unless every row has some."""
+    table: dict[str, dict] = {}
+    for row in rows:
+        attributes = row.get("attributes")
+        if isinstance(attributes, str):
+            attributes = json.loads(attributes) if attributes.strip() else None
+        if not isinstance(attributes, dict) or not attributes:
+            return None
+        table.setdefault(str(row[label_column]), {}).update(attributes)
+    return table
+
+
+def hard_negatives_by_name(categories: list[str], k: int = NUM_OPTIONS - 1) -> dict[str, list[str]]:
+    """For each category, the ``k`` other names most similar as strings (``difflib`` ratio), ties by name.
+
+    A model-free fallback: it finds siblings that share a word ("Laysan Albatross" / "Sooty
+    Albatross"), nothing more. Prefer attributes or a model's text embeddings
+    (``finedefics_training.data.negatives``).
+    """
     ranked = {}
     for name in categories:
         others = [other for other in categories if other != name]
@@ -437,20 +472,11 @@ def hard_negatives(categories: list[str], k: int = NUM_OPTIONS - 1) -> dict[str,
     return ranked
 
 
-def _project_miner():
-    """The training package's name-based hard-negative miner, if this installation has one."""
-    try:
-        from finedefics_training.data.negatives import mine_name_negatives
-    except ImportError:
-        return None
-    return mine_name_negatives
-
-
 def _ordered_unique(values) -> list[str]:
     return list(dict.fromkeys(values))
 
 
 __all__ = [
-    "Benchmark", "hard_negatives", "load_benchmark", "load_datasets_benchmark", "load_foci_benchmark",
+    "Benchmark", "hard_negatives_by_name", "load_benchmark", "load_datasets_benchmark", "load_foci_benchmark",
     "load_imagefolder_benchmark", "load_option_file_benchmark", "load_synthetic_benchmark",
 ]

@@ -175,8 +175,10 @@ def parse_letter(answer: str, letters: str = CHOICE_LETTERS) -> str | None:
     """The chosen letter under FOCI's rule, or None for a generation failure.
 
     The cleaned answer must start with one of ``letters`` (case-insensitive): "D", "d.", "Answer: B"
-    and "B. Chihuahua is ..." parse; "", "E" and "The answer is C" are failures, exactly as in FOCI
-    (its rule reads the first character only, so a sentence is never searched for a letter).
+    and "B. Chihuahua is ..." parse; "", "E" and "The answer is C" are failures, exactly as in FOCI.
+    Its rule reads the first character only: a sentence is never searched for a letter, and an
+    answer that merely begins with a/b/c/d ("Answer:" without a space, "a Chihuahua") counts as
+    that letter. Kept as is, so numbers stay comparable with FOCI's.
     """
     cleaned = clean_answer(answer).lower()
     for letter in letters:

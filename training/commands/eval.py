@@ -53,6 +53,10 @@ def register(subparsers) -> None:
                         help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--write-card", action="store_true",
                         help="also render the results into the checkpoint's README.md (merged with results already there)")
+    parser.add_argument("--negatives", default="auto", metavar="auto|names|FILE",
+                        help="wrong options for datasets without option files or per-row negatives: 'auto' mines "
+                             "attributes where rows have them, else the model's text embeddings of the names; "
+                             "'names' compares names as strings; FILE is a JSON {category: [negatives]}")
     parser.add_argument("--import-foci", nargs="+", default=[], metavar="FILE",
                         help="FOCI prediction file(s) to report instead of running a model")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
@@ -94,10 +98,12 @@ def _model_reports(args) -> dict:
 
     several = len(args.benchmark) > 1
     extra = {"max_per_label": args.max_per_label} if args.max_per_label else {}
-    # Benchmarks first: bad input fails before minutes of model loading.
+    loaded = _LazyModel(args.model, args.device, args.dtype)
+    # Benchmarks first: bad input fails before minutes of model loading (unless mining needs the model).
     benchmarks = [load_benchmark(spec, image_root=_image_root(args.image_root, spec, several), split=args.split,
-                                 limit=args.limit, **extra) for spec in args.benchmark]
-    model, processor = load_model(args.model, args.device, args.dtype)
+                                 limit=args.limit, negatives=_negatives(args.negatives, loaded), **extra)
+                  for spec in args.benchmark]
+    model, processor = loaded.get()
     reports = {}
     for benchmark in benchmarks:
         report = evaluate_model(model, processor, benchmark, modes=args.mode, seed=args.seed,
@@ -107,6 +113,48 @@ def _model_reports(args) -> dict:
                                 model_name=args.model)
         reports[_unique(reports, benchmark.name)] = report
     return reports
+
+
+class _LazyModel:
+    """Loads the model on first use, so that benchmarks can be checked before and mined with it."""
+
+    def __init__(self, name_or_path: str, device: str, dtype: str):
+        self.arguments, self.loaded = (name_or_path, device, dtype), None
+
+    def get(self):
+        if self.loaded is None:
+            self.loaded = load_model(*self.arguments)
+        return self.loaded
+
+
+def _negatives(choice: str, loaded: _LazyModel):
+    """The ``negatives`` argument of ``load_benchmark`` for ``--negatives``."""
+    if choice == "names":
+        return None
+    if choice != "auto":
+        return _read_negatives_file(Path(choice))
+
+    def model_text_embeddings(names: list[str]):
+        from finedefics_training.data.negatives import finedefics_text_embedder, mine_by_embeddings
+
+        model, processor = loaded.get()
+        return mine_by_embeddings(names, finedefics_text_embedder(model, processor), k=3)
+
+    return model_text_embeddings
+
+
+def _read_negatives_file(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise FileNotFoundError(f"negatives file not found: {path} (or use --negatives auto|names)")
+    try:
+        negatives = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(negatives, dict) or not all(isinstance(v, list) for v in negatives.values()):
+        raise ValueError(f"{path}: expected a JSON object mapping each category to a list of similar categories")
+    return negatives
 
 
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
