@@ -1,0 +1,88 @@
+"""`finedefics eval`: a saved checkpoint on the synthetic benchmark, FOCI file import, the model card,
+and bad input reported as one line with exit code 2."""
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from conftest import SHARED
+from eval_helpers import small_synthetic_benchmark
+from finedefics_training.cli import main
+
+BIRD_RESULTS = SHARED / "foci" / "results" / "bird-200-finedefics-release-run.json"
+CAR_RESULTS = SHARED / "foci" / "results" / "car-196-finedefics-release-run.json"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return small_synthetic_benchmark(tmp_path_factory.mktemp("synthetic") / "synth")
+
+
+def test_eval_writes_reports_predictions_plots_and_the_card(micro_checkpoint, synthetic, tmp_path, capsys):
+    output = tmp_path / "eval"
+    code = main(["eval", "--model", str(micro_checkpoint), "--benchmark", str(synthetic), "--mode", "generate",
+                 "likelihood", "embedding", "--output-dir", str(output), "--batch-size", "6", "--seed", "3",
+                 "--bootstrap-samples", "50", "--no-progress", "--write-card"])
+    assert code == 0
+    report = json.loads((output / "report.json").read_text(encoding="utf-8"))
+    assert (report["benchmark"], report["seed"], report["model"]) == ("synth", 3, str(micro_checkpoint))
+    assert set(report["modes"]) == {"generate", "likelihood", "embedding"}
+    assert all((output / f"predictions-{mode}.json").is_file() for mode in report["modes"])
+    assert (output / "report.md").is_file() and (output / "plots" / "accuracy_by_mode.png").is_file()
+    printed = capsys.readouterr().out
+    accuracy = 100 * report["modes"]["likelihood"]["accuracy"]
+    assert f"synth likelihood: accuracy {accuracy:.2f}" in printed
+    card = ModelCard.load(micro_checkpoint / "README.md")
+    values = {r.metric_config: r.metric_value for r in card.data.eval_results}
+    assert values["likelihood"] == round(accuracy, 2)
+
+
+def test_eval_imports_focis_prediction_files_with_a_summary(tmp_path, capsys):
+    assert main(["eval", "--import-foci", str(BIRD_RESULTS), str(CAR_RESULTS), "--output-dir", str(tmp_path),
+                 "--bootstrap-samples", "0", "--no-plots"]) == 0
+    summary = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    for name, path in (("bird-200", BIRD_RESULTS), ("car-196", CAR_RESULTS)):
+        stored = json.loads(path.read_text(encoding="utf-8"))["metrics"]["accuracy"]
+        assert summary["benchmarks"][name]["modes"]["generate"]["accuracy"] == pytest.approx(stored, abs=1e-12)
+        assert (tmp_path / name / "report.json").is_file()
+    assert "bird-200 generate: accuracy 47.96" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--benchmark", "bird-200"], "needs --image-root"),
+    (["--benchmark", "foci:bird-2000"], "unknown FOCI dataset 'bird-2000'"),
+    (["--benchmark", "/no/such/benchmark"], "benchmark not found"),
+    (["--benchmark", "pet-37", "--image-root", "/no/such/images"], "image root not found"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(micro_checkpoint, tmp_path, capsys, arguments, message):
+    code = main(["eval", "--model", str(micro_checkpoint), "--output-dir", str(tmp_path), *arguments])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and message in error and len(error.splitlines()) == 1
+
+
+def test_an_empty_benchmark_is_one_line_with_exit_code_2(micro_checkpoint, tmp_path, capsys):
+    (tmp_path / "empty" / "test").mkdir(parents=True)
+    code = main(["eval", "--model", str(micro_checkpoint), "--benchmark", str(tmp_path / "empty"),
+                 "--output-dir", str(tmp_path / "out")])
+    assert code == 2 and "the benchmark would be empty" in capsys.readouterr().err
+
+
+def test_eval_needs_a_model_or_foci_files(tmp_path, capsys):
+    assert main(["eval", "--output-dir", str(tmp_path)]) == 2
+    assert "give --model and --benchmark, or --import-foci" in capsys.readouterr().err
+
+
+def test_an_imagefolder_gets_options_mined_with_the_models_text_embeddings(micro_checkpoint, tmp_path):
+    from PIL import Image
+
+    from eval_helpers import BIRDS, COLOURS
+
+    for c, label in enumerate(BIRDS[:5]):
+        (tmp_path / "folder" / "test" / label).mkdir(parents=True)
+        Image.new("RGB", (16, 16), COLOURS[c]).save(tmp_path / "folder" / "test" / label / "0.png")
+    assert main(["eval", "--model", str(micro_checkpoint), "--benchmark", str(tmp_path / "folder"), "--mode",
+                 "embedding", "--output-dir", str(tmp_path / "out"), "--no-progress", "--no-plots"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["benchmark_info"]["options_source"] == "hard negatives from model_text_embeddings"
+    assert report["n_scored"] == 5
