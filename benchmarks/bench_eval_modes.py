@@ -1,11 +1,12 @@
 """Throughput of the three scoring modes on the same tiny model and the same images, in one run.
 
-    python benchmarks/bench_eval_modes.py --images 96 --batch-size 16
+    python benchmarks/bench_eval_modes.py --images 96 --batch-size 1 8
 
 Builds a tiny Finedefics model (random weights, CPU) and a synthetic 4-way benchmark of flat-colour
-64 px images, warms every mode up on one batch, then runs ``evaluate_model`` once with
-``generate`` (FOCI's max_new_tokens=10), ``likelihood`` and ``embedding`` and prints images per
-second and the ratios to ``generate``. Targets: embedding >= 10x generate, likelihood >= 2x generate.
+64 px images, warms every mode up on one batch, then, per batch size, runs ``evaluate_model`` once
+with ``generate`` (FOCI's max_new_tokens=10), ``likelihood`` and ``embedding`` and prints images per
+second (steady state, see ``evaluate_model``) and the ratios to ``generate``. Targets: embedding
+>= 10x generate, likelihood >= 2x generate.
 
 A random model never emits its end-of-turn token, so ``generate`` always decodes all 10 tokens:
 FOCI's budget, and the worst case for a trained model (which usually stops after "B<end_of_utterance>").
@@ -45,11 +46,38 @@ def build_benchmark(num_images: int):
                      source="benchmarks/bench_eval_modes.py", image_getter=lambda example: images[example.example_id])
 
 
+def measure(model, processor, benchmark, batch_size: int) -> dict:
+    """Images per second of the three modes at ``batch_size`` (after one untimed warm-up batch per mode)."""
+    from finedefics_eval.runner import evaluate_model
+
+    modes = ("generate", "likelihood", "embedding")
+    evaluate_model(model, processor, build_benchmark(batch_size), modes=modes, batch_size=batch_size,
+                   progress=False, bootstrap_samples=0)
+    report = evaluate_model(model, processor, benchmark, modes=modes, batch_size=batch_size, progress=True,
+                            bootstrap_samples=0)
+    speed = {mode: report["modes"][mode]["images_per_second"] for mode in modes}
+    return {"batch_size": batch_size, "images_per_second": speed,
+            "speed_up_over_generate": {mode: speed[mode] / speed["generate"] for mode in modes}}
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["text_hidden=512", ...]`` -> ``{"text_hidden": 512, ...}``."""
+    overrides = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not value.isdigit():
+            raise ValueError(f"override {pair!r} must look like KEY=INTEGER")
+        overrides[key] = int(value)
+    return overrides
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[8], help="one or more batch sizes")
     parser.add_argument("--preset", default="tiny", choices=["micro", "tiny"])
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=INT",
+                        help="model size overrides of the preset, e.g. text_hidden=512 text_layers=8")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
@@ -57,26 +85,17 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from finedefics_eval.runner import evaluate_model
     from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     processor = build_tiny_processor(build_tiny_tokenizer(CATEGORIES))
-    model = build_tiny_model(processor, preset=args.preset, seed=0).eval()
+    model = build_tiny_model(processor, preset=args.preset, seed=0, **parse_overrides(args.override)).eval()
     benchmark = build_benchmark(args.images)
-    modes = ("generate", "likelihood", "embedding")
-    warm_up = build_benchmark(args.batch_size)
-    evaluate_model(model, processor, warm_up, modes=modes, batch_size=args.batch_size, progress=False,
-                   bootstrap_samples=0)
-    report = evaluate_model(model, processor, benchmark, modes=modes, batch_size=args.batch_size, progress=True,
-                            bootstrap_samples=0)
-    speed = {mode: report["modes"][mode]["images_per_second"] for mode in modes}
-    result = {
-        "preset": args.preset, "parameters": sum(p.numel() for p in model.parameters()), "images": args.images,
-        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "images_per_second": speed,
-        "speed_up_over_generate": {mode: speed[mode] / speed["generate"] for mode in modes},
-    }
+    result = {"preset": args.preset, "overrides": args.override, "parameters": sum(p.numel() for p in model.parameters()),
+              "images": args.images, "threads": torch.get_num_threads(), "runs": []}
+    for batch_size in args.batch_size:
+        result["runs"].append(measure(model, processor, benchmark, batch_size))
     print(json.dumps(result, indent=2))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:

@@ -193,9 +193,11 @@ def load_report(path: str | Path) -> dict:
 # ----------------------------------------------------------------------------- markdown
 def render_markdown(report: dict) -> str:
     """``report.md``: the run's identity, a table per kind of number, skipped images and the plots."""
+    protocol, info = report.get("protocol", {}), report.get("benchmark_info", {})
     lines = [f"# Evaluation: {report.get('benchmark')}", "",
              f"- model: `{report.get('model')}`", f"- benchmark: {report.get('benchmark')} ({report.get('split')})",
-             f"- option-order seed: {report.get('seed')}",
+             f"- options: {info.get('options_source', 'option file')}; order: {protocol.get('option_order', '-')}",
+             f"- question: {protocol.get('query')}; generation budget: {protocol.get('max_new_tokens')} tokens",
              f"- examples: {report.get('n_scored')} scored of {report.get('n')}", ""]
     skipped = report.get("skipped", {})
     if skipped.get("missing_images") or skipped.get("unreadable_images"):

@@ -157,16 +157,18 @@ class LikelihoodScorer:
     def option_scores(self, images: list, items: list[PreparedExample]) -> torch.Tensor:
         """``(batch, options)`` summed log-probabilities of each shown option's answer."""
         model = self.model
-        prefix = encode_prompts(model, self.processor, images, [item.prompt for item in items])
-        outputs = model(**prefix, position_ids=position_ids_from_mask(prefix["attention_mask"]), use_cache=True,
-                        logits_to_keep=1)
         continuations = [[self.continuation_ids(letter, option) for letter, option in
                           zip(CHOICE_LETTERS, item.shown_options)] for item in items]
+        multi_token = max(len(ids) for row in continuations for ids in row) > 1
+        prefix = encode_prompts(model, self.processor, images, [item.prompt for item in items])
+        # One-token answers are all read from the prefill's last logits: no cache needed.
+        outputs = model(**prefix, position_ids=position_ids_from_mask(prefix["attention_mask"]),
+                        use_cache=multi_token, logits_to_keep=1)
         num_options = len(continuations[0])
         first = torch.log_softmax(outputs.logits[:, -1].float(), dim=-1)
         first_ids = torch.tensor([[ids[0] for ids in row] for row in continuations], device=first.device)
         scores = first.gather(1, first_ids)
-        if max(len(ids) for row in continuations for ids in row) > 1:
+        if multi_token:
             flat = [ids for row in continuations for ids in row]
             scores = scores + self._later_token_scores(outputs.cache, prefix["attention_mask"], flat,
                                                        num_options).view(len(items), num_options)
