@@ -190,6 +190,36 @@ def load_report(path: str | Path) -> dict:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
 
 
+# ----------------------------------------------------------------------------- several benchmarks
+def summarize_reports(reports: dict, seed: int | None = None) -> dict:
+    """One summary of several benchmarks' reports: ``{"model", "seed", "benchmarks", "mean_accuracy"}``.
+
+    ``mean_accuracy[mode]`` is the unweighted mean over the benchmarks scored in that mode (how
+    FGVR papers average FOCI's datasets); records are left out.
+    """
+    first = next(iter(reports.values()))
+    benchmarks = {name: {k: v for k, v in report.items() if k != "predictions"} for name, report in reports.items()}
+    modes = dict.fromkeys(mode for report in reports.values() for mode in report["modes"])
+    means = {}
+    for mode in modes:
+        values = [r["modes"][mode]["accuracy"] for r in reports.values() if mode in r["modes"]]
+        means[mode] = {"accuracy": sum(values) / len(values), "benchmarks": len(values)}
+    return {"model": first.get("model"), "seed": seed if seed is not None else first.get("seed"),
+            "benchmarks": benchmarks, "mean_accuracy": means}
+
+
+def render_summary_markdown(summary: dict) -> str:
+    """A benchmark x mode accuracy table (%) with the mean over benchmarks."""
+    modes = list(summary["mean_accuracy"])
+    lines = [f"# Evaluation summary: `{summary.get('model')}`", "", f"Option-order seed: {summary.get('seed')}", "",
+             "| benchmark | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    for name, report in summary["benchmarks"].items():
+        cells = [_pct(report["modes"][mode]["accuracy"]) if mode in report["modes"] else "-" for mode in modes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(_pct(summary["mean_accuracy"][m]["accuracy"]) for m in modes) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- markdown
 def render_markdown(report: dict) -> str:
     """``report.md``: the run's identity, a table per kind of number, skipped images and the plots."""
@@ -341,6 +371,6 @@ def _plot_rare_vs_common(modes: dict, path: Path) -> Path:
 
 
 __all__ = [
-    "load_metric", "load_report", "metrics_dir", "mode_metrics", "render_markdown", "report_from_prediction_file",
-    "top_k_metrics", "write_plots", "write_report",
+    "load_metric", "load_report", "metrics_dir", "mode_metrics", "render_markdown", "render_summary_markdown",
+    "report_from_prediction_file", "summarize_reports", "top_k_metrics", "write_plots", "write_report",
 ]

@@ -46,6 +46,10 @@ def test_eval_imports_focis_prediction_files_with_a_summary(tmp_path, capsys):
         stored = json.loads(path.read_text(encoding="utf-8"))["metrics"]["accuracy"]
         assert summary["benchmarks"][name]["modes"]["generate"]["accuracy"] == pytest.approx(stored, abs=1e-12)
         assert (tmp_path / name / "report.json").is_file()
+    mean = (summary["benchmarks"]["bird-200"]["modes"]["generate"]["accuracy"]
+            + summary["benchmarks"]["car-196"]["modes"]["generate"]["accuracy"]) / 2
+    assert summary["mean_accuracy"]["generate"] == {"accuracy": pytest.approx(mean), "benchmarks": 2}
+    assert f"| **mean** | {100 * mean:.2f} |" in (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "bird-200 generate: accuracy 47.96" in capsys.readouterr().out
 
 

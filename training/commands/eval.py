@@ -76,7 +76,7 @@ def run(args) -> int:
         folder = write_report(report, output / _folder_name(name) if several else output, plots=not args.no_plots)
         _print_summary(name, report, folder)
     if several:
-        _write_summary(reports, output, args.seed)
+        _write_summary(reports, output, None if args.import_foci else args.seed)
     if args.write_card:
         _write_card(args.model, reports)
     return 0
@@ -206,15 +206,18 @@ def _print_summary(name: str, report: dict, folder: Path) -> None:
     print(f"{name}: report written to {folder}")
 
 
-def _write_summary(reports: dict, output: Path, seed: int) -> None:
+def _write_summary(reports: dict, output: Path, seed: int | None) -> None:
     import json
 
-    first = next(iter(reports.values()))
-    summary = {"model": first.get("model"), "seed": seed, "benchmarks": {
-        name: {**{k: v for k, v in report.items() if k != "predictions"}, "report": f"{_folder_name(name)}/report.json"}
-        for name, report in reports.items()}}
+    from finedefics_eval.report import render_summary_markdown, summarize_reports
+
+    summary = summarize_reports(reports, seed)
+    for name in summary["benchmarks"]:
+        summary["benchmarks"][name]["report"] = f"{_folder_name(name)}/report.json"
     (output / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"summary of {len(reports)} benchmarks written to {output / 'report.json'}")
+    (output / "report.md").write_text(render_summary_markdown(summary), encoding="utf-8")
+    means = ", ".join(f"{mode} {100 * m['accuracy']:.2f}" for mode, m in summary["mean_accuracy"].items())
+    print(f"mean accuracy over {len(reports)} benchmarks: {means}; summary in {output / 'report.json'}")
 
 
 def _write_card(model: str | None, reports: dict) -> None:
