@@ -27,14 +27,11 @@ FOCI-format prediction record per item (see ``foci.prediction_record``).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from .foci import CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record, shuffled_options
-
-logger = logging.getLogger(__name__)
 
 MODES = ("generate", "likelihood", "embedding", "open_set")
 MC_MODES = ("generate", "likelihood", "embedding")

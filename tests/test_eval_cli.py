@@ -90,3 +90,10 @@ def test_an_imagefolder_gets_options_mined_with_the_models_text_embeddings(micro
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["benchmark_info"]["options_source"] == "hard negatives from model_text_embeddings"
     assert report["n_scored"] == 5
+
+
+def test_the_commands_mode_choices_are_the_scorers_modes():
+    from finedefics_eval.scoring import MODES
+    from finedefics_training.commands.eval import MODES as COMMAND_MODES
+
+    assert COMMAND_MODES == MODES

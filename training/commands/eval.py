@@ -8,11 +8,9 @@ sums them up under ``"benchmarks"`` (the shape ``finedefics push --report`` turn
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
+# finedefics_eval.scoring.MODES, repeated here because importing it loads torch (``--help`` stays fast).
 MODES = ("generate", "likelihood", "embedding", "open_set")
 
 
