@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Idefics2ForConditionalGeneration
+from transformers.models.idefics2.modeling_idefics2 import Idefics2CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_finedefics import FinedeficsConfig
@@ -65,6 +66,16 @@ class FinedeficsEmbeddingOutput(ModelOutput):
 
     image_embeds: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
+
+
+@dataclass
+class FinedeficsCausalLMOutputWithPast(Idefics2CausalLMOutputWithPast):
+    """Idefics2's output plus, when contrastive texts were passed to ``forward``, the global embeddings
+    of the batch's images and of those texts (from one extra decoder pass) and the logit scales."""
+
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    logit_scales: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -300,12 +311,21 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        contrastive_input_ids: torch.LongTensor | None = None,
+        contrastive_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ):
-        """Idefics2's forward, after checking that image tokens and images match."""
+        """Idefics2's forward, after checking that image tokens and images match.
+
+        With ``contrastive_input_ids`` (texts ending in the summary token, e.g. from
+        ``FinedeficsProcessor.tokenize_texts``), the output also carries ``image_embeds`` (reusing this
+        pass's image features, so the vision tower runs once), ``text_embeds`` and ``logit_scales``.
+        Computing them inside ``forward`` keeps every use of the weights inside one call, which is what
+        DDP and DeepSpeed expect.
+        """
         if input_ids is not None and pixel_values is not None:
             self._check_image_tokens(input_ids, pixel_values)
-        return super().forward(
+        outputs = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -318,6 +338,16 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
+        )
+        if contrastive_input_ids is None:
+            return outputs
+        image_features = outputs.image_outputs.pooler_output if outputs.image_outputs is not None else None
+        embeddings = self.get_embeddings(
+            input_ids=contrastive_input_ids, attention_mask=contrastive_attention_mask, image_features=image_features
+        )
+        return FinedeficsCausalLMOutputWithPast(
+            **outputs, image_embeds=embeddings.image_embeds, text_embeds=embeddings.text_embeds,
+            logit_scales=self.get_logit_scales(),
         )
 
     def _check_image_tokens(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:

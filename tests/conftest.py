@@ -36,3 +36,50 @@ def micro_model(tiny_processor):
     from modeling_finedefics.tiny import build_tiny_model
 
     return build_tiny_model(tiny_processor, preset="micro", seed=0).eval()
+
+
+TOY_CATEGORIES = ["Velmoran Thistlewing", "Corvel Tit", "Ashcombe Reedhopper", "Mirel Finch"]
+TOY_COLOURS = ["red", "green", "blue", "yellow"]
+
+
+def toy_rows(n: int = 32):
+    """Rows of the Finedefics training schema: one flat colour per category, siblings as negatives."""
+    from PIL import Image
+
+    rows = []
+    for i in range(n):
+        c = i % 4
+        negatives = [(c + 1) % 4, (c + 2) % 4]
+        rows.append({
+            "image": Image.new("RGB", (64, 64), TOY_COLOURS[c]),
+            "category": TOY_CATEGORIES[c],
+            "attribute": f"a small bird with {TOY_COLOURS[c]} feathers",
+            "neg_categories": [TOY_CATEGORIES[j] for j in negatives],
+            "neg_attributes": [f"a small bird with {TOY_COLOURS[j]} feathers" for j in negatives],
+            "example_id": i,
+        })
+    return rows
+
+
+@pytest.fixture
+def toy_dataset_dir(tmp_path):
+    """A `save_to_disk` DatasetDict (train split) in the Finedefics training schema."""
+    from datasets import Dataset, DatasetDict
+
+    folder = tmp_path / "toy-data"
+    DatasetDict({"train": Dataset.from_list(toy_rows())}).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.fixture
+def micro_checkpoint(tmp_path):
+    """A saved micro Finedefics checkpoint whose tokenizer knows the toy vocabulary."""
+    from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+
+    corpus = TEST_CORPUS + TOY_CATEGORIES + [f"a small bird with {c} feathers" for c in TOY_COLOURS]
+    processor = build_tiny_processor(build_tiny_tokenizer(corpus))
+    model = build_tiny_model(processor, preset="micro", seed=0)
+    folder = tmp_path / "micro-base"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Recipe commands (train, two-stage) hand their own arguments to TRL's parser.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "pass_through", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.recipe_args = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -42,7 +42,6 @@ class ModelArguments:
     lora_dropout: float = field(default=0.2, metadata={"help": "LoRA dropout"})
     lora_target_modules: str = field(default=DEFAULT_LORA_TARGETS, metadata={"help": "regex of modules that get LoRA"})
     freeze_vision_tower: bool = field(default=True, metadata={"help": "keep the SigLIP encoder frozen (full tuning)"})
-    trust_remote_code: bool = field(default=True, metadata={"help": "load Finedefics code shipped with the checkpoint"})
     torch_dtype: str = field(default="auto", metadata={"help": "float32, bfloat16, float16 or auto"})
 
     def __post_init__(self):
@@ -66,16 +65,32 @@ class DataArguments:
 
 # ---------------------------------------------------------------------------- model
 def load_model_and_processor(model_args: ModelArguments, training_args: FinedeficsTrainingConfig):
-    """The model (wrapped with PEFT for LoRA/QLoRA) and its processor."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """The model (wrapped with PEFT for LoRA/QLoRA) and its processor.
 
-    import modeling_finedefics  # noqa: F401  (local registration of the Finedefics classes)
+    A Finedefics checkpoint loads through the locally registered classes; a stock Idefics2 checkpoint
+    (such as ``HuggingFaceM4/idefics2-8b``) is loaded into the Finedefics classes with fresh alignment
+    parameters and the tokenizer's EOS as summary token (``finedefics convert`` does the same offline).
+    """
+    from modeling_finedefics import FinedeficsConfig, FinedeficsForConditionalGeneration, FinedeficsProcessor
+    from transformers import AutoConfig, AutoProcessor
 
-    kwargs = {"trust_remote_code": model_args.trust_remote_code, "dtype": _dtype(model_args.torch_dtype)}
+    path = model_args.model_name_or_path
+    remote = training_args.trust_remote_code
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
+    if not isinstance(processor, FinedeficsProcessor):
+        processor = FinedeficsProcessor(
+            image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+            image_seq_len=processor.image_seq_len, chat_template=processor.chat_template,
+        )
+    config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+    if config.model_type != FinedeficsConfig.model_type:
+        logger.info("%s is a %s checkpoint: adding fresh Finedefics alignment parameters", path, config.model_type)
+        config = FinedeficsConfig(**{**config.to_dict(), "model_type": None,
+                                     "summary_token_id": processor.tokenizer.eos_token_id})
+    kwargs = {"config": config, "dtype": _dtype(model_args.torch_dtype)}
     if model_args.tuning == "qlora":
         kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
-    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    model = FinedeficsForConditionalGeneration.from_pretrained(path, **kwargs)
     if model_args.tuning == "full":
         if model_args.freeze_vision_tower:
             model.model.vision_model.requires_grad_(False)
@@ -100,7 +115,7 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if model_args.tuning == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing(training_args))
     modules_to_save = [name for name in MODULES_TO_SAVE if getattr(model, name, None) is not None]
     config = LoraConfig(
         r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
@@ -124,17 +139,37 @@ def merge_and_save(model, processor, output_dir: str | Path) -> Path:
 
 
 def dequantised_merge(peft_model):
-    """QLoRA merge: dequantise the 4-bit base to the compute dtype, then merge the adapter into it."""
-    base = peft_model.get_base_model()
-    dtype = next(p.dtype for p in base.parameters() if p.is_floating_point() and p.dtype != torch.uint8)
-    merged = peft_model.merge_and_unload()
-    if hasattr(merged, "dequantize"):
-        merged = merged.dequantize()
-    merged.config.quantization_config = None
-    if hasattr(merged, "hf_quantizer"):
-        merged.hf_quantizer = None
-    merged.is_quantized = False
-    return merged.to(dtype)
+    """QLoRA merge without 4-bit rounding: reload the base in full precision, apply the adapter, merge.
+
+    Merging into the 4-bit weights and dequantising afterwards would bake nf4 rounding into the
+    checkpoint; QLoRA's adapters were trained against the dequantised weights, so they are applied to
+    a full-precision copy of the same base instead.
+    """
+    import tempfile
+
+    from modeling_finedefics import FinedeficsConfig, FinedeficsForConditionalGeneration
+    from peft import PeftModel
+
+    base_path = peft_model.peft_config["default"].base_model_name_or_path
+    compute_dtype = peft_model.get_base_model().config.dtype or torch.float32
+    config = FinedeficsConfig.from_pretrained(base_path)
+    config.quantization_config = None
+    with tempfile.TemporaryDirectory() as adapter_dir:
+        peft_model.save_pretrained(adapter_dir)
+        base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=_without_quantization(config),
+                                                                  dtype=compute_dtype)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    return merged
+
+
+def _without_quantization(config):
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def _checkpointing(training_args) -> bool:
+    return bool(getattr(training_args, "activation_checkpointing", False) or getattr(training_args, "gradient_checkpointing", False))
 
 
 def _is_quantised(model) -> bool:
@@ -151,11 +186,7 @@ def _dtype(name: str):
 def load_training_dataset(data_args: DataArguments):
     """The training split with the Finedefics columns (image, category, attribute, negatives)."""
     if data_args.dataset_dir:
-        from .data.synth import load_benchmark
-
-        if not Path(data_args.dataset_dir).is_dir():
-            raise FileNotFoundError(f"dataset_dir {data_args.dataset_dir} does not exist; run `finedefics data synth` first")
-        dataset = load_benchmark(data_args.dataset_dir)[data_args.train_split]
+        dataset = _load_dataset_dir(Path(data_args.dataset_dir), data_args.train_split)
     else:
         from datasets import load_dataset
 
@@ -165,6 +196,27 @@ def load_training_dataset(data_args: DataArguments):
     if "example_id" not in dataset.column_names:
         dataset = dataset.add_column("example_id", list(range(len(dataset))))
     return dataset
+
+
+def _load_dataset_dir(folder: Path, split: str):
+    """A `finedefics data` benchmark folder, a `save_to_disk` folder, or an imagefolder with metadata."""
+    import datasets
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset_dir {folder} does not exist; build it with `finedefics data` first")
+    if (folder / "categories.json").is_file():
+        from .data.synth import load_benchmark
+
+        splits = load_benchmark(folder)
+    elif (folder / "dataset_dict.json").is_file() or (folder / "dataset_info.json").is_file():
+        splits = datasets.load_from_disk(str(folder))
+    else:
+        splits = datasets.load_dataset("imagefolder", data_dir=str(folder))
+    if isinstance(splits, datasets.Dataset):
+        return splits
+    if split not in splits:
+        raise ValueError(f"{folder} has no split {split!r} (has {sorted(splits)})")
+    return splits[split]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -179,6 +231,8 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     dataset = load_training_dataset(data_args)
     trainer = FinedeficsTrainer(model=model, args=training_args, train_dataset=dataset,
                                 processing_class=processor, callbacks=callbacks)
+    logger.info("stage %d: %d training examples, %s tuning, world size %d", training_args.stage, len(dataset),
+                model_args.tuning, trainer.accelerator.num_processes)
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir):
         resume = get_last_checkpoint(training_args.output_dir)  # pick up an interrupted run

@@ -4,9 +4,10 @@
     loss = L_lm                                                    (stage II)
 
 ``L_lm`` is the next-token loss on answer tokens only (prompt, image and padding tokens are masked by
-the collator). The contrastive terms are computed from ONE extra decoder pass: the image summaries
-reuse the resampled image features of the main forward (the vision tower runs once), and every text
-of the step (descriptions, negative descriptions, category names, negative names) shares that pass.
+the collator). The contrastive terms are computed from ONE extra decoder pass inside the model's
+forward: the image summaries reuse the resampled image features of the main pass (the vision tower
+runs once), and every text of the step (descriptions, negative descriptions, category names, negative
+names) shares that pass.
 Every term, the temperatures and how often a term had to be skipped are logged each step.
 """
 
@@ -92,25 +93,24 @@ class FinedeficsTrainer(SFTTrainer):
         mode = "train" if model.training else "eval"
         contrastive_inputs = {key: inputs.pop(key) for key in CONTRASTIVE_KEYS if key in inputs}
         labels = inputs.pop("labels")
-        # No fused LM head: the contrastive terms need the forward's image features.
+        stage_one = self.args.stage == 1 and bool(contrastive_inputs)
+        if stage_one:
+            # Texts are embedded inside the model's forward (one call for DDP), reusing its image features.
+            inputs["contrastive_input_ids"] = contrastive_inputs["contrastive_input_ids"]
+            inputs["contrastive_attention_mask"] = contrastive_inputs["contrastive_attention_mask"]
+        # No fused LM head: the contrastive terms need the forward's embeddings.
         outputs = model(**inputs, use_cache=False)
         lm_loss, token_accuracy = causal_lm_loss(outputs.logits, labels)
         loss = lm_loss
         self._log_metric(mode, "lm_loss", lm_loss)
         self._log_metric(mode, "mean_token_accuracy", token_accuracy)
-        if self.args.stage == 1 and contrastive_inputs:
+        if stage_one:
             loss = loss + self._contrastive_step(mode, outputs, contrastive_inputs)
         return (loss, outputs) if return_outputs else loss
 
     def _contrastive_step(self, mode: str, outputs, contrastive_inputs: dict) -> torch.Tensor:
-        core = self._core_model()
-        embeddings = core.get_embeddings(
-            image_features=outputs.image_outputs.pooler_output,
-            input_ids=contrastive_inputs["contrastive_input_ids"],
-            attention_mask=contrastive_inputs["contrastive_attention_mask"],
-        )
-        batch = build_contrastive_batch(embeddings.image_embeds, embeddings.text_embeds, contrastive_inputs)
-        scales = core.get_logit_scales()
+        batch = build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive_inputs)
+        scales = outputs.logit_scales
         result = self.contrastive_loss(batch, scales)
         for name in TERM_NAMES:
             if name in result.terms:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,8 +16,7 @@ def register(subparsers) -> None:
         add_help=False,
     )
     parser.add_argument("-h", "--help", action="store_true", help="show the recipe fields and exit")
-    parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config FILE and --field value pairs")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, pass_through=True)
 
 
 def split_stage2_overrides(argv: list[str]) -> tuple[list[str], dict]:

@@ -1,0 +1,30 @@
+"""Worker for test_training.py: run one stage from a recipe; optionally SIGKILL itself after step N.
+
+Running it again on the same output_dir resumes from the last checkpoint (as `finedefics train` does).
+"""
+
+import logging
+import os
+import signal
+import sys
+
+from transformers import TrainerCallback
+
+from finedefics_training.commands.train import parse_recipe
+from finedefics_training.recipe import run_stage
+
+
+class KillAtStep(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final save: a real crash
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    recipe, kill_at = sys.argv[1], (int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    _, (model_args, data_args, training_args) = parse_recipe(["--config", recipe])
+    run_stage(model_args, data_args, training_args, callbacks=[KillAtStep(kill_at)] if kill_at else None)
