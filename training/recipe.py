@@ -10,6 +10,7 @@ Multi-process runs go through ``accelerate launch`` or ``torchrun``; nothing her
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -241,6 +242,8 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     trainer.train(resume_from_checkpoint=resume)
     final_dir = Path(training_args.output_dir) / "final"
     if trainer.is_world_process_zero():
+        history = Path(training_args.output_dir) / "log_history.json"
+        history.write_text(json.dumps(trainer.state.log_history, indent=1))
         merge_and_save(trainer.model, processor, final_dir)
         logger.info("stage %d checkpoint: %s", training_args.stage, final_dir)
     trainer.accelerator.wait_for_everyone()
