@@ -78,10 +78,29 @@ def _first_and_last(history, key):
     return sum(values[:3]) / 3, sum(values[-3:]) / 3
 
 
-def test_stage_one_then_stage_two_losses_fall(tmp_path, micro_checkpoint, toy_dataset_dir):
-    recipe = _recipe(tmp_path, "stage1", model_name_or_path=str(micro_checkpoint), dataset_dir=str(toy_dataset_dir),
-                     output_dir=str(tmp_path / "stage1"), stage=1, max_steps=24)
-    stage1 = _run_stage_in_process(recipe)
+@pytest.fixture
+def synthetic_benchmark(tmp_path):
+    """A small synthetic benchmark and a micro model whose tokenizer was trained on its texts."""
+    from finedefics_training.data.synth import SynthConfig, generate_benchmark, text_corpus
+    from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+
+    data_dir = generate_benchmark(tmp_path / "synth", SynthConfig(num_genera=2, species_per_genus=3,
+                                  train_per_category=8, rare_train_per_category=3, test_per_category=2), progress=False)
+    processor = build_tiny_processor(build_tiny_tokenizer(text_corpus(data_dir)))
+    model_dir = tmp_path / "micro-synth"
+    build_tiny_model(processor, preset="micro").save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    return data_dir, model_dir
+
+
+def test_tiny_recipe_stage_one_then_stage_two_losses_fall(tmp_path, synthetic_benchmark):
+    """The shipped tiny CPU recipe, full fine-tuning, on the synthetic data: every loss term falls."""
+    data_dir, model_dir = synthetic_benchmark
+    recipe = REPO_ROOT / "training" / "recipes" / "tiny-cpu-stage1.yaml"
+    overrides = dict(model_name_or_path=model_dir, dataset_dir=data_dir, output_dir=tmp_path / "stage1",
+                     max_steps=30, per_device_train_batch_size=8, learning_rate=2e-3, logging_steps=1,
+                     save_strategy="no", disable_tqdm=True)
+    stage1 = _run_stage_in_process(recipe, **overrides)
     history = stage1.state.log_history
     for key in ("loss", "lm_loss", "loss_object_attribute", "loss_attribute_category", "loss_category_category"):
         first, last = _first_and_last(history, key)
@@ -93,7 +112,9 @@ def test_stage_one_then_stage_two_losses_fall(tmp_path, micro_checkpoint, toy_da
     stage1_dir = tmp_path / "stage1-final"
     stage1.save_model(str(stage1_dir))
     stage1.processing_class.save_pretrained(stage1_dir)
-    stage2 = _run_stage_in_process(recipe, stage=2, model_name_or_path=stage1_dir, output_dir=tmp_path / "stage2")
+    stage2_recipe = REPO_ROOT / "training" / "recipes" / "tiny-cpu-stage2.yaml"
+    stage2 = _run_stage_in_process(stage2_recipe, **{**overrides, "model_name_or_path": stage1_dir,
+                                                     "output_dir": tmp_path / "stage2"})
     first, last = _first_and_last(stage2.state.log_history, "loss")
     assert last < first
     assert not any("loss_object_attribute" in entry for entry in stage2.state.log_history)
