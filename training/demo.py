@@ -50,6 +50,7 @@ class DemoPlan:
     knowledge_repeats: int = 4
     eval_batch_size: int = 16
     save_steps: int = 100
+    freeze_vision_tower: bool = True
     seed: int = 0
 
 
@@ -134,11 +135,13 @@ def make_base_dataset(data_dir: Path, output_dir: Path, plan: DemoPlan) -> None:
 
 
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
-                learning_rate: float, use_hard_negatives: bool = True, freeze_vision_tower: bool = True) -> Path:
+                learning_rate: float, use_hard_negatives: bool = True, freeze_vision_tower: bool | None = None) -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
     from .config import FinedeficsTrainingConfig
     from .recipe import DataArguments, ModelArguments, run_stage
 
+    if freeze_vision_tower is None:
+        freeze_vision_tower = plan.freeze_vision_tower
     model_args = ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
                                 freeze_vision_tower=freeze_vision_tower)
     args = FinedeficsTrainingConfig(
@@ -282,14 +285,30 @@ def export_model(final_dir: Path, model_dir: Path, report_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ run
-def run_demo(output_dir: str | Path, quick: bool = False, seed: int = 0) -> str:
-    """Run the whole demo into ``output_dir`` and return the comparison table (markdown)."""
+def apply_overrides(plan: DemoPlan, overrides: dict[str, str]) -> DemoPlan:
+    """``{"stage1_steps": "600"}`` -> a plan with that field changed (values parsed as YAML scalars)."""
+    import yaml
+
+    known = set(DemoPlan.__dataclass_fields__)
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown demo setting {key!r}; known: {', '.join(sorted(known))}")
+        setattr(plan, key, yaml.safe_load(value) if isinstance(value, str) else value)
+    return plan
+
+
+def run_demo(output_dir: str | Path, quick: bool = False, seed: int = 0, overrides: dict | None = None) -> str:
+    """Run the whole demo into ``output_dir`` and return the comparison table (markdown).
+
+    ``overrides`` change fields of the plan (e.g. ``{"stage1_steps": 600}``) for experiments; the
+    shipped plans are ``default_plan()`` and ``quick_plan()``.
+    """
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    plan = quick_plan(seed) if quick else default_plan(seed)
+    plan = apply_overrides(quick_plan(seed) if quick else default_plan(seed), overrides or {})
     phases = Phases(output_dir)
     data_dir, runs_dir, report_dir = output_dir / "data", output_dir / "runs", output_dir / "report"
     report_dir.mkdir(exist_ok=True)
