@@ -211,16 +211,20 @@ def training_curves(runs: dict[str, list[Path]], path: Path) -> dict:
 
     keys = ["lm_loss", "loss_object_attribute", "loss_attribute_category", "loss_category_category"]
     curves = {name: _history(folders) for name, folders in runs.items()}
+    colours = {name: f"C{i}" for i, name in enumerate(curves)}  # one colour per variant in every panel
     figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
     for axis, key in zip(axes, keys):
         for name, history in curves.items():
             points = [(entry["step"], entry[key]) for entry in history if key in entry]
             if points:
-                axis.plot(*zip(*points), label=name, linewidth=1.2)
+                axis.plot(*zip(*points), label=name, linewidth=1.2, color=colours[name],
+                          linestyle="--" if name == "no_hard_negatives" else "-")
         axis.set_title(key.replace("loss_", "").replace("_", "-"))
         axis.set_xlabel("optimizer step")
         axis.set_yscale("log")
-    axes[0].legend(fontsize=8)
+    handles = [plt.Line2D([], [], color=colours[name], linestyle="--" if name == "no_hard_negatives" else "-")
+               for name in curves]
+    axes[0].legend(handles, list(curves), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
