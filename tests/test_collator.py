@@ -97,3 +97,11 @@ def test_text_only_instruction_rows_mix_with_image_rows(tiny_processor):
     batch = FinedeficsDataCollator(tiny_processor, stage=2)([_example(0), text_row])
     assert _supervised_text(tiny_processor, batch, 1) == " a small grey bird<end_of_utterance>"
     assert (batch["input_ids"][1] == tiny_processor.image_token_id).sum() == 0
+
+
+def test_a_batch_of_text_only_rows_has_no_pixel_values(tiny_processor):
+    rows = [{"image": None, "category": "Corvel Tit", "question": "What does a Corvel Tit look like?",
+             "answer": "a small grey bird", "example_id": i} for i in range(2)]
+    batch = FinedeficsDataCollator(tiny_processor, stage=2)(rows)
+    assert "pixel_values" not in batch
+    assert _supervised_text(tiny_processor, batch, 0) == " a small grey bird<end_of_utterance>"

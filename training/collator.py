@@ -110,6 +110,8 @@ class FinedeficsDataCollator:
             prompts.append(processor.apply_chat_template([user], add_generation_prompt=True))
             full_texts.append(processor.apply_chat_template([user, assistant]).rstrip("\n"))
         images = [[example["image"]] if example.get("image") is not None else [] for example in examples]
+        if not any(images):
+            images = None  # a batch of text-only rows (the image processor cannot take zero images)
         batch = processor(images=images, text=full_texts, return_tensors="pt", padding=True, padding_side="right")
         prompt_lengths = [len(ids) for ids in processor(text=prompts)["input_ids"]]
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
