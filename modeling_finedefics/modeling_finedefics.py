@@ -176,7 +176,8 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         """Image and text embeddings in ONE decoder pass: image-summary rows and text rows share a batch.
 
         This is what makes a contrastive training step cheap: descriptions, negatives, category names
-        and image summaries cost one decoder call, not one per kind.
+        and image summaries share the decoder calls (at most two, grouped by length to limit padding),
+        not one call per kind.
         """
         if pixel_values is not None and image_features is None:
             image_features = self._image_features(pixel_values, pixel_attention_mask)
@@ -194,7 +195,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         if not rows:
             raise ValueError("get_embeddings needs pixel_values, image_features or input_ids")
         inputs_embeds, mask = _concat_right_padded(rows, masks)
-        pooled = self._pool_summary(inputs_embeds, mask)
+        pooled = self._pool_in_length_buckets(inputs_embeds, mask)
         image_embeds = self._project(pooled[:num_images], self.image_projection) if num_images else None
         text_embeds = self._project(pooled[num_images:], self.text_projection) if input_ids is not None else None
         return FinedeficsEmbeddingOutput(image_embeds=image_embeds, text_embeds=text_embeds)
@@ -241,6 +242,28 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
     def _summary_embedding(self, like: torch.Tensor) -> torch.Tensor:
         token = torch.tensor([self.summary_token_id], device=like.device)
         return self.get_input_embeddings()(token)
+
+    def _pool_in_length_buckets(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``_pool_summary`` over rows sorted by length and split in two where that saves the most padding.
+
+        Image-summary rows (image tokens + 1) and short names would otherwise be padded to the longest
+        description; the decoder's cost follows the padded token count.
+        """
+        lengths = attention_mask.sum(dim=1)
+        order = torch.argsort(lengths)
+        sorted_lengths = lengths[order].tolist()
+        rows = len(sorted_lengths)
+        # Padded tokens if the first k sorted rows form one bucket and the rest another.
+        cost = [k * sorted_lengths[k - 1] + (rows - k) * sorted_lengths[-1] for k in range(1, rows)]
+        split = 1 + min(range(len(cost)), key=cost.__getitem__) if cost else rows
+        if not cost or cost[split - 1] >= 0.8 * rows * sorted_lengths[-1]:
+            return self._pool_summary(inputs_embeds, attention_mask)  # not worth a second pass
+        pooled = inputs_embeds.new_empty(rows, inputs_embeds.shape[-1])
+        for bucket in (order[:split], order[split:]):
+            width = int(lengths[bucket].max())
+            pooled[bucket] = self._pool_summary(inputs_embeds[bucket, :width], attention_mask[bucket, :width]).to(
+                pooled.dtype)
+        return pooled
 
     def _pool_summary(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Decoder hidden state at the last real position of each (right-padded) row."""
