@@ -74,7 +74,7 @@ class FinedeficsDataCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         for row, example in enumerate(examples):
-            _check_example(example, row)
+            _check_example(example, row, self.processor)
         conversations = [self._conversation(example, row) for row, example in enumerate(examples)]
         batch = self._tokenize_conversations(examples, conversations)
         if self.stage == 1 and self.contrastive:
@@ -164,7 +164,7 @@ def _pad(values: list[int], k: int) -> list[int]:
     return (values + [-1] * k)[:k]
 
 
-def _check_example(example: dict, row: int) -> None:
+def _check_example(example: dict, row: int, processor) -> None:
     where = f"example {example.get('example_id', row)}"
     category = example.get("category")
     if example.get("question") and not example.get("answer"):
@@ -176,18 +176,8 @@ def _check_example(example: dict, row: int) -> None:
             return  # a text-only instruction row (e.g. category knowledge)
         raise ValueError(f"{where} ({category}): field 'image' is missing")
     if isinstance(example["image"], str):
-        # A path: open it now so a missing file is reported with its name.
-        example["image"] = _load_image(example["image"], where)
-
-
-def _load_image(path: str, where: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError as error:
-        raise ValueError(f"{where}: image file not found: {path}") from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{where}: cannot read image file {path} ({error})") from error
+        # A path: open it now (with the processor's loader) so a bad file is reported with its row.
+        try:
+            example["image"] = processor.load_image(example["image"])
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error

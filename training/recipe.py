@@ -153,11 +153,10 @@ def dequantised_merge(peft_model):
 
     base_path = peft_model.peft_config["default"].base_model_name_or_path
     compute_dtype = peft_model.get_base_model().config.dtype or torch.float32
-    config = FinedeficsConfig.from_pretrained(base_path)
-    config.quantization_config = None
+    config = _without_quantization(FinedeficsConfig.from_pretrained(base_path))
     with tempfile.TemporaryDirectory() as adapter_dir:
         peft_model.save_pretrained(adapter_dir)
-        base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=_without_quantization(config),
+        base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=config,
                                                                   dtype=compute_dtype)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     return merged
