@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-CHOICE_LETTERS = "ABCD"
-PROMPT_OPTIONS = "\nChoices:\n"
-PROMPT_END = "\nAnswer with the letter from the given choices directly."
-QUERY_TEMPLATE = "Which of these {noun} is shown in the image?"
+from .prompts import CHOICE_LETTERS, ObjectNoun, multiple_choice_prompt, multiple_choice_query
+
 # FOCI marks an unparseable answer by this prefix in a prediction file's "predicted" field.
 FAILURE_PREFIX = "NA ### "
 OPTION_FILE_SUFFIX = "-ViT-L-14-laion2b_s32b_b82k-4.json"
@@ -40,6 +38,10 @@ class FociDataset:
     singular: str  # for the open-set question
     display_name: str
     dataset_type: str  # identifier used in model-index entries
+
+    @property
+    def noun(self) -> ObjectNoun:
+        return ObjectNoun(self.singular, self.plural)
 
 
 FOCI_DATASETS = {
@@ -77,7 +79,7 @@ def foci_option_path(name: str) -> Path:
 def foci_query(name_or_noun: str) -> str:
     """FOCI's question, e.g. "Which of these birds is shown in the image?" (a FOCI name or a plural noun)."""
     dataset = FOCI_DATASETS.get(name_or_noun)
-    return QUERY_TEMPLATE.format(noun=dataset.plural if dataset else name_or_noun)
+    return multiple_choice_query(dataset.noun if dataset else ObjectNoun(name_or_noun, name_or_noun))
 
 
 def load_option_file(path: str | Path, num_options: int = len(CHOICE_LETTERS)) -> list[OptionExample]:
@@ -155,14 +157,8 @@ def shuffled_options(options: list[str], seed: int, key: str) -> list[str]:
 
 
 def foci_prompt(query: str, options: list[str], letters: str = CHOICE_LETTERS) -> str:
-    """FOCI's multiple-choice prompt for ``options`` in the order given.
-
-    ``{query}\\nChoices:\\nA. {option}\\nB. {option}...\\nAnswer with the letter from the given choices directly.``
-    """
-    if len(options) > len(letters):
-        raise ValueError(f"{len(options)} options but only {len(letters)} letters ({letters})")
-    formatted = "\n".join(f"{letters[i]}. {option}" for i, option in enumerate(options))
-    return f"{query}{PROMPT_OPTIONS}{formatted}{PROMPT_END}"
+    """FOCI's multiple-choice prompt for ``options`` in the order given (built by ``prompts``, as in training)."""
+    return multiple_choice_prompt(query, options, letters)
 
 
 # ----------------------------------------------------------------------------- answer rule
