@@ -328,3 +328,80 @@ def test_csv_cli_reports_and_fails_with_one_line(tmp_path, image_root, capsys):
     assert main(["data", "csv", str(bad), "--image-root", str(image_root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.csv, row 1 (line 2), field 'image_path'" in err[0]
+
+
+# ============================================================================= stage II rows (finetune.csv)
+CHOICES = "Which of these birds is shown in the image?\nChoices:\nA. Blue Finch\nB. Red Finch\nAnswer with the letter."
+
+
+def stage_two_row(**cells):
+    """A finetune.csv row: a question and an answer, no category, attribute or negatives."""
+    return row(attribute="", category="", **cells)
+
+
+def test_finetune_rows_get_the_category_their_recognition_answer_names(tmp_path, image_root):
+    path = write_csv(tmp_path / "finetune.csv", [
+        stage_two_row(question="What bird is this?", answer="red finch."),  # a known name, spelt loosely
+        stage_two_row(question=CHOICES, answer="B"),  # the letter of a known name
+        stage_two_row(question="Name the bird.", answer="Green Tit", type="open_set"),  # the type says so
+        stage_two_row(question="What colour is its crown?", answer="red"),  # an instruction row
+        stage_two_row(question="Same as before?", answer="Yes.", image_path=""),  # text only
+    ])
+    records = read_reference_csv(path, image_root, require_category=False, known_categories=["Red Finch", "Blue Finch"])
+    assert [r["category"] for r in records] == ["Red Finch", "Red Finch", "Green Tit", None, None]
+    assert [r["answer"] for r in records[:2]] == ["red finch.", "B"]  # answers are kept as given
+    assert [r["label"] for r in records] == [1, 1, 0, None, None]
+    report = records.report
+    assert dict(report.kinds) == {"open-set": 2, "multiple choice": 1, "instruction": 2}
+    assert report.notes["categories derived from recognition answers"] == 3
+    assert "kept rows by kind: 2 open-set, 1 multiple choice, 2 instruction" in report.summary()
+    # Without the known names only the typed row is a recognition question.
+    assert [r["category"] for r in read_reference_csv(path, image_root, require_category=False)] == \
+        [None, None, "Green Tit", None, None]
+
+
+def test_pretrain_rows_are_description_rows(tmp_path, image_root):
+    path = write_csv(tmp_path / "pretrain.csv", [row(answer="a red bird with a cone bill.")])
+    assert dict(read_reference_csv(path, image_root).report.kinds) == {"description": 1}
+
+
+@pytest.mark.parametrize("cells, field, message", [
+    (dict(question=CHOICES, answer="C", type="multiple-choice"), "answer", "'C', which is not one of the choices"),
+    (dict(question="Name it.", answer="Red Finch", image_path=""), "image_path", "recognition question"),
+    (dict(question="What colour is its crown?", answer="red"), "category", "not a recognition answer"),
+])
+def test_bad_stage_two_rows_name_file_row_and_field(tmp_path, image_root, cells, field, message):
+    path = write_csv(tmp_path / "finetune.csv", [row(), stage_two_row(**cells)])
+    with pytest.raises(RecordError, match=message) as error:
+        read_reference_csv(path, image_root)  # require_category: an instruction row is an error here
+    assert "finetune.csv, row 2 (line 3)" in str(error.value) and error.value.field == field
+
+
+def test_csv_cli_reads_finetune_rows_with_known_categories_and_records_the_noun(tmp_path, image_root, capsys):
+    import datasets
+
+    from finedefics_training.cli import main
+    from finedefics_training.data.schema import data_noun
+
+    pretrain = write_csv(tmp_path / "pretrain.csv", [row(), row(category="Blue Finch", image_path="birds/b.png")])
+    finetune = write_csv(tmp_path / "finetune.csv", [stage_two_row(question="What bird?", answer="Blue Finch"),
+                                                     stage_two_row(question="Its crown?", answer="red")])
+    out = tmp_path / "stage2"
+    assert main(["data", "csv", str(finetune), "--image-root", str(image_root), "--categories", str(pretrain),
+                 "--noun", "finch", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finetune.csv: read 2 rows, kept 2") == 1  # the summary, once
+    assert "kept rows by kind: 1 open-set, 1 instruction" in printed and "object noun: finch" in printed
+    assert datasets.load_from_disk(str(out))["train"]["category"] == ["Blue Finch", None]
+    assert data_noun(out).plural == "finches"
+
+
+def test_csv_cli_refuses_to_save_when_every_row_was_skipped(tmp_path, image_root, capsys):
+    from finedefics_training.cli import main
+
+    bad = write_csv(tmp_path / "bad.csv", [row(image_path="birds/broken.png"), row(image_path="birds/missing.png")])
+    out = tmp_path / "never"
+    assert main(["data", "csv", str(bad), "--image-root", str(image_root), "--skip-bad-rows", "--output", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "read 2 rows, kept 0, skipped 2" in captured.out
+    assert "none of its 2 rows was kept" in captured.err and not out.exists()

@@ -3,8 +3,9 @@
 - ``synth DIR``: generate the embedded synthetic fine-grained benchmark (``--preview PATH.png``
   also writes a contact sheet of a few genera).
 - ``preview DIR PATH.png``: the contact sheet of an existing synthetic benchmark.
-- ``csv FILE.csv --image-root DIR``: read and check a reference-implementation training CSV; with
-  ``--output`` save it as a dataset that ``finedefics train --dataset_dir`` reads.
+- ``csv FILE.csv --image-root DIR``: read and check a reference-implementation training CSV (stage I's
+  pretrain.csv or stage II's finetune.csv); with ``--output`` save it as a dataset that ``finedefics
+  train --dataset_dir`` reads, with ``--noun`` recorded as what its objects are called.
 - ``cub CUB_ROOT --output DIR``: CUB-200-2011 with descriptions from its attribute annotations and
   hard negatives mined from the same annotations.
 - ``options DATA --output FILE.json``: FOCI-style 4-way option sets for a dataset split, from a
@@ -91,10 +92,22 @@ def _write_preview(data_dir, path, genera: int = 2) -> int:
 
 # ----------------------------------------------------------------------------- csv
 def _register_csv(commands) -> None:
-    parser = commands.add_parser("csv", help="read and check a reference-implementation training CSV")
+    parser = commands.add_parser(
+        "csv", help="read and check a reference-implementation training CSV (pretrain.csv or finetune.csv)",
+        description="Read a training CSV in the reference implementation's format. Stage II rows (finetune.csv) "
+                    "have no category: a recognition question gets the category its answer names (its type says "
+                    "recognition/classification/open-set/closed-set/multiple-choice, or the answer, or the option "
+                    "its letter picks, is a known category name); other question/answer rows are kept as "
+                    "instruction rows without a category. The summary counts the kept rows by kind.")
     parser.add_argument("csv", help="the CSV file (columns question, answer, type, image_path, attribute, ...)")
     parser.add_argument("--image-root", required=True, help="folder the CSV's image paths are relative to")
     parser.add_argument("--output", help="save the records as a dataset (train split) in this folder")
+    parser.add_argument("--noun", help="what the objects are called, e.g. car (recorded with --output; used by "
+                                       "init-model, training, eval and the model card)")
+    parser.add_argument("--noun-plural", help="its plural where adding -s/-es/-ies is wrong (e.g. aircraft)")
+    parser.add_argument("--categories", metavar="FILE", action="append", default=[],
+                        help="known category names an answer may name: a reference CSV (its category column, "
+                             "e.g. pretrain.csv) or a text file with one name per line (repeatable)")
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of stopping at the first")
     parser.add_argument("--keep-multi-image", action="store_true", help="keep two-image rows (skipped and counted by default)")
     parser.add_argument("--no-check-images", action="store_true", help="do not open every image while reading")
@@ -104,13 +117,50 @@ def _register_csv(commands) -> None:
 def run_csv(args) -> int:
     from ..data.readers import read_reference_csv
 
+    noun = noun_from_arguments(args)
     records = read_reference_csv(args.csv, args.image_root, errors="skip" if args.skip_bad_rows else "raise",
                                  multi_image="keep" if args.keep_multi_image else "skip",
-                                 check_images=not args.no_check_images)
+                                 check_images=not args.no_check_images, require_category=False,
+                                 known_categories=_known_categories(args.categories))
     print(records.report.summary())
+    if not records:
+        raise ValueError(f"{args.csv}: none of its {records.report.rows_read} rows was kept (see the summary "
+                         "above); nothing to save")
+    print(f"object noun: {noun}" if noun else "object noun: not set (give --noun, or object_noun in the recipe)")
     if args.output:
-        _save_splits({"train": records}, args.output)
+        _save_splits({"train": records}, args.output, noun)
     return 0
+
+
+def noun_from_arguments(args):
+    """The ``ObjectNoun`` of ``--noun`` / ``--noun-plural`` (shared by data, init-model and eval), or None."""
+    from finedefics_eval.prompts import ObjectNoun
+
+    if args.noun_plural and not args.noun:
+        raise ValueError("--noun-plural needs --noun")
+    return ObjectNoun.of(args.noun, args.noun_plural) if args.noun else None
+
+
+def _known_categories(files: list[str]) -> list[str]:
+    """Category names from reference CSVs (their category column) or text files (one name per line)."""
+    import csv
+    import io
+
+    from ..data.schema import read_text
+
+    names: list[str] = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"--categories file not found: {path}")
+        if path.suffix.lower() == ".csv":
+            rows = csv.DictReader(io.StringIO(read_text(path), newline=""))
+            if "category" not in (rows.fieldnames or []):
+                raise ValueError(f"{path}: no 'category' column to read category names from")
+            names += [row["category"].strip() for row in rows if (row["category"] or "").strip()]
+        else:
+            names += [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    return names
 
 
 # ----------------------------------------------------------------------------- cub
@@ -138,17 +188,24 @@ def run_cub(args) -> int:
         print(records.report.summary())
         print(f"descriptions: {args.output}")
         return 0
+    from finedefics_eval.prompts import ObjectNoun
+
     splits = build_cub_records(args.cub_root, args.certainty, args.num_negatives, errors=errors)
     print(splits["train"].report.summary())
-    _save_splits(splits, args.output)
+    _save_splits(splits, args.output, ObjectNoun.of("bird"))
     return 0
 
 
-def _save_splits(splits: dict, output: str) -> None:
+def _save_splits(splits: dict, output: str, noun=None) -> None:
+    """Save the splits with ``save_to_disk``; the noun (if known) goes to the folder's data info."""
     import datasets
+
+    from ..data.schema import write_data_info
 
     dataset = datasets.DatasetDict({name: records.to_dataset() for name, records in splits.items()})
     dataset.save_to_disk(output)
+    if noun is not None:
+        write_data_info(output, noun)
     print(f"saved {', '.join(f'{k}: {len(v)} rows' for k, v in dataset.items())} to {output}")
 
 

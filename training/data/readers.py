@@ -19,11 +19,12 @@ import json
 import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .kinds import derive_recognition, known_category_index, row_kind
 from .negatives import mine_by_attributes, negative_descriptions
 from .schema import (
     ReadReport,
@@ -45,13 +46,19 @@ _SEPARATOR = re.compile(r"\t\r?\n")  # the reference's "\t\n", also when the fil
 
 
 def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "raise", multi_image: str = "skip",
-                       check_images: bool = True, require_category: bool = True) -> Records:
-    """Read a reference-implementation training CSV into Finedefics records.
+                       check_images: bool = True, require_category: bool = True,
+                       known_categories: Iterable[str] = ()) -> Records:
+    """Read a reference-implementation training CSV (stage I's pretrain.csv or stage II's finetune.csv).
 
     Columns: ``question``, ``answer``, ``type``, ``image_path`` (or ``image_path_1`` / ``image_path_2``
     for ``type == "multi-image"`` rows), ``attribute``, ``neg_attribute``, ``category``,
     ``neg_category``. Empty cells mean absent. Several negatives in one cell are separated by a tab
     followed by a newline. Image paths are relative to ``image_root``.
+
+    Stage II rows are question/answer pairs without a category cell. A row without a category that is
+    a recognition question (its ``type`` says so, or its answer names a known category: see
+    :func:`~.kinds.derive_recognition`) gets the category its answer names; other such rows are
+    instruction rows and keep no category. The report counts the kept rows by kind (``kinds.py``).
 
     Args:
         path: the CSV file (UTF-8).
@@ -61,15 +68,17 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
             row), or ``"keep"`` them with ``image=None`` and both paths in ``images``.
         check_images: open every image once, so a missing or corrupt file is reported here with its
             row rather than mid-training.
-        require_category: rows without a category are errors (the contrastive terms need one);
-            False keeps text-only instruction rows that have none.
+        require_category: every row needs a category, given or derived from its recognition answer
+            (the contrastive terms of stage I need one); False keeps instruction rows without one.
+        known_categories: category names besides the file's own ``category`` cells (e.g. those of
+            pretrain.csv) that an answer may name.
 
     Returns:
         :class:`~.schema.Records` (a list of records) whose ``.report`` counts what was read,
-        kept and skipped. Records carry ``image`` (an absolute path), ``category``, ``label``,
-        ``attribute``, ``attributes`` (``"{}"``: not in this format), ``neg_categories``,
-        ``neg_attributes``, ``genus`` (``""``), ``is_rare`` (False: unknown), ``question``,
-        ``answer``, ``type`` and ``source_row``.
+        kept and skipped. Records carry ``image`` (an absolute path), ``category`` (None for an
+        instruction row), ``label``, ``attribute``, ``attributes`` (``"{}"``: not in this format),
+        ``neg_categories``, ``neg_attributes``, ``genus`` (``""``), ``is_rare`` (False: unknown),
+        ``question``, ``answer``, ``type`` and ``source_row``.
     """
     check_error_mode(errors)
     if multi_image not in ("skip", "keep"):
@@ -77,28 +86,57 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
     path, image_root = Path(path), Path(image_root)
     if not image_root.is_dir():
         raise FileNotFoundError(f"image root {image_root} (for {path}) is not a folder")
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    _check_reference_columns(path, reader.fieldnames or [])
+    rows = _numbered_csv_rows(path)
+    known = known_category_index([*known_categories, *((row.get("category") or "").strip() for _, _, row in rows)])
     report, records = ReadReport(str(path)), []
-    last_line = reader.line_num  # the header's last line
-    for number, row in enumerate(tqdm(reader, desc=f"reading {path.name}", unit="row", disable=None), start=1):
+    for number, where_row, row in tqdm(rows, desc=f"reading {path.name}", unit="row", disable=None):
         report.rows_read += 1
-        # A row can span lines (negatives are newline-separated): name the line it starts on.
-        where_row, last_line = f"{number} (line {last_line + 1})", reader.line_num
         if row.get("type", "").strip() == MULTI_IMAGE_TYPE and multi_image == "skip":
             report.skip(number, "two-image row (multi_image='skip')")
             continue
         try:
             record = _reference_record(row, where_row, path, image_root, check_images, report)
+            _derive_category(record, known, path, where_row, report)
             validate_record(record, str(path), where_row, require_category=require_category)
         except RecordError as error:
             handle_bad_row(error, report, errors)
             continue
         records.append({**record, "source_row": number})
+        report.kinds[row_kind(record) or "untrainable"] += 1
     _assign_labels(records)
     report.rows_kept = len(records)
     report.log()
     return Records(records, report)
+
+
+def _numbered_csv_rows(path: Path) -> list[tuple[int, str, dict]]:
+    """``(row number, "N (line L)", row)`` for every data row; a row can span lines (negatives are
+    newline-separated), so each is named by the line it starts on."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    _check_reference_columns(path, reader.fieldnames or [])
+    rows, last_line = [], reader.line_num  # the header's last line
+    for number, row in enumerate(reader, start=1):
+        rows.append((number, f"{number} (line {last_line + 1})", row))
+        last_line = reader.line_num
+    return rows
+
+
+def _derive_category(record: dict, known: dict[str, str], path: Path, where_row: str, report: ReadReport) -> None:
+    """Give a category-less recognition question the category its answer names (see ``kinds.py``)."""
+    if record["category"] or not (record["question"] and record["answer"]):
+        return
+    try:
+        derived = derive_recognition(record["question"], record["answer"], record["type"], known)
+    except ValueError as error:
+        raise RecordError(path, where_row, "answer", str(error)) from None
+    if derived is None:
+        record["category"] = None  # an instruction row: no category
+        return
+    if record["image"] is None:
+        raise RecordError(path, where_row, "image_path", f"is empty, but the row is a recognition question "
+                          f"(answer {record['answer']!r}): it needs its image")
+    record["category"] = derived[0]
+    report.note("categories derived from recognition answers")
 
 
 def _check_reference_columns(path: Path, header: list[str]) -> None:

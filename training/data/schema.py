@@ -14,9 +14,15 @@ One record is one training image:
 ``is_rare``         whether the category has few training images
 ==================  =====================================================================
 
+Rows may also hold an explicit instruction, ``question`` and ``answer`` (see ``kinds.py`` for how
+each kind of row is trained); rows that are pure instructions have no ``category``.
+
 Readers never drop a row silently: a bad row either raises :class:`RecordError` (a ``ValueError``
 naming the file, row and field) or, when the caller asks to skip bad rows, is counted in the
 reader's :class:`ReadReport` under its reason, with its row number.
+
+A saved data folder may declare its objects' noun ("car") in ``finedefics_data.json``
+(:func:`write_data_info`); training and evaluation read it with :func:`data_noun`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ COLUMNS = ("image", "category", "label", "attribute", "attributes", "neg_categor
 NEGATIVE_SEPARATOR = "\t\n"
 
 ERROR_MODES = ("raise", "skip")
+
+# Written beside a saved dataset: what the data say about themselves (their objects' noun).
+DATA_INFO_FILE = "finedefics_data.json"
 
 
 class RecordError(ValueError):
@@ -98,6 +107,10 @@ def _check_category(record: dict, fail, require_category: bool) -> None:
     text_only = record.get("question") and record.get("answer")
     if category in (None, "") and text_only and not require_category:
         return
+    if category in (None, "") and text_only:
+        fail("category", "is empty and the answer is not a recognition answer naming a known category; every "
+                         "row needs its category name here (instruction rows are kept where require_category=False, "
+                         "as `finedefics data csv` does)")
     fail("category", "is empty; every training row needs its category name")
 
 
@@ -161,6 +174,7 @@ class ReadReport:
     rows_kept: int = 0
     skipped: dict[str, list] = field(default_factory=lambda: defaultdict(list))
     notes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # kept rows by kind (``kinds.py``)
 
     def skip(self, row, reason: str) -> None:
         """Count a skipped row under ``reason``."""
@@ -177,6 +191,8 @@ class ReadReport:
     def summary(self) -> str:
         """One human-readable paragraph: counts, then each skip reason with its first row numbers."""
         lines = [f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}, skipped {self.rows_skipped}"]
+        if self.kinds:
+            lines.append("  kept rows by kind: " + ", ".join(f"{count} {kind}" for kind, count in self.kinds.items()))
         for reason, rows in sorted(self.skipped.items()):
             shown = ", ".join(str(r) for r in rows[:10]) + (" ..." if len(rows) > 10 else "")
             lines.append(f"  skipped {len(rows)} ({reason}): rows {shown}")
@@ -185,12 +201,19 @@ class ReadReport:
         return "\n".join(lines)
 
     def log(self) -> None:
-        level = logging.WARNING if self.rows_skipped else logging.INFO
-        logger.log(level, "%s", self.summary())
+        """Warn when rows were skipped (the summary lists them); the whole summary goes to debug logging.
+
+        Commands print :meth:`summary` themselves; logging it as well printed it twice.
+        """
+        if self.rows_skipped:
+            logger.warning("%s: skipped %d of %d rows (%s); the reader's report lists them", self.source,
+                           self.rows_skipped, self.rows_read, "; ".join(sorted(self.skipped)))
+        logger.debug("%s", self.summary())
 
     def as_dict(self) -> dict:
         return {"source": self.source, "rows_read": self.rows_read, "rows_kept": self.rows_kept,
-                "skipped": {k: list(v) for k, v in self.skipped.items()}, "notes": dict(self.notes)}
+                "skipped": {k: list(v) for k, v in self.skipped.items()}, "notes": dict(self.notes),
+                "kinds": dict(self.kinds)}
 
 
 class Records(list):
@@ -220,6 +243,33 @@ def handle_bad_row(error: RecordError, report: ReadReport, errors: str, reason: 
     if errors == "raise":
         raise error
     report.skip(error.row, reason or f"{error.field}: {error.problem}")
+
+
+# ----------------------------------------------------------------------------- data folders
+def write_data_info(folder: str | Path, noun) -> Path:
+    """Record in a saved data folder what its objects are called (an ``ObjectNoun``)."""
+    path = Path(folder) / DATA_INFO_FILE
+    path.write_text(json.dumps(noun.config_fields(), indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def data_noun(folder: str | Path):
+    """The ``ObjectNoun`` a data folder declares, or None: its ``finedefics_data.json``, or "bird" for the
+    synthetic benchmark (a folder with ``categories.json``)."""
+    from finedefics_eval.prompts import ObjectNoun
+
+    folder = Path(folder)
+    info = folder / DATA_INFO_FILE
+    if info.is_file():
+        try:
+            return ObjectNoun.from_config(json.loads(info.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, ValueError) as error:
+            raise ValueError(f"{info}: {error}") from error
+    if (folder / "categories.json").is_file():
+        from .synth import NOUN
+
+        return ObjectNoun.of(NOUN)
+    return None
 
 
 # ----------------------------------------------------------------------------- files
