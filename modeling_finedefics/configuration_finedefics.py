@@ -27,6 +27,11 @@ class FinedeficsConfig(Idefics2Config):
             Token appended to every sequence whose final hidden state is the global embedding.
             Defaults to the text model's EOS id (the tokenizer's EOS when the model is built with the
             package's builders or converter), never a hard-coded id.
+        object_noun (`str`, *optional*):
+            What the objects this model was trained on are called in its instructions ("bird", "car"), so
+            that evaluation and usage ask the questions it was trained with. Set by training.
+        object_noun_plural (`str`, *optional*):
+            Its plural as used in the multiple-choice question ("birds", "aircraft").
     """
 
     model_type = "finedefics"
@@ -36,6 +41,8 @@ class FinedeficsConfig(Idefics2Config):
     min_temperature: float = 0.01
     max_temperature: float = 1.0
     summary_token_id: int | None = None
+    object_noun: str | None = None
+    object_noun_plural: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -105,3 +105,68 @@ def test_a_batch_of_text_only_rows_has_no_pixel_values(tiny_processor):
     batch = FinedeficsDataCollator(tiny_processor, stage=2)(rows)
     assert "pixel_values" not in batch
     assert _supervised_text(tiny_processor, batch, 0) == " a small grey bird<end_of_utterance>"
+
+
+# ---------------------------------------------------------------- kinds of rows and the questions' noun
+def _prompt_text(processor, batch, row):
+    """The chat-formatted prompt of a row: every token before the supervised answer."""
+    labels = batch["labels"][row]
+    first_answer = int((labels != IGNORE_INDEX).nonzero()[0])
+    return processor.tokenizer.decode(batch["input_ids"][row, :first_answer])
+
+
+def test_description_rows_are_asked_recognition_questions_in_stage_two(tiny_processor):
+    # A row as `finedefics data csv` saves pretrain.csv: its own description question, answer = attribute.
+    described = {**_example(0), "question": "Describe the car in the picture.", "answer": "a small bird with a red crown"}
+    stage_one = FinedeficsDataCollator(tiny_processor, stage=1)([described])
+    assert _supervised_text(tiny_processor, stage_one, 0) == " a small bird with a red crown<end_of_utterance>"
+    rows = [{**described, "example_id": i} for i in range(8)]
+    stage_two = FinedeficsDataCollator(tiny_processor, stage=2, closed_set_ratio=0.5, noun="car")(rows)
+    answers = {_supervised_text(tiny_processor, stage_two, i).removesuffix("<end_of_utterance>").strip() for i in range(8)}
+    assert answers <= {"Velmoran Thistlewing", *"ABCD"} and "Velmoran Thistlewing" in answers and answers & set("ABCD")
+    prompts = [_prompt_text(tiny_processor, stage_two, i) for i in range(8)]
+    assert not any("Describe" in p for p in prompts)
+    assert any("What is the species of the car in the image?" in p for p in prompts)
+    assert any("Which of these cars is shown in the image?" in p for p in prompts)
+
+
+def test_explicit_questions_are_trained_as_given_in_both_stages(tiny_processor):
+    open_set = {**_example(0), "question": "Which bird is this?", "answer": "Velmoran Thistlewing"}
+    instruction = {"image": None, "category": None, "question": "What is a crown?", "answer": "the top of the head",
+                   "example_id": 1}
+    batch = FinedeficsDataCollator(tiny_processor, stage=2)([open_set, instruction])
+    assert "Which bird is this?" in _prompt_text(tiny_processor, batch, 0)
+    assert _supervised_text(tiny_processor, batch, 1) == " the top of the head<end_of_utterance>"
+    # Stage I's contrastive terms need an image and a category: an instruction row is refused, by name.
+    with pytest.raises(ValueError, match="example 1: stage I rows need an image and a category .* no image"):
+        FinedeficsDataCollator(tiny_processor, stage=1)([_example(0), instruction])
+
+
+def test_training_and_evaluation_ask_the_same_questions_byte_for_byte(tmp_path, tiny_processor):
+    """For a noun with an irregular plural: the collator's questions are the evaluation's, as text and as tokens."""
+    import json
+
+    from finedefics_eval.benchmarks import load_benchmark
+    from finedefics_eval.foci import foci_prompt
+    from finedefics_eval.prompts import ObjectNoun, multiple_choice_options
+    from finedefics_eval.scoring import chat_prompts
+
+    noun = ObjectNoun.of("aircraft", "aircraft")
+    names = ["Vireo 200", "Vireo 300", "Kestrel LX", "Osprey 9"]
+    example = {**_example(0, category=names[0], negatives=names[1:]), "attribute": ""}
+    options_file = tmp_path / "options.json"
+    options_file.write_text(json.dumps({names[0]: [{"image": "x.png", "options": names, "groundtruth": names[0]}]}))
+    benchmark = load_benchmark(str(options_file), noun=noun)
+    assert benchmark.query == "Which of these aircraft is shown in the image?"
+
+    for ratio in (1.0, 0.0):  # multiple choice, then open set
+        collator = FinedeficsDataCollator(tiny_processor, stage=2, closed_set_ratio=ratio, noun=noun)
+        trained_question, _ = collator._conversation(example, 0)
+        shown = list((multiple_choice_options(trained_question) or {}).values())  # the order training showed
+        evaluated_question = foci_prompt(benchmark.query, shown) if ratio else benchmark.open_set_question
+        assert trained_question == evaluated_question
+        batch = collator([example])
+        prompt_length = int((batch["labels"][0] != IGNORE_INDEX).nonzero()[0])
+        evaluated = tiny_processor(images=[[example["image"]]], text=chat_prompts(tiny_processor, [evaluated_question]),
+                                   return_tensors="pt")
+        assert torch.equal(batch["input_ids"][0, :prompt_length], evaluated["input_ids"][0])

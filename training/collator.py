@@ -1,12 +1,19 @@
 """Chat-formatted batches for both Finedefics stages, with every contrastive text of a step in one batch.
 
 A training record (see ``data/schema.py``) holds ``image``, ``category``, ``attribute`` (this image's
-attribute description), ``neg_categories`` and ``neg_attributes`` (hard negatives, most similar first).
+attribute description), ``neg_categories`` and ``neg_attributes`` (hard negatives, most similar first),
+and may hold an explicit ``question`` and ``answer``. What each kind of row is asked follows
+``data/kinds.py``:
 
+- rows with an explicit question are trained as given in either stage, except description rows
+  (answer == attribute) in stage II, which are asked a recognition question instead;
 - Stage I instruction: "describe the object's attributes" -> the attribute description (rows without a
   description fall back to the open-set name question, so no row is dropped).
-- Stage II instructions: open-set ("What is the species of the bird in the image?" -> name) and
+- Stage II instructions: open-set ("What is the species of the car in the image?" -> name) and
   closed-set multiple choice whose wrong options are the row's hard negatives, in a seeded order.
+
+The question texts come from ``finedefics_eval.prompts``, the same module the evaluation builds its
+prompts with, for the objects' noun the collator is given.
 
 Only answer tokens are supervised: prompt, image and padding positions get label -100.
 
@@ -23,18 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
+from finedefics_eval.prompts import (
+    DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_prompt, multiple_choice_query,
+    open_set_question,
+)
+
+from .data.kinds import DESCRIPTION, row_kind
+
 IGNORE_INDEX = -100
-LETTERS = "ABCDEFGHIJ"
-
-DESCRIBE_INSTRUCTION = "Describe the attributes of the {noun} in the image."
-OPEN_SET_QUESTION = "What is the species of the {noun} in the image?"
-CLOSED_SET_QUERY = "Which of these {noun}s is shown in the image?"
-
-
-def multiple_choice_prompt(query: str, options: list[str]) -> str:
-    """FOCI's multiple-choice prompt: the query, lettered options, and the answer instruction."""
-    lines = [query, "Choices:"] + [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
-    return "\n".join(lines) + "\nAnswer with the letter from the given choices directly."
 
 
 def stable_category_id(name: str) -> int:
@@ -57,7 +60,8 @@ class FinedeficsDataCollator:
         stage: 1 (attribute description + contrastive texts) or 2 (recognition instructions).
         num_negatives: hard negatives per row used by the contrastive terms and the multiple choice.
         closed_set_ratio: share of stage II rows asked as multiple choice (the rest are open-set).
-        noun: what the objects are ("bird", "car", ...), used in the instructions.
+        noun: what the objects are called in the instructions: an ``ObjectNoun`` ("car"/"cars") or a
+            singular word whose plural follows the regular English rule.
         seed: seeds the per-example choice of question and option order.
         max_length: prompts longer than this raise an error rather than being truncated (truncation
             would cut image tokens).
@@ -67,38 +71,41 @@ class FinedeficsDataCollator:
     stage: int = 1
     num_negatives: int = 3
     closed_set_ratio: float = 0.5
-    noun: str = "bird"
+    noun: ObjectNoun | str = DEFAULT_NOUN
     seed: int = 0
     max_length: int | None = None
     contrastive: bool = True
 
+    def __post_init__(self):
+        if isinstance(self.noun, str):
+            self.noun = ObjectNoun.of(self.noun)
+
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         for row, example in enumerate(examples):
             _check_example(example, row, self.processor)
+        if self.stage == 1 and self.contrastive:
+            _check_contrastive_rows(examples)
         conversations = [self._conversation(example, row) for row, example in enumerate(examples)]
         batch = self._tokenize_conversations(examples, conversations)
         if self.stage == 1 and self.contrastive:
-            missing = [row for row, example in enumerate(examples) if example.get("image") is None]
-            if missing:
-                raise ValueError(f"stage I rows need an image for the contrastive terms; rows {missing} have none")
             batch.update(self._contrastive_texts(examples))
         return batch
 
     # ------------------------------------------------------------ instructions
     def _conversation(self, example: dict, row: int) -> tuple[str, str]:
-        """(user text, assistant answer) for one example."""
-        if example.get("question"):
-            return example["question"], example["answer"]  # an explicit instruction row
+        """(user text, assistant answer) for one example (``data/kinds.py`` says which rows keep their own)."""
+        if example.get("question") and not (self.stage == 2 and row_kind(example) == DESCRIPTION):
+            return example["question"], example["answer"]  # an explicit question, trained as given
         if self.stage == 1 and example.get("attribute"):
-            return DESCRIBE_INSTRUCTION.format(noun=self.noun), example["attribute"]
+            return describe_instruction(self.noun), example["attribute"]
         rng = _example_rng(self.seed, example, row)
         negatives = [n for n in (example.get("neg_categories") or []) if n != example["category"]]
         if self.stage == 2 and negatives and rng.random() < self.closed_set_ratio:
             options = [example["category"]] + negatives[: self.num_negatives]
             rng.shuffle(options)
-            prompt = multiple_choice_prompt(CLOSED_SET_QUERY.format(noun=self.noun), options)
+            prompt = multiple_choice_prompt(multiple_choice_query(self.noun), options)
             return prompt, LETTERS[options.index(example["category"])]
-        return OPEN_SET_QUESTION.format(noun=self.noun), example["category"]
+        return open_set_question(self.noun), example["category"]
 
     def _tokenize_conversations(self, examples: list[dict], conversations: list[tuple[str, str]]) -> dict:
         processor = self.processor
@@ -160,17 +167,30 @@ class FinedeficsDataCollator:
         }
 
 
+def _check_contrastive_rows(examples: list[dict]) -> None:
+    """Stage I's contrastive terms align each row's image with its category: both must be there."""
+    for row, example in enumerate(examples):
+        if example.get("image") is None or not example.get("category"):
+            missing = "image" if example.get("image") is None else "category"
+            raise ValueError(f"{_where(example, row)}: stage I rows need an image and a category for the contrastive "
+                             f"terms; this one has no {missing} (an instruction row: train it in stage II)")
+
+
 def _pad(values: list[int], k: int) -> list[int]:
     return (values + [-1] * k)[:k]
 
 
+def _where(example: dict, row: int) -> str:
+    return f"example {example.get('example_id', row)}"
+
+
 def _check_example(example: dict, row: int, processor) -> None:
-    where = f"example {example.get('example_id', row)}"
+    where = _where(example, row)
     category = example.get("category")
     if example.get("question") and not example.get("answer"):
         raise ValueError(f"{where}: field 'answer' is empty for question {example['question']!r}")
-    if not isinstance(category, str) or not category.strip():
-        raise ValueError(f"{where}: field 'category' is empty; every training image needs a category name")
+    if not example.get("question") and (not isinstance(category, str) or not category.strip()):
+        raise ValueError(f"{where}: field 'category' is empty; a row without its own question needs a category name")
     if example.get("image") is None:
         if example.get("question") and example.get("answer"):
             return  # a text-only instruction row (e.g. category knowledge)

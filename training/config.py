@@ -32,8 +32,12 @@ class FinedeficsTrainingConfig(SFTConfig):
             Reset both temperatures to this value before training (default: keep the model's).
         closed_set_ratio (`float`, defaults to 0.5):
             Share of stage II examples asked as multiple choice rather than open-set naming.
-        object_noun (`str`, defaults to `"bird"`):
-            The super-category's noun used in the instructions ("bird", "car", "aircraft", ...).
+        object_noun (`str`, *optional*):
+            What the objects are called in the instructions ("bird", "car", "aircraft", ...). Default: the
+            training data's noun (``finedefics data csv --noun``; "bird" for the synthetic benchmark), else
+            the starting checkpoint's ``config.object_noun``. The noun used is stored in the checkpoint.
+        object_noun_plural (`str`, *optional*):
+            Its plural, where the regular English rule (-s, -es, -ies) is wrong (e.g. "aircraft").
         gather_with_grad (`bool`, defaults to `True`):
             Under multi-process training, gather embeddings from all ranks with gradients so every rank sees
             every negative.
@@ -48,12 +52,19 @@ class FinedeficsTrainingConfig(SFTConfig):
     train_temperatures: bool = field(default=True, metadata={"help": "learn the temperatures in stage I"})
     init_temperature: float | None = field(default=None, metadata={"help": "reset the temperatures before training"})
     closed_set_ratio: float = field(default=0.5, metadata={"help": "share of multiple-choice questions in stage II"})
-    object_noun: str = field(default="bird", metadata={"help": "noun of the super-category used in instructions"})
+    object_noun: str | None = field(default=None, metadata={
+        "help": "what the objects are called in the instructions (default: the data's noun, else the model's)"})
+    object_noun_plural: str | None = field(default=None, metadata={"help": "its plural, where -s/-es/-ies is wrong"})
     gather_with_grad: bool = field(default=True, metadata={"help": "gather negatives across ranks with gradients"})
 
     def __post_init__(self):
         # Columns such as `attribute` and `neg_categories` are read by the collator, not the model.
         self.remove_unused_columns = False
+        # TRL turns checkpointing on through `gradient_checkpointing`, a name transformers deprecates (a
+        # FutureWarning on every run). Keep TRL's default under the current name; a recipe that still
+        # sets the old name gets the warning it deserves.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is True:
+            self.activation_checkpointing, self.gradient_checkpointing = True, None
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         super().__post_init__()
         if self.stage not in (1, 2):

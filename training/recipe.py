@@ -2,6 +2,7 @@
 
     finedefics train --config recipes/tiny-cpu-stage1.yaml           # one stage
     finedefics two-stage --config recipes/tiny-cpu-two-stage.yaml    # stage I, merge, stage II
+    finedefics two-stage --config r.yaml --stage1_dataset_dir pretrain-data --stage2_dataset_dir finetune-data
 
 Each stage's output folder is a complete checkpoint (merged weights as safetensors, processor, model
 code, README) that loads with ``AutoModelForImageTextToText.from_pretrained(..., trust_remote_code=True)``.
@@ -10,9 +11,11 @@ Multi-process runs go through ``accelerate launch`` or ``torchrun``; nothing her
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,16 +55,29 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Where the training data comes from."""
+    """Where the training data comes from; each stage may have its own (the paper's stages use different data)."""
 
-    dataset_dir: str | None = field(default=None, metadata={"help": "folder from `finedefics data` (train/ test/ categories.json)"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "folder from `finedefics data` (train/ test/ categories.json); "
+                                                                     "the data of both stages unless a stage has its own"})
+    stage1_dataset_dir: str | None = field(default=None, metadata={"help": "stage I's data (e.g. from pretrain.csv); default dataset_dir"})
+    stage2_dataset_dir: str | None = field(default=None, metadata={"help": "stage II's data (e.g. from finetune.csv); default dataset_dir"})
     dataset_name: str | None = field(default=None, metadata={"help": "a `datasets` dataset already carrying Finedefics columns"})
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set (debugging)"})
 
     def __post_init__(self):
-        if not self.dataset_dir and not self.dataset_name:
-            raise ValueError("give dataset_dir (a `finedefics data` folder) or dataset_name")
+        if not (self.dataset_dir or self.dataset_name or self.stage1_dataset_dir or self.stage2_dataset_dir):
+            raise ValueError("give dataset_dir (a `finedefics data` folder), stage1_dataset_dir / stage2_dataset_dir, "
+                             "or dataset_name")
+
+    def for_stage(self, stage: int) -> DataArguments:
+        """The data of ``stage``: its own folder if it has one, else ``dataset_dir`` / ``dataset_name``."""
+        own = self.stage1_dataset_dir if stage == 1 else self.stage2_dataset_dir
+        if own:
+            return replace(self, dataset_dir=own, dataset_name=None)
+        if not (self.dataset_dir or self.dataset_name):
+            raise ValueError(f"no data for stage {stage}: give stage{stage}_dataset_dir or dataset_dir")
+        return self
 
 
 # ---------------------------------------------------------------------------- model
@@ -115,15 +131,30 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
     """Wrap with LoRA; temperatures and projection heads train in full and are saved with the adapter."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if model_args.tuning == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing(training_args))
-    modules_to_save = [name for name in MODULES_TO_SAVE if getattr(model, name, None) is not None]
-    config = LoraConfig(
-        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, config)
+    with _peft_checkpointing_deprecations():
+        if model_args.tuning == "qlora":
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing(training_args))
+        modules_to_save = [name for name in MODULES_TO_SAVE if getattr(model, name, None) is not None]
+        config = LoraConfig(
+            r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
     return model
+
+
+@contextlib.contextmanager
+def _peft_checkpointing_deprecations():
+    """Silence exactly the FutureWarnings PEFT's own calls raise for transformers' old checkpointing names.
+
+    PEFT reads ``model.is_gradient_checkpointing`` and calls ``gradient_checkpointing_enable``, which
+    transformers 5 deprecates; nothing in a recipe can avoid them (the config uses the new
+    ``activation_checkpointing``), so every LoRA run would print them.
+    """
+    with warnings.catch_warnings():
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
+        yield
 
 
 def merge_and_save(model, processor, output_dir: str | Path) -> Path:
@@ -222,11 +253,17 @@ def _load_dataset_dir(folder: Path, split: str):
 # ----------------------------------------------------------------------------- runs
 def run_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
               callbacks=None) -> Path:
-    """Train one stage and write its merged checkpoint to ``training_args.output_dir/final``."""
+    """Train one stage and write its merged checkpoint to ``training_args.output_dir/final``.
+
+    The stage's data are ``data_args.for_stage(stage)``; without ``object_noun`` in the recipe, the
+    data's noun (see ``data_noun``) is used, else the starting checkpoint's.
+    """
     from transformers.trainer_utils import get_last_checkpoint
 
     from .trainer import FinedeficsTrainer
 
+    data_args = data_args.for_stage(training_args.stage)
+    training_args = with_data_noun(training_args, data_args)
     model, processor = load_model_and_processor(model_args, training_args)
     dataset = load_training_dataset(data_args)
     trainer = FinedeficsTrainer(model=model, args=training_args, train_dataset=dataset,
@@ -249,10 +286,29 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     return final_dir
 
 
+def with_data_noun(training_args: FinedeficsTrainingConfig, data_args: DataArguments) -> FinedeficsTrainingConfig:
+    """``training_args`` with the data's noun when the recipe sets none (the recipe's wins)."""
+    from .data.schema import data_noun
+
+    noun = data_noun(data_args.dataset_dir) if data_args.dataset_dir and not training_args.object_noun else None
+    if noun is None:
+        return training_args
+    logger.info("objects are called %r (from %s)", str(noun), data_args.dataset_dir)
+    return replace(training_args, object_noun=noun.singular, object_noun_plural=noun.plural)
+
+
 def run_two_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
                   stage2_overrides: dict | None = None) -> tuple[Path, Path]:
-    """Stage I, merge, stage II (from the merged stage I checkpoint): the paper's recipe in one call."""
+    """Stage I, merge, stage II (from the merged stage I checkpoint): the paper's recipe in one call.
+
+    Both stages' data are checked and summarised before stage I starts, so a stage II problem (no
+    recognition question, rows it cannot train) shows up before hours of stage I.
+    """
+    from .trainer import describe_stage_data
+
     root = Path(training_args.output_dir)
+    for stage in (1, 2):
+        describe_stage_data(load_training_dataset(data_args.for_stage(stage)), stage)
     stage1_args = replace(training_args, stage=1, output_dir=str(root / "stage1"))
     stage1_dir = run_stage(model_args, data_args, stage1_args)
     stage2_args = replace(training_args, stage=2, output_dir=str(root / "stage2"), **(stage2_overrides or {}))

@@ -9,18 +9,27 @@ forward: the image summaries reuse the resampled image features of the main pass
 runs once), and every text of the step (descriptions, negative descriptions, category names, negative
 names) shares that pass.
 Every term, the temperatures and how often a term had to be skipped are logged each step.
+
+Before training, the trainer states how many rows of each kind (``data/kinds.py``) the stage trains
+and how, refuses rows the stage cannot train (naming them), and warns loudly when a stage II run would
+see no recognition question at all. The objects' noun of the questions (``object_noun``, else the
+model's ``config.object_noun``) is written into the model's config, so every checkpoint records it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
+from finedefics_eval.prompts import DEFAULT_NOUN, ObjectNoun
+
 from .collator import IGNORE_INDEX, FinedeficsDataCollator
 from .config import FinedeficsTrainingConfig
+from .data.kinds import ASKED_BY_TRAINER, is_recognition_treatment, stage_plan
 from .losses import ContrastiveBatch, FinedeficsContrastiveLoss
 
 logger = logging.getLogger(__name__)
@@ -56,12 +65,17 @@ class FinedeficsTrainer(SFTTrainer):
             raise ValueError("FinedeficsTrainer needs processing_class: the model's FinedeficsProcessor")
         if train_dataset is not None:
             check_training_columns(train_dataset, args)
+        noun = training_noun(args, model)
         if data_collator is None:
             data_collator = FinedeficsDataCollator(
                 processor=processing_class, stage=args.stage, num_negatives=args.num_negatives,
-                closed_set_ratio=args.closed_set_ratio, noun=args.object_noun, seed=args.seed,
+                closed_set_ratio=args.closed_set_ratio, noun=noun or DEFAULT_NOUN, seed=args.seed,
                 max_length=args.max_length,
             )
+        plan = None
+        if train_dataset is not None:
+            plan = describe_stage_data(train_dataset, args.stage, contrastive=getattr(data_collator, "contrastive", True))
+        _record_noun(model, noun, plan)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         # The loss adds terms the model does not know of: let Trainer scale it for gradient accumulation.
@@ -170,7 +184,8 @@ def build_contrastive_batch(image_embeds: torch.Tensor, text_embeds: torch.Tenso
 def check_training_columns(dataset, args: FinedeficsTrainingConfig) -> None:
     """Fail before training starts when the data cannot feed the configured stage."""
     columns = set(dataset.column_names or [])
-    required = ["image", "category"]
+    # Stage II rows with their own questions need neither (instruction rows); describe_stage_data checks rows.
+    required = [] if "question" in columns else ["image", "category"]
     if args.stage == 1:
         required = list(STAGE_ONE_COLUMNS) + (list(NEGATIVE_COLUMNS) if args.use_hard_negatives else [])
     missing = [column for column in required if column not in columns]
@@ -179,6 +194,85 @@ def check_training_columns(dataset, args: FinedeficsTrainingConfig) -> None:
             f"stage {args.stage} training data lacks column(s) {missing} (has {sorted(columns)}). Stage I needs "
             "attribute descriptions and hard negatives: build them with `finedefics data` or set use_hard_negatives=false."
         )
+
+
+# ---------------------------------------------------------------------------------- data
+STAGE_NAMES = {1: "stage I", 2: "stage II"}
+
+
+def describe_stage_data(dataset, stage: int, contrastive: bool = True) -> Counter | None:
+    """Log how many rows of each kind the stage trains and how; refuse rows it cannot train.
+
+    Stage I (with its contrastive terms) needs an image and a category on every row. A stage II run
+    whose rows hold no recognition question at all gets a loud warning: it would not teach recognition.
+    Returns the plan (``{treatment: rows}``), or None for data that cannot be scanned (not a ``Dataset``).
+    """
+    rows = kind_rows(dataset)
+    if rows is None:
+        logger.debug("training data of type %s not scanned for row kinds", type(dataset).__name__)
+        return None
+    name = STAGE_NAMES[stage]
+    plan, untrainable = stage_plan(rows, stage)
+    if untrainable:
+        raise ValueError(f"{name} training data: rows {_first(untrainable)} (0-based, {len(untrainable)} of {len(rows)}) "
+                         "have no question of their own and no category or no image: nothing can be asked about them")
+    if stage == 1 and contrastive:
+        lacking = [i for i, row in enumerate(rows) if row["image"] is None or not row.get("category")]
+        if lacking:
+            raise ValueError(f"stage I training data: rows {_first(lacking)} (0-based, {len(lacking)} of {len(rows)}) "
+                             "have no image or no category (instruction rows); stage I's contrastive terms need both "
+                             "on every row. Give stage I its own data (stage1_dataset_dir, e.g. from pretrain.csv) "
+                             "and train instruction rows in stage II")
+    logger.info("%s will train %d rows: %s", name, len(rows), ", ".join(f"{n} {what}" for what, n in plan.most_common()))
+    if stage == 2 and not any(is_recognition_treatment(what) for what in plan):
+        logger.warning("\n%s\nSTAGE II DATA HOLD NO RECOGNITION QUESTION: none of its %d rows is an open-set or "
+                       "multiple-choice question, and none has a category for the trainer to ask about. This run "
+                       "tunes on the data's own instructions only and will not teach recognition. Give the rows "
+                       "their category (or recognition answers that name it: see `finedefics data csv`).\n%s",
+                       "!" * 100, len(rows), "!" * 100)
+    return plan
+
+
+def kind_rows(dataset) -> list[dict] | None:
+    """The columns that decide a row's kind, with ``image`` reduced to True/None (no image is decoded)."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        return None  # e.g. an IterableDataset: scanning it would consume it
+    text_columns = [c for c in ("question", "answer", "category", "attribute") if c in dataset.column_names]
+    rows = dataset.select_columns(text_columns).to_list() if text_columns else [{} for _ in range(len(dataset))]
+    if "image" in dataset.column_names:
+        present = dataset.select_columns(["image"]).with_format("arrow")[:]["image"].is_valid().to_pylist()
+    else:
+        present = [False] * len(rows)
+    return [{**row, "image": True if has_image else None} for row, has_image in zip(rows, present)]
+
+
+def _first(rows: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, rows[:shown])) + (" ..." if len(rows) > shown else "")
+
+
+def training_noun(args: FinedeficsTrainingConfig, model) -> ObjectNoun | None:
+    """The objects' noun: the recipe's ``object_noun``, else the model's ``config.object_noun``, else None."""
+    stored = ObjectNoun.from_config(model.config) if getattr(model, "config", None) is not None else None
+    if not args.object_noun:
+        return stored
+    noun = ObjectNoun.of(args.object_noun, args.object_noun_plural)
+    if stored and stored != noun:
+        logger.warning("the model was trained with the noun %r; this run asks about %r and records it instead",
+                       str(stored), str(noun))
+    return noun
+
+
+def _record_noun(model, noun: ObjectNoun | None, plan: Counter | None) -> None:
+    """Write the noun into the model's config (saved with every checkpoint), or say the default is used."""
+    if noun is not None:
+        for field_name, value in noun.config_fields().items():
+            setattr(model.config, field_name, value)
+        return
+    if plan is None or any(ASKED_BY_TRAINER in what for what in plan):
+        logger.warning("no object noun set (object_noun in the recipe, the data's noun, or the model's "
+                       "config.object_noun): the trainer's questions say %r", DEFAULT_NOUN.singular)
 
 
 def _temperature_parameters(core) -> list[torch.nn.Parameter]:
