@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
+DESCRIPTION = (
+    "Run one stage (--stage 1: attribute contrastive + description tuning; --stage 2: recognition "
+    "tuning). Arguments are FinedeficsTrainingConfig (an SFTConfig), ModelArguments and DataArguments "
+    "fields, from --config recipe.yaml and/or the command line (the command line wins). Launch with "
+    "`accelerate launch -m finedefics_training.cli train ...` or torchrun for several processes."
+)
+CONFIG_HELP = "YAML recipe whose keys are the fields listed here (the command line overrides them)"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train",
-        help="run one Finedefics training stage from a YAML recipe (TRL argument parser)",
-        description=(
-            "Run one stage (--stage 1: attribute contrastive + description tuning; --stage 2: recognition "
-            "tuning). Arguments are FinedeficsTrainingConfig (an SFTConfig), ModelArguments and DataArguments "
-            "fields, from --config recipe.yaml and/or the command line (the command line wins). Launch with "
-            "`accelerate launch -m finedefics_training.cli train ...` or torchrun for several processes."
-        ),
-        add_help=False,
+        "train", help="run one Finedefics training stage from a YAML recipe (TRL argument parser)",
+        description=DESCRIPTION, add_help=False,
     )
     parser.add_argument("-h", "--help", action="store_true", help="show the recipe fields and exit")
     parser.set_defaults(func=run, pass_through=True)
 
 
-def parse_recipe(argv: list[str]):
-    """(ModelArguments, DataArguments, FinedeficsTrainingConfig) from YAML + command line; unknown keys fail."""
+def recipe_parser(prog: str = "finedefics train", description: str = DESCRIPTION):
+    """TRL's parser over (ModelArguments, DataArguments, FinedeficsTrainingConfig)."""
     from trl import TrlParser
 
     from ..config import FinedeficsTrainingConfig
     from ..recipe import DataArguments, ModelArguments
 
-    parser = TrlParser((ModelArguments, DataArguments, FinedeficsTrainingConfig), prog="finedefics train")
+    return TrlParser((ModelArguments, DataArguments, FinedeficsTrainingConfig), prog=prog, description=description,
+                     usage=f"{prog} [--config RECIPE.yaml] [--FIELD VALUE ...]")
+
+
+def print_recipe_help(prog: str, description: str) -> None:
+    """The command's own help: its usage and description, ``--config``, then every recipe field."""
+    parser = recipe_parser(prog, f"{description} Recipe file: --config RECIPE.yaml, a {CONFIG_HELP}.")
+    # Listed too, though TRL's parser takes --config out of the arguments before parsing them.
+    parser.add_argument("--config", metavar="RECIPE.yaml", help=CONFIG_HELP)
+    parser.print_help()
+
+
+def parse_recipe(argv: list[str], prog: str = "finedefics train"):
+    """(ModelArguments, DataArguments, FinedeficsTrainingConfig) from YAML + command line; unknown keys fail."""
+    parser = recipe_parser(prog)
     return parser, parser.parse_args_and_config(argv)
 
 
@@ -34,7 +49,7 @@ def run(args) -> int:
     from ..recipe import run_stage
 
     if args.help:
-        parse_recipe(["--help"])
+        print_recipe_help("finedefics train", DESCRIPTION)
         return 0
     _, (model_args, data_args, training_args) = parse_recipe(args.recipe_args)
     final_dir = run_stage(model_args, data_args, training_args)

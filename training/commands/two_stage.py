@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+DESCRIPTION = (
+    "Stage I (attribute contrastive + description tuning), merge the adapter, then stage II "
+    "(recognition tuning) from the merged stage I checkpoint. Outputs OUTPUT_DIR/stage1/final and "
+    "OUTPUT_DIR/stage2/final. Each stage may have its own data: stage1_dataset_dir (e.g. from pretrain.csv) "
+    "and stage2_dataset_dir (e.g. from finetune.csv), both defaulting to dataset_dir. Other fields prefixed "
+    "with stage2_ (e.g. stage2_learning_rate, stage2_max_steps) override stage II only. Both stages' data are "
+    "summarised and checked before stage I starts."
+)
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "two-stage",
-        help="run the full Finedefics recipe: stage I, merge, stage II",
-        description=(
-            "Stage I (attribute contrastive + description tuning), merge the adapter, then stage II "
-            "(recognition tuning) from the merged stage I checkpoint. Outputs OUTPUT_DIR/stage1/final and "
-            "OUTPUT_DIR/stage2/final. Fields prefixed with stage2_ in the recipe (e.g. stage2_learning_rate, "
-            "stage2_per_device_train_batch_size) override stage II only."
-        ),
-        add_help=False,
-    )
+    parser = subparsers.add_parser("two-stage", help="run the full Finedefics recipe: stage I, merge, stage II",
+                                   description=DESCRIPTION, add_help=False)
     parser.add_argument("-h", "--help", action="store_true", help="show the recipe fields and exit")
     parser.set_defaults(func=run, pass_through=True)
 
 
-def split_stage2_overrides(argv: list[str]) -> tuple[list[str], dict]:
-    """Pull `stage2_*` keys out of the YAML config and command line; they apply to stage II only."""
+def split_stage2_overrides(argv: list[str], keep: frozenset[str] = frozenset()) -> tuple[list[str], dict]:
+    """Pull `stage2_*` keys out of the YAML config and command line; they apply to stage II only.
+
+    Keys named in ``keep`` (such as ``stage2_dataset_dir``, a recipe field of its own) stay where they are.
+    """
     import yaml
 
     argv = list(argv)
@@ -29,7 +32,8 @@ def split_stage2_overrides(argv: list[str]) -> tuple[list[str], dict]:
         position = argv.index("--config") + 1
         with open(argv[position]) as handle:
             config = yaml.safe_load(handle) or {}
-        overrides = {key[len("stage2_"):]: config.pop(key) for key in list(config) if key.startswith("stage2_")}
+        overrides = {key[len("stage2_"):]: config.pop(key) for key in list(config)
+                     if key.startswith("stage2_") and key not in keep}
         if overrides:
             import tempfile
 
@@ -39,9 +43,10 @@ def split_stage2_overrides(argv: list[str]) -> tuple[list[str], dict]:
             argv[position] = stripped.name
     rest, i = [], 0
     while i < len(argv):
-        if argv[i].startswith("--stage2_"):
-            overrides[argv[i][len("--stage2_"):]] = yaml.safe_load(argv[i + 1])
-            i += 2
+        key, equals, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
+        if key.startswith("stage2_") and key not in keep:
+            overrides[key[len("stage2_"):]] = yaml.safe_load(value if equals else argv[i + 1])
+            i += 1 if equals else 2
             continue
         rest.append(argv[i])
         i += 1
@@ -49,14 +54,17 @@ def split_stage2_overrides(argv: list[str]) -> tuple[list[str], dict]:
 
 
 def run(args) -> int:
-    from ..recipe import run_two_stage
-    from .train import parse_recipe
+    from dataclasses import fields
+
+    from ..recipe import DataArguments, run_two_stage
+    from .train import parse_recipe, print_recipe_help
 
     if args.help:
-        parse_recipe(["--help"])
+        print_recipe_help("finedefics two-stage", DESCRIPTION)
         return 0
-    argv, overrides = split_stage2_overrides(args.recipe_args)
-    parser, (model_args, data_args, training_args) = parse_recipe(argv)
+    data_fields = frozenset(field.name for field in fields(DataArguments))
+    argv, overrides = split_stage2_overrides(args.recipe_args, keep=data_fields)
+    parser, (model_args, data_args, training_args) = parse_recipe(argv, prog="finedefics two-stage")
     known = set(type(training_args).__dataclass_fields__)
     unknown = sorted(set(overrides) - known)
     if unknown:
