@@ -13,7 +13,7 @@ import logging
 import sys
 
 # Order is the order shown in ``finedefics --help``.
-COMMANDS = ("demo", "data", "train", "two-stage", "eval", "push", "convert")
+COMMANDS = ("demo", "data", "init-model", "train", "two-stage", "eval", "push", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
