@@ -10,6 +10,13 @@ dataset says so.
     bench = load_benchmark("runs/synth")                                  # synthetic benchmark folder
     bench = load_benchmark("my_imagefolder", split="test")               # options from the hard-negative miner
 
+Questions name the objects with a noun (``prompts.ObjectNoun``): FOCI's datasets keep FOCI's own;
+other benchmarks take the ``noun`` given (``finedefics eval`` passes ``--noun`` or the checkpoint's),
+else the data folder's own (``finedefics_data.json``; "bird" for the synthetic benchmark), else "object".
+
+Rare categories: where the evaluated rows do not say, the training data can (``train_data``): their
+``is_rare`` column where any row sets it, else their counts (:func:`rare_by_counts`).
+
 Images are opened lazily, one batch at a time. A missing image does not stop an evaluation: the
 runner counts it, reports it and goes on (see ``Benchmark.missing_images``).
 """
@@ -19,20 +26,21 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import statistics
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .foci import (
-    CHOICE_LETTERS, FOCI_DATASETS, OptionExample, check_options, foci_option_path, foci_query, load_option_file,
-)
+from .foci import CHOICE_LETTERS, FOCI_DATASETS, OptionExample, check_options, foci_option_path, load_option_file
+from .prompts import DEFAULT_NOUN, ObjectNoun, multiple_choice_query, open_set_question
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-OPEN_SET_QUESTION = "What is the species of the {noun} in the image?"  # stage II's open-set instruction
-SYNTHETIC_NOUN = "bird"
 NUM_OPTIONS = len(CHOICE_LETTERS)
+# A category is rare when it has at most this share of the median category's training images.
+RARE_MAX_SHARE = 0.5
 
 # category -> similar categories, most similar first (used as is); or a miner computing that from
 # the category names (used when the rows carry neither their own negatives nor attributes).
@@ -48,8 +56,8 @@ class Benchmark:
         split: the dataset split evaluated.
         examples: the examples, ``options[0]`` being the ground truth.
         categories: every category name of the dataset (the candidates of top-k over all categories).
-        query: FOCI's question for these objects.
-        open_set_question: the question asking the model to name the object.
+        query: FOCI's question for these objects (``prompts.multiple_choice_query``).
+        open_set_question: the question asking the model to name the object (``prompts.open_set_question``).
         image_root: folder the examples' image paths are relative to (None for in-memory images).
         rare_categories: categories the dataset marks as rare, or None where it says nothing.
         display_name / dataset_type: how model cards name the dataset.
@@ -114,7 +122,8 @@ class Benchmark:
     def describe(self) -> dict:
         """The benchmark's identity for a report."""
         return {"name": self.name, "split": self.split, "source": self.source, "query": self.query,
-                "options_source": self.options_source,
+                "open_set_question": self.open_set_question, "options_source": self.options_source,
+                "example_categories": self.categories[:3],
                 "num_examples": len(self.examples), "num_categories": len(self.categories),
                 "num_rare_categories": None if self.rare_categories is None else len(self.rare_categories),
                 "display_name": self.display_name or self.name, "dataset_type": self.dataset_type or self.name}
@@ -122,7 +131,8 @@ class Benchmark:
 
 # ----------------------------------------------------------------------------- entry point
 def load_benchmark(spec: str, image_root: str | Path | None = None, split: str = "test",
-                   negatives: Negatives | None = None, limit: int | None = None, **kwargs) -> Benchmark:
+                   negatives: Negatives | None = None, limit: int | None = None, noun: ObjectNoun | None = None,
+                   train_data: str | Path | None = None, **kwargs) -> Benchmark:
     """Load a benchmark from ``spec``:
 
     - a FOCI dataset name (``bird-200``, ``car-196``, ...; ``foci:`` prefix allowed): the shipped option
@@ -133,28 +143,44 @@ def load_benchmark(spec: str, image_root: str | Path | None = None, split: str =
       dataset folder;
     - otherwise a ``datasets`` dataset name (needs network or a local cache).
 
-    ``limit`` keeps the first examples only (a quick look, not a result). Other keyword arguments go
-    to the specific loader.
+    ``limit`` keeps the first examples only (a quick look, not a result). ``noun`` names the objects
+    in the questions (FOCI's datasets keep FOCI's). ``train_data`` (a data folder) says which categories
+    are rare where the benchmark does not (:func:`rare_categories_from_training`). Other keyword
+    arguments go to the specific loader.
     """
     name = spec.removeprefix("foci:")
     path = Path(spec)
     if name in FOCI_DATASETS:
+        if noun is not None:
+            logger.info("%s keeps FOCI's question (%r), whatever the noun", name, FOCI_DATASETS[name].plural)
         benchmark = load_foci_benchmark(name, _required_root(image_root, name), **kwargs)
     elif spec.startswith("foci:"):
         raise ValueError(f"unknown FOCI dataset {name!r}; choose one of {', '.join(FOCI_DATASETS)}")
     elif path.suffix == ".json":
-        benchmark = load_option_file_benchmark(path, image_root, **kwargs)
+        benchmark = load_option_file_benchmark(path, image_root, noun=noun, **kwargs)
     elif path.is_dir() and (path / "categories.json").is_file():
-        benchmark = load_synthetic_benchmark(path, split=split, negatives=negatives)
+        benchmark = load_synthetic_benchmark(path, split=split, negatives=negatives, noun=noun)
     elif path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        benchmark = load_datasets_benchmark(str(path), split=split, negatives=negatives, **kwargs)
+        benchmark = load_datasets_benchmark(str(path), split=split, negatives=negatives, noun=noun, **kwargs)
     elif path.is_dir():
-        benchmark = load_imagefolder_benchmark(path, split=split, negatives=negatives, **kwargs)
+        benchmark = load_imagefolder_benchmark(path, split=split, negatives=negatives, noun=noun, **kwargs)
     elif path.exists() or spec.startswith((".", "/")):
         raise FileNotFoundError(f"benchmark not found or not a folder: {spec}")
     else:
-        benchmark = load_datasets_benchmark(spec, split=split, negatives=negatives, **kwargs)
+        benchmark = load_datasets_benchmark(spec, split=split, negatives=negatives, noun=noun, **kwargs)
+    if train_data is not None:
+        benchmark.rare_categories = rare_categories_from_training(train_data, benchmark.categories)
     return _limited(benchmark, limit)
+
+
+def _questions(noun: ObjectNoun | None, folder: str | Path | None = None, default: ObjectNoun = DEFAULT_NOUN) -> dict:
+    """``query`` and ``open_set_question`` for ``noun``, else the data folder's own noun, else ``default``."""
+    if noun is None and folder is not None and Path(folder).is_dir():
+        from finedefics_training.data.schema import data_noun
+
+        noun = data_noun(folder)
+    noun = noun or default
+    return {"query": multiple_choice_query(noun), "open_set_question": open_set_question(noun)}
 
 
 def _required_root(image_root, name: str) -> Path:
@@ -184,16 +210,18 @@ def load_foci_benchmark(name: str, image_root: str | Path, max_per_label: int | 
     """
     dataset = FOCI_DATASETS[name]
     benchmark = load_option_file_benchmark(foci_option_path(name), image_root, max_per_label=max_per_label,
-                                           query=foci_query(name), noun=dataset.singular)
+                                           noun=dataset.noun)
     benchmark.name, benchmark.source = name, f"FOCI option file {foci_option_path(name).name}"
     benchmark.display_name, benchmark.dataset_type = dataset.display_name, dataset.dataset_type
     return benchmark
 
 
 def load_option_file_benchmark(path: str | Path, image_root: str | Path | None = None,
-                               max_per_label: int | None = None, query: str | None = None,
-                               noun: str = "object") -> Benchmark:
-    """Any option file in FOCI's format; the categories are its ground-truth labels and options."""
+                               max_per_label: int | None = None, noun: ObjectNoun | None = None) -> Benchmark:
+    """Any option file in FOCI's format; the categories are its ground-truth labels and options.
+
+    It says nothing about rare categories: pass the training data to :func:`load_benchmark`.
+    """
     path = Path(path)
     examples = load_option_file(path)
     if max_per_label is not None:
@@ -201,8 +229,7 @@ def load_option_file_benchmark(path: str | Path, image_root: str | Path | None =
     categories = _ordered_unique(label for e in examples for label in [e.groundtruth, *e.options])
     return Benchmark(
         name=path.name.split("-ViT")[0].removesuffix(".json"), split="test", examples=examples,
-        categories=categories, query=query or foci_query(noun + "s"),
-        open_set_question=OPEN_SET_QUESTION.format(noun=noun),
+        categories=categories, **_questions(noun),
         image_root=Path(image_root) if image_root is not None else path.parent, source=str(path),
         options_source=f"option file {path.name}",
     )
@@ -219,7 +246,8 @@ def _first_per_label(examples: list[OptionExample], max_per_label: int) -> list[
 
 
 # ----------------------------------------------------------------------------- synthetic
-def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives: Negatives | None = None) -> Benchmark:
+def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives: Negatives | None = None,
+                             noun: ObjectNoun | None = None) -> Benchmark:
     """The synthetic benchmark folder: ``categories.json``, ``<split>/metadata.jsonl``, ``foci_test.json``.
 
     The test split uses ``foci_test.json`` (FOCI's option format); another split builds its options
@@ -240,8 +268,7 @@ def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives:
     rare = frozenset(c["name"] for c in categories if c.get("is_rare"))
     return Benchmark(
         name=folder.name, split=split, examples=examples, categories=_ordered_unique(names),
-        query=foci_query(SYNTHETIC_NOUN + "s"), open_set_question=OPEN_SET_QUESTION.format(noun=SYNTHETIC_NOUN),
-        image_root=image_root, rare_categories=rare, display_name=f"Finedefics synthetic birds ({folder.name})",
+        **_questions(noun, folder), image_root=image_root, rare_categories=rare, display_name=f"Finedefics synthetic birds ({folder.name})",
         dataset_type="finedefics-synthetic", source=str(folder), options_source=options_source,
     )
 
@@ -268,14 +295,15 @@ def _option_image_root(folder: Path, split: str, examples: list[OptionExample]) 
 
 # ----------------------------------------------------------------------------- imagefolder
 def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_column: str | None = None,
-                               negatives: Negatives | None = None, noun: str = "object",
+                               negatives: Negatives | None = None, noun: ObjectNoun | None = None,
                                rare_column: str = "is_rare") -> Benchmark:
     """An imagefolder: ``<split>/metadata.jsonl`` (``file_name`` + a label column) or ``<split>/<class>/<image>``.
 
     Without a ``<split>`` folder the folder itself is the split. Options are the rows'
     ``neg_categories`` where present, else the hard negatives of ``negatives`` (default:
     :func:`hard_negatives_by_name` unless the rows carry ``attributes``). Categories marked in
-    ``rare_column`` are reported as rare.
+    ``rare_column`` are reported as rare; where no row says, a ``train`` split beside the evaluated
+    one does (:func:`rare_categories_from_training`).
     """
     folder = Path(folder)
     split_dir = folder / split if (folder / split).is_dir() else folder
@@ -289,10 +317,11 @@ def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_co
     categories = _ordered_unique(str(row.get(label_column, "")) for row in rows)
     examples, options_source = _examples_from_rows(rows, metadata, label_column, categories, negatives)
     rare = _rare_from_rows(rows, label_column, rare_column)
+    if rare is None and split != "train" and (folder / "train").is_dir():
+        rare = rare_categories_from_training(folder, categories)
     return Benchmark(
-        name=folder.name, split=split, examples=examples, categories=categories, query=foci_query(noun + "s"),
-        open_set_question=OPEN_SET_QUESTION.format(noun=noun), image_root=split_dir, rare_categories=rare,
-        source=str(folder), options_source=options_source,
+        name=folder.name, split=split, examples=examples, categories=categories, **_questions(noun, folder),
+        image_root=split_dir, rare_categories=rare, source=str(folder), options_source=options_source,
     )
 
 
@@ -367,11 +396,13 @@ def _rare_from_rows(rows: list[dict], label_column: str, rare_column: str) -> fr
 # ----------------------------------------------------------------------------- datasets
 def load_datasets_benchmark(name_or_path: str, split: str = "test", image_column: str = "image",
                             label_column: str = "label", negatives: Negatives | None = None,
-                            noun: str = "object") -> Benchmark:
+                            noun: ObjectNoun | None = None) -> Benchmark:
     """A ``datasets`` image-classification dataset (a ``save_to_disk`` folder or a dataset name).
 
     Labels may be a ``ClassLabel`` (its names are the categories) or strings. Options come from the
     hard-negative miner over the category names (``negatives``; default :func:`hard_negatives_by_name`).
+    Rare categories come from a ``train`` split of the same dataset, where there is one
+    (:func:`rare_categories_from_training`).
     """
     dataset = _load_split(name_or_path, split)
     for column in (image_column, label_column):
@@ -386,9 +417,12 @@ def load_datasets_benchmark(name_or_path: str, split: str = "test", image_column
     def image_getter(example: OptionExample):
         return images[int(example.example_id)][image_column]
 
+    rare = None
+    if split != "train" and Path(name_or_path).is_dir() and _has_split(Path(name_or_path), "train"):
+        rare = rare_categories_from_training(name_or_path, categories)
     return Benchmark(
         name=Path(name_or_path).name, split=split, examples=examples, categories=categories,
-        query=foci_query(noun + "s"), open_set_question=OPEN_SET_QUESTION.format(noun=noun),
+        **_questions(noun, name_or_path), rare_categories=rare,
         source=name_or_path, options_source=options_source, image_getter=image_getter,
     )
 
@@ -419,6 +453,63 @@ def _label_names(dataset, label_column: str) -> list[str]:
             raise ValueError(f"row {index}: field {label_column!r} must be a category name or a ClassLabel, "
                              f"got {value!r}")
     return list(values)
+
+
+# ----------------------------------------------------------------------------- rare categories
+def rare_categories_from_training(train_data: str | Path, categories: Sequence[str], split: str = "train",
+                                  max_share: float = RARE_MAX_SHARE) -> frozenset[str]:
+    """The categories the training data make rare: their ``is_rare`` column where any row sets it, else
+    the categories with at most ``max_share`` of the median category's training images
+    (:func:`rare_by_counts`; a category of ``categories`` without any training image counts 0).
+
+    ``train_data``: a synthetic benchmark folder, a ``save_to_disk`` folder, or an imagefolder.
+    """
+    labels, flagged = _training_labels(Path(train_data), split)
+    if flagged:
+        return frozenset(flagged)
+    counts = Counter({name: 0 for name in categories})
+    counts.update(labels)
+    rare = rare_by_counts(counts, max_share)
+    logger.info("%s: %d of %d categories are rare (<= %.0f%% of the median of %g training images)", train_data,
+                len(rare), len(counts), 100 * max_share, statistics.median(counts.values()))
+    return rare
+
+
+def rare_by_counts(counts: Mapping[str, int], max_share: float = RARE_MAX_SHARE) -> frozenset[str]:
+    """Categories whose count is at most ``max_share`` times the median count."""
+    if not counts:
+        return frozenset()
+    limit = max_share * statistics.median(counts.values())
+    return frozenset(name for name, count in counts.items() if count <= limit)
+
+
+def _training_labels(folder: Path, split: str) -> tuple[list[str], set[str]]:
+    """(category of every training row, the categories some row marks ``is_rare``)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"training data folder not found: {folder}")
+    if (folder / "categories.json").is_file():
+        categories = _read_categories(folder / "categories.json")
+        labels = [c["name"] for c in categories for _ in range(int(c.get("n_train") or 0))]
+        return labels, {c["name"] for c in categories if c.get("is_rare")}
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        dataset = _load_split(str(folder), split)
+        column = "category" if "category" in dataset.column_names else "label"
+        labels = _label_names(dataset, column)
+        flags = dataset["is_rare"] if "is_rare" in dataset.column_names else [False] * len(labels)
+        return labels, {label for label, rare in zip(labels, flags) if rare}
+    split_dir = folder / split if (folder / split).is_dir() else folder
+    rows = _read_metadata(split_dir / "metadata.jsonl") if (split_dir / "metadata.jsonl").is_file() \
+        else _rows_from_class_folders(split_dir)
+    column = "category" if "category" in rows[0] else "label"
+    return [str(row.get(column)) for row in rows], {str(row.get(column)) for row in rows if row.get("is_rare")}
+
+
+def _has_split(folder: Path, split: str) -> bool:
+    """Whether a ``save_to_disk`` DatasetDict folder holds ``split``."""
+    index = folder / "dataset_dict.json"
+    if not index.is_file():
+        return (folder / split).is_dir()
+    return split in json.loads(index.read_text(encoding="utf-8")).get("splits", [])
 
 
 # ----------------------------------------------------------------------------- hard negatives
@@ -478,5 +569,6 @@ def _ordered_unique(values) -> list[str]:
 
 __all__ = [
     "Benchmark", "hard_negatives_by_name", "load_benchmark", "load_datasets_benchmark", "load_foci_benchmark",
-    "load_imagefolder_benchmark", "load_option_file_benchmark", "load_synthetic_benchmark",
+    "load_imagefolder_benchmark", "load_option_file_benchmark", "load_synthetic_benchmark", "rare_by_counts",
+    "rare_categories_from_training",
 ]

@@ -8,6 +8,9 @@ The template's master copy is ``model_card.md`` at the repository root; ``eval/t
 is the copy shipped inside the package (so a non-editable install has it), kept identical to the
 master by a test. Edit the master, then copy it over.
 
+The usage example asks the question the checkpoint was trained with, for the objects it knows
+(``config.object_noun``), and names categories of the evaluated benchmark.
+
 Every mode of every benchmark becomes one ``EvalResult`` (huggingface_hub), accuracy in percent:
 ``task`` "fine-grained visual recognition (4-way multiple choice)" (``open_set`` has its own task),
 ``dataset`` the benchmark (FOCI datasets under their usual names), ``metric`` accuracy with the mode
@@ -16,11 +19,13 @@ as its ``config``. The embedding mode adds top-1 and top-5 over all categories.
 
 from __future__ import annotations
 
+import json
 import logging
 from importlib import resources
 from pathlib import Path
 
 from .foci import FOCI_DATASETS
+from .prompts import DEFAULT_NOUN, ObjectNoun, open_set_question
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ OPEN_SET_TASK_TYPE = "image-text-to-text"  # naming the object is generation, no
 MC_TASK_NAME = "Fine-grained visual recognition (4-way multiple choice)"
 OPEN_SET_TASK_NAME = "Fine-grained visual recognition (open set)"
 TEMPLATE_NAME = "model_card.md"
+PLACEHOLDER_LABELS = ["<a category name>", "<another category name>"]
 
 
 def template_path() -> Path:
@@ -132,7 +138,7 @@ def _result_key(result) -> tuple:
 # ----------------------------------------------------------------------------- rendering
 def render_model_card(report=None, recipe: dict | None = None, base_model: str | None = None,
                       repo_id: str | None = None, existing_results: list | None = None,
-                      template: str | Path | None = None) -> str:
+                      template: str | Path | None = None, noun: ObjectNoun | None = None) -> str:
     """The model card (YAML metadata with ``model-index`` + Markdown) rendered from the template.
 
     Args:
@@ -142,6 +148,7 @@ def render_model_card(report=None, recipe: dict | None = None, base_model: str |
         repo_id: the repo the card is for (used in the loading snippet and as the model-index name).
         existing_results: ``EvalResult`` entries already published; kept unless ``report`` measures them again.
         template: another template file (default: the shipped copy of ``model_card.md``).
+        noun: what the model's objects are called (its ``config.object_noun``; see :func:`checkpoint_noun`).
     """
     import yaml
     from huggingface_hub import ModelCard, ModelCardData
@@ -149,18 +156,47 @@ def render_model_card(report=None, recipe: dict | None = None, base_model: str |
     entries = _result_entries(report)
     results = merge_results(existing_results or [], [result for result, _ in entries])
     intervals = {_result_key(result): interval for result, interval in entries if interval}
-    model_name = (repo_id or "finedefics").split("/")[-1]
+    model_name = repo_id.split("/")[-1] if repo_id else "finedefics"
     data = ModelCardData(
         library_name="transformers", pipeline_tag="image-text-to-text", license="apache-2.0", base_model=base_model,
         tags=list(CARD_TAGS), model_name=model_name, eval_results=results or None,
     )
     card = ModelCard.from_template(
-        data, template_path=str(template or template_path()), title=f"Finedefics: {model_name}",
+        data, template_path=str(template or template_path()), title=_title(repo_id, noun),
         summary=_summary(base_model), repo_id=repo_id or "USER/NAME",
         results_table=results_table(results, intervals),
         recipe_yaml=yaml.safe_dump(recipe, sort_keys=False).strip() if recipe else "",
+        noun=(noun or DEFAULT_NOUN).singular, open_set_question=open_set_question(noun or DEFAULT_NOUN),
+        example_labels=json.dumps(_example_labels(report), ensure_ascii=False),
     )
     return card.content
+
+
+def _title(repo_id: str | None, noun: ObjectNoun | None) -> str:
+    """The repo's name; without one, what the model recognises (never "Finedefics: finedefics")."""
+    if repo_id:
+        return repo_id.split("/")[-1]
+    return f"Finedefics: fine-grained {noun.singular} recognition" if noun else "Finedefics checkpoint"
+
+
+def _example_labels(report) -> list[str]:
+    """A few category names of the first evaluated benchmark, for the usage example."""
+    for single in benchmark_reports(report):
+        names = (single.get("benchmark_info") or {}).get("example_categories")
+        if names:
+            return list(names)
+    return list(PLACEHOLDER_LABELS)
+
+
+def checkpoint_noun(checkpoint_dir: str | Path) -> ObjectNoun | None:
+    """The noun a local checkpoint was trained with (its ``config.json``), or None."""
+    config = Path(checkpoint_dir) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return ObjectNoun.from_config(json.loads(config.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValueError) as error:
+        raise ValueError(f"{config}: {error}") from error
 
 
 def _summary(base_model: str | None) -> str:
@@ -193,12 +229,13 @@ def write_model_card(checkpoint_dir: str | Path, report, recipe: dict | None = N
         card = ModelCard.load(readme)
         existing = list(card.data.eval_results or [])
         base_model = base_model or card.data.base_model
-    readme.write_text(render_model_card(report, recipe, base_model, repo_id, existing), encoding="utf-8")
+    card = render_model_card(report, recipe, base_model, repo_id, existing, noun=checkpoint_noun(folder))
+    readme.write_text(card, encoding="utf-8")
     logger.info("model card with %d result(s) written to %s", len(eval_results_from_report(report)), readme)
     return readme
 
 
 __all__ = [
-    "benchmark_reports", "eval_results_from_report", "merge_results", "render_model_card", "results_table",
+    "benchmark_reports", "checkpoint_noun", "eval_results_from_report", "merge_results", "render_model_card", "results_table",
     "template_path", "write_model_card",
 ]

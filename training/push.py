@@ -242,13 +242,13 @@ def build_model_card(checkpoint: Path, report, recipe: dict | None, base_model: 
     benchmark at a time) are kept unless ``report`` measures them again, so pushing without
     ``--report`` does not drop them.
     """
-    from finedefics_eval.model_card import render_model_card
+    from finedefics_eval.model_card import checkpoint_noun, render_model_card
 
     existing = _existing_card_data(checkpoint)
     base_model = base_model or _base_model_from_recipe(recipe) or getattr(existing, "base_model", None)
     existing_results = list(getattr(existing, "eval_results", None) or [])
     return render_model_card(report, recipe=recipe, base_model=base_model, repo_id=repo_id,
-                             existing_results=existing_results)
+                             existing_results=existing_results, noun=checkpoint_noun(checkpoint))
 
 
 def _existing_card_data(checkpoint: Path):

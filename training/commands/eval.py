@@ -35,6 +35,13 @@ def register(subparsers) -> None:
     parser.add_argument("--image-root", default=None,
                         help="image folder of a FOCI dataset (with several datasets: DIR/<dataset> where it exists)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--noun", help="what the objects are called in the questions (default: the checkpoint's "
+                                       "config.object_noun, else the benchmark data's, else 'object'; FOCI's "
+                                       "datasets always keep FOCI's question)")
+    parser.add_argument("--noun-plural", help="its plural, where -s/-es/-ies is wrong (e.g. aircraft)")
+    parser.add_argument("--train-data", metavar="DIR",
+                        help="the training data (a `finedefics data` folder): which categories are rare, by their "
+                             "is_rare column or training counts, for the rare-vs-common slice")
     parser.add_argument("--seed", type=int, default=0, help="seed of the option order (default: 0)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="score the first N examples only (a smoke test)")
@@ -97,9 +104,11 @@ def _model_reports(args) -> dict:
     several = len(args.benchmark) > 1
     extra = {"max_per_label": args.max_per_label} if args.max_per_label else {}
     loaded = _LazyModel(args.model, args.device, args.dtype)
+    noun = _question_noun(args)
     # Benchmarks first: bad input fails before minutes of model loading (unless mining needs the model).
     benchmarks = [load_benchmark(spec, image_root=_image_root(args.image_root, spec, several), split=args.split,
-                                 limit=args.limit, negatives=_negatives(args.negatives, loaded), **extra)
+                                 limit=args.limit, negatives=_negatives(args.negatives, loaded), noun=noun,
+                                 train_data=args.train_data, **extra)
                   for spec in args.benchmark]
     model, processor = loaded.get()
     reports = {}
@@ -111,6 +120,29 @@ def _model_reports(args) -> dict:
                                 model_name=args.model)
         reports[_unique(reports, benchmark.name)] = report
     return reports
+
+
+def _question_noun(args):
+    """``--noun``, else the noun the checkpoint was trained with (its config), else None (the data's own)."""
+    from .data import noun_from_arguments
+
+    if args.noun or args.noun_plural:
+        return noun_from_arguments(args)
+    noun = checkpoint_noun(args.model)
+    if noun is not None:
+        print(f"objects are called {str(noun)!r} in the questions (the checkpoint's config.object_noun)")
+    return noun
+
+
+def checkpoint_noun(name_or_path: str):
+    """The ``ObjectNoun`` stored in a checkpoint's config.json (local or on the Hub), or None."""
+    from transformers import PretrainedConfig
+
+    from finedefics_eval.prompts import ObjectNoun
+
+    _check_model_path(name_or_path)
+    config, _ = PretrainedConfig.get_config_dict(name_or_path)
+    return ObjectNoun.from_config(config)
 
 
 class _LazyModel:
@@ -165,11 +197,16 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    if not Path(name_or_path).exists() and name_or_path.startswith((".", "/")):
-        raise FileNotFoundError(f"model folder not found: {name_or_path}")
+    _check_model_path(name_or_path)
     model = FinedeficsForConditionalGeneration.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
     processor = FinedeficsProcessor.from_pretrained(name_or_path)
     return model.to(device).eval(), processor
+
+
+def _check_model_path(name_or_path: str) -> None:
+    """A path-like name that does not exist is a missing folder, not a Hub id to try."""
+    if not Path(name_or_path).exists() and name_or_path.startswith((".", "/")):
+        raise FileNotFoundError(f"model folder not found: {name_or_path}")
 
 
 def _image_root(image_root: str | None, spec: str, several: bool) -> str | None:
