@@ -226,9 +226,11 @@ def describe_stage_data(dataset, stage: int, contrastive: bool = True) -> Counte
     logger.info("%s will train %d rows: %s", name, len(rows), ", ".join(f"{n} {what}" for what, n in plan.most_common()))
     if stage == 2 and not any(is_recognition_treatment(what) for what in plan):
         logger.warning("\n%s\nSTAGE II DATA HOLD NO RECOGNITION QUESTION: none of its %d rows is an open-set or "
-                       "multiple-choice question, and none has a category for the trainer to ask about. This run "
-                       "tunes on the data's own instructions only and will not teach recognition. Give the rows "
-                       "their category (or recognition answers that name it: see `finedefics data csv`).\n%s",
+                       "multiple-choice question about an image, and none leaves the question to the trainer (a row "
+                       "with an image and a category but no question of its own, or a description row). This run "
+                       "tunes on the data's own instructions only and will not teach recognition (fine for a "
+                       "captioning or base stage). For recognition tuning, give rows their category, or recognition "
+                       "answers that name it (see `finedefics data csv`).\n%s",
                        "!" * 100, len(rows), "!" * 100)
     return plan
 

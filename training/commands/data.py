@@ -102,9 +102,7 @@ def _register_csv(commands) -> None:
     parser.add_argument("csv", help="the CSV file (columns question, answer, type, image_path, attribute, ...)")
     parser.add_argument("--image-root", required=True, help="folder the CSV's image paths are relative to")
     parser.add_argument("--output", help="save the records as a dataset (train split) in this folder")
-    parser.add_argument("--noun", help="what the objects are called, e.g. car (recorded with --output; used by "
-                                       "init-model, training, eval and the model card)")
-    parser.add_argument("--noun-plural", help="its plural where adding -s/-es/-ies is wrong (e.g. aircraft)")
+    add_noun_arguments(parser, "recorded with --output; used by init-model, training, eval and the model card")
     parser.add_argument("--categories", metavar="FILE", action="append", default=[],
                         help="known category names an answer may name: a reference CSV (its category column, "
                              "e.g. pretrain.csv) or a text file with one name per line (repeatable)")
@@ -115,6 +113,7 @@ def _register_csv(commands) -> None:
 
 
 def run_csv(args) -> int:
+    from ..data.kinds import INSTRUCTION
     from ..data.readers import read_reference_csv
 
     noun = noun_from_arguments(args)
@@ -126,10 +125,19 @@ def run_csv(args) -> int:
     if not records:
         raise ValueError(f"{args.csv}: none of its {records.report.rows_read} rows was kept (see the summary "
                          "above); nothing to save")
+    if records.report.kinds.get(INSTRUCTION) == len(records) and not args.categories:
+        print("no row was read as a recognition question: if answers name categories, give their names with "
+              "--categories (e.g. --categories pretrain.csv), or mark the rows' type as recognition")
     print(f"object noun: {noun}" if noun else "object noun: not set (give --noun, or object_noun in the recipe)")
     if args.output:
         _save_splits({"train": records}, args.output, noun)
     return 0
+
+
+def add_noun_arguments(parser, where_from: str) -> None:
+    """``--noun`` and ``--noun-plural``, as data csv, init-model and eval take them."""
+    parser.add_argument("--noun", help=f"what the objects are called in the questions, e.g. car ({where_from})")
+    parser.add_argument("--noun-plural", help="its plural, where adding -s/-es/-ies is wrong (e.g. aircraft)")
 
 
 def noun_from_arguments(args):

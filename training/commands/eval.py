@@ -15,6 +15,8 @@ MODES = ("generate", "likelihood", "embedding", "open_set")
 
 
 def register(subparsers) -> None:
+    from .data import add_noun_arguments
+
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a checkpoint on FOCI's datasets or any classification benchmark (reports, plots, card)",
@@ -35,10 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--image-root", default=None,
                         help="image folder of a FOCI dataset (with several datasets: DIR/<dataset> where it exists)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
-    parser.add_argument("--noun", help="what the objects are called in the questions (default: the checkpoint's "
-                                       "config.object_noun, else the benchmark data's, else 'object'; FOCI's "
-                                       "datasets always keep FOCI's question)")
-    parser.add_argument("--noun-plural", help="its plural, where -s/-es/-ies is wrong (e.g. aircraft)")
+    add_noun_arguments(parser, "default: the checkpoint's config.object_noun, else the benchmark data's, else "
+                               "'object'; FOCI's datasets always keep FOCI's question")
     parser.add_argument("--train-data", metavar="DIR",
                         help="the training data (a `finedefics data` folder): which categories are rare, by their "
                              "is_rare column or training counts, for the rare-vs-common slice")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from .data import add_noun_arguments
+
     parser = subparsers.add_parser(
         "init-model", help="build a tiny model and a tokenizer trained on your data's texts (CPU pipeline runs)",
         description="Build a tiny Finedefics model (random weights, the architecture of Idefics2-8B) and a tokenizer "
@@ -18,8 +20,7 @@ def register(subparsers) -> None:
                              "e.g. the stage I and stage II data)")
     parser.add_argument("--preset", choices=["micro", "tiny"], default="tiny",
                         help="micro (~1M parameters, tests) or tiny (~4M, the CPU demo); default tiny")
-    parser.add_argument("--noun", help="what the objects are called (default: the noun the data folders record)")
-    parser.add_argument("--noun-plural", help="its plural, where -s/-es/-ies is wrong")
+    add_noun_arguments(parser, "default: the noun the data folders record")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary size (default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
