@@ -147,9 +147,9 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
 def _peft_checkpointing_deprecations():
     """Silence exactly the FutureWarnings PEFT's own calls raise for transformers' old checkpointing names.
 
-    PEFT reads ``model.is_gradient_checkpointing`` and calls ``gradient_checkpointing_enable``, which
-    transformers 5 deprecates; nothing in a recipe can avoid them (the config uses the new
-    ``activation_checkpointing``), so every LoRA run would print them.
+    PEFT reads ``model.is_gradient_checkpointing`` (wrapping or loading an adapter) and calls
+    ``gradient_checkpointing_enable``, which transformers 5 deprecates; nothing in a recipe can avoid
+    them (the config uses the new ``activation_checkpointing``), so every LoRA run would print them.
     """
     with warnings.catch_warnings():
         for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
@@ -189,7 +189,8 @@ def dequantised_merge(peft_model):
         peft_model.save_pretrained(adapter_dir)
         base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=config,
                                                                   dtype=compute_dtype)
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        with _peft_checkpointing_deprecations():
+            merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     return merged
 
 

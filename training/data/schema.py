@@ -73,8 +73,8 @@ def validate_record(record: dict, source: str = "<records>", row: int | str | No
         record: the record (a dict with the columns above; extra keys are allowed).
         source: where the record comes from (a file name), used in error messages.
         row: the record's row or line number in ``source``.
-        require_category: a text-only instruction row (``question`` + ``answer``, no image) may
-            lack a category only when this is False.
+        require_category: an instruction row (``question`` + ``answer``, with or without an image)
+            may lack a category only when this is False.
 
     Raises:
         RecordError: naming ``source``, ``row`` and the offending field.
