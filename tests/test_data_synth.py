@@ -16,7 +16,7 @@ from finedefics_training.data import synth
 from finedefics_training.data.synth import ATTRIBUTES, OCCLUDABLE, SynthConfig, draw_bird, generate_benchmark
 
 SMALL = SynthConfig(num_genera=3, species_per_genus=3, train_per_category=6, rare_train_per_category=2,
-                    rare_fraction=0.34, test_per_category=3, seed=7, occlusion_prob=0.3)
+                    rare_fraction=0.34, validation_per_category=2, test_per_category=3, seed=7, occlusion_prob=0.3)
 
 # How a description must mention each attribute value: written here independently of the generator's
 # phrase table, so a wrong phrase in the generator fails the test.
@@ -145,7 +145,8 @@ def test_load_benchmark_columns_and_imagefolder(bench):
     import datasets
 
     splits = synth.load_benchmark(bench)
-    assert set(splits) == {"train", "test"}
+    assert set(splits) == {"train", "validation", "test"}
+    assert splits["validation"].num_rows == SMALL.validation_per_category * SMALL.num_categories
     row = splits["train"][0]
     assert set(row) == {"image", "category", "label", "attribute", "attributes", "neg_categories", "neg_attributes",
                         "genus", "is_rare"}
@@ -220,7 +221,9 @@ def test_broken_metadata_row_is_reported_with_file_and_line(bench, tmp_path):
 def test_defaults_fit_the_cpu_demo():
     config = SynthConfig()
     assert config.image_size == 64 and 24 <= config.num_categories <= 32 and 6 <= config.num_genera <= 8
-    assert 30 <= config.train_per_category <= 40 and 8 <= config.test_per_category <= 10
+    assert 30 <= config.train_per_category <= 40
+    # 40 test images per species: a 5-point accuracy gap is outside the noise (+-2.5 points per model).
+    assert config.test_per_category >= 40 and 5 <= config.validation_per_category < config.test_per_category
     assert config.num_rare / config.num_categories == pytest.approx(0.25, abs=0.04)
 
 
@@ -251,3 +254,51 @@ def test_benchmark_rows_feed_the_training_collator(bench):
     answers = [processor.tokenizer.decode(ids[labels != -100], skip_special_tokens=True).strip()
                for ids, labels in zip(batch["input_ids"], batch["labels"])]
     assert answers == [row["attribute"] for row in rows]
+
+
+def test_validation_images_are_new_draws_of_the_training_distribution(bench):
+    train, validation = _files(bench / "train"), _files(bench / "validation")
+    assert not set(train.values()) & set(validation.values())
+    rows = _metadata(bench, "validation")
+    categories = {c["name"]: c for c in synth.load_categories(bench)}
+    assert all(len([r for r in rows if r["category"] == name]) == SMALL.validation_per_category for name in categories)
+    assert all(categories[r["category"]]["n_validation"] == SMALL.validation_per_category for r in rows)
+
+
+@pytest.mark.parametrize("template", range(len(synth.TEMPLATES)))
+def test_parse_description_reads_back_every_template_and_hidden_part(template):
+    rng = np.random.default_rng(template)
+    for _ in range(300):
+        attributes = synth.random_attributes(rng)
+        hidden = OCCLUDABLE[rng.integers(len(OCCLUDABLE))] if rng.random() < 0.4 else None
+        visible = {k: v for k, v in attributes.items() if k != hidden}
+        assert synth.parse_description(synth.describe(visible, template=template, rng=rng)) == visible
+
+
+def test_parse_description_ignores_words_outside_the_vocabulary():
+    assert synth.parse_description("A purple bird with a long thin beak, big wings and a forked tail.") == \
+        {"beak": "long", "tail": "forked"}
+    assert synth.parse_description("") == {}
+
+
+def test_attribute_pool_is_deterministic_species_free_and_varied():
+    config = SynthConfig(seed=3)
+    first = [synth.pool_sample(i, config) for i in range(200)]
+    again = synth.pool_sample(17, config)
+    assert np.array_equal(np.asarray(again[0]), np.asarray(first[17][0])) and again[1:] == first[17][1:]
+    # Random values: every value of every attribute shows up, in combinations no genus rule ties together.
+    for name, values in ATTRIBUTES.items():
+        seen = {visible[name] for _, visible, _ in first if name in visible}
+        assert seen == set(values), name
+    assert all(visible["wing_color"] != visible["plumage"] for _, visible, _ in first)
+    assert all(synth.parse_description(description) == visible for _, visible, description in first)
+
+
+def test_distinguishing_attributes_are_where_siblings_differ():
+    categories = synth.build_categories(SMALL)
+    for category in categories:
+        siblings = [c for c in categories if c["genus"] == category["genus"] and c is not category]
+        differing = synth.distinguishing_attributes(category, categories)
+        assert differing and set(differing) <= set(synth.SPECIES_ATTRIBUTES)
+        for sibling in siblings:
+            assert any(sibling["attributes"][name] != category["attributes"][name] for name in differing)

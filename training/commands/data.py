@@ -43,6 +43,7 @@ def _register_synth(commands) -> None:
     for name, help_text in [("num_genera", "groups of similar species"), ("species_per_genus", "species per genus"),
                             ("train_per_category", "training images of a common species"),
                             ("rare_train_per_category", "training images of a rare species"),
+                            ("validation_per_category", "validation images per species"),
                             ("test_per_category", "test images per species"), ("image_size", "pixels per side"),
                             ("seed", "random seed (same seed, same bytes)"), ("num_negatives", "hard negatives per image")]:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(defaults, name),
@@ -62,14 +63,15 @@ def run_synth(args) -> int:
 
     config = SynthConfig(num_genera=args.num_genera, species_per_genus=args.species_per_genus,
                          train_per_category=args.train_per_category, rare_fraction=args.rare_fraction,
-                         rare_train_per_category=args.rare_train_per_category, test_per_category=args.test_per_category,
+                         rare_train_per_category=args.rare_train_per_category,
+                         validation_per_category=args.validation_per_category, test_per_category=args.test_per_category,
                          image_size=args.image_size, seed=args.seed, num_negatives=args.num_negatives,
                          occlusion_prob=args.occlusion_prob)
     output = generate_benchmark(args.output, config, progress=not args.no_progress, overwrite=args.overwrite)
     categories = load_categories(output)
     rare = sum(c["is_rare"] for c in categories)
     print(f"{output}: {len(categories)} species ({rare} rare), {sum(c['n_train'] for c in categories)} train / "
-          f"{sum(c['n_test'] for c in categories)} test images")
+          f"{sum(c['n_validation'] for c in categories)} validation / {sum(c['n_test'] for c in categories)} test images")
     if args.preview:
         _write_preview(output, args.preview)
     return 0

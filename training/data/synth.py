@@ -53,7 +53,7 @@ from .schema import NEGATIVE_SEPARATOR
 
 logger = logging.getLogger(__name__)
 
-BENCHMARK_VERSION = 1
+BENCHMARK_VERSION = 2  # 2: a validation split
 NOUN = "bird"
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -106,6 +106,8 @@ class SynthConfig:
         rare_fraction: share of categories that are rare (few training images).
         rare_train_per_category: training images of a rare category.
         test_per_category: test images of every category (rare ones included).
+        validation_per_category: validation images of every category, drawn like the training images from
+            streams of their own, for choosing settings without looking at the test split (0: none).
         image_size: width = height in pixels.
         seed: everything (names, attributes, images) follows from it.
         num_negatives: hard negatives per record (siblings first).
@@ -119,7 +121,8 @@ class SynthConfig:
     train_per_category: int = 32
     rare_fraction: float = 0.25
     rare_train_per_category: int = 4
-    test_per_category: int = 10
+    test_per_category: int = 40
+    validation_per_category: int = 10
     image_size: int = 64
     seed: int = 0
     num_negatives: int = 3
@@ -135,6 +138,7 @@ class SynthConfig:
             (1 <= self.num_genera <= len(_GENUS_STEMS) * len(_GENUS_SUFFIXES), f"num_genera must be 1..{len(_GENUS_STEMS) * len(_GENUS_SUFFIXES)}"),
             (2 <= self.species_per_genus <= max_species, f"species_per_genus must be 2..{max_species} (siblings are needed as hard negatives)"),
             (self.train_per_category >= 1 and self.test_per_category >= 1, "train_per_category and test_per_category must be >= 1"),
+            (self.validation_per_category >= 0, "validation_per_category must be >= 0"),
             (0.0 <= self.rare_fraction < 1.0, "rare_fraction must be in [0, 1)"),
             (1 <= self.rare_train_per_category <= self.train_per_category, "rare_train_per_category must be 1..train_per_category"),
             (32 <= self.image_size <= 1024, "image_size must be 32..1024"),
@@ -200,6 +204,37 @@ def describe(attributes: dict[str, str], template: int = 0, rng: np.random.Gener
     return text[0].upper() + text[1:] if template else text
 
 
+# How each attribute's value shows in any description template (the inverse of `describe`).
+_VALUE_PATTERNS = {
+    "build": r"\b(plump|slender)\b",
+    "plumage": r"\b(\w+) plumage\b",
+    "wing_color": r"\b(\w+) wings\b",
+    "wing_pattern": r"\b(plain|barred|spotted) \w+ wings\b",
+    "breast": r"\b(\w+) breast\b",
+    "beak": r"\b(short|long|hooked)(?: conical| thin)? beak\b",
+    "tail": r"\b(\w+) tail\b",
+    "crest": r"\b(crested|smooth) head\b",
+    "eye": r"\b(ringed|dark) eyes\b",
+}
+
+
+def parse_description(text: str) -> dict[str, str]:
+    """The attribute values a description states, read with the phrases `describe` writes.
+
+    Values that are not in the vocabulary, and attributes the text does not mention, are absent.
+    Used to score generated descriptions attribute by attribute, not by loose word overlap.
+    """
+    import re
+
+    text = text.lower()
+    values = {}
+    for name, pattern in _VALUE_PATTERNS.items():
+        match = re.search(pattern, text)
+        if match and match.group(1) in ATTRIBUTES[name]:
+            values[name] = match.group(1)
+    return values
+
+
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -260,9 +295,10 @@ def _sibling_mutations(rng: np.random.Generator, base: dict[str, str], count: in
 
     Each sibling changes a different ``(attribute, value)`` pair, so two siblings differ from each
     other in one attribute (the same one changed) or two. Different attributes are used first, so
-    siblings spread over many parts.
+    siblings spread over many parts. Part attributes missing from ``base`` (hidden) are left alone.
     """
     order = [SPECIES_ATTRIBUTES[i] for i in rng.permutation(len(SPECIES_ATTRIBUTES))]
+    order = [name for name in order if name in base]
     options = {}
     for name in order:
         values = [v for v in ATTRIBUTES[name] if v != base[name] and _allowed(name, v, base["plumage"])]
@@ -272,6 +308,11 @@ def _sibling_mutations(rng: np.random.Generator, base: dict[str, str], count: in
     if count > len(mutations):
         raise ValueError(f"SynthConfig: a genus can have at most {len(mutations) + 1} species")
     return [{**base, name: value} for name, value in mutations[:count]]
+
+
+def lookalikes(attributes: dict[str, str], rng: np.random.Generator, count: int) -> list[dict[str, str]]:
+    """``count`` attribute sets that each differ from ``attributes`` in one part: as a sibling species would."""
+    return _sibling_mutations(rng, attributes, count)
 
 
 def build_categories(config: SynthConfig) -> list[dict]:
@@ -343,10 +384,12 @@ _HEAD = _ellipse(0.56, -0.30, 0.24, 0.24)
 _EYE = _ellipse(0.64, -0.30, 0.055, 0.055)
 _EYE_RING = _ellipse(0.64, -0.30, 0.11, 0.11)
 _CREST = np.array([[0.40, -0.44], [0.30, -0.78], [0.50, -0.50], [0.50, -0.84], [0.62, -0.52], [0.74, -0.70], [0.72, -0.42]])
+# Beaks are drawn large enough to tell apart at 64 px: a short stubby cone, a long thin spike, and a
+# hook that bends well below the gape.
 _BEAKS = {
-    "short": np.array([[0.76, -0.38], [0.98, -0.29], [0.76, -0.22]]),
-    "long": np.array([[0.77, -0.35], [1.22, -0.28], [0.77, -0.25]]),
-    "hooked": np.array([[0.76, -0.40], [0.93, -0.37], [1.00, -0.26], [0.95, -0.18], [0.93, -0.27], [0.76, -0.23]]),
+    "short": np.array([[0.74, -0.42], [0.98, -0.30], [0.74, -0.19]]),
+    "long": np.array([[0.76, -0.36], [1.32, -0.29], [0.76, -0.24]]),
+    "hooked": np.array([[0.74, -0.43], [0.98, -0.41], [1.10, -0.27], [1.05, -0.06], [0.98, -0.20], [0.74, -0.21]]),
 }
 _TAILS = {
     "pointed": np.array([[-0.45, -0.08], [-1.12, 0.20], [-0.45, 0.12]]),
@@ -412,51 +455,88 @@ def _perch(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pose: _Pose, siz
     draw.line([0, y - tilt, size, y + tilt], fill=(96, 66, 40), width=max(2, size // 24))
 
 
+# Codes of the part map (``draw_bird(..., part_map=True)``): which part each pixel shows; 0 is none.
+PARTS = ("background", "body", "tail", "breast", "wing", "crest", "head", "beak", "eye")
+# The parts that show each attribute: where in an image its value can be seen.
+ATTRIBUTE_PARTS = {"build": ("body",), "plumage": ("body", "head"), "wing_color": ("wing",),
+                   "wing_pattern": ("wing",), "breast": ("breast",), "beak": ("beak",), "tail": ("tail",),
+                   "crest": ("crest",), "eye": ("eye",)}
+
+
+class _Canvas:
+    """Draws on the image and, when asked for, on a part map with the same shapes (last drawn wins)."""
+
+    def __init__(self, image: Image.Image, part_map: bool):
+        self.draw = ImageDraw.Draw(image)
+        self.parts = Image.new("L", image.size, 0) if part_map else None
+        self._part_draw = ImageDraw.Draw(self.parts) if part_map else None
+
+    def polygon(self, part: str, points, **style) -> None:
+        self.draw.polygon(points, **style)
+        self.mark(part, points)
+
+    def line(self, part: str, points, **style) -> None:
+        self.draw.line(points, **style)
+        if self._part_draw is not None:
+            self._part_draw.line(points, fill=PARTS.index(part), width=style.get("width", 1))
+
+    def mark(self, part: str, points) -> None:
+        """Label a region of the part map only (no paint)."""
+        if self._part_draw is not None:
+            self._part_draw.polygon(points, fill=PARTS.index(part))
+
+
 def draw_bird(attributes: dict[str, str], rng: np.random.Generator, size: int = 64, occluded: str | None = None,
-              clutter: bool = True, noise_std: tuple[float, float] = (2.0, 8.0)) -> Image.Image:
+              clutter: bool = True, noise_std: tuple[float, float] = (2.0, 8.0), part_map: bool = False):
     """Draw one image of a bird with the given attribute values, in a random pose and scene.
 
-    ``occluded`` names one part (from ``OCCLUDABLE``) that a foreground leaf hides completely.
+    ``occluded`` names one part (from ``OCCLUDABLE``) that a foreground leaf hides completely. With
+    ``part_map`` the result is ``(image, parts)``: an "L" image whose pixels are indices into ``PARTS``
+    (what the pixel shows; the leaf hides parts there too). Drawing it changes no pixel of the image.
     """
     image = _background(rng, size)
-    draw = ImageDraw.Draw(image)
+    canvas = _Canvas(image, part_map)
     if clutter:
-        _clutter(draw, rng, size)
+        _clutter(canvas.draw, rng, size)
     pose = _Pose(rng, size)
     gain = rng.uniform(0.85, 1.12) * rng.uniform(0.95, 1.05, size=3)  # illumination and white balance
     paint = {name: _jitter(rgb, gain) for name, rgb in COLOURS.items()}
-    _perch(draw, rng, pose, size)
-    _draw_parts(draw, attributes, pose, paint)
+    _perch(canvas.draw, rng, pose, size)
+    _draw_parts(canvas, attributes, pose, paint)
     if occluded:
-        _occlude(draw, rng, attributes, occluded, pose)
-    return _add_noise(image, rng, noise_std)
+        _occlude(canvas, rng, attributes, occluded, pose)
+    image = _add_noise(image, rng, noise_std)
+    return (image, canvas.parts) if part_map else image
 
 
-def _draw_parts(draw: ImageDraw.ImageDraw, attributes: dict[str, str], pose: _Pose, paint: dict) -> None:
+def _draw_parts(canvas: _Canvas, attributes: dict[str, str], pose: _Pose, paint: dict) -> None:
     plumage = paint[attributes["plumage"]]
     outline = tuple(int(v * 0.45) for v in plumage)
     dark = paint["black"]
+    # Where a crest is or would be: "smooth" is seen there as much as "crested" is.
+    canvas.mark("crest", pose(_occlusion_box(attributes, "crest")))
     for leg in _LEGS:
-        draw.line(pose(leg), fill=(70, 60, 50), width=1)
-    draw.polygon(pose(_TAILS[attributes["tail"]]), fill=tuple(int(v * 0.8) for v in plumage), outline=outline)
-    draw.polygon(pose(_body(attributes["build"])), fill=plumage, outline=outline)
-    draw.polygon(pose(_breast(attributes["build"])), fill=paint[attributes["breast"]])
+        canvas.line("background", pose(leg), fill=(70, 60, 50), width=1)
+    canvas.polygon("tail", pose(_TAILS[attributes["tail"]]), fill=tuple(int(v * 0.8) for v in plumage), outline=outline)
+    canvas.polygon("body", pose(_body(attributes["build"])), fill=plumage, outline=outline)
+    canvas.polygon("breast", pose(_breast(attributes["build"])), fill=paint[attributes["breast"]])
     wing = paint[attributes["wing_color"]]
-    draw.polygon(pose(_WING), fill=wing, outline=outline)
+    canvas.polygon("wing", pose(_WING), fill=wing, outline=outline)
     mark = paint["white"] if attributes["wing_color"] in ("black", "brown", "blue") else dark
     if attributes["wing_pattern"] == "barred":
         for bar in _WING_BARS:
-            draw.line(pose(bar), fill=mark, width=max(1, round(pose.scale * 0.06)))
+            canvas.line("wing", pose(bar), fill=mark, width=max(1, round(pose.scale * 0.06)))
     elif attributes["wing_pattern"] == "spotted":
         for spot in _WING_SPOTS:
-            draw.polygon(pose(spot), fill=mark)
+            canvas.polygon("wing", pose(spot), fill=mark)
     if attributes["crest"] == "crested":
-        draw.polygon(pose(_CREST), fill=tuple(int(v * 0.7) for v in plumage), outline=outline)
-    draw.polygon(pose(_HEAD), fill=plumage, outline=outline)
-    draw.polygon(pose(_BEAKS[attributes["beak"]]), fill=(62, 52, 40))
+        canvas.polygon("crest", pose(_CREST), fill=tuple(int(v * 0.7) for v in plumage), outline=outline)
+    canvas.polygon("head", pose(_HEAD), fill=plumage, outline=outline)
+    canvas.polygon("beak", pose(_BEAKS[attributes["beak"]]), fill=(62, 52, 40))
     if attributes["eye"] == "ringed":
-        draw.polygon(pose(_EYE_RING), fill=paint["white"])
-    draw.polygon(pose(_EYE), fill=dark)
+        canvas.polygon("eye", pose(_EYE_RING), fill=paint["white"])
+    canvas.mark("eye", pose(_EYE_RING))  # a dark eye is seen where a ring would be
+    canvas.polygon("eye", pose(_EYE), fill=dark)
 
 
 def _bounds(*shapes: np.ndarray) -> tuple[float, float, float, float]:
@@ -481,10 +561,10 @@ def _occlusion_box(attributes: dict[str, str], part: str) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
 
 
-def _occlude(draw: ImageDraw.ImageDraw, rng: np.random.Generator, attributes: dict[str, str], part: str, pose: _Pose) -> None:
+def _occlude(canvas: _Canvas, rng: np.random.Generator, attributes: dict[str, str], part: str, pose: _Pose) -> None:
     """A foreground leaf (a box that turns with the bird) over the part, so no trace of it shows."""
     leaf = (int(rng.uniform(30, 70)), int(rng.uniform(90, 130)), int(rng.uniform(30, 60)))
-    draw.polygon(pose(_occlusion_box(attributes, part)), fill=leaf, outline=tuple(int(v * 0.6) for v in leaf))
+    canvas.polygon("background", pose(_occlusion_box(attributes, part)), fill=leaf, outline=tuple(int(v * 0.6) for v in leaf))
 
 
 def _add_noise(image: Image.Image, rng: np.random.Generator, noise_std: tuple[float, float]) -> Image.Image:
@@ -496,7 +576,7 @@ def _add_noise(image: Image.Image, rng: np.random.Generator, noise_std: tuple[fl
 
 
 # ----------------------------------------------------------------------------- samples
-SPLITS = {"train": 1, "test": 2}
+SPLITS = {"train": 1, "test": 2, "validation": 3}
 
 
 def sample_image(category: dict, split: str, index: int, config: SynthConfig, attempt: int = 0):
@@ -513,6 +593,33 @@ def sample_image(category: dict, split: str, index: int, config: SynthConfig, at
     return image, visible, description
 
 
+# Stream key of the attribute pool: birds with random attribute values, no species.
+POOL_STREAM = 0xB1D
+
+
+def random_attributes(rng: np.random.Generator) -> dict[str, str]:
+    """Every attribute drawn at random (wing and breast never the plumage's colour): a bird of no species."""
+    return _genus_type_attributes(rng, _pick(rng, ATTRIBUTES["plumage"]))
+
+
+def pool_sample(index: int, config: SynthConfig, part_map: bool = False) -> tuple:
+    """Image ``index`` of the attribute pool: ``(image, visible attributes, description)``, and its part
+    map last with ``part_map`` (see ``draw_bird``).
+
+    The pool stands in for the generic image-text data a real vision encoder and captioner are
+    pre-trained on: the same drawing and scenes as the benchmark, but every attribute value random,
+    so it teaches what the attributes look like and holds no information about any species.
+    """
+    rng = np.random.default_rng([config.seed, POOL_STREAM, index])
+    attributes = random_attributes(rng)
+    occluded = OCCLUDABLE[rng.integers(len(OCCLUDABLE))] if rng.random() < config.occlusion_prob else None
+    drawn = draw_bird(attributes, rng, config.image_size, occluded, config.clutter, config.noise_std, part_map)
+    image, parts = drawn if part_map else (drawn, None)
+    visible = {k: v for k, v in attributes.items() if k != occluded}
+    sample = (image, visible, describe(visible, template=int(rng.integers(len(TEMPLATES))), rng=rng))
+    return (*sample, parts) if part_map else sample
+
+
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # level 1: 5x faster than the default, ~10% larger
@@ -521,7 +628,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def _split_counts(category: dict, config: SynthConfig) -> dict[str, int]:
     train = config.rare_train_per_category if category["is_rare"] else config.train_per_category
-    return {"train": train, "test": config.test_per_category}
+    return {"train": train, "validation": config.validation_per_category, "test": config.test_per_category}
 
 
 def _write_split(root: Path, split: str, categories: list[dict], config: SynthConfig, negatives: dict,
@@ -583,7 +690,7 @@ def generate_benchmark(output_dir: str | Path, config: SynthConfig = SynthConfig
         seen_pixels: set = set()
         with tqdm(total=total, desc="drawing birds", unit="img", disable=not progress) as bar:
             splits = {split: _write_split(staging, split, categories, config, negatives, neg_descriptions, seen_pixels, bar)
-                      for split in ("train", "test")}
+                      for split in written_splits(config)}
         _write_extras(staging, categories, negatives, splits, config)
         if output_dir.exists():
             shutil.rmtree(output_dir)
@@ -591,9 +698,13 @@ def generate_benchmark(output_dir: str | Path, config: SynthConfig = SynthConfig
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("synthetic benchmark: %d categories, %d train / %d test images in %s", len(categories),
-                len(splits["train"]), len(splits["test"]), output_dir)
+    logger.info("synthetic benchmark: %d categories, %s images in %s", len(categories),
+                " / ".join(f"{len(rows)} {split}" for split, rows in splits.items()), output_dir)
     return output_dir
+
+
+def written_splits(config: SynthConfig) -> tuple[str, ...]:
+    return ("train", "validation", "test") if config.validation_per_category else ("train", "test")
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -606,11 +717,13 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
 
 
 def _write_extras(root: Path, categories: list[dict], negatives: dict, splits: dict, config: SynthConfig) -> None:
-    keys = ("name", "label", "genus", "attributes", "description", "is_rare", "siblings", "negatives", "n_train", "n_test")
+    keys = ("name", "label", "genus", "attributes", "description", "is_rare", "siblings", "negatives", "n_train",
+            "n_validation", "n_test")
     entries = []
     for category in categories:
         counts = _split_counts(category, config)
-        full = {**category, "negatives": negatives[category["name"]], "n_train": counts["train"], "n_test": counts["test"]}
+        full = {**category, "negatives": negatives[category["name"]], "n_train": counts["train"],
+                "n_validation": counts["validation"], "n_test": counts["test"]}
         entries.append({k: full[k] for k in keys})
     _write_json(root / "categories.json", entries)
     _write_json(root / "config.json", {"version": BENCHMARK_VERSION, **asdict(config)})
@@ -653,6 +766,7 @@ def benchmark_readme(categories: list[dict], config: SynthConfig) -> str:
     rare = [c for c in categories if c["is_rare"]]
     n_train = sum(c["n_train"] for c in categories)
     n_test = sum(c["n_test"] for c in categories)
+    n_validation = sum(c.get("n_validation", 0) for c in categories)
     attribute_rows = "\n".join(f"| {name} | {', '.join(values)} |" for name, values in ATTRIBUTES.items())
     example = categories[0]
     return f"""# Synthetic fine-grained bird benchmark
@@ -666,11 +780,13 @@ attributes. Names are invented and do not spell out attributes.
 | split | images |
 |---|---|
 | train | {n_train} |
+| validation | {n_validation} |
 | test | {n_test} |
 
 **Long tail.** {len(rare)} of {len(categories)} categories ({100 * len(rare) / len(categories):.0f}%, `is_rare`) have
 {config.rare_train_per_category} training images; the others have {config.train_per_category}. Every category has
-{config.test_per_category} test images.
+{config.validation_per_category} validation and {config.test_per_category} test images. Validation images are drawn like
+training images, from random streams of their own: choose settings on them and keep the test split for the final table.
 
 **Within-category variation.** Facing side, rotation (+-15 degrees), scale, position, background gradient and
 clutter, colour jitter, pixel noise; with probability {config.occlusion_prob} a leaf hides one of {', '.join(OCCLUDABLE)}
@@ -686,15 +802,21 @@ Example: **{example['name']}** (genus {example['genus']}): {example['description
 
 ## Files
 
-- `train/`, `test/`: PNG images and `metadata.jsonl` (`file_name`, `category`, `label`, `attribute`,
+- `train/`, `validation/`, `test/`: PNG images and `metadata.jsonl` (`file_name`, `category`, `label`, `attribute`,
   `attributes` (JSON), `neg_categories`, `neg_attributes`, `genus`, `is_rare`);
-  `datasets.load_dataset("imagefolder", data_dir=...)` loads both splits.
+  `datasets.load_dataset("imagefolder", data_dir=...)` loads the splits.
 - `categories.json`: name, label, genus, attributes, canonical description, is_rare, siblings,
-  hard negatives ({config.num_negatives}, by attribute overlap), n_train, n_test.
+  hard negatives ({config.num_negatives}, by attribute overlap), n_train, n_validation, n_test.
 - `foci_test.json`: the test split as FOCI 4-way multiple choice (ground truth first, then hard negatives).
 - `train_reference.csv`: the train split in the reference implementation's CSV format.
 - `config.json`: the generator settings; the same settings give the same bytes.
 """
+
+
+def distinguishing_attributes(category: dict, categories: list[dict]) -> list[str]:
+    """Attributes in which ``category`` differs from at least one sibling: what sets it apart in its genus."""
+    siblings = [c for c in categories if c["genus"] == category["genus"] and c["name"] != category["name"]]
+    return [name for name in ATTRIBUTES if any(s["attributes"][name] != category["attributes"][name] for s in siblings)]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -729,8 +851,13 @@ def load_metadata(data_dir: str | Path, split: str) -> list[dict]:
     return rows
 
 
+def benchmark_splits(data_dir: str | Path) -> list[str]:
+    """The splits a benchmark folder holds (benchmarks made before version 2 have no validation split)."""
+    return [split for split in SPLITS if (Path(data_dir) / split / "metadata.jsonl").is_file()] or ["train", "test"]
+
+
 def load_benchmark(data_dir: str | Path):
-    """The benchmark as a ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
+    """The benchmark as a ``datasets.DatasetDict`` with ``train``, ``test`` and (when drawn) ``validation`` splits.
 
     Columns: ``image`` (PIL), ``category``, ``label``, ``attribute``, ``attributes`` (JSON string),
     ``neg_categories`` / ``neg_attributes`` (lists), ``genus``, ``is_rare``. Metadata rows are
@@ -740,7 +867,7 @@ def load_benchmark(data_dir: str | Path):
 
     data_dir = Path(data_dir)
     load_categories(data_dir)
-    for split in ("train", "test"):
+    for split in benchmark_splits(data_dir):
         load_metadata(data_dir, split)
     features = datasets.Features({
         "image": datasets.Image(), "category": datasets.Value("string"), "label": datasets.Value("int64"),
@@ -761,7 +888,7 @@ def text_corpus(data_dir: str | Path) -> list[str]:
     categories = load_categories(data_dir)
     texts = [c["name"] for c in categories] + sorted({c["genus"] for c in categories})
     texts += [c["description"] for c in categories]
-    for split in ("train", "test"):
+    for split in benchmark_splits(data_dir):
         texts += [row["attribute"] for row in load_metadata(data_dir, split)]
     texts += [" ".join(values) for values in ATTRIBUTES.values()] + [" ".join(ATTRIBUTES)]
     texts += _instruction_texts(categories)
