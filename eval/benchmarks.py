@@ -395,22 +395,27 @@ def _rare_from_rows(rows: list[dict], label_column: str, rare_column: str) -> fr
 
 # ----------------------------------------------------------------------------- datasets
 def load_datasets_benchmark(name_or_path: str, split: str = "test", image_column: str = "image",
-                            label_column: str = "label", negatives: Negatives | None = None,
+                            label_column: str | None = None, negatives: Negatives | None = None,
                             noun: ObjectNoun | None = None) -> Benchmark:
     """A ``datasets`` image-classification dataset (a ``save_to_disk`` folder or a dataset name).
 
-    Labels may be a ``ClassLabel`` (its names are the categories) or strings. Options come from the
-    hard-negative miner over the category names (``negatives``; default :func:`hard_negatives_by_name`).
-    Rare categories come from a ``train`` split of the same dataset, where there is one
-    (:func:`rare_categories_from_training`).
+    Labels are ``label_column`` (default: ``category`` where the dataset has one, as ``finedefics data``
+    writes it, else ``label``): a ``ClassLabel`` (its names are the categories) or strings. Options are
+    the rows' own ``neg_categories`` where they have them, topped up by the hard-negative miner over the
+    category names (``negatives``; default :func:`hard_negatives_by_name`). Rare categories come from a
+    ``train`` split of the same dataset, where there is one (:func:`rare_categories_from_training`).
     """
     dataset = _load_split(name_or_path, split)
+    if label_column is None:
+        label_column = "category" if "category" in dataset.column_names else "label"
     for column in (image_column, label_column):
         if column not in dataset.column_names:
             raise ValueError(f"{name_or_path} ({split}): no column {column!r}; columns are {dataset.column_names}")
     labels = _label_names(dataset, label_column)
     categories = _ordered_unique(labels)
-    rows = [{"file_name": f"{split}/{index}", "category": label} for index, label in enumerate(labels)]
+    own = dataset["neg_categories"] if "neg_categories" in dataset.column_names else [[]] * len(labels)
+    rows = [{"file_name": f"{split}/{index}", "category": label, "neg_categories": list(negs or [])}
+            for index, (label, negs) in enumerate(zip(labels, own))]
     examples, options_source = _examples_from_rows(rows, Path(name_or_path), "category", categories, negatives)
     images = dataset.select_columns([image_column])
 

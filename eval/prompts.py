@@ -28,6 +28,9 @@ LETTERS = "ABCDEFGHIJ"
 DESCRIBE_INSTRUCTION = "Describe the attributes of the {singular} in the image."  # stage I
 OPEN_SET_QUESTION = "What is the species of the {singular} in the image?"  # stage II and open-set eval
 MULTIPLE_CHOICE_QUERY = "Which of these {plural} is shown in the image?"  # FOCI's query (stage II, eval)
+KNOWLEDGE_QUESTION = "What does {article} {name} look like?"  # category knowledge, asked in text (demo base, premise)
+REVERSE_KNOWLEDGE_QUESTION = "Which {singular} is {description}?"  # the same knowledge, the other way round
+DESCRIPTION_CHOICE_QUERY = "Which description matches the {singular} in the image?"  # demo base: multiple choice
 CHOICES_HEADER = "\nChoices:\n"
 ANSWER_INSTRUCTION = "\nAnswer with the letter from the given choices directly."
 
@@ -82,6 +85,22 @@ DEFAULT_NOUN = ObjectNoun("object", "objects")  # when neither the data, the rec
 def describe_instruction(noun: ObjectNoun) -> str:
     """Stage I's instruction: describe the object's attributes."""
     return DESCRIBE_INSTRUCTION.format(singular=noun.singular)
+
+
+def knowledge_question(name: str) -> str:
+    """Asked in text only: what a category looks like (answered with its description)."""
+    return KNOWLEDGE_QUESTION.format(article="an" if name[:1].lower() in "aeiou" else "a", name=name)
+
+
+def reverse_knowledge_question(noun: ObjectNoun, description: str) -> str:
+    """Asked in text only: which category a description names ("Which bird is a slender bird with ...?")."""
+    description = description.strip().rstrip(".")
+    return REVERSE_KNOWLEDGE_QUESTION.format(singular=noun.singular, description=description[:1].lower() + description[1:])
+
+
+def description_choice_query(noun: ObjectNoun) -> str:
+    """The query of a multiple choice among descriptions (not names): the generic skill of answering with a letter."""
+    return DESCRIPTION_CHOICE_QUERY.format(singular=noun.singular)
 
 
 def open_set_question(noun: ObjectNoun) -> str:
@@ -139,8 +158,10 @@ def answer_letter(answer: str) -> str | None:
 
 
 __all__ = [
-    "ANSWER_INSTRUCTION", "CHOICES_HEADER", "CHOICE_LETTERS", "DEFAULT_NOUN", "DESCRIBE_INSTRUCTION", "LETTERS",
-    "MULTIPLE_CHOICE_QUERY", "OPEN_SET_QUESTION", "ObjectNoun", "answer_letter", "describe_instruction",
-    "english_plural", "multiple_choice_options", "multiple_choice_prompt", "multiple_choice_query",
+    "ANSWER_INSTRUCTION", "CHOICES_HEADER", "CHOICE_LETTERS", "DEFAULT_NOUN", "DESCRIBE_INSTRUCTION",
+    "DESCRIPTION_CHOICE_QUERY", "description_choice_query",
+    "KNOWLEDGE_QUESTION", "LETTERS", "MULTIPLE_CHOICE_QUERY", "OPEN_SET_QUESTION", "REVERSE_KNOWLEDGE_QUESTION",
+    "ObjectNoun", "answer_letter", "describe_instruction", "english_plural", "knowledge_question",
+    "reverse_knowledge_question", "multiple_choice_options", "multiple_choice_prompt", "multiple_choice_query",
     "open_set_question",
 ]
