@@ -32,6 +32,9 @@ KNOWLEDGE_QUESTION = "What does {article} {name} look like?"  # category knowled
 REVERSE_KNOWLEDGE_QUESTION = "Which {singular} is {description}?"  # the same knowledge, the other way round
 DESCRIPTION_CHOICE_QUERY = "Which description matches the {singular} in the image?"  # demo base: multiple choice
 CHOICES_HEADER = "\nChoices:\n"
+# How a multiple choice is answered: FOCI's rule reads the first character, so every style starts with the letter
+# except "name" (scored by the likelihood mode only).
+MULTIPLE_CHOICE_ANSWERS = {"letter": "{letter}", "letter_name": "{letter}. {option}", "name": "{option}"}
 ANSWER_INSTRUCTION = "\nAnswer with the letter from the given choices directly."
 
 # The config fields a checkpoint stores its noun in (``FinedeficsConfig``).
@@ -124,6 +127,13 @@ def multiple_choice_prompt(query: str, options: list[str], letters: str = LETTER
     return f"{query}{CHOICES_HEADER}{formatted}{ANSWER_INSTRUCTION}"
 
 
+def multiple_choice_answer(letter: str, option: str, style: str = "letter") -> str:
+    """The answer to a multiple choice in ``style`` (see ``MULTIPLE_CHOICE_ANSWERS``): "B" or "B. Lotus Elise"."""
+    if style not in MULTIPLE_CHOICE_ANSWERS:
+        raise ValueError(f"unknown multiple-choice answer style {style!r}; choose one of {sorted(MULTIPLE_CHOICE_ANSWERS)}")
+    return MULTIPLE_CHOICE_ANSWERS[style].format(letter=letter, option=option)
+
+
 # ----------------------------------------------------------------------------- reading questions back
 _OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+?)\s*$")
 _LETTER_ANSWER = re.compile(r"\(?([A-Z])\)?(?:[.:)](?:\s.*)?)?", flags=re.DOTALL)
@@ -159,7 +169,7 @@ def answer_letter(answer: str) -> str | None:
 
 __all__ = [
     "ANSWER_INSTRUCTION", "CHOICES_HEADER", "CHOICE_LETTERS", "DEFAULT_NOUN", "DESCRIBE_INSTRUCTION",
-    "DESCRIPTION_CHOICE_QUERY", "description_choice_query",
+    "DESCRIPTION_CHOICE_QUERY", "MULTIPLE_CHOICE_ANSWERS", "description_choice_query", "multiple_choice_answer",
     "KNOWLEDGE_QUESTION", "LETTERS", "MULTIPLE_CHOICE_QUERY", "OPEN_SET_QUESTION", "REVERSE_KNOWLEDGE_QUESTION",
     "ObjectNoun", "answer_letter", "describe_instruction", "english_plural", "knowledge_question",
     "reverse_knowledge_question", "multiple_choice_options", "multiple_choice_prompt", "multiple_choice_query",

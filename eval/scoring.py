@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .prompts import MULTIPLE_CHOICE_ANSWERS
 from .foci import CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record, shuffled_options
 
 MODES = ("generate", "likelihood", "embedding", "open_set")
@@ -38,11 +39,7 @@ MC_MODES = ("generate", "likelihood", "embedding")
 FOCI_MAX_NEW_TOKENS = 10
 OPEN_SET_MAX_NEW_TOKENS = 24
 # answer format -> (assistant text, whether the end-of-turn token is part of the scored answer)
-ANSWER_FORMATS = {
-    "letter": ("{letter}", False),
-    "letter_name": ("{letter}. {option}", True),
-    "name": ("{option}", True),
-}
+ANSWER_FORMATS = {style: (template, style != "letter") for style, template in MULTIPLE_CHOICE_ANSWERS.items()}
 
 
 @dataclass

@@ -57,6 +57,21 @@ def test_stage_two_multiple_choice_uses_hard_negatives_in_a_seeded_order(tiny_pr
     assert f"{letter}. Velmoran Thistlewing" in text
 
 
+def test_letter_name_answers_give_the_letter_then_the_option_it_names(tiny_processor):
+    from finedefics_training.config import FinedeficsTrainingConfig
+
+    examples = [_example(i) for i in range(6)]
+    batch = FinedeficsDataCollator(tiny_processor, stage=2, closed_set_ratio=1.0, multiple_choice_answer="letter_name",
+                                   seed=3)(examples)
+    for row in range(6):
+        answer = _supervised_text(tiny_processor, batch, row).split("<")[0].strip()
+        letter = answer[0]
+        assert answer == f"{letter}. Velmoran Thistlewing"
+        assert f"{letter}. Velmoran Thistlewing" in tiny_processor.tokenizer.decode(batch["input_ids"][row])
+    with pytest.raises(ValueError, match="multiple_choice_answer"):
+        FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, multiple_choice_answer="name")
+
+
 def test_multiple_choice_prompt_matches_the_foci_layout():
     prompt = multiple_choice_prompt("Which of these birds is shown in the image?", ["w", "x", "y", "z"])
     assert prompt == (

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from finedefics_eval.prompts import (
-    DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_prompt, multiple_choice_query,
-    open_set_question,
+    DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_answer, multiple_choice_prompt,
+    multiple_choice_query, open_set_question,
 )
 
 from .data.kinds import DESCRIPTION, row_kind
@@ -60,6 +60,8 @@ class FinedeficsDataCollator:
         stage: 1 (attribute description + contrastive texts) or 2 (recognition instructions).
         num_negatives: hard negatives per row used by the contrastive terms and the multiple choice.
         closed_set_ratio: share of stage II rows asked as multiple choice (the rest are open-set).
+        multiple_choice_answer: ``"letter"`` ("B", what FOCI's rule reads) or ``"letter_name"`` ("B. <name>":
+            the letter, then the option it names; FOCI's rule still reads the letter).
         noun: what the objects are called in the instructions: an ``ObjectNoun`` ("car"/"cars") or a
             singular word whose plural follows the regular English rule.
         seed: seeds the per-example choice of question and option order.
@@ -71,6 +73,7 @@ class FinedeficsDataCollator:
     stage: int = 1
     num_negatives: int = 3
     closed_set_ratio: float = 0.5
+    multiple_choice_answer: str = "letter"
     noun: ObjectNoun | str = DEFAULT_NOUN
     seed: int = 0
     max_length: int | None = None
@@ -104,7 +107,8 @@ class FinedeficsDataCollator:
             options = [example["category"]] + negatives[: self.num_negatives]
             rng.shuffle(options)
             prompt = multiple_choice_prompt(multiple_choice_query(self.noun), options)
-            return prompt, LETTERS[options.index(example["category"])]
+            letter = LETTERS[options.index(example["category"])]
+            return prompt, multiple_choice_answer(letter, example["category"], self.multiple_choice_answer)
         return open_set_question(self.noun), example["category"]
 
     def _tokenize_conversations(self, examples: list[dict], conversations: list[tuple[str, str]]) -> dict:

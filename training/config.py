@@ -32,6 +32,9 @@ class FinedeficsTrainingConfig(SFTConfig):
             Reset both temperatures to this value before training (default: keep the model's).
         closed_set_ratio (`float`, defaults to 0.5):
             Share of stage II examples asked as multiple choice rather than open-set naming.
+        multiple_choice_answer (`str`, defaults to `"letter"`):
+            How stage II answers a multiple choice: ``letter`` ("B") or ``letter_name`` ("B. <name>"); FOCI's
+            rule reads the letter either way.
         object_noun (`str`, *optional*):
             What the objects are called in the instructions ("bird", "car", "aircraft", ...). Default: the
             training data's noun (``finedefics data csv --noun``; "bird" for the synthetic benchmark), else
@@ -52,6 +55,8 @@ class FinedeficsTrainingConfig(SFTConfig):
     train_temperatures: bool = field(default=True, metadata={"help": "learn the temperatures in stage I"})
     init_temperature: float | None = field(default=None, metadata={"help": "reset the temperatures before training"})
     closed_set_ratio: float = field(default=0.5, metadata={"help": "share of multiple-choice questions in stage II"})
+    multiple_choice_answer: str = field(default="letter", metadata={
+        "help": "how stage II answers a multiple choice: letter ('B') or letter_name ('B. <name>')"})
     object_noun: str | None = field(default=None, metadata={
         "help": "what the objects are called in the instructions (default: the data's noun, else the model's)"})
     object_noun_plural: str | None = field(default=None, metadata={"help": "its plural, where -s/-es/-ies is wrong"})
@@ -73,6 +78,8 @@ class FinedeficsTrainingConfig(SFTConfig):
             raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
         if not 0.0 <= self.closed_set_ratio <= 1.0:
             raise ValueError(f"closed_set_ratio must be in [0, 1], got {self.closed_set_ratio}")
+        if self.multiple_choice_answer not in ("letter", "letter_name"):
+            raise ValueError(f"multiple_choice_answer must be 'letter' or 'letter_name', got {self.multiple_choice_answer!r}")
 
     @property
     def contrastive_weights(self) -> tuple[float, float, float]:

@@ -69,7 +69,8 @@ class FinedeficsTrainer(SFTTrainer):
         if data_collator is None:
             data_collator = FinedeficsDataCollator(
                 processor=processing_class, stage=args.stage, num_negatives=args.num_negatives,
-                closed_set_ratio=args.closed_set_ratio, noun=noun or DEFAULT_NOUN, seed=args.seed,
+                closed_set_ratio=args.closed_set_ratio, multiple_choice_answer=args.multiple_choice_answer,
+                noun=noun or DEFAULT_NOUN, seed=args.seed,
                 max_length=args.max_length,
             )
         plan = None
