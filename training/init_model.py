@@ -26,11 +26,14 @@ TEXT_COLUMNS = ("category", "attribute", "question", "answer", "neg_categories",
 
 
 def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str = "tiny", noun: ObjectNoun | None = None,
-               image_size: int = 64, vocab_size: int = 2048, seed: int = 0) -> Path:
+               image_size: int = 64, vocab_size: int = 2048, seed: int = 0, image_seq_len: int = 8,
+               corpus: list[str] | None = None) -> Path:
     """Build and save a tiny model and processor whose tokenizer is trained on ``data_dirs``' texts.
 
     ``noun`` defaults to the first noun the data folders declare (``finedefics data csv --noun``).
-    Returns the output folder (a checkpoint ``finedefics train`` / ``two-stage`` start from).
+    ``corpus`` replaces the texts read from the data (the synthetic benchmark has its own:
+    ``data.synth.text_corpus``). Returns the output folder (a checkpoint ``finedefics train`` /
+    ``two-stage`` start from).
     """
     from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
@@ -39,8 +42,9 @@ def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str 
         raise ValueError(f"{output_dir} exists and is not empty; choose a new folder")
     noun = noun or _data_noun(data_dirs)
     texts, names = data_texts(data_dirs)
-    corpus = texts + question_texts(noun or DEFAULT_NOUN, names)
-    processor = build_tiny_processor(build_tiny_tokenizer(corpus, vocab_size=vocab_size), image_size=image_size)
+    corpus = (corpus or texts) + question_texts(noun or DEFAULT_NOUN, names)
+    processor = build_tiny_processor(build_tiny_tokenizer(corpus, vocab_size=vocab_size), image_size=image_size,
+                                     image_seq_len=image_seq_len)
     model = build_tiny_model(processor, preset=preset, seed=seed)
     if noun is not None:
         for field_name, value in noun.config_fields().items():

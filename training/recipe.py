@@ -253,11 +253,13 @@ def _load_dataset_dir(folder: Path, split: str):
 
 # ----------------------------------------------------------------------------- runs
 def run_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
-              callbacks=None) -> Path:
+              callbacks=None, progress=None) -> Path:
     """Train one stage and write its merged checkpoint to ``training_args.output_dir/final``.
 
     The stage's data are ``data_args.for_stage(stage)``; without ``object_noun`` in the recipe, the
-    data's noun (see ``data_noun``) is used, else the starting checkpoint's.
+    data's noun (see ``data_noun``) is used, else the starting checkpoint's. ``progress`` (an object
+    with a ``callback()`` returning a ``TrainerCallback``) replaces Trainer's own progress bar and
+    printed logs, for callers such as the demo that show one bar per phase.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -269,6 +271,8 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     dataset = load_training_dataset(data_args)
     trainer = FinedeficsTrainer(model=model, args=training_args, train_dataset=dataset,
                                 processing_class=processor, callbacks=callbacks)
+    if progress is not None:
+        replace_progress_display(trainer, progress.callback())
     logger.info("stage %d: %d training examples, %s tuning, world size %d", training_args.stage, len(dataset),
                 model_args.tuning, trainer.accelerator.num_processes)
     resume = training_args.resume_from_checkpoint
@@ -296,6 +300,15 @@ def with_data_noun(training_args: FinedeficsTrainingConfig, data_args: DataArgum
         return training_args
     logger.info("objects are called %r (from %s)", str(noun), data_args.dataset_dir)
     return replace(training_args, object_noun=noun.singular, object_noun_plural=noun.plural)
+
+
+def replace_progress_display(trainer, callback) -> None:
+    """Swap Trainer's progress bar / log printer for ``callback``."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(callback)
 
 
 def run_two_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
