@@ -1,0 +1,50 @@
+"""The demo's base model: dense part targets, vision pre-training that trains vision only, knowledge rows."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finedefics_training.base import MIN_PART_PIXELS, attribute_pool, patch_targets, pretrain_vision
+from finedefics_training.data.synth import ATTRIBUTES, PARTS, SynthConfig
+
+
+def test_patch_targets_mark_the_patches_that_show_a_part_in_row_major_order():
+    parts = np.zeros((16, 16), dtype=np.uint8)  # 2 x 2 patches of 8 px
+    beak, body = PARTS.index("beak"), PARTS.index("body")
+    parts[1, 9:9 + MIN_PART_PIXELS] = beak  # top-right patch (index 1): enough beak pixels
+    parts[12, 1:1 + MIN_PART_PIXELS - 1] = beak  # bottom-left patch (index 2): one pixel too few
+    parts[10:14, 10:14] = body  # bottom-right patch (index 3)
+    visible = {"beak": ATTRIBUTES["beak"][2], "build": ATTRIBUTES["build"][1]}  # plumage hidden (occluded)
+    targets = patch_targets(parts, visible, patch_size=8)
+    names = list(ATTRIBUTES)
+    assert targets.shape == (4, len(names))
+    assert targets[1, names.index("beak")] == 2 and targets[2, names.index("beak")] == -100
+    assert targets[3, names.index("build")] == 1
+    assert (targets[:, names.index("plumage")] == -100).all()  # shown by the body, but hidden: not supervised
+    assert (targets[0] == -100).all()  # background only
+
+
+def test_vision_pre_training_trains_vision_and_resampler_only(micro_checkpoint, tmp_path):
+    before = load_file(micro_checkpoint / "model.safetensors")
+    pool = attribute_pool(48, SynthConfig(), patch_size=8)
+    accuracy = pretrain_vision(micro_checkpoint, tmp_path / "vision", pool, ATTRIBUTES, steps=6, batch_size=8,
+                               learning_rate=2e-3, seed=0)
+    after = load_file(micro_checkpoint / "model.safetensors")
+    assert set(accuracy) <= set(ATTRIBUTES) and all(0.0 <= value <= 1.0 for value in accuracy.values())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert any(".vision_model." in name for name in changed)
+    assert any(".connector." in name for name in changed)
+    assert not any(".text_model." in name or name.startswith("lm_head") for name in changed), sorted(changed)[:5]
+
+
+def test_attribute_pool_is_seeded_by_index():
+    first = attribute_pool(3, SynthConfig(), start=10)
+    again = attribute_pool(2, SynthConfig(), start=11)
+    assert first.captions[1:] == again.captions
+    assert np.array_equal(np.asarray(first.images[2]), np.asarray(again.images[1]))
+    assert first.patch_targets is None
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])

@@ -1,0 +1,163 @@
+"""The paper's premise, measured: does a model describe what it sees, and know what each category looks like?
+
+Finedefics starts from the finding that an MLLM extracts object attributes well and knows, in words,
+what each category looks like, yet fails to recognise the category from the image (the two are not
+aligned). The demo checks that its base model reproduces this before comparing training recipes:
+
+- object information extraction: asked to describe a held-out image, which share of the image's true
+  attribute values does the answer state; and of the values that set its category apart from its
+  siblings (the ones fine-grained recognition turns on);
+- category knowledge: asked in text what a category looks like, which share of its attribute values
+  does the answer state (rare categories reported apart: their names were seen in text only);
+- multiple choice in text: the same knowledge asked as a 4-way question without an image ("Which of
+  these birds has ...? A. ... B. ..."): a model that knows every description but cannot answer this
+  cannot show its recognition in the FOCI generate mode either, whatever it sees;
+- misalignment: 4-way recognition of the same model (from the evaluation report).
+
+Answers are scored attribute by attribute with a parser of the description grammar when the data
+have structured attributes (the synthetic benchmark); otherwise by the share of the reference
+description's words that the answer contains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+
+import torch
+
+from finedefics_eval.prompts import (
+    KNOWLEDGE_QUESTION, LETTERS, ObjectNoun, answer_letter, describe_instruction, knowledge_question,
+    multiple_choice_prompt, reverse_knowledge_question,
+)
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION_MAX_NEW_TOKENS = 48
+_FUNCTION_WORDS = frozenset("a an the and with of is has its it this which in on overall covers bird".split())
+
+
+# ----------------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_answers(model, processor, questions: list[str], images: list | None = None, batch_size: int = 32,
+                     max_new_tokens: int = DESCRIPTION_MAX_NEW_TOKENS, desc: str = "answering") -> list[str]:
+    """Greedy answers to chat-formatted questions, with or without one image each."""
+    from tqdm.auto import tqdm
+
+    answers = []
+    for start in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = questions[start:start + batch_size]
+        chunk_images = images[start:start + batch_size] if images is not None else None
+        image_part = [{"type": "image"}] if chunk_images is not None else []
+        prompts = [processor.apply_chat_template([{"role": "user", "content": image_part + [{"type": "text", "text": q}]}],
+                                                 add_generation_prompt=True) for q in chunk]
+        inputs = processor(images=[[image] for image in chunk_images] if chunk_images is not None else None,
+                           text=prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
+        generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                   pad_token_id=processor.tokenizer.pad_token_id)
+        new_tokens = generated[:, inputs["input_ids"].shape[1]:]
+        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return answers
+
+
+# ----------------------------------------------------------------------------- scoring
+def description_words(text: str) -> dict[str, str]:
+    """A description's content words as ``{word: word}``: the scoring unit when there are no attributes."""
+    return {word: word for word in re.findall(r"[a-z]+", text.lower()) if word not in _FUNCTION_WORDS}
+
+
+def recall(stated: list[dict[str, str]], truths: list[dict[str, str]], keys: list[list[str]] | None = None) -> dict:
+    """Share of true values stated, overall and per attribute; ``keys`` restricts each row to some attributes."""
+    hits = total = 0
+    per_attribute: dict[str, list[int]] = {}
+    for row, (answer, truth) in enumerate(zip(stated, truths)):
+        for name in (keys[row] if keys is not None else truth):
+            if name not in truth:
+                continue  # not visible in this image
+            correct = int(answer.get(name) == truth[name])
+            hits, total = hits + correct, total + 1
+            per_attribute.setdefault(name, []).append(correct)
+    return {"recall": hits / total if total else None, "values": total,
+            "per_attribute": {name: sum(v) / len(v) for name, v in sorted(per_attribute.items())}}
+
+
+# ----------------------------------------------------------------------------- the premise
+def object_information_extraction(model, processor, rows: list[dict], categories: dict[str, dict],
+                                  parse: Callable[[str], dict] | None, noun: ObjectNoun, distinguishing: dict[str, list[str]],
+                                  batch_size: int = 32) -> dict:
+    """Describe held-out images; score the answers against each image's visible attributes.
+
+    ``rows`` carry ``image`` (PIL), ``category``, ``attribute`` (the reference description) and
+    ``attributes`` (JSON of the visible values; ``"{}"`` or absent when the data have none).
+    """
+    question = describe_instruction(noun)
+    answers = generate_answers(model, processor, [question] * len(rows), [row["image"] for row in rows],
+                               batch_size, desc="describing images")
+    structured = parse is not None and all(_attributes(row) for row in rows)
+    read = parse if structured else description_words
+    truths = [_attributes(row) if structured else description_words(row["attribute"]) for row in rows]
+    stated = [read(answer) for answer in answers]
+    result = {"scored_by": "attribute parser" if structured else "description words", "images": len(rows),
+              "question": question, **recall(stated, truths)}
+    if structured:
+        keys = [distinguishing.get(row["category"], []) for row in rows]
+        result["distinguishing"] = recall(stated, truths, keys)
+    result["examples"] = [{"category": row["category"], "answer": answer, "reference": row.get("attribute")}
+                          for row, answer in list(zip(rows, answers))[:5]]
+    return result
+
+
+def category_knowledge(model, processor, categories: list[dict], parse: Callable[[str], dict] | None,
+                       rare: set[str], batch_size: int = 32) -> dict:
+    """Ask, in text, what each category looks like; score against its attributes (or description words)."""
+    questions = [knowledge_question(category["name"]) for category in categories]
+    answers = generate_answers(model, processor, questions, None, batch_size, desc="asking what categories look like")
+    structured = parse is not None and all(category.get("attributes") for category in categories)
+    read = parse if structured else description_words
+    truths = [category["attributes"] if structured else description_words(category["description"])
+              for category in categories]
+    stated = [read(answer) for answer in answers]
+    result = {"scored_by": "attribute parser" if structured else "description words", "categories": len(categories),
+              "question": KNOWLEDGE_QUESTION, **recall(stated, truths)}
+    rare_rows = [i for i, category in enumerate(categories) if category["name"] in rare]
+    if rare_rows:
+        result["rare"] = recall([stated[i] for i in rare_rows], [truths[i] for i in rare_rows])
+    result["examples"] = [{"category": c["name"], "answer": a} for c, a in list(zip(categories, answers))[:3]]
+    return result
+
+
+def multiple_choice_in_text(model, processor, categories: list[dict], negatives: dict[str, list[str]],
+                            noun: ObjectNoun, rare: set[str], batch_size: int = 32) -> dict:
+    """Text-only 4-way questions "which category has this description?", options = the category and its hard
+    negatives; each category is asked once with the answer at every letter, so a letter prior scores chance."""
+    questions, answers, is_rare = [], [], []
+    for category in categories:
+        others = [name for name in negatives.get(category["name"], []) if name != category["name"]][:3]
+        if not others:
+            continue
+        for position in range(len(others) + 1):
+            options = others[:position] + [category["name"]] + others[position:]
+            questions.append(multiple_choice_prompt(reverse_knowledge_question(noun, category["description"]), options))
+            answers.append(LETTERS[position])
+            is_rare.append(category["name"] in rare)
+    replies = generate_answers(model, processor, questions, None, batch_size, max_new_tokens=4,
+                               desc="multiple choice in text")
+    correct = [answer_letter(reply) == answer for reply, answer in zip(replies, answers)]
+    letters = [answer_letter(reply) or "?" for reply in replies]
+    result = {"questions": len(questions), "accuracy": sum(correct) / len(correct) if correct else None,
+              "answered_letters": {letter: letters.count(letter) for letter in sorted(set(letters))}}
+    rare_correct = [c for c, r in zip(correct, is_rare) if r]
+    if rare_correct:
+        result["rare_accuracy"] = sum(rare_correct) / len(rare_correct)
+    return result
+
+
+def _attributes(row: dict) -> dict[str, str]:
+    value = row.get("attributes") or "{}"
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+__all__ = ["category_knowledge", "description_words", "generate_answers", "multiple_choice_in_text",
+           "object_information_extraction", "recall"]
