@@ -1,4 +1,5 @@
-"""`finedefics demo --quick` end to end: outputs exist and load, reruns resume, same seed -> same numbers."""
+"""`finedefics demo --quick` end to end: outputs exist and load, the premise and the gap are reported, several
+seeds are aggregated, reruns resume, a seed gives the same numbers alone, and other data run the same experiment."""
 
 import json
 import os
@@ -27,17 +28,22 @@ LOAD = textwrap.dedent(
     print("ANSWER", processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
     """
 )
+MODELS = {"base", "finedefics", "instruction_tuning", "no_hard_negatives"}
 
 
-def _demo(output_dir):
-    return subprocess.run([sys.executable, "-m", "finedefics_training.cli", "demo", "--quick", "--output-dir", str(output_dir)],
-                          capture_output=True, text=True, timeout=900, env={**os.environ})
+def _demo(output_dir, *extra):
+    return subprocess.run([sys.executable, "-m", "finedefics_training.cli", "demo", "--quick", "--output-dir",
+                           str(output_dir), *extra], capture_output=True, text=True, timeout=900, env={**os.environ})
+
+
+def _report(output_dir) -> dict:
+    return json.loads((output_dir / "report" / "report.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("demo")
-    result = _demo(output_dir)
+    result = _demo(output_dir, "--seeds", "0", "1")
     assert result.returncode == 0, result.stderr[-4000:]
     return output_dir, result
 
@@ -45,14 +51,18 @@ def demo_run(tmp_path_factory):
 def test_demo_prints_the_comparison_and_writes_the_report(demo_run):
     output_dir, result = demo_run
     assert "| finedefics |" in result.stdout and "| instruction_tuning |" in result.stdout
-    report = json.loads((output_dir / "report" / "report.json").read_text())
-    assert set(report["models"]) == {"base", "finedefics", "instruction_tuning", "no_hard_negatives"}
+    assert " ± " in result.stdout  # mean ± spread over the two seeds
+    report = _report(output_dir)
+    assert report["seeds"] == [0, 1] and {row["model"] for row in report["comparison"]} == MODELS
+    assert set(report["comparison_per_seed"]) == {"0", "1"}
+    assert set(report["models"]) == {"base"} | {f"seed-{s}/{m}" for s in (0, 1) for m in MODELS - {"base"}}
     for name, model_report in report["models"].items():
         assert set(model_report["modes"]) == {"generate", "likelihood", "embedding", "open_set"}, name
+        assert model_report["modes"]["embedding"]["rare_vs_common"]["rare"]["n"] > 0
         for metrics in model_report["modes"].values():
             assert 0.0 <= metrics["accuracy"] <= 1.0
-        assert model_report["modes"]["embedding"]["rare_vs_common"]["rare"]["n"] > 0
-        assert (output_dir / "report" / name / "report.md").is_file()
+    for name in MODELS - {"base"}:
+        assert (output_dir / "report" / "seed-1" / name / "report.md").is_file()
     curves = report["training_curves"]["finedefics"]
     assert any("loss_object_attribute" in entry for entry in curves)
     assert not any("loss_object_attribute" in entry for entry in report["training_curves"]["instruction_tuning"])
@@ -60,7 +70,34 @@ def test_demo_prints_the_comparison_and_writes_the_report(demo_run):
     last_steps = {name: max(entry["step"] for entry in history) for name, history in report["training_curves"].items()}
     assert len(set(last_steps.values())) == 1, last_steps
     assert (output_dir / "report" / "training_curves.png").stat().st_size > 10_000
-    assert "stands in for" in (output_dir / "report" / "report.md").read_text()
+
+
+def test_the_gap_has_a_value_per_seed_and_an_interval(demo_run):
+    output_dir, _ = demo_run
+    report = _report(output_dir)
+    gap = report["gaps"]["finedefics - instruction_tuning, generate"]
+    assert len(gap["per_seed"]) == 2 and gap["mean"] == pytest.approx(sum(gap["per_seed"]) / 2)
+    assert gap["ci95"][0] <= gap["mean"] <= gap["ci95"][1]
+    # The per-seed gap is the difference of the two models' accuracies in that seed's table.
+    table = {row["model"]: row for row in report["comparison_per_seed"]["1"]}
+    assert gap["per_seed"][1] == pytest.approx(table["finedefics"]["generate"] - table["instruction_tuning"]["generate"])
+    assert "finedefics - instruction_tuning, generate, rare" in report["gaps"]
+    markdown = (output_dir / "report" / "report.md").read_text()
+    assert "## The premise" in markdown and "## Finedefics minus instruction tuning" in markdown
+
+
+def test_the_premise_is_measured_on_the_base_model(demo_run):
+    output_dir, _ = demo_run
+    premise = _report(output_dir)["premise"]
+    extraction = premise["object_information_extraction"]
+    assert extraction["scored_by"] == "attribute parser" and extraction["images"] > 0
+    assert 0.0 <= extraction["recall"] <= 1.0 and extraction["distinguishing"]["values"] > 0
+    assert set(extraction["per_attribute"]) <= {"build", "plumage", "wing_color", "wing_pattern", "breast", "beak",
+                                                 "tail", "crest", "eye"}
+    knowledge = premise["category_knowledge"]
+    assert knowledge["categories"] == 12 and knowledge["rare"]["values"] > 0
+    assert premise["summary"]["4-way recognition (generate)"] == \
+        _report(output_dir)["models"]["base"]["modes"]["generate"]["accuracy"]
 
 
 def test_demo_model_loads_in_a_fresh_process_with_its_card(demo_run):
@@ -71,18 +108,59 @@ def test_demo_model_loads_in_a_fresh_process_with_its_card(demo_run):
     assert "ANSWER" in result.stdout
     card = ModelCard.load(model_dir / "README.md")
     accuracies = [result.metric_value for result in card.data.eval_results]
-    stored = json.loads((output_dir / "report" / "report.json").read_text())["models"]["finedefics"]["modes"]
+    stored = _report(output_dir)["models"]["seed-0/finedefics"]["modes"]
     assert any(value == pytest.approx(100 * stored["generate"]["accuracy"], abs=0.01)
                or value == pytest.approx(stored["generate"]["accuracy"], abs=1e-4) for value in accuracies)
 
 
-def test_rerun_resumes_and_same_seed_gives_the_same_numbers(demo_run, tmp_path):
+def test_console_shows_phase_lines_not_training_logs(demo_run):
+    _, result = demo_run
+    assert "'loss':" not in result.stderr and "{'train_runtime'" not in result.stderr
+    assert "seed 1: finedefics stage I" in result.stderr and "premise (base model)" in result.stderr
+
+
+def test_rerun_resumes_and_a_seed_alone_gives_the_same_numbers(demo_run, tmp_path):
     output_dir, _ = demo_run
-    rerun = _demo(output_dir)
+    rerun = _demo(output_dir, "--seeds", "0", "1")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert rerun.stderr.count("already done") >= 9  # every phase but the summary was skipped
-    fresh = _demo(tmp_path / "again")
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
-    first = json.loads((output_dir / "report" / "report.json").read_text())["comparison"]
-    second = json.loads((tmp_path / "again" / "report" / "report.json").read_text())["comparison"]
-    assert first == second
+    assert rerun.stderr.count("already done") >= 15  # every phase was skipped
+    alone = _demo(tmp_path / "seed-1", "--seeds", "1")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert _report(tmp_path / "seed-1")["comparison_per_seed"]["1"] == _report(output_dir)["comparison_per_seed"]["1"]
+
+
+def test_demo_runs_on_another_dataset(tmp_path):
+    """A differently generated synthetic benchmark: the base is built for it, the premise scored on it."""
+    from finedefics_training.data.synth import SynthConfig, generate_benchmark
+
+    data = generate_benchmark(tmp_path / "other", SynthConfig(num_genera=3, species_per_genus=4, train_per_category=12,
+                                                             rare_train_per_category=2, validation_per_category=2,
+                                                             test_per_category=4, seed=5), progress=False)
+    result = _demo(tmp_path / "out", "--data", str(data), "--eval-split", "validation")
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = _report(tmp_path / "out")
+    assert report["data"] == str(data) and report["split"] == "validation"
+    assert report["premise"]["category_knowledge"]["categories"] == 12
+    assert report["models"]["base"]["n"] == 12 * 2
+    assert not (tmp_path / "out" / "data").exists()  # the given data are used, not a generated benchmark
+
+
+def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
+    """Data made by `finedefics data csv` (cars, no test split): splits are carved, the noun travels."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from reference_format import MODELS, write_reference_dataset
+
+    from finedefics_training.cli import main
+
+    cars = write_reference_dataset(tmp_path / "cars", train_per_model=12, test_per_model=1)
+    data = tmp_path / "pretrain-data"
+    assert main(["data", "csv", str(cars / "pretrain.csv"), "--image-root", str(cars / "images"), "--noun", "car",
+                 "--output", str(data)]) == 0
+    result = _demo(tmp_path / "out", "--data", str(data))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "carved from its training rows" in result.stderr
+    report = _report(tmp_path / "out")
+    assert report["premise"]["object_information_extraction"]["scored_by"] == "description words"
+    assert report["premise"]["object_information_extraction"]["question"] == "Describe the attributes of the car in the image."
+    assert report["premise"]["category_knowledge"]["categories"] == len(MODELS)
+    assert report["models"]["base"]["protocol"]["query"] == "Which of these cars is shown in the image?"
