@@ -48,3 +48,19 @@ def test_attribute_pool_is_seeded_by_index():
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def test_the_shipped_base_is_the_default_plans_and_its_weights_match_the_record():
+    """Changing a base field of the default plan or the benchmark's defaults requires rebuilding the shipped base."""
+    import json
+    from dataclasses import asdict
+
+    from finedefics_training import demo
+    from modeling_finedefics import FinedeficsConfig
+
+    recipe = demo.base_recipe(demo.default_plan(), {"synthetic": asdict(SynthConfig())})
+    folder = demo.shipped_base_for(recipe)
+    assert folder is not None, "the shipped base was built from another recipe: run `finedefics demo --rebuild-base`"
+    build = json.loads((folder / demo.BUILD_FILE).read_text())
+    assert demo.weights_digest(folder) == build["sha256"]
+    assert FinedeficsConfig.from_pretrained(folder).object_noun == "bird"

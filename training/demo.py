@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("finedefics", "instruction_tuning", "no_hard_negatives")
 EVAL_MODES = ("generate", "likelihood", "embedding", "open_set")
 EVAL_OPTION_SEED = 0  # the option order of every question: the same for every model and every training seed
-SHIPPED_BASE = "demo_base"
+SHIPPED_BASE = "demo_base"  # weights, config, processor; the model code is the installed package's
 SCORES_FILE = "scores.json"
 BUILD_FILE = "build.json"
 
@@ -65,8 +65,8 @@ class DemoPlan:
     base_learning_rate: float = 1e-3
     knowledge_repeats: int = 20
     base_freeze_vision_tower: bool = True
-    stage1_steps: int = 300
-    stage2_steps: int = 300
+    stage1_steps: int = 200
+    stage2_steps: int = 200
     batch_size: int = 16
     learning_rate: float = 5e-4
     freeze_vision_tower: bool = True
