@@ -11,8 +11,7 @@ from finedefics_training.premise import description_words, recall
 
 
 def _scores(correct: dict[str, list[int]], rare: list[bool]) -> dict:
-    return {name: {"correct": {"generate": [bool(c) for c in values], "likelihood": [bool(c) for c in values],
-                               "embedding": [bool(c) for c in values]},
+    return {name: {"correct": {mode: [bool(c) for c in values] for mode in demo_report.GAP_MODES},
                    "rare_rows": rare} for name, values in correct.items()}
 
 
@@ -47,6 +46,7 @@ def test_paired_gap_mean_per_seed_and_interval():
     table = demo_report.gaps(scores)
     assert table["finedefics - instruction_tuning, generate, rare"]["mean"] == pytest.approx(0.375)
     assert table["no_hard_negatives - instruction_tuning, embedding"]["per_seed"] == pytest.approx([0.8, -0.3])
+    assert table["finedefics - instruction_tuning, open_set, rare"]["mean"] == pytest.approx(0.375)
 
 
 def test_identical_models_have_a_zero_gap_and_a_zero_width_interval():

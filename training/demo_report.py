@@ -17,8 +17,8 @@ from pathlib import Path
 COLUMNS = [("generate", "generate"), ("likelihood", "likelihood"), ("embedding", "embedding (4-way)"),
            ("open_set", "open-set"), ("embedding_top1_all", "embedding top-1 (all)"),
            ("generate_rare", "generate rare"), ("generate_common", "generate common"),
-           ("likelihood_rare", "likelihood rare"), ("embedding_rare", "embedding rare")]
-GAP_MODES = ("generate", "likelihood", "embedding")
+           ("likelihood_rare", "likelihood rare"), ("embedding_rare", "embedding rare"), ("open_set_rare", "open-set rare")]
+GAP_MODES = ("generate", "likelihood", "embedding", "open_set")
 BOOTSTRAP_SAMPLES = 2000
 PREMISE_TARGETS = {"object values": 0.90, "distinguishing values": 0.80, "category knowledge": 0.90}
 
