@@ -72,23 +72,27 @@ def prepare_examples(examples: list[OptionExample], query: str, seed: int,
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def chat_prompts(processor, texts: list[str]) -> list[str]:
-    """The chat-formatted prompts: one user turn holding the image and the text, then "Assistant:"."""
+def chat_prompts(processor, texts: list[str], with_image: bool = True) -> list[str]:
+    """The chat-formatted prompts: one user turn holding the image (if any) and the text, then "Assistant:"."""
+    image_part = [{"type": "image"}] if with_image else []
     return [
         processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+            [{"role": "user", "content": image_part + [{"type": "text", "text": text}]}],
             add_generation_prompt=True,
         )
         for text in texts
     ]
 
 
-def encode_prompts(model, processor, images: list, texts: list[str]):
-    """Processor inputs for image + text prompts, left-padded (so every prompt ends at the last column)."""
-    inputs = processor(images=[[image] for image in images], text=chat_prompts(processor, texts),
+def encode_prompts(model, processor, images: list | None, texts: list[str]):
+    """Processor inputs for image + text prompts (text only when ``images`` is None), left-padded (so every
+    prompt ends at the last column)."""
+    inputs = processor(images=[[image] for image in images] if images is not None else None,
+                       text=chat_prompts(processor, texts, with_image=images is not None),
                        return_tensors="pt", padding=True, padding_side="left")
     inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    if images is not None:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     return inputs
 
 
@@ -99,8 +103,8 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_answers(model, processor, images: list, texts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers (new tokens only, special tokens dropped, whitespace stripped)."""
+def greedy_answers(model, processor, images: list | None, texts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers (new tokens only, special tokens dropped, whitespace stripped); ``images=None``: text only."""
     inputs = encode_prompts(model, processor, images, texts)
     tokenizer = processor.tokenizer
     generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,

@@ -26,7 +26,6 @@ import logging
 import re
 from collections.abc import Callable
 
-import torch
 
 from finedefics_eval.prompts import (
     KNOWLEDGE_QUESTION, LETTERS, ObjectNoun, answer_letter, describe_instruction, knowledge_question,
@@ -40,29 +39,20 @@ _FUNCTION_WORDS = frozenset("a an the and with of is has its it this which in on
 
 
 # ----------------------------------------------------------------------------- generation
-@torch.no_grad()
 def generate_answers(model, processor, questions: list[str], images: list | None = None, batch_size: int = 32,
                      max_new_tokens: int = DESCRIPTION_MAX_NEW_TOKENS, desc: str = "answering") -> list[str]:
-    """Greedy answers to chat-formatted questions, with or without one image each."""
+    """Greedy answers to chat-formatted questions, with or without one image each, in batches."""
     from tqdm.auto import tqdm
+
+    from finedefics_eval.scoring import greedy_answers
 
     answers = []
     for start in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch", leave=False):
-        chunk = questions[start:start + batch_size]
         chunk_images = images[start:start + batch_size] if images is not None else None
-        image_part = [{"type": "image"}] if chunk_images is not None else []
-        prompts = [processor.apply_chat_template([{"role": "user", "content": image_part + [{"type": "text", "text": q}]}],
-                                                 add_generation_prompt=True) for q in chunk]
-        inputs = processor(images=[[image] for image in chunk_images] if chunk_images is not None else None,
-                           text=prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
-        generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                   pad_token_id=processor.tokenizer.pad_token_id)
-        new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        answers += greedy_answers(model, processor, chunk_images, questions[start:start + batch_size], max_new_tokens)
     return answers
 
 
-# ----------------------------------------------------------------------------- scoring
 def description_words(text: str) -> dict[str, str]:
     """A description's content words as ``{word: word}``: the scoring unit when there are no attributes."""
     return {word: word for word in re.findall(r"[a-z]+", text.lower()) if word not in _FUNCTION_WORDS}
