@@ -96,22 +96,30 @@ class Benchmark:
         return None if self.image_getter else Path(self.image_root) / example.image
 
     def load_image(self, example: OptionExample):
-        """The example's image as an RGB PIL image; a missing or unreadable file raises FileNotFoundError/ValueError."""
-        from PIL import Image, UnidentifiedImageError
+        """The example's image as an RGB PIL image, checked as the processor checks it.
 
-        if self.image_getter is not None:
-            image = self.image_getter(example)
-        else:
+        Raises:
+            FileNotFoundError: the file is missing.
+            ValueError: naming the file (or example), when the image cannot be read, is truncated,
+                is smaller than the processor accepts, or has more pixels than PIL agrees to decode.
+        """
+        from PIL import Image
+
+        from modeling_finedefics.processing_finedefics import checked_rgb, read_image
+
+        if self.image_getter is None:
             path = self.image_path(example)
             if not path.is_file():
                 raise FileNotFoundError(f"image not found: {path}")
-            try:
-                with Image.open(path) as opened:
-                    opened.load()
-                    image = opened.copy()
-            except (UnidentifiedImageError, OSError, SyntaxError) as error:
-                raise ValueError(f"cannot read image {path}: {error}") from error
-        return image.convert("RGB") if image.mode != "RGB" else image
+            return read_image(path, str(path))
+        source = f"{self.source or self.name}, example {example.example_id}"
+        try:
+            image = self.image_getter(example)  # a dataset decodes here
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"{source}: the image has too many pixels to decode safely ({error})") from error
+        except OSError as error:
+            raise ValueError(f"{source}: cannot read the image: {error}") from error
+        return checked_rgb(image, f"{source}: the image")
 
     def missing_images(self) -> list[OptionExample]:
         """Examples whose image file does not exist (always empty for in-memory images)."""

@@ -292,7 +292,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         """Zero-shot recognition by embedding similarity between images and candidate category names.
 
         Args:
-            images: one PIL image or a list of them.
+            images: one PIL image or image file path, or a list of them.
             candidate_labels: the category names to choose from.
             processor: the checkpoint's ``FinedeficsProcessor``.
             top_k: how many labels to return per image.
@@ -305,6 +305,10 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         if not candidate_labels:
             raise ValueError("classify needs at least one candidate label")
         images = images if isinstance(images, (list, tuple)) else [images]
+        if hasattr(processor, "load_image"):
+            # The processor's loader: file paths are opened with errors naming them, every mode becomes RGB,
+            # and images too small to resize are refused, as everywhere else.
+            images = [processor.load_image(image) for image in images]
         image_inputs = processor.image_processor([[image] for image in images], return_tensors="pt")
         image_inputs = image_inputs.to(self.device)
         image_embeds = self.get_image_embeddings(

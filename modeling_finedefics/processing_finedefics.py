@@ -8,11 +8,10 @@ the rest of the Finedefics repository.
 from __future__ import annotations
 
 import os
+import struct
 
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchEncoding, Idefics2Processor
-
-MIN_IMAGE_SIDE = 2
 
 
 class FinedeficsProcessor(Idefics2Processor):
@@ -80,27 +79,73 @@ class FinedeficsProcessor(Idefics2Processor):
     @staticmethod
     def load_image(image) -> Image.Image:
         """A PIL RGB image from a PIL image or a file path, with an error that names the file."""
-        source = "image"
         if isinstance(image, (str, os.PathLike)) and not str(image).startswith(("http://", "https://")):
             source = os.fspath(image)
             if not os.path.isfile(source):
                 raise ValueError(f"image file not found: {source}")
-            try:
-                with Image.open(source) as opened:
-                    opened.load()
-                    image = opened.copy()
-            except (UnidentifiedImageError, OSError, SyntaxError) as error:
-                raise ValueError(f"cannot read image file {source}: corrupt or truncated ({error})") from error
+            return read_image(source, source)
         if not isinstance(image, Image.Image):
             return image  # URLs and arrays go to Idefics2's own loading
-        if min(image.size) < MIN_IMAGE_SIDE:
-            raise ValueError(
-                f"{source} is {image.size[0]}x{image.size[1]} pixels; images need at least "
-                f"{MIN_IMAGE_SIDE} pixels per side"
-            )
-        if image.mode != "RGB":
-            image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+        return checked_rgb(image, "image")
+
+
+# --------------------------------------------------------------------- image files
+# Shared by training, evaluation and ``classify`` so that every entry point accepts and refuses the same images.
+MIN_IMAGE_SIDE = 2
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_image(file, source: str) -> Image.Image:
+    """Decode an image file (a path or a binary file object) into a checked RGB image.
+
+    Raises:
+        ValueError: naming ``source`` when the file is not an image, is truncated, is too small, or
+            has more pixels than PIL agrees to decode (``PIL.Image.MAX_IMAGE_PIXELS``; PIL raises
+            ``DecompressionBombError``, which is not an ``OSError``).
+    """
+    try:
+        with Image.open(file) as opened:
+            opened.load()
+            image = opened.copy()
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{source} has too many pixels to decode safely ({error}); raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, struct.error) as error:
+        raise ValueError(f"cannot read image file {source}: corrupt or truncated ({error})") from error
+    return checked_rgb(image, source)
+
+
+def check_image_size(size: tuple[int, int], source: str) -> None:
+    """Refuse an image smaller than ``MIN_IMAGE_SIDE`` pixels per side (the image processor cannot resize it)."""
+    if min(size) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{source} is {size[0]}x{size[1]} pixels; images need at least {MIN_IMAGE_SIDE} pixels per side")
+
+
+def checked_rgb(image: Image.Image, source: str) -> Image.Image:
+    """``image`` in RGB after the size check; 16- and 32-bit greyscale are scaled, not clipped, to 8 bits."""
+    check_image_size(image.size, source)
+    if image.mode == "RGB":
         return image
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        return _wide_greyscale_to_rgb(image)
+    if image.mode == "P":
+        return image.convert("RGBA").convert("RGB")  # a transparent palette entry must not pick a random colour
+    return image.convert("RGB")
 
 
-__all__ = ["FinedeficsProcessor"]
+def _wide_greyscale_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit (PNG ``I;16``) or 32-bit greyscale to 8 bits; PIL's own ``convert`` clips every value above 255.
+
+    ``I;16`` values span 0-65535. ``I`` and ``F`` images carry no range: values up to 255 are taken as
+    8-bit, larger ones as 16-bit (what a 16-bit PNG holds after ``convert("I")``).
+    """
+    import numpy as np
+
+    values = np.asarray(image.convert("F") if image.mode != "F" else image, dtype=np.float64)
+    sixteen_bit = image.mode in _SIXTEEN_BIT_MODES or values.max(initial=0) > 255
+    scaled = values / 257.0 if sixteen_bit else values
+    grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+__all__ = ["FinedeficsProcessor", "MIN_IMAGE_SIDE", "check_image_size", "checked_rgb", "read_image"]

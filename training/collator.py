@@ -25,6 +25,7 @@ tensors into it, so the trainer embeds them all in a single decoder pass.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from finedefics_eval.prompts import (
     DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_answer, multiple_choice_prompt,
     multiple_choice_query, open_set_question,
 )
+
+from modeling_finedefics.processing_finedefics import read_image
 
 from .data.kinds import DESCRIPTION, row_kind
 
@@ -199,9 +202,22 @@ def _check_example(example: dict, row: int, processor) -> None:
         if example.get("question") and example.get("answer"):
             return  # a text-only instruction row (e.g. category knowledge)
         raise ValueError(f"{where} ({category}): field 'image' is missing")
-    if isinstance(example["image"], str):
-        # A path: open it now (with the processor's loader) so a bad file is reported with its row.
+    if isinstance(example["image"], (str, dict)):
+        # A path, or a dataset's undecoded image: open it now (with the processor's loader) so that a bad file
+        # is reported with its name and row.
         try:
-            example["image"] = processor.load_image(example["image"])
+            example["image"] = _open_image(example["image"], processor)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from error
+
+
+def _open_image(image: str | dict, processor):
+    """A file path, or a ``datasets`` image cell ``{"bytes", "path"}`` (see ``load_training_dataset``), as RGB."""
+    if isinstance(image, str):
+        return processor.load_image(image)
+    data, path = image.get("bytes"), image.get("path")
+    if data is None:
+        if not path:
+            raise ValueError("field 'image' holds neither bytes nor a path")
+        return processor.load_image(path)
+    return read_image(io.BytesIO(data), f"{path or 'image'} (as stored in the dataset)")

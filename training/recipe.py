@@ -227,6 +227,17 @@ def load_training_dataset(data_args: DataArguments):
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     if "example_id" not in dataset.column_names:
         dataset = dataset.add_column("example_id", list(range(len(dataset))))
+    return _undecoded_images(dataset)
+
+
+def _undecoded_images(dataset):
+    """Leave images undecoded: the collator opens them, so a corrupt or truncated file stops training with an
+    error naming it and its row rather than a traceback from inside the data loader."""
+    import datasets
+
+    feature = getattr(dataset, "features", None) or {}
+    if isinstance(feature.get("image"), datasets.Image) and feature["image"].decode:
+        return dataset.cast_column("image", datasets.Image(decode=False))
     return dataset
 
 

@@ -31,6 +31,7 @@ from .schema import (
     RecordError,
     Records,
     check_error_mode,
+    check_image_bytes,
     check_image_file,
     handle_bad_row,
     read_text,
@@ -303,8 +304,6 @@ def _category_of(label, id_to_name: dict, source: str, row: int, label_column: s
 
 
 def _check_dataset_image(value, source: str, row: int, column: str) -> None:
-    from PIL import Image, UnidentifiedImageError
-
     if value is None:
         raise RecordError(source, row, column, "image is missing")
     if isinstance(value, str):
@@ -316,12 +315,7 @@ def _check_dataset_image(value, source: str, row: int, column: str) -> None:
             raise RecordError(source, row, column, "image is missing")
         check_image_file(path, source, row, column)
         return
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise RecordError(source, row, column, f"cannot decode image {path or ''} ({error})") from None
+    check_image_bytes(io.BytesIO(data), path or "(embedded image)", source, row, column)
 
 
 def _resolve_descriptions(descriptions, categories: list[str], kept: list[int], total: int, source: str,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,17 +287,34 @@ def read_text(path: str | Path) -> str:
 
 
 def check_image_file(path: str | Path, source, row, field_name: str = "image") -> Path:
-    """Open and verify an image file; a missing or unreadable one raises naming source, row and field."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Open and verify an image file; a missing, unreadable, too small or too large one raises naming source, row
+    and field (the same images the processor refuses: see ``check_image_bytes``)."""
     path = Path(path)
     if not path.is_file():
         raise RecordError(source, row, field_name, f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            # Decode for real (a truncated file passes a header check); JPEGs decode at 1/8 scale, cheaply.
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise RecordError(source, row, field_name, f"cannot read image file {path} ({error})") from None
+    with open(path, "rb") as handle:
+        check_image_bytes(handle, str(path), source, row, field_name)
     return path
+
+
+def check_image_bytes(file, name: str, source, row, field_name: str = "image") -> None:
+    """Decode an image (a binary file object) cheaply and check it as ``FinedeficsProcessor.load_image`` would."""
+    from PIL import Image, UnidentifiedImageError
+
+    from modeling_finedefics.processing_finedefics import MIN_IMAGE_SIDE, check_image_size
+
+    try:
+        with Image.open(file) as image:
+            size = image.size  # before draft(), which shrinks it
+            if min(size) >= MIN_IMAGE_SIDE:
+                # Decode for real (a truncated file passes a header check); JPEGs decode at 1/8 scale, cheaply.
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except Image.DecompressionBombError as error:
+        raise RecordError(source, row, field_name, f"image {name} has too many pixels to decode safely ({error})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as error:
+        raise RecordError(source, row, field_name, f"cannot read image file {name} ({error})") from None
+    try:
+        check_image_size(size, name)
+    except ValueError as error:
+        raise RecordError(source, row, field_name, str(error)) from None
