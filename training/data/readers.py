@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from finedefics_eval.foci import normalize_name
+
 from .kinds import derive_recognition, known_category_index, row_kind
 from .negatives import mine_by_attributes, negative_descriptions
 from .schema import (
@@ -97,6 +99,7 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
             continue
         try:
             record = _reference_record(row, where_row, path, image_root, check_images, report)
+            _check_negative_separators(record, known, path, where_row, report)
             _derive_category(record, known, path, where_row, report)
             validate_record(record, str(path), where_row, require_category=require_category)
         except RecordError as error:
@@ -116,10 +119,24 @@ def _numbered_csv_rows(path: Path) -> list[tuple[int, str, dict]]:
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     _check_reference_columns(path, reader.fieldnames or [])
     rows, last_line = [], reader.line_num  # the header's last line
-    for number, row in enumerate(reader, start=1):
-        rows.append((number, f"{number} (line {last_line + 1})", row))
+    rows_read = iter(reader)
+    while True:
+        number, where_row = len(rows) + 1, f"{len(rows) + 1} (line {last_line + 1})"
+        try:
+            row = next(rows_read)
+        except StopIteration:
+            return rows
+        except csv.Error as error:
+            raise RecordError(path, where_row, None, _csv_problem(error)) from None
+        rows.append((number, where_row, row))
         last_line = reader.line_num
-    return rows
+
+
+def _csv_problem(error: csv.Error) -> str:
+    if "field larger than field limit" in str(error):
+        return (f"a cell is longer than {csv.field_size_limit()} characters, the most a CSV cell may hold here; "
+                "an unclosed quote (\") makes the rest of the file one cell")
+    return f"is not valid CSV ({error})"
 
 
 def _derive_category(record: dict, known: dict[str, str], path: Path, where_row: str, report: ReadReport) -> None:
@@ -141,6 +158,11 @@ def _derive_category(record: dict, known: dict[str, str], path: Path, where_row:
 
 
 def _check_reference_columns(path: Path, header: list[str]) -> None:
+    repeated = [c for c in dict.fromkeys(header) if header.count(c) > 1]
+    if repeated:
+        # csv.DictReader would keep only the last column of a name, silently dropping the others' cells.
+        raise RecordError(path, None, repeated[0], f"column appears more than once in the header ({header.count(repeated[0])} "
+                          "times); rename or remove the copies")
     missing = [c for c in REFERENCE_REQUIRED_COLUMNS if c not in header]
     if "image_path" not in header and not {"image_path_1", "image_path_2"} <= set(header):
         missing.append("image_path")
@@ -191,6 +213,34 @@ def _split_negatives(cell: str, report: ReadReport) -> list[str]:
         parts = parts[:-1]  # "a\t\nb\t\n": a trailing separator is not an extra (empty) negative
         report.note("cells ending with a negative separator (trailing separator ignored)")
     return [p.strip() if p.strip() else p for p in parts]
+
+
+_LINE_BREAK_OR_TAB = re.compile(r"[\t\r\n]")
+_LIST_PUNCTUATION = re.compile(r"\s*[,;]\s*")
+NEGATIVES_WITH_LIST_PUNCTUATION = ("negatives holding ',' or ';' that are not known category names (each kept as one "
+                                   "name; several negatives in a cell are separated by a tab and a newline)")
+
+
+def _check_negative_separators(record: dict, known: dict[str, str], path: Path, where_row: str,
+                               report: ReadReport) -> None:
+    """Refuse negatives joined by another separator than the reference's tab + newline: they would be read as
+    ONE merged negative. A tab or a line break left inside a negative is never part of a name or a
+    description; ", " or ";" is refused where the merged name is no known category and its pieces all are (a
+    known name may hold a comma), and counted in the report where that cannot be told."""
+    for key, field_name in (("neg_categories", "neg_category"), ("neg_attributes", "neg_attribute")):
+        for index, negative in enumerate(record[key], start=1):
+            if _LINE_BREAK_OR_TAB.search(negative.strip()):
+                raise RecordError(path, where_row, field_name, f"negative {index} {negative!r} holds a tab or a line break "
+                                  "on its own; several negatives in one cell are separated by a tab and a newline")
+    for index, name in enumerate(record["neg_categories"], start=1):
+        if normalize_name(name) in known or not _LIST_PUNCTUATION.search(name):
+            continue
+        pieces = [piece for piece in _LIST_PUNCTUATION.split(name.strip()) if piece]
+        if len(pieces) > 1 and all(normalize_name(piece) in known for piece in pieces):
+            raise RecordError(path, where_row, "neg_category", f"negative {index} {name!r} is no known category but lists "
+                              f"the known categories {pieces}; several negatives in one cell are separated by a tab "
+                              "and a newline, not by ',' or ';'")
+        report.note(NEGATIVES_WITH_LIST_PUNCTUATION)
 
 
 def _assign_labels(records: list[dict]) -> None:
