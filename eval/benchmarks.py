@@ -140,7 +140,8 @@ class Benchmark:
 # ----------------------------------------------------------------------------- entry point
 def load_benchmark(spec: str, image_root: str | Path | None = None, split: str = "test",
                    negatives: Negatives | None = None, limit: int | None = None, noun: ObjectNoun | None = None,
-                   train_data: str | Path | None = None, **kwargs) -> Benchmark:
+                   train_data: str | Path | None = None, allow_images_outside_root: bool = False,
+                   **kwargs) -> Benchmark:
     """Load a benchmark from ``spec``:
 
     - a FOCI dataset name (``bird-200``, ``car-196``, ...; ``foci:`` prefix allowed): the shipped option
@@ -153,19 +154,22 @@ def load_benchmark(spec: str, image_root: str | Path | None = None, split: str =
 
     ``limit`` keeps the first examples only (a quick look, not a result). ``noun`` names the objects
     in the questions (FOCI's datasets keep FOCI's). ``train_data`` (a data folder) says which categories
-    are rare where the benchmark does not (:func:`rare_categories_from_training`). Other keyword
-    arguments go to the specific loader.
+    are rare where the benchmark does not (:func:`rare_categories_from_training`). An option file's image
+    paths must stay inside ``image_root`` unless ``allow_images_outside_root``. Other keyword arguments go
+    to the specific loader.
     """
     name = spec.removeprefix("foci:")
     path = Path(spec)
     if name in FOCI_DATASETS:
         if noun is not None:
             logger.info("%s keeps FOCI's question (%r), whatever the noun", name, FOCI_DATASETS[name].plural)
-        benchmark = load_foci_benchmark(name, _required_root(image_root, name), **kwargs)
+        benchmark = load_foci_benchmark(name, _required_root(image_root, name),
+                                        allow_images_outside_root=allow_images_outside_root, **kwargs)
     elif spec.startswith("foci:"):
         raise ValueError(f"unknown FOCI dataset {name!r}; choose one of {', '.join(FOCI_DATASETS)}")
     elif path.suffix == ".json":
-        benchmark = load_option_file_benchmark(path, image_root, noun=noun, **kwargs)
+        benchmark = load_option_file_benchmark(path, image_root, noun=noun,
+                                               allow_images_outside_root=allow_images_outside_root, **kwargs)
     elif path.is_dir() and (path / "categories.json").is_file():
         benchmark = load_synthetic_benchmark(path, split=split, negatives=negatives, noun=noun)
     elif path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
@@ -211,27 +215,30 @@ def _limited(benchmark: Benchmark, limit: int | None) -> Benchmark:
 
 
 # ----------------------------------------------------------------------------- FOCI
-def load_foci_benchmark(name: str, image_root: str | Path, max_per_label: int | None = None) -> Benchmark:
+def load_foci_benchmark(name: str, image_root: str | Path, max_per_label: int | None = None,
+                        allow_images_outside_root: bool = False) -> Benchmark:
     """One of FOCI's six datasets: the shipped option file, images under ``image_root``.
 
     ``max_per_label`` keeps the first examples of each label, as FOCI's ``--max_examples`` does.
     """
     dataset = FOCI_DATASETS[name]
     benchmark = load_option_file_benchmark(foci_option_path(name), image_root, max_per_label=max_per_label,
-                                           noun=dataset.noun)
+                                           noun=dataset.noun, allow_images_outside_root=allow_images_outside_root)
     benchmark.name, benchmark.source = name, f"FOCI option file {foci_option_path(name).name}"
     benchmark.display_name, benchmark.dataset_type = dataset.display_name, dataset.dataset_type
     return benchmark
 
 
 def load_option_file_benchmark(path: str | Path, image_root: str | Path | None = None,
-                               max_per_label: int | None = None, noun: ObjectNoun | None = None) -> Benchmark:
+                               max_per_label: int | None = None, noun: ObjectNoun | None = None,
+                               allow_images_outside_root: bool = False) -> Benchmark:
     """Any option file in FOCI's format; the categories are its ground-truth labels and options.
 
-    It says nothing about rare categories: pass the training data to :func:`load_benchmark`.
+    It says nothing about rare categories: pass the training data to :func:`load_benchmark`. Its image
+    paths must stay inside the image root unless ``allow_images_outside_root``.
     """
     path = Path(path)
-    examples = load_option_file(path)
+    examples = load_option_file(path, allow_images_outside_root=allow_images_outside_root)
     if max_per_label is not None:
         examples = _first_per_label(examples, max_per_label)
     categories = _ordered_unique(label for e in examples for label in [e.groundtruth, *e.options])

@@ -16,11 +16,12 @@ deliberate change: FOCI shuffles with an unseeded RNG, here the order is a funct
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .prompts import CHOICE_LETTERS, ObjectNoun, multiple_choice_prompt, multiple_choice_query
 
@@ -82,17 +83,20 @@ def foci_query(name_or_noun: str) -> str:
     return multiple_choice_query(dataset.noun if dataset else ObjectNoun(name_or_noun, name_or_noun))
 
 
-def load_option_file(path: str | Path, num_options: int = len(CHOICE_LETTERS)) -> list[OptionExample]:
+def load_option_file(path: str | Path, num_options: int = len(CHOICE_LETTERS),
+                     allow_images_outside_root: bool = False) -> list[OptionExample]:
     """Read a FOCI option file (``{label: [{"image", "options", "groundtruth"}, ...]}``), checked.
 
     Examples keep the file's order; ``example_id`` is the position in that order (FOCI's dog-120
-    lists one image twice with different options, so the image path alone is not an id).
+    lists one image twice with different options, so the image path alone is not an id). Image
+    paths are relative to an image root and must stay inside it (see :func:`escapes_image_root`)
+    unless ``allow_images_outside_root``.
 
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: naming the file, label, example and field, when the JSON is not FOCI's layout,
-            the ground truth is not among the options, the options are duplicated, or their number
-            is not ``num_options``.
+            the ground truth is not among the options, the options are duplicated, their number
+            is not ``num_options``, or an image path leaves the image root.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,8 +112,10 @@ def load_option_file(path: str | Path, num_options: int = len(CHOICE_LETTERS)) -
         if not isinstance(rows, list):
             raise ValueError(f"{path}: label {label!r} must map to a list of examples")
         for index, row in enumerate(rows):
-            examples.append(_checked_option_row(row, f"{path}: label {label!r}, example {index}",
-                                                str(len(examples)), num_options))
+            where = f"{path}: label {label!r}, example {index}"
+            examples.append(_checked_option_row(row, where, str(len(examples)), num_options))
+            if not allow_images_outside_root and escapes_image_root(row["image"]):
+                raise ValueError(f"{where}: field 'image' {row['image']!r} {OUTSIDE_ROOT_PROBLEM}")
     if not examples:
         raise ValueError(f"{path} holds no examples")
     return examples
@@ -128,6 +134,19 @@ def _checked_option_row(row, where: str, example_id: str, num_options: int) -> O
     # FOCI's runner reads the ground truth from options[0]; put it there whatever the file's order.
     ordered = [truth] + [option for option in options if option != truth]
     return OptionExample(example_id=example_id, image=image, groundtruth=truth, options=ordered)
+
+
+OUTSIDE_ROOT_PROBLEM = ("points outside the image root (an absolute path, or '..' climbing out of it); pass "
+                        "--allow-images-outside-root (allow_images_outside_root=True) if the file is trusted")
+
+
+def escapes_image_root(relative: str) -> bool:
+    """Whether an image path given relative to an image root leaves it: an absolute path, or one whose ``..``
+    climb out. Judged on the text alone, so links inside the root (a common way to assemble a dataset) stay
+    allowed."""
+    if os.path.isabs(relative) or PurePath(relative).drive:
+        return True
+    return PurePath(os.path.normpath(relative)).parts[:1] == ("..",)
 
 
 def check_options(options, truth, where: str, num_options: int = len(CHOICE_LETTERS)) -> None:
@@ -285,7 +304,7 @@ def read_prediction_file(path: str | Path) -> PredictionFile:
 
 __all__ = [
     "CHOICE_LETTERS", "FOCI_DATASETS", "FociDataset", "OptionExample", "PredictionFile",
-    "check_options", "clean_answer", "foci_metrics", "foci_option_path", "foci_prompt", "foci_query",
+    "check_options", "clean_answer", "escapes_image_root", "foci_metrics", "foci_option_path", "foci_prompt", "foci_query",
     "is_failure", "load_option_file", "names_match", "normalize_name", "parse_letter", "prediction_record",
     "read_prediction_file", "shuffled_options", "write_prediction_file",
 ]

@@ -145,6 +145,7 @@ def test_a_decompression_bomb_is_a_counted_skip_in_data_csv(tmp_path, image_root
 @pytest.mark.parametrize("escaping", ["../outside.png", "sub/../../outside.png", "ABSOLUTE"])
 def test_a_csv_image_path_outside_the_image_root_is_refused_unless_allowed(tmp_path, image_root, capsys, escaping):
     Image.new("RGB", (16, 16), "red").save(tmp_path / "outside.png")
+    (image_root / "sub").mkdir()
     escaping = str(tmp_path / "outside.png") if escaping == "ABSOLUTE" else escaping
     bad = write_csv(tmp_path / "escape.csv", [csv_row(image_path=escaping)])
     code, _, err = data_csv(capsys, bad, image_root)
@@ -228,7 +229,7 @@ def test_an_option_file_image_outside_the_image_root_is_refused_unless_allowed(o
     label = next(iter(data))
     data[label][0]["image"] = escaping
     option_benchmark.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"options\.json: label '{label}', example 0, field 'image'.*outside the image root"):
+    with pytest.raises(ValueError, match=rf"options\.json: label '{label}', example 0: field 'image'.*outside the image root"):
         load_benchmark(str(option_benchmark))
     benchmark = load_benchmark(str(option_benchmark), allow_images_outside_root=True)
     assert benchmark.load_image(benchmark.examples[0]).size == (16, 16)

@@ -111,6 +111,9 @@ def _register_csv(commands) -> None:
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of stopping at the first")
     parser.add_argument("--keep-multi-image", action="store_true", help="keep two-image rows (skipped and counted by default)")
     parser.add_argument("--no-check-images", action="store_true", help="do not open every image while reading")
+    parser.add_argument("--allow-images-outside-root", action="store_true",
+                        help="read image paths that leave --image-root (absolute, or climbing out with '..'); "
+                             "refused by default")
     parser.set_defaults(func=run_csv)
 
 
@@ -122,7 +125,8 @@ def run_csv(args) -> int:
     records = read_reference_csv(args.csv, args.image_root, errors="skip" if args.skip_bad_rows else "raise",
                                  multi_image="keep" if args.keep_multi_image else "skip",
                                  check_images=not args.no_check_images, require_category=False,
-                                 known_categories=_known_categories(args.categories))
+                                 known_categories=_known_categories(args.categories),
+                                 allow_images_outside_root=args.allow_images_outside_root)
     print(records.report.summary())
     if not records:
         raise ValueError(f"{args.csv}: none of its {records.report.rows_read} rows was kept (see the summary "

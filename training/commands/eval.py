@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", required=True, help="folder for report.json, report.md, predictions, plots")
     parser.add_argument("--image-root", default=None,
                         help="image folder of a FOCI dataset (with several datasets: DIR/<dataset> where it exists)")
+    parser.add_argument("--allow-images-outside-root", action="store_true",
+                        help="read option-file image paths that leave the image root (absolute, or climbing out "
+                             "with '..'); refused by default")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     add_noun_arguments(parser, "default: the checkpoint's config.object_noun, else the benchmark data's, else "
                                "'object'; FOCI's datasets always keep FOCI's question")
@@ -108,7 +111,8 @@ def _model_reports(args) -> dict:
     # Benchmarks first: bad input fails before minutes of model loading (unless mining needs the model).
     benchmarks = [load_benchmark(spec, image_root=_image_root(args.image_root, spec, several), split=args.split,
                                  limit=args.limit, negatives=_negatives(args.negatives, loaded), noun=noun,
-                                 train_data=args.train_data, **extra)
+                                 train_data=args.train_data,
+                                 allow_images_outside_root=args.allow_images_outside_root, **extra)
                   for spec in args.benchmark]
     model, processor = loaded.get()
     reports = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from finedefics_eval.foci import normalize_name
+from finedefics_eval.foci import OUTSIDE_ROOT_PROBLEM, escapes_image_root, normalize_name
 
 from .kinds import derive_recognition, known_category_index, row_kind
 from .negatives import mine_by_attributes, negative_descriptions
@@ -50,7 +50,7 @@ _SEPARATOR = re.compile(r"\t\r?\n")  # the reference's "\t\n", also when the fil
 
 def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "raise", multi_image: str = "skip",
                        check_images: bool = True, require_category: bool = True,
-                       known_categories: Iterable[str] = ()) -> Records:
+                       known_categories: Iterable[str] = (), allow_images_outside_root: bool = False) -> Records:
     """Read a reference-implementation training CSV (stage I's pretrain.csv or stage II's finetune.csv).
 
     Columns: ``question``, ``answer``, ``type``, ``image_path`` (or ``image_path_1`` / ``image_path_2``
@@ -75,6 +75,8 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
             (the contrastive terms of stage I need one); False keeps instruction rows without one.
         known_categories: category names besides the file's own ``category`` cells (e.g. those of
             pretrain.csv) that an answer may name.
+        allow_images_outside_root: read image paths that leave ``image_root`` (absolute, or climbing
+            out with ``..``); such a row is a bad row otherwise.
 
     Returns:
         :class:`~.schema.Records` (a list of records) whose ``.report`` counts what was read,
@@ -98,7 +100,8 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
             report.skip(number, "two-image row (multi_image='skip')")
             continue
         try:
-            record = _reference_record(row, where_row, path, image_root, check_images, report)
+            record = _reference_record(row, where_row, path, image_root, check_images, report,
+                                       allow_images_outside_root)
             _check_negative_separators(record, known, path, where_row, report)
             _derive_category(record, known, path, where_row, report)
             validate_record(record, str(path), where_row, require_category=require_category)
@@ -170,7 +173,8 @@ def _check_reference_columns(path: Path, header: list[str]) -> None:
         raise RecordError(path, None, missing[0], f"column is missing (the file has columns {header})")
 
 
-def _reference_record(row: dict, where_row: str, path: Path, image_root: Path, check_images: bool, report: ReadReport) -> dict:
+def _reference_record(row: dict, where_row: str, path: Path, image_root: Path, check_images: bool, report: ReadReport,
+                      allow_images_outside_root: bool = False) -> dict:
     if None in row:
         raise RecordError(path, where_row, None, f"has more cells than the header ({len(row) - 1 + len(row[None])})")
     short = [k for k, v in row.items() if v is None]
@@ -180,7 +184,7 @@ def _reference_record(row: dict, where_row: str, path: Path, image_root: Path, c
     # reports it as an empty description or name instead of it passing as "absent".
     # Negative cells keep their separators until they are split.
     cell = {k: v if k in ("neg_category", "neg_attribute") else (v.strip() or v) for k, v in row.items()}
-    images = _reference_images(cell, where_row, path, image_root, check_images)
+    images = _reference_images(cell, where_row, path, image_root, check_images, allow_images_outside_root)
     neg_categories = _split_negatives(cell["neg_category"], report)
     neg_attributes = _split_negatives(cell["neg_attribute"], report)
     return {
@@ -191,7 +195,8 @@ def _reference_record(row: dict, where_row: str, path: Path, image_root: Path, c
     }
 
 
-def _reference_images(cell: dict, where_row: str, path: Path, image_root: Path, check_images: bool) -> list[Path]:
+def _reference_images(cell: dict, where_row: str, path: Path, image_root: Path, check_images: bool,
+                      allow_images_outside_root: bool = False) -> list[Path]:
     fields = ("image_path_1", "image_path_2") if cell["type"] == MULTI_IMAGE_TYPE else ("image_path",)
     images = []
     for field_name in fields:
@@ -200,6 +205,8 @@ def _reference_images(cell: dict, where_row: str, path: Path, image_root: Path, 
             if cell.get("question") and cell.get("answer") and field_name == "image_path":
                 continue  # a text-only instruction row
             raise RecordError(path, where_row, field_name, "is empty; the row needs an image")
+        if not allow_images_outside_root and escapes_image_root(relative):
+            raise RecordError(path, where_row, field_name, f"{relative!r} {OUTSIDE_ROOT_PROBLEM}")
         image = image_root / relative
         images.append(check_image_file(image, path, where_row, field_name) if check_images else image)
     return images
