@@ -302,3 +302,18 @@ def test_a_synth_run_killed_midway_leaves_no_hidden_folder_after_the_next_run(tm
     assert main(["data", "synth", str(output), "--no-progress", "--num-genera", "2", "--species-per-genus", "2",
                  "--train-per-category", "2", "--rare-train-per-category", "1", "--test-per-category", "1"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
+
+
+def test_synth_keeps_the_hidden_folder_of_a_run_still_going(tmp_path):
+    from finedefics_training.data.synth import _StagingLock
+
+    live = tmp_path / ".synth-still-drawing"
+    live.mkdir()
+    lock = _StagingLock(live)  # held, as by a run in another process
+    try:
+        assert main(["data", "synth", str(tmp_path / "synth"), "--no-progress", "--num-genera", "2",
+                     "--species-per-genus", "2", "--train-per-category", "2", "--rare-train-per-category", "1",
+                     "--test-per-category", "1"]) == 0
+        assert live.is_dir() and (live / _StagingLock.FILE_NAME).is_file()
+    finally:
+        lock.release()

@@ -669,8 +669,9 @@ def generate_benchmark(output_dir: str | Path, config: SynthConfig = SynthConfig
                        overwrite: bool = False) -> Path:
     """Generate the synthetic benchmark folder (layout in the module docstring) and return its path.
 
-    The folder is built next to ``output_dir`` and moved into place at the end, so an interrupted
-    run never leaves a half-written benchmark.
+    The folder is built next to ``output_dir`` (a hidden ``.<name>-*`` folder) and moved into place at the
+    end, so an interrupted run never leaves a half-written benchmark; the hidden folder of a run that was
+    killed (which cannot clean up after itself) is removed by the next run for the same ``output_dir``.
 
     Raises:
         ValueError: ``output_dir`` exists and is not empty (pass ``overwrite=True`` to replace a
@@ -685,22 +686,81 @@ def generate_benchmark(output_dir: str | Path, config: SynthConfig = SynthConfig
     neg_descriptions = negative_descriptions(negatives, {c["name"]: c["description"] for c in categories})
     total = sum(sum(_split_counts(c, config).values()) for c in categories)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    _remove_abandoned_staging(output_dir)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(output_dir), dir=output_dir.parent))
+    lock = _StagingLock(staging)
     try:
         seen_pixels: set = set()
         with tqdm(total=total, desc="drawing birds", unit="img", disable=not progress) as bar:
             splits = {split: _write_split(staging, split, categories, config, negatives, neg_descriptions, seen_pixels, bar)
                       for split in written_splits(config)}
         _write_extras(staging, categories, negatives, splits, config)
+        lock.release()  # its file must not travel into the benchmark
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
     except BaseException:
+        lock.release()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("synthetic benchmark: %d categories, %s images in %s", len(categories),
                 " / ".join(f"{len(rows)} {split}" for split, rows in splits.items()), output_dir)
     return output_dir
+
+
+def _staging_prefix(output_dir: Path) -> str:
+    return f".{output_dir.name}-"
+
+
+class _StagingLock:
+    """An exclusive lock held on a file inside a staging folder while its run is alive.
+
+    The operating system drops the lock when the process dies, even when it is killed (SIGKILL, OOM), so a
+    staging folder whose lock can be taken belongs to no running process (:func:`_remove_abandoned_staging`).
+    Without ``fcntl`` (Windows) nothing is locked and abandoned folders are left alone.
+    """
+
+    FILE_NAME = ".finedefics-staging.lock"
+
+    def __init__(self, staging: Path):
+        self.path = staging / self.FILE_NAME
+        self.handle = open(self.path, "w")
+        if _flock(self.handle, blocking=True) is None:
+            self.release()  # no locking here: a lock file nobody holds would let another run delete this folder
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()  # closing drops the lock
+            self.handle = None
+
+
+def _flock(handle, blocking: bool) -> bool | None:
+    """Take an exclusive lock on ``handle``: True when taken, False when another process holds it, None
+    where the platform has no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _remove_abandoned_staging(output_dir: Path) -> None:
+    """Delete the staging folders of earlier runs for ``output_dir`` that were killed mid-way (their lock is
+    free); a folder of a run still going holds its lock and is kept."""
+    for folder in output_dir.parent.iterdir():
+        lock_path = folder / _StagingLock.FILE_NAME
+        if not (folder.name.startswith(_staging_prefix(output_dir)) and lock_path.is_file()):
+            continue
+        with open(lock_path, "a") as handle:
+            if not _flock(handle, blocking=False):
+                continue
+        logger.info("removing %s, left behind by a run that was killed mid-way", folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def written_splits(config: SynthConfig) -> tuple[str, ...]:
