@@ -32,7 +32,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .foci import CHOICE_LETTERS, FOCI_DATASETS, OptionExample, check_options, foci_option_path, load_option_file
+from .foci import (
+    CHOICE_LETTERS, FOCI_DATASETS, OUTSIDE_ROOT_PROBLEM, OptionExample, check_options, escapes_image_root,
+    foci_option_path, load_option_file,
+)
 from .prompts import DEFAULT_NOUN, ObjectNoun, multiple_choice_query, open_set_question
 
 logger = logging.getLogger(__name__)
@@ -175,7 +178,8 @@ def load_benchmark(spec: str, image_root: str | Path | None = None, split: str =
     elif path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         benchmark = load_datasets_benchmark(str(path), split=split, negatives=negatives, noun=noun, **kwargs)
     elif path.is_dir():
-        benchmark = load_imagefolder_benchmark(path, split=split, negatives=negatives, noun=noun, **kwargs)
+        benchmark = load_imagefolder_benchmark(path, split=split, negatives=negatives, noun=noun,
+                                               allow_images_outside_root=allow_images_outside_root, **kwargs)
     elif path.exists() or spec.startswith((".", "/")):
         raise FileNotFoundError(f"benchmark not found or not a folder: {spec}")
     else:
@@ -311,14 +315,15 @@ def _option_image_root(folder: Path, split: str, examples: list[OptionExample]) 
 # ----------------------------------------------------------------------------- imagefolder
 def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_column: str | None = None,
                                negatives: Negatives | None = None, noun: ObjectNoun | None = None,
-                               rare_column: str = "is_rare") -> Benchmark:
+                               rare_column: str = "is_rare", allow_images_outside_root: bool = False) -> Benchmark:
     """An imagefolder: ``<split>/metadata.jsonl`` (``file_name`` + a label column) or ``<split>/<class>/<image>``.
 
     Without a ``<split>`` folder the folder itself is the split. Options are the rows'
     ``neg_categories`` where present, else the hard negatives of ``negatives`` (default:
     :func:`hard_negatives_by_name` unless the rows carry ``attributes``). Categories marked in
     ``rare_column`` are reported as rare; where no row says, a ``train`` split beside the evaluated
-    one does (:func:`rare_categories_from_training`).
+    one does (:func:`rare_categories_from_training`). ``metadata.jsonl``'s image paths must stay inside the
+    split folder unless ``allow_images_outside_root``.
     """
     folder = Path(folder)
     split_dir = folder / split if (folder / split).is_dir() else folder
@@ -330,7 +335,8 @@ def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_co
         rows = _rows_from_class_folders(split_dir)
         label_column = "category"
     categories = _ordered_unique(str(row.get(label_column, "")) for row in rows)
-    examples, options_source = _examples_from_rows(rows, metadata, label_column, categories, negatives)
+    examples, options_source = _examples_from_rows(rows, metadata, label_column, categories, negatives,
+                                                   allow_images_outside_root)
     rare = _rare_from_rows(rows, label_column, rare_column)
     if rare is None and split != "train" and (folder / "train").is_dir():
         rare = rare_categories_from_training(folder, categories)
@@ -367,7 +373,8 @@ def _rows_from_class_folders(split_dir: Path) -> list[dict]:
 
 
 def _examples_from_rows(rows: list[dict], where: Path, label_column: str, categories: list[str],
-                        negatives: Negatives | None) -> tuple[list[OptionExample], str]:
+                        negatives: Negatives | None,
+                        allow_images_outside_root: bool = False) -> tuple[list[OptionExample], str]:
     """Multiple-choice examples from dataset rows: own ``neg_categories`` first, then mined negatives.
 
     Returns the examples and a description of where their wrong options came from.
@@ -383,6 +390,8 @@ def _examples_from_rows(rows: list[dict], where: Path, label_column: str, catego
         image = row.get("file_name") or row.get("image")
         if not isinstance(image, str) or not image:
             raise ValueError(f"{place}: field 'file_name' must name the image file, got {image!r}")
+        if not allow_images_outside_root and escapes_image_root(image):
+            raise ValueError(f"{place}: field 'file_name' {image!r} {OUTSIDE_ROOT_PROBLEM}")
         distractors = _distractors(_row_negatives(row, label), mined.get(label, ()), label)
         if len(distractors) < NUM_OPTIONS - 1:
             raise ValueError(f"{place}: only {len(distractors)} wrong options for {label!r}; need "

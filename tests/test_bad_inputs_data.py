@@ -235,6 +235,22 @@ def test_an_option_file_image_outside_the_image_root_is_refused_unless_allowed(o
     assert benchmark.load_image(benchmark.examples[0]).size == (16, 16)
 
 
+def test_an_imagefolder_metadata_image_outside_its_folder_is_refused_unless_allowed(tmp_path):
+    from finedefics_eval import load_benchmark
+
+    split = tmp_path / "folder" / "test"
+    split.mkdir(parents=True)
+    names = ["Corvel Tit", "Mirel Finch", "Tarrow Tit", "Velmoran Thistlewing"]
+    rows = [{"file_name": f"{i}.png", "category": name} for i, name in enumerate(names)]
+    rows[2]["file_name"] = "../../outside.png"
+    for row in rows:
+        Image.new("RGB", (16, 16), "red").save(split / row["file_name"])
+    (split / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"metadata\.jsonl: row 2: field 'file_name'.*outside the image root"):
+        load_benchmark(str(tmp_path / "folder"))
+    assert len(load_benchmark(str(tmp_path / "folder"), allow_images_outside_root=True)) == 4
+
+
 def test_eval_command_refuses_an_escaping_image_path_in_one_line(option_benchmark, micro_checkpoint, tmp_path, capsys):
     data = json.loads(option_benchmark.read_text(encoding="utf-8"))
     next(iter(data.values()))[0]["image"] = "../../secret.png"
