@@ -145,7 +145,7 @@ def _wide_greyscale_to_rgb(image: Image.Image) -> Image.Image:
     sixteen_bit = image.mode in _SIXTEEN_BIT_MODES or values.max(initial=0) > 255
     scaled = values / 257.0 if sixteen_bit else values
     grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-    return Image.fromarray(grey, mode="L").convert("RGB")
+    return Image.fromarray(grey).convert("RGB")  # uint8, two dimensions: mode L
 
 
 __all__ = ["FinedeficsProcessor", "MIN_IMAGE_SIDE", "check_image_size", "checked_rgb", "read_image"]
