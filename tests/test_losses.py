@@ -1,5 +1,7 @@
-"""The attribute contrastive losses against hand-computed values, awkward batches, and the cross-rank gather."""
+"""The attribute contrastive losses against hand-computed values, awkward batches, and the cross-rank gather;
+the trainer's LM loss against a plain cross-entropy, and the contrastive batch it indexes from a collated step."""
 
+import hashlib
 import math
 import os
 import socket
@@ -12,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import toy_rows
+from finedefics_training.collator import IGNORE_INDEX, FinedeficsDataCollator, stable_category_id
 from finedefics_training.losses import (
     TERMS,
     ContrastiveBatch,
@@ -20,6 +24,7 @@ from finedefics_training.losses import (
     category_category_loss,
     object_attribute_loss,
 )
+from finedefics_training.trainer import build_contrastive_batch, causal_lm_loss
 
 SCALE = 2.0
 
@@ -246,6 +251,77 @@ def test_bad_input_names_the_field(batch):
         FinedeficsContrastiveLoss()(batch, {"object_attribute": torch.tensor(SCALE)})
     with pytest.raises(ValueError, match="weights"):
         FinedeficsContrastiveLoss(weights=(0.5, 0.5))
+
+
+# ------------------------------------------------------------------ the trainer's LM loss
+def test_causal_lm_loss_is_the_cross_entropy_of_each_next_answer_token():
+    vocab = 7
+    logits = torch.randn(2, 6, vocab, generator=torch.Generator().manual_seed(0))
+    # Row 1's first label is real, but no position precedes it: it can never be a target.
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 5, 1, IGNORE_INDEX],
+                           [4, 2, 2, 6, IGNORE_INDEX, IGNORE_INDEX]])
+    logits[0, 1, 3] = 10.0  # position 1 predicts token 2's label: one sure hit
+    losses, hits = [], []
+    for row in range(2):
+        for t in range(1, labels.shape[1]):
+            if labels[row, t] == IGNORE_INDEX:
+                continue
+            scores = logits[row, t - 1].tolist()  # position t - 1 predicts token t
+            target = labels[row, t].item()
+            losses.append(math.log(sum(math.exp(x) for x in scores)) - scores[target])
+            hits.append(float(max(range(vocab), key=scores.__getitem__) == target))
+    loss, accuracy = causal_lm_loss(logits, labels)
+    assert len(losses) == 6
+    assert loss.item() == pytest.approx(_mean(losses), rel=1e-6)
+    assert accuracy.item() == pytest.approx(_mean(hits)) and 0 < accuracy.item() < 1
+
+
+def test_causal_lm_loss_without_answer_tokens_is_a_zero_with_a_gradient():
+    logits = torch.randn(2, 4, 5, requires_grad=True)
+    loss, accuracy = causal_lm_loss(logits, torch.full((2, 4), IGNORE_INDEX))
+    assert loss.item() == 0.0 and accuracy.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+# ------------------------------------------------------- the contrastive batch of a collated step
+def _text_vector(text, dim=8):
+    """A unit vector that depends on the text only: stands in for the model's embedding of that text."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
+    return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_contrastive_batch_takes_each_rows_own_description_name_and_negatives(tiny_processor):
+    """Collate stage I rows, embed each distinct text, index: every row gets the vectors of ITS texts."""
+    rows = toy_rows(6)  # rows 4 and 5 repeat the categories (and texts) of rows 0 and 1
+    rows[1]["attribute"] = None  # no description
+    rows[2]["neg_categories"], rows[2]["neg_attributes"] = rows[2]["neg_categories"][:1], rows[2]["neg_attributes"][:1]
+    rows[3]["neg_attributes"] = rows[3]["neg_attributes"][:1]  # a name without its description
+    collated = FinedeficsDataCollator(processor=tiny_processor, stage=1, num_negatives=2)(rows)
+    texts = tiny_processor.tokenizer.batch_decode(collated["contrastive_input_ids"], skip_special_tokens=True)
+    expected_texts = {text for row in rows for text in [row["category"], row["attribute"], *row["neg_categories"],
+                                                        *row["neg_attributes"]] if text}
+    assert sorted(texts) == sorted(expected_texts)  # each distinct text once, none dropped
+    image_embeds = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    built = build_contrastive_batch(image_embeds, torch.stack([_text_vector(t) for t in texts]), collated)
+
+    assert torch.equal(built.image_embeds, image_embeds)
+    assert built.attribute_mask.tolist() == [True, False, True, True, True, True]
+    assert built.neg_category_mask.tolist() == [[True, True], [True, True], [True, False], [True, True],
+                                                [True, True], [True, True]]
+    assert built.neg_attribute_mask.tolist() == [[True, True], [True, True], [True, False], [True, False],
+                                                 [True, True], [True, True]]
+    for i, row in enumerate(rows):
+        assert torch.equal(built.category_embeds[i], _text_vector(row["category"])), i
+        assert built.category_ids[i].item() == stable_category_id(row["category"])
+        if row["attribute"]:
+            assert torch.equal(built.attribute_embeds[i], _text_vector(row["attribute"])), i
+        for k, name in enumerate(row["neg_categories"]):
+            assert torch.equal(built.neg_category_embeds[i, k], _text_vector(name)), (i, k)
+            assert built.neg_category_ids[i, k].item() == stable_category_id(name)
+        for k, description in enumerate(row["neg_attributes"]):
+            assert torch.equal(built.neg_attribute_embeds[i, k], _text_vector(description)), (i, k)
+    assert built.neg_category_ids[2, 1].item() == -1  # padding has no category
 
 
 def _free_port():
