@@ -148,21 +148,54 @@ def test_generate_with_images_of_different_sizes_and_modes(micro_model, tiny_pro
     assert inputs["pixel_values"].shape[:3] == (5, 1, 3)
     generated = micro_model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert generated.shape[0] == 5 and generated.shape[1] > inputs["input_ids"].shape[1]
-    # Batched generation (left padding) answers each image as it would alone.
-    alone = micro_model.generate(**_image_inputs(tiny_processor, [rgb]), max_new_tokens=3, do_sample=False)
-    new_tokens = generated.shape[1] - inputs["input_ids"].shape[1]
-    assert torch.equal(generated[0, -new_tokens:], alone[0, -new_tokens:])
 
 
-def test_text_embeddings_are_padding_invariant_and_unit_norm(micro_model, tiny_processor):
-    texts = ["a bird", "a small bird with a red crown, a short conical beak and barred brown wings"]
+def test_batched_generation_with_left_padding_answers_each_image_as_alone(micro_model, tiny_processor):
+    images = [_random_image(4), _random_image(5, (31, 90)), _random_image(6, (120, 40))]
+    questions = ["What is the species of the bird in the image?",
+                 "Describe the attributes of the object in the image. The object has a red crown and barred wings.",
+                 "What is the species of the bird in the image? Answer with its name, and the name of its family."]
+    prompts = [_chat_prompt(tiny_processor, question) for question in questions]
+    batch = tiny_processor(images=[[image] for image in images], text=prompts, return_tensors="pt", padding=True,
+                           padding_side="left")
+    real_tokens = batch["attention_mask"].sum(dim=1)
+    assert real_tokens[0] < real_tokens[1] < real_tokens[2]  # rows 0 and 1 really are padded ...
+    assert (batch["attention_mask"][:2, 0] == 0).all()  # ... on the left
+    generated = micro_model.generate(**batch, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    prompt_length = batch["input_ids"].shape[1]
+    for row, (image, prompt) in enumerate(zip(images, prompts)):
+        alone = tiny_processor(images=[[image]], text=[prompt], return_tensors="pt")
+        expected = micro_model.generate(**alone, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+        assert torch.equal(generated[row, prompt_length:], expected[0, alone["input_ids"].shape[1]:]), row
+
+
+def _record_decoder_masks(model, monkeypatch):
+    """The attention masks of every decoder pass the embedding code makes."""
+    masks = []
+    pool = model._pool_summary
+
+    def recording(inputs_embeds, attention_mask):
+        masks.append(attention_mask.clone())
+        return pool(inputs_embeds, attention_mask)
+
+    monkeypatch.setattr(model, "_pool_summary", recording)
+    return masks
+
+
+def test_text_embeddings_are_padding_invariant_and_unit_norm(micro_model, tiny_processor, monkeypatch):
+    # Lengths close enough to share one decoder pass, so the shorter row is pooled from a padded batch.
+    texts = ["a small bird with a red crown", "a small bird with a red crown, a short conical beak"]
     right = tiny_processor.tokenize_texts(texts, padding_side="right")
     left = tiny_processor.tokenize_texts(texts, padding_side="left")
+    masks = _record_decoder_masks(micro_model, monkeypatch)
     with torch.no_grad():
         right_embeds = micro_model.get_text_embeddings(right["input_ids"], right["attention_mask"])
         left_embeds = micro_model.get_text_embeddings(left["input_ids"], left["attention_mask"])
-        alone = micro_model.get_text_embeddings(**tiny_processor.tokenize_texts(texts[:1]))
     assert right["attention_mask"][0].sum() < right["attention_mask"][1].sum()  # row 0 really is padded
+    # One decoder pass per call, over both rows, with row 0's padding in it.
+    assert [mask.shape[0] for mask in masks] == [2, 2] and all((mask[0] == 0).any() for mask in masks)
+    with torch.no_grad():
+        alone = micro_model.get_text_embeddings(**tiny_processor.tokenize_texts(texts[:1]))
     torch.testing.assert_close(right_embeds, left_embeds, rtol=0, atol=1e-5)
     torch.testing.assert_close(right_embeds[:1], alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(right_embeds.norm(dim=-1), torch.ones(2))
