@@ -225,6 +225,30 @@ def test_one_pass_embeddings_match_separate_calls(micro_model, tiny_processor):
     torch.testing.assert_close(joint.text_embeds, text_only, rtol=0, atol=1e-5)
 
 
+def test_forward_with_contrastive_texts_gives_the_embeddings_of_the_separate_calls(micro_model, tiny_processor):
+    """The training step's one forward: same logits, and the embeddings get_*_embeddings give on the same inputs."""
+    inputs = _image_inputs(tiny_processor, [_random_image(21), _random_image(22, (48, 80))])
+    texts = tiny_processor.tokenize_texts(["Velmoran Thistlewing", "a small bird with a red crown", "a bird"])
+    assert (texts["attention_mask"] == 0).any()  # padded rows, pooled at their own last token
+    with torch.no_grad():
+        micro_model.temperatures.object_attribute.fill_(2.5)  # two different scales: a swap shows
+        micro_model.temperatures.attribute_category.fill_(3.0)
+        joint = micro_model(**inputs, contrastive_input_ids=texts["input_ids"],
+                            contrastive_attention_mask=texts["attention_mask"])
+        plain = micro_model(**inputs)
+        image_embeds = micro_model.get_image_embeddings(inputs["pixel_values"], inputs["pixel_attention_mask"])
+        text_embeds = micro_model.get_text_embeddings(texts["input_ids"], texts["attention_mask"])
+    hidden = micro_model.config.text_config.hidden_size
+    assert joint.image_embeds.shape == (2, hidden) and joint.text_embeds.shape == (3, hidden)
+    torch.testing.assert_close(joint.logits, plain.logits, rtol=0, atol=0)
+    torch.testing.assert_close(joint.image_embeds, image_embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(joint.text_embeds, text_embeds, rtol=0, atol=1e-5)
+    scales = micro_model.get_logit_scales()
+    assert set(joint.logit_scales) == set(scales)
+    for name, scale in scales.items():
+        assert joint.logit_scales[name].item() == scale.item()
+
+
 def test_gradients_reach_decoder_and_temperatures(micro_model, tiny_processor):
     micro_model.train()
     images = tiny_processor.image_processor([[_random_image(13)], [_random_image(14)]], return_tensors="pt")
