@@ -1,6 +1,7 @@
 """The model package: save/load through the Auto classes, generation, embeddings, temperatures, bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -120,19 +122,40 @@ def test_saved_folder_carries_code_and_auto_map(saved_checkpoint):
     assert not list(saved_checkpoint.glob("*.bin"))
 
 
-def test_pipeline_answers_a_chat_message_with_an_image(saved_checkpoint):
+@pytest.fixture
+def image_dependent_model(micro_model):
+    """The micro model with its weight matrices scaled up: at the initial scale its greedy answer is the same
+    token whatever the image; scaled, a red and a blue image get different answers."""
+    with torch.no_grad():
+        for parameter in micro_model.parameters():
+            if parameter.dim() >= 2:
+                parameter.mul_(3.0)
+    return micro_model
+
+
+def test_pipeline_answers_a_chat_message_with_an_image(image_dependent_model, tiny_processor, tmp_path):
     from transformers import pipeline
 
-    pipe = pipeline("image-text-to-text", model=str(saved_checkpoint), trust_remote_code=True)
-    messages = [{"role": "user", "content": [
-        {"type": "image", "image": _random_image(3, (70, 50))},
-        {"type": "text", "text": "What is the species of the bird in the image?"},
-    ]}]
-    result = pipe(text=messages, max_new_tokens=4, do_sample=False)
-    reply = result[0]["generated_text"][-1]
-    assert reply["role"] == "assistant"
-    assert isinstance(reply["content"], str)
+    folder = tmp_path / "checkpoint"
+    image_dependent_model.save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
+    pipe = pipeline("image-text-to-text", model=str(folder), trust_remote_code=True)
     assert type(pipe.model).__name__ == "FinedeficsForConditionalGeneration"
+    answers = []
+    for image in (Image.new("RGB", (70, 50), "red"), Image.new("RGB", (50, 70), "blue")):
+        messages = [{"role": "user", "content": [
+            {"type": "image", "image": image},
+            {"type": "text", "text": "What is the species of the bird in the image?"},
+        ]}]
+        reply = pipe(text=messages, max_new_tokens=4, min_new_tokens=4, do_sample=False)[0]["generated_text"][-1]
+        assert reply["role"] == "assistant"
+        # The reply is the model's own greedy answer to the same chat prompt and image, decoded.
+        inputs = tiny_processor(images=[[image]], text=[_chat_prompt(tiny_processor)], return_tensors="pt")
+        generated = image_dependent_model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        answer = tiny_processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert reply["content"] == answer
+        answers.append(answer)
+    assert answers[0] != answers[1]  # the answers depend on the image, so a reply that ignores it fails
 
 
 def test_generate_with_images_of_different_sizes_and_modes(micro_model, tiny_processor):
@@ -284,12 +307,31 @@ def test_summary_token_follows_the_tokenizer_eos(micro_model, tiny_processor):
 
 def test_classify_ranks_candidate_labels(micro_model, tiny_processor):
     labels = ["Velmoran Thistlewing", "Ashcombe Reedhopper", "a bird"]
-    result = micro_model.classify([_random_image(15), _random_image(16)], labels, tiny_processor, top_k=2)
+    images = [_random_image(15), _random_image(16)]
+    with torch.no_grad():
+        micro_model.temperatures.object_attribute.fill_(4.0)  # classify uses the attribute-category scale
+        micro_model.temperatures.attribute_category.fill_(2.0)
+    # label_batch_size=2 embeds the labels in two chunks.
+    result = micro_model.classify(images, labels, tiny_processor, top_k=2, label_batch_size=2)
     assert len(result.labels) == 2 and all(len(row) == 2 for row in result.labels)
     assert result.logits.shape == (2, 3)
-    best = result.logits.argmax(dim=-1)
-    assert [labels[i] for i in best.tolist()] == [row[0] for row in result.labels]
-    assert torch.all(result.scores[:, 0] >= result.scores[:, 1])
+
+    # Independently: scale * cosine of the two embeddings, a softmax over the labels, the best two.
+    with torch.no_grad():
+        pixels = tiny_processor.image_processor([[image] for image in images], return_tensors="pt")
+        image_embeds = micro_model.get_image_embeddings(pixels["pixel_values"], pixels["pixel_attention_mask"])
+        label_embeds = torch.cat([micro_model.get_text_embeddings(**tiny_processor.tokenize_texts([label]))
+                                  for label in labels])
+    scale = math.exp(2.0)
+    for i in range(len(images)):
+        logits = [scale * F.cosine_similarity(image_embeds[i], label_embeds[j], dim=0).item() for j in range(3)]
+        total = sum(math.exp(value) for value in logits)
+        probabilities = [math.exp(value) / total for value in logits]
+        best = sorted(range(3), key=lambda j: -probabilities[j])[:2]
+        assert result.logits[i].tolist() == pytest.approx(logits, rel=1e-4, abs=1e-5)
+        assert result.indices[i].tolist() == best
+        assert result.labels[i] == [labels[j] for j in best]
+        assert result.scores[i].tolist() == pytest.approx([probabilities[j] for j in best], rel=1e-4)
 
 
 # ------------------------------------------------------------------ bad input
