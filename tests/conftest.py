@@ -12,9 +12,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+# Read-only material beside the repository, not shipped with it (FOCI's stored prediction files).
+# FINEDEFICS_SHARED_DIR points elsewhere, e.g. at a missing folder to run the tests as a fresh clone would.
+SHARED = Path(os.environ.get("FINEDEFICS_SHARED_DIR", REPO_ROOT.parent / "shared"))
+FOCI_RESULTS = SHARED / "foci" / "results"
+FOCI_RESULT_NAMES = ("bird-200-finedefics-release-run", "car-196-finedefics-release-run")
 
 import pytest  # noqa: E402
+
+
+def foci_result_file(name: str = "bird-200-finedefics-release-run") -> Path:
+    """One of FOCI's stored prediction files; the calling test is skipped, saying why, when it is absent."""
+    path = FOCI_RESULTS / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"FOCI's stored prediction file {path} is absent: it is not shipped with the repository "
+                    "(set FINEDEFICS_SHARED_DIR to the folder holding foci/results)")
+    return path
 
 TEST_CORPUS = [
     "a small bird with a red crown, a short conical beak and barred brown wings",

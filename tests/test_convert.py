@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForImageTextToText,
@@ -46,10 +47,32 @@ def _release_layout(stock_folder, tmp_path, extra):
     return folder
 
 
+def _image_prompt_inputs(tiny_processor):
+    """A chat prompt with one image: the logits then depend on the vision tower and the connector too."""
+    messages = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": "Which of these birds is shown in the image?"}]}]
+    prompt = tiny_processor.apply_chat_template(messages, add_generation_prompt=True)
+    pixels = torch.randint(0, 256, (40, 56, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    image = Image.fromarray(pixels.numpy(), "RGB")
+    return tiny_processor(images=[[image]], text=[prompt], return_tensors="pt")
+
+
 def _logits(model, tiny_processor):
-    ids = tiny_processor.tokenizer(["User: Which of these birds is shown in the image?"], return_tensors="pt")
+    inputs = _image_prompt_inputs(tiny_processor)
+    assert (inputs["input_ids"] == tiny_processor.image_token_id).sum() == tiny_processor.image_seq_len
     with torch.no_grad():
-        return model(input_ids=ids["input_ids"]).logits
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                     pixel_values=inputs["pixel_values"], pixel_attention_mask=inputs["pixel_attention_mask"]).logits
+
+
+def _assert_same_idefics2_weights(converted, stock):
+    """Every stock tensor arrives unchanged; the only new ones are the temperatures."""
+    converted_state, stock_state = converted.state_dict(), stock.state_dict()
+    assert set(converted_state) - set(stock_state) == {"temperatures.object_attribute",
+                                                       "temperatures.attribute_category"}
+    assert set(stock_state) <= set(converted_state)
+    for name, tensor in stock_state.items():
+        torch.testing.assert_close(converted_state[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_stock_idefics2_converts_with_fresh_alignment_parameters(stock_idefics2, tmp_path, tiny_processor, capsys):
@@ -64,6 +87,7 @@ def test_stock_idefics2_converts_with_fresh_alignment_parameters(stock_idefics2,
     assert type(model).__name__ == "FinedeficsForConditionalGeneration"
     assert type(processor).__name__ == "FinedeficsProcessor"
     torch.testing.assert_close(_logits(model, tiny_processor), _logits(stock_model, tiny_processor))
+    _assert_same_idefics2_weights(model, stock_model)
     assert model.get_logit_scales()["object_attribute"].item() == pytest.approx(1 / 0.07, rel=1e-5)
     assert model.config.summary_token_id == tiny_processor.tokenizer.eos_token_id
     report = json.loads((output / "conversion_report.json").read_text())
@@ -91,6 +115,7 @@ def test_release_layout_carries_temperatures_and_reports_every_dropped_key(stock
     assert scales["object_attribute"].item() == pytest.approx(1 / 0.03, rel=1e-5)
     assert scales["attribute_category"].item() == pytest.approx(1 / 0.05, rel=1e-5)
     torch.testing.assert_close(_logits(model, tiny_processor), _logits(stock_model, tiny_processor))
+    _assert_same_idefics2_weights(model, stock_model)
     report = json.loads((output / "conversion_report.json").read_text())
     assert report["source_format"] == "finedefics-release"
     assert set(report["dropped"]) == {"model.vision_projector.weight", "model.text_projector.bias"}

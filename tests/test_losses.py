@@ -1,5 +1,7 @@
-"""The attribute contrastive losses against hand-computed values, awkward batches, and the cross-rank gather."""
+"""The attribute contrastive losses against hand-computed values, awkward batches, and the cross-rank gather;
+the trainer's LM loss against a plain cross-entropy, and the contrastive batch it indexes from a collated step."""
 
+import hashlib
 import math
 import os
 import socket
@@ -12,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import toy_rows
+from finedefics_training.collator import IGNORE_INDEX, FinedeficsDataCollator, stable_category_id
 from finedefics_training.losses import (
     TERMS,
     ContrastiveBatch,
@@ -20,6 +24,7 @@ from finedefics_training.losses import (
     category_category_loss,
     object_attribute_loss,
 )
+from finedefics_training.trainer import build_contrastive_batch, causal_lm_loss
 
 SCALE = 2.0
 
@@ -60,37 +65,50 @@ def batch():
     )
 
 
-def test_object_attribute_by_hand(batch):
+def _object_attribute_by_hand(batch, scale):
     v, a, na = batch.image_embeds, batch.attribute_embeds, batch.neg_attribute_embeds
     # image -> text, rows with a description (0, 1): a1 is row 0's duplicate and a2 does not exist, so
     # the only other columns are the live hard negatives (row 1's second one is padding).
-    image_to_text = [_nce(v[0], a[0], [na[0, 0], na[0, 1]]), _nce(v[1], a[1], [na[1, 0]])]
+    image_to_text = [_nce(v[0], a[0], [na[0, 0], na[0, 1]], scale), _nce(v[1], a[1], [na[1, 0]], scale)]
     # text -> image: each description sees the image of row 2 (no description, still an image), not its duplicate.
-    text_to_image = [_nce(a[0], v[0], [v[2]]), _nce(a[1], v[1], [v[2]])]
-    expected = 0.5 * (_mean(image_to_text) + _mean(text_to_image))
+    text_to_image = [_nce(a[0], v[0], [v[2]], scale), _nce(a[1], v[1], [v[2]], scale)]
+    return 0.5 * (_mean(image_to_text) + _mean(text_to_image))
+
+
+def _attribute_category_by_hand(batch, scale):
+    a, c = batch.attribute_embeds, batch.category_embeds
+    na, nc = batch.neg_attribute_embeds, batch.neg_category_embeds
+    # attribute -> category (rows 0, 1): c1 / c0 are duplicates, c2 is live, plus the negative names.
+    attribute_to_category = [_nce(a[0], c[0], [c[2], nc[0, 0], nc[0, 1]], scale),
+                             _nce(a[1], c[1], [c[2], nc[1, 0]], scale)]
+    # category -> attribute (targets exist for rows 0, 1): a2 does not exist; the negative descriptions.
+    category_to_attribute = [_nce(c[0], a[0], [na[0, 0], na[0, 1]], scale), _nce(c[1], a[1], [na[1, 0]], scale)]
+    return 0.5 * (_mean(attribute_to_category) + _mean(category_to_attribute))
+
+
+def _category_category_by_hand(batch, scale):
+    c, nc = batch.category_embeds, batch.neg_category_embeds
+    return _mean([
+        _nce(c[0], c[0], [c[2], nc[0, 0], nc[0, 1]], scale),
+        _nce(c[1], c[1], [c[2], nc[1, 0]], scale),
+        _nce(c[2], c[2], [c[0], c[1], nc[2, 0]], scale),  # the negative with its own id 9 is masked
+    ])
+
+
+def test_object_attribute_by_hand(batch):
+    expected = _object_attribute_by_hand(batch, SCALE)
     assert object_attribute_loss(batch, torch.tensor(SCALE)).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_attribute_category_by_hand(batch):
-    a, c = batch.attribute_embeds, batch.category_embeds
-    na, nc = batch.neg_attribute_embeds, batch.neg_category_embeds
-    # attribute -> category (rows 0, 1): c1 / c0 are duplicates, c2 is live, plus the negative names.
-    attribute_to_category = [_nce(a[0], c[0], [c[2], nc[0, 0], nc[0, 1]]), _nce(a[1], c[1], [c[2], nc[1, 0]])]
-    # category -> attribute (targets exist for rows 0, 1): a2 does not exist; the negative descriptions.
-    category_to_attribute = [_nce(c[0], a[0], [na[0, 0], na[0, 1]]), _nce(c[1], a[1], [na[1, 0]])]
-    expected = 0.5 * (_mean(attribute_to_category) + _mean(category_to_attribute))
+    expected = _attribute_category_by_hand(batch, SCALE)
     assert attribute_category_loss(batch, torch.tensor(SCALE)).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_category_category_targets_each_rows_own_category(batch):
-    c, nc = batch.category_embeds, batch.neg_category_embeds
-    rows = [
-        _nce(c[0], c[0], [c[2], nc[0, 0], nc[0, 1]]),
-        _nce(c[1], c[1], [c[2], nc[1, 0]]),
-        _nce(c[2], c[2], [c[0], c[1], nc[2, 0]]),  # the negative with its own id 9 is masked
-    ]
+    c = batch.category_embeds
     value = category_category_loss(batch, torch.tensor(SCALE)).item()
-    assert value == pytest.approx(_mean(rows), rel=1e-5)
+    assert value == pytest.approx(_category_category_by_hand(batch, SCALE), rel=1e-5)
     # The reference code's target 0 for every row gives a different value.
     reference_bug = _mean([-(SCALE * (c[i] @ c[0]).item()) + math.log(sum(math.exp(SCALE * (c[i] @ c[j]).item())
                                                                           for j in range(3))) for i in range(3)])
@@ -141,15 +159,22 @@ def test_batch_duplicates_are_not_negatives(loss_name):
 
 
 def test_module_weights_terms_and_hard_negative_ablation(batch):
-    scales = {"object_attribute": torch.tensor(SCALE), "attribute_category": torch.tensor(SCALE)}
+    # Two different scales: L_oa takes the object-attribute one, L_ac and L_cc the attribute-category one.
+    oa_scale, ac_scale = 2.0, 3.5
+    scales = {"object_attribute": torch.tensor(oa_scale), "attribute_category": torch.tensor(ac_scale)}
     output = FinedeficsContrastiveLoss(weights=(0.5, 0.25, 1.0))(batch, scales)
     assert output.skipped == [] and set(output.terms) == set(TERMS)
-    expected = 0.5 * output.terms["object_attribute"] + 0.25 * output.terms["attribute_category"] \
-        + output.terms["category_category"]
-    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    by_hand = {"object_attribute": _object_attribute_by_hand(batch, oa_scale),
+               "attribute_category": _attribute_category_by_hand(batch, ac_scale),
+               "category_category": _category_category_by_hand(batch, ac_scale)}
+    for name, expected in by_hand.items():
+        assert output.terms[name].item() == pytest.approx(expected, rel=1e-5), name
+    expected = 0.5 * by_hand["object_attribute"] + 0.25 * by_hand["attribute_category"] + by_hand["category_category"]
+    assert output.loss.item() == pytest.approx(expected, rel=1e-5)
     # Without hard negatives, L_cc sees in-batch names only (duplicates still masked).
     c = batch.category_embeds
-    in_batch_only = _mean([_nce(c[0], c[0], [c[2]]), _nce(c[1], c[1], [c[2]]), _nce(c[2], c[2], [c[0], c[1]])])
+    in_batch_only = _mean([_nce(c[0], c[0], [c[2]], ac_scale), _nce(c[1], c[1], [c[2]], ac_scale),
+                           _nce(c[2], c[2], [c[0], c[1]], ac_scale)])
     ablation = FinedeficsContrastiveLoss(use_hard_negatives=False)(batch, scales)
     assert ablation.terms["category_category"].item() == pytest.approx(in_batch_only, rel=1e-5)
 
@@ -185,19 +210,19 @@ def test_awkward_batches_skip_instead_of_nan(name):
     fields, expected_skipped = _awkward_batches()[name]
     dtype = getattr(torch, name, torch.float32)
     fields = {k: (v.to(dtype).requires_grad_(True) if v.is_floating_point() else v) for k, v in fields.items()}
-    scale = torch.tensor(14.0, dtype=dtype, requires_grad=True)
-    output = FinedeficsContrastiveLoss()(ContrastiveBatch(**fields), {"object_attribute": scale,
-                                                                      "attribute_category": scale})
+    scales = {"object_attribute": torch.tensor(14.0, dtype=dtype, requires_grad=True),
+              "attribute_category": torch.tensor(9.0, dtype=dtype, requires_grad=True)}
+    output = FinedeficsContrastiveLoss()(ContrastiveBatch(**fields), scales)
     assert set(output.skipped) == expected_skipped
     assert set(output.terms) == set(TERMS) - expected_skipped
     assert output.loss.dtype == torch.float32 and torch.isfinite(output.loss)
     output.loss.backward()
     assert all(torch.isfinite(v.grad).all() for v in fields.values() if v.is_floating_point())
-    assert torch.isfinite(scale.grad)
+    assert all(torch.isfinite(scale.grad) for scale in scales.values())
     if dtype != torch.float32:  # computed in float32: same value as the float32 copy of the rounded inputs
         upcast = {k: (v.detach().float() if v.is_floating_point() else v) for k, v in fields.items()}
-        reference = FinedeficsContrastiveLoss()(ContrastiveBatch(**upcast), {"object_attribute": scale.float(),
-                                                                           "attribute_category": scale.float()})
+        reference = FinedeficsContrastiveLoss()(ContrastiveBatch(**upcast),
+                                                {name: scale.detach().float() for name, scale in scales.items()})
         assert output.loss.item() == pytest.approx(reference.loss.item(), rel=1e-6)
 
 
@@ -226,6 +251,77 @@ def test_bad_input_names_the_field(batch):
         FinedeficsContrastiveLoss()(batch, {"object_attribute": torch.tensor(SCALE)})
     with pytest.raises(ValueError, match="weights"):
         FinedeficsContrastiveLoss(weights=(0.5, 0.5))
+
+
+# ------------------------------------------------------------------ the trainer's LM loss
+def test_causal_lm_loss_is_the_cross_entropy_of_each_next_answer_token():
+    vocab = 7
+    logits = torch.randn(2, 6, vocab, generator=torch.Generator().manual_seed(0))
+    # Row 1's first label is real, but no position precedes it: it can never be a target.
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 5, 1, IGNORE_INDEX],
+                           [4, 2, 2, 6, IGNORE_INDEX, IGNORE_INDEX]])
+    logits[0, 1, 3] = 10.0  # position 1 predicts token 2's label: one sure hit
+    losses, hits = [], []
+    for row in range(2):
+        for t in range(1, labels.shape[1]):
+            if labels[row, t] == IGNORE_INDEX:
+                continue
+            scores = logits[row, t - 1].tolist()  # position t - 1 predicts token t
+            target = labels[row, t].item()
+            losses.append(math.log(sum(math.exp(x) for x in scores)) - scores[target])
+            hits.append(float(max(range(vocab), key=scores.__getitem__) == target))
+    loss, accuracy = causal_lm_loss(logits, labels)
+    assert len(losses) == 6
+    assert loss.item() == pytest.approx(_mean(losses), rel=1e-6)
+    assert accuracy.item() == pytest.approx(_mean(hits)) and 0 < accuracy.item() < 1
+
+
+def test_causal_lm_loss_without_answer_tokens_is_a_zero_with_a_gradient():
+    logits = torch.randn(2, 4, 5, requires_grad=True)
+    loss, accuracy = causal_lm_loss(logits, torch.full((2, 4), IGNORE_INDEX))
+    assert loss.item() == 0.0 and accuracy.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+# ------------------------------------------------------- the contrastive batch of a collated step
+def _text_vector(text, dim=8):
+    """A unit vector that depends on the text only: stands in for the model's embedding of that text."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
+    return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_contrastive_batch_takes_each_rows_own_description_name_and_negatives(tiny_processor):
+    """Collate stage I rows, embed each distinct text, index: every row gets the vectors of ITS texts."""
+    rows = toy_rows(6)  # rows 4 and 5 repeat the categories (and texts) of rows 0 and 1
+    rows[1]["attribute"] = None  # no description
+    rows[2]["neg_categories"], rows[2]["neg_attributes"] = rows[2]["neg_categories"][:1], rows[2]["neg_attributes"][:1]
+    rows[3]["neg_attributes"] = rows[3]["neg_attributes"][:1]  # a name without its description
+    collated = FinedeficsDataCollator(processor=tiny_processor, stage=1, num_negatives=2)(rows)
+    texts = tiny_processor.tokenizer.batch_decode(collated["contrastive_input_ids"], skip_special_tokens=True)
+    expected_texts = {text for row in rows for text in [row["category"], row["attribute"], *row["neg_categories"],
+                                                        *row["neg_attributes"]] if text}
+    assert sorted(texts) == sorted(expected_texts)  # each distinct text once, none dropped
+    image_embeds = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    built = build_contrastive_batch(image_embeds, torch.stack([_text_vector(t) for t in texts]), collated)
+
+    assert torch.equal(built.image_embeds, image_embeds)
+    assert built.attribute_mask.tolist() == [True, False, True, True, True, True]
+    assert built.neg_category_mask.tolist() == [[True, True], [True, True], [True, False], [True, True],
+                                                [True, True], [True, True]]
+    assert built.neg_attribute_mask.tolist() == [[True, True], [True, True], [True, False], [True, False],
+                                                 [True, True], [True, True]]
+    for i, row in enumerate(rows):
+        assert torch.equal(built.category_embeds[i], _text_vector(row["category"])), i
+        assert built.category_ids[i].item() == stable_category_id(row["category"])
+        if row["attribute"]:
+            assert torch.equal(built.attribute_embeds[i], _text_vector(row["attribute"])), i
+        for k, name in enumerate(row["neg_categories"]):
+            assert torch.equal(built.neg_category_embeds[i, k], _text_vector(name)), (i, k)
+            assert built.neg_category_ids[i, k].item() == stable_category_id(name)
+        for k, description in enumerate(row["neg_attributes"]):
+            assert torch.equal(built.neg_attribute_embeds[i, k], _text_vector(description)), (i, k)
+    assert built.neg_category_ids[2, 1].item() == -1  # padding has no category
 
 
 def _free_port():

@@ -1,6 +1,7 @@
 """The model package: save/load through the Auto classes, generation, embeddings, temperatures, bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -120,19 +122,40 @@ def test_saved_folder_carries_code_and_auto_map(saved_checkpoint):
     assert not list(saved_checkpoint.glob("*.bin"))
 
 
-def test_pipeline_answers_a_chat_message_with_an_image(saved_checkpoint):
+@pytest.fixture
+def image_dependent_model(micro_model):
+    """The micro model with its weight matrices scaled up: at the initial scale its greedy answer is the same
+    token whatever the image; scaled, a red and a blue image get different answers."""
+    with torch.no_grad():
+        for parameter in micro_model.parameters():
+            if parameter.dim() >= 2:
+                parameter.mul_(3.0)
+    return micro_model
+
+
+def test_pipeline_answers_a_chat_message_with_an_image(image_dependent_model, tiny_processor, tmp_path):
     from transformers import pipeline
 
-    pipe = pipeline("image-text-to-text", model=str(saved_checkpoint), trust_remote_code=True)
-    messages = [{"role": "user", "content": [
-        {"type": "image", "image": _random_image(3, (70, 50))},
-        {"type": "text", "text": "What is the species of the bird in the image?"},
-    ]}]
-    result = pipe(text=messages, max_new_tokens=4, do_sample=False)
-    reply = result[0]["generated_text"][-1]
-    assert reply["role"] == "assistant"
-    assert isinstance(reply["content"], str)
+    folder = tmp_path / "checkpoint"
+    image_dependent_model.save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
+    pipe = pipeline("image-text-to-text", model=str(folder), trust_remote_code=True)
     assert type(pipe.model).__name__ == "FinedeficsForConditionalGeneration"
+    answers = []
+    for image in (Image.new("RGB", (70, 50), "red"), Image.new("RGB", (50, 70), "blue")):
+        messages = [{"role": "user", "content": [
+            {"type": "image", "image": image},
+            {"type": "text", "text": "What is the species of the bird in the image?"},
+        ]}]
+        reply = pipe(text=messages, max_new_tokens=4, min_new_tokens=4, do_sample=False)[0]["generated_text"][-1]
+        assert reply["role"] == "assistant"
+        # The reply is the model's own greedy answer to the same chat prompt and image, decoded.
+        inputs = tiny_processor(images=[[image]], text=[_chat_prompt(tiny_processor)], return_tensors="pt")
+        generated = image_dependent_model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        answer = tiny_processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert reply["content"] == answer
+        answers.append(answer)
+    assert answers[0] != answers[1]  # the answers depend on the image, so a reply that ignores it fails
 
 
 def test_generate_with_images_of_different_sizes_and_modes(micro_model, tiny_processor):
@@ -148,21 +171,54 @@ def test_generate_with_images_of_different_sizes_and_modes(micro_model, tiny_pro
     assert inputs["pixel_values"].shape[:3] == (5, 1, 3)
     generated = micro_model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert generated.shape[0] == 5 and generated.shape[1] > inputs["input_ids"].shape[1]
-    # Batched generation (left padding) answers each image as it would alone.
-    alone = micro_model.generate(**_image_inputs(tiny_processor, [rgb]), max_new_tokens=3, do_sample=False)
-    new_tokens = generated.shape[1] - inputs["input_ids"].shape[1]
-    assert torch.equal(generated[0, -new_tokens:], alone[0, -new_tokens:])
 
 
-def test_text_embeddings_are_padding_invariant_and_unit_norm(micro_model, tiny_processor):
-    texts = ["a bird", "a small bird with a red crown, a short conical beak and barred brown wings"]
+def test_batched_generation_with_left_padding_answers_each_image_as_alone(micro_model, tiny_processor):
+    images = [_random_image(4), _random_image(5, (31, 90)), _random_image(6, (120, 40))]
+    questions = ["What is the species of the bird in the image?",
+                 "Describe the attributes of the object in the image. The object has a red crown and barred wings.",
+                 "What is the species of the bird in the image? Answer with its name, and the name of its family."]
+    prompts = [_chat_prompt(tiny_processor, question) for question in questions]
+    batch = tiny_processor(images=[[image] for image in images], text=prompts, return_tensors="pt", padding=True,
+                           padding_side="left")
+    real_tokens = batch["attention_mask"].sum(dim=1)
+    assert real_tokens[0] < real_tokens[1] < real_tokens[2]  # rows 0 and 1 really are padded ...
+    assert (batch["attention_mask"][:2, 0] == 0).all()  # ... on the left
+    generated = micro_model.generate(**batch, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    prompt_length = batch["input_ids"].shape[1]
+    for row, (image, prompt) in enumerate(zip(images, prompts)):
+        alone = tiny_processor(images=[[image]], text=[prompt], return_tensors="pt")
+        expected = micro_model.generate(**alone, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+        assert torch.equal(generated[row, prompt_length:], expected[0, alone["input_ids"].shape[1]:]), row
+
+
+def _record_decoder_masks(model, monkeypatch):
+    """The attention masks of every decoder pass the embedding code makes."""
+    masks = []
+    pool = model._pool_summary
+
+    def recording(inputs_embeds, attention_mask):
+        masks.append(attention_mask.clone())
+        return pool(inputs_embeds, attention_mask)
+
+    monkeypatch.setattr(model, "_pool_summary", recording)
+    return masks
+
+
+def test_text_embeddings_are_padding_invariant_and_unit_norm(micro_model, tiny_processor, monkeypatch):
+    # Lengths close enough to share one decoder pass, so the shorter row is pooled from a padded batch.
+    texts = ["a small bird with a red crown", "a small bird with a red crown, a short conical beak"]
     right = tiny_processor.tokenize_texts(texts, padding_side="right")
     left = tiny_processor.tokenize_texts(texts, padding_side="left")
+    masks = _record_decoder_masks(micro_model, monkeypatch)
     with torch.no_grad():
         right_embeds = micro_model.get_text_embeddings(right["input_ids"], right["attention_mask"])
         left_embeds = micro_model.get_text_embeddings(left["input_ids"], left["attention_mask"])
-        alone = micro_model.get_text_embeddings(**tiny_processor.tokenize_texts(texts[:1]))
     assert right["attention_mask"][0].sum() < right["attention_mask"][1].sum()  # row 0 really is padded
+    # One decoder pass per call, over both rows, with row 0's padding in it.
+    assert [mask.shape[0] for mask in masks] == [2, 2] and all((mask[0] == 0).any() for mask in masks)
+    with torch.no_grad():
+        alone = micro_model.get_text_embeddings(**tiny_processor.tokenize_texts(texts[:1]))
     torch.testing.assert_close(right_embeds, left_embeds, rtol=0, atol=1e-5)
     torch.testing.assert_close(right_embeds[:1], alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(right_embeds.norm(dim=-1), torch.ones(2))
@@ -190,6 +246,30 @@ def test_one_pass_embeddings_match_separate_calls(micro_model, tiny_processor):
         text_only = micro_model.get_text_embeddings(texts["input_ids"], texts["attention_mask"])
     torch.testing.assert_close(joint.image_embeds, image_only, rtol=0, atol=1e-5)
     torch.testing.assert_close(joint.text_embeds, text_only, rtol=0, atol=1e-5)
+
+
+def test_forward_with_contrastive_texts_gives_the_embeddings_of_the_separate_calls(micro_model, tiny_processor):
+    """The training step's one forward: same logits, and the embeddings get_*_embeddings give on the same inputs."""
+    inputs = _image_inputs(tiny_processor, [_random_image(21), _random_image(22, (48, 80))])
+    texts = tiny_processor.tokenize_texts(["Velmoran Thistlewing", "a small bird with a red crown", "a bird"])
+    assert (texts["attention_mask"] == 0).any()  # padded rows, pooled at their own last token
+    with torch.no_grad():
+        micro_model.temperatures.object_attribute.fill_(2.5)  # two different scales: a swap shows
+        micro_model.temperatures.attribute_category.fill_(3.0)
+        joint = micro_model(**inputs, contrastive_input_ids=texts["input_ids"],
+                            contrastive_attention_mask=texts["attention_mask"])
+        plain = micro_model(**inputs)
+        image_embeds = micro_model.get_image_embeddings(inputs["pixel_values"], inputs["pixel_attention_mask"])
+        text_embeds = micro_model.get_text_embeddings(texts["input_ids"], texts["attention_mask"])
+    hidden = micro_model.config.text_config.hidden_size
+    assert joint.image_embeds.shape == (2, hidden) and joint.text_embeds.shape == (3, hidden)
+    torch.testing.assert_close(joint.logits, plain.logits, rtol=0, atol=0)
+    torch.testing.assert_close(joint.image_embeds, image_embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(joint.text_embeds, text_embeds, rtol=0, atol=1e-5)
+    scales = micro_model.get_logit_scales()
+    assert set(joint.logit_scales) == set(scales)
+    for name, scale in scales.items():
+        assert joint.logit_scales[name].item() == scale.item()
 
 
 def test_gradients_reach_decoder_and_temperatures(micro_model, tiny_processor):
@@ -227,12 +307,31 @@ def test_summary_token_follows_the_tokenizer_eos(micro_model, tiny_processor):
 
 def test_classify_ranks_candidate_labels(micro_model, tiny_processor):
     labels = ["Velmoran Thistlewing", "Ashcombe Reedhopper", "a bird"]
-    result = micro_model.classify([_random_image(15), _random_image(16)], labels, tiny_processor, top_k=2)
+    images = [_random_image(15), _random_image(16)]
+    with torch.no_grad():
+        micro_model.temperatures.object_attribute.fill_(4.0)  # classify uses the attribute-category scale
+        micro_model.temperatures.attribute_category.fill_(2.0)
+    # label_batch_size=2 embeds the labels in two chunks.
+    result = micro_model.classify(images, labels, tiny_processor, top_k=2, label_batch_size=2)
     assert len(result.labels) == 2 and all(len(row) == 2 for row in result.labels)
     assert result.logits.shape == (2, 3)
-    best = result.logits.argmax(dim=-1)
-    assert [labels[i] for i in best.tolist()] == [row[0] for row in result.labels]
-    assert torch.all(result.scores[:, 0] >= result.scores[:, 1])
+
+    # Independently: scale * cosine of the two embeddings, a softmax over the labels, the best two.
+    with torch.no_grad():
+        pixels = tiny_processor.image_processor([[image] for image in images], return_tensors="pt")
+        image_embeds = micro_model.get_image_embeddings(pixels["pixel_values"], pixels["pixel_attention_mask"])
+        label_embeds = torch.cat([micro_model.get_text_embeddings(**tiny_processor.tokenize_texts([label]))
+                                  for label in labels])
+    scale = math.exp(2.0)
+    for i in range(len(images)):
+        logits = [scale * F.cosine_similarity(image_embeds[i], label_embeds[j], dim=0).item() for j in range(3)]
+        total = sum(math.exp(value) for value in logits)
+        probabilities = [math.exp(value) / total for value in logits]
+        best = sorted(range(3), key=lambda j: -probabilities[j])[:2]
+        assert result.logits[i].tolist() == pytest.approx(logits, rel=1e-4, abs=1e-5)
+        assert result.indices[i].tolist() == best
+        assert result.labels[i] == [labels[j] for j in best]
+        assert result.scores[i].tolist() == pytest.approx([probabilities[j] for j in best], rel=1e-4)
 
 
 # ------------------------------------------------------------------ bad input
