@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import foci_result_file
 from PIL import Image
 
 from finedefics_training.data import negatives as miners
@@ -115,7 +115,7 @@ def test_confusion_counts_both_directions_and_skips_unconfused():
 
 
 def test_confusion_from_a_real_foci_results_file():
-    results = json.loads((SHARED / "foci" / "results" / "bird-200-finedefics-release-run.json").read_text())
+    results = json.loads(foci_result_file("bird-200-finedefics-release-run").read_text())
     predictions = results["predictions"]
     names = sorted({p["correct"] for p in predictions} | {o for p in predictions for o in p["options"]})
     confusion = confusion_from_predictions([p["correct"] for p in predictions], [p["predicted"] for p in predictions], names)

@@ -6,13 +6,9 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import SHARED
+from conftest import foci_result_file
 from eval_helpers import small_synthetic_benchmark
 from finedefics_training.cli import main
-
-BIRD_RESULTS = SHARED / "foci" / "results" / "bird-200-finedefics-release-run.json"
-CAR_RESULTS = SHARED / "foci" / "results" / "car-196-finedefics-release-run.json"
-
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
@@ -39,10 +35,12 @@ def test_eval_writes_reports_predictions_plots_and_the_card(micro_checkpoint, sy
 
 
 def test_eval_imports_focis_prediction_files_with_a_summary(tmp_path, capsys):
-    assert main(["eval", "--import-foci", str(BIRD_RESULTS), str(CAR_RESULTS), "--output-dir", str(tmp_path),
+    bird_results = foci_result_file("bird-200-finedefics-release-run")
+    car_results = foci_result_file("car-196-finedefics-release-run")
+    assert main(["eval", "--import-foci", str(bird_results), str(car_results), "--output-dir", str(tmp_path),
                  "--bootstrap-samples", "0", "--no-plots"]) == 0
     summary = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
-    for name, path in (("bird-200", BIRD_RESULTS), ("car-196", CAR_RESULTS)):
+    for name, path in (("bird-200", bird_results), ("car-196", car_results)):
         stored = json.loads(path.read_text(encoding="utf-8"))["metrics"]["accuracy"]
         assert summary["benchmarks"][name]["modes"]["generate"]["accuracy"] == pytest.approx(stored, abs=1e-12)
         assert (tmp_path / name / "report.json").is_file()

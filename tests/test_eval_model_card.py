@@ -4,7 +4,7 @@ shipped in the package, and a checkpoint README.md that accumulates results acro
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import REPO_ROOT, SHARED
+from conftest import REPO_ROOT, foci_result_file
 from finedefics_eval.model_card import eval_results_from_report, render_model_card, template_path, write_model_card
 from finedefics_eval.report import report_from_prediction_file
 
@@ -47,7 +47,7 @@ def test_card_metadata_parses_back_with_every_modes_number():
 
 
 def test_focis_prediction_files_become_model_index_entries_with_their_accuracy():
-    path = SHARED / "foci" / "results" / "bird-200-finedefics-release-run.json"
+    path = foci_result_file("bird-200-finedefics-release-run")
     report = report_from_prediction_file(path, bootstrap_samples=0)
     (result,) = eval_results_from_report(report)
     assert (result.dataset_type, result.dataset_name) == ("cub_200_2011", "CUB-200-2011 (FOCI bird-200)")

@@ -7,13 +7,10 @@ import re
 
 import pytest
 
-from conftest import SHARED
+from conftest import FOCI_RESULT_NAMES, foci_result_file
 from eval_helpers import small_synthetic_benchmark
 from finedefics_eval.foci import read_prediction_file
 from finedefics_eval.report import load_metric, metrics_dir, report_from_prediction_file, write_report
-
-RESULT_FILES = sorted((SHARED / "foci" / "results").glob("*.json"))
-
 
 # ----------------------------------------------------------------------------- metric modules
 def test_metric_modules_have_one_import_per_line():
@@ -133,8 +130,9 @@ def test_a_benchmark_whose_images_are_all_missing_is_a_clear_error(tmp_path, tin
 
 
 # ----------------------------------------------------------------------------- FOCI's files
-@pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.stem)
-def test_focis_prediction_files_report_their_stored_accuracy(path, tmp_path):
+@pytest.mark.parametrize("name", FOCI_RESULT_NAMES)
+def test_focis_prediction_files_report_their_stored_accuracy(name, tmp_path):
+    path = foci_result_file(name)
     stored = json.loads(path.read_text(encoding="utf-8"))
     report = report_from_prediction_file(path, bootstrap_samples=200)
     generate = report["modes"]["generate"]
@@ -147,7 +145,7 @@ def test_focis_prediction_files_report_their_stored_accuracy(path, tmp_path):
 
 
 def test_a_prediction_file_whose_stored_accuracy_disagrees_is_refused(tmp_path):
-    data = json.loads(RESULT_FILES[0].read_text(encoding="utf-8"))
+    data = json.loads(foci_result_file().read_text(encoding="utf-8"))
     data["metrics"]["accuracy"] += 0.01
     (tmp_path / "edited.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match=r"edited\.json: stored metrics\.accuracy .* differs from"):
