@@ -1,6 +1,8 @@
 """The trainer and the recipe checked by value: the total loss, merges, stage chaining, freezing,
 temperature handling, gradient accumulation and two processes against one."""
 
+import math
+
 import pytest
 import torch
 from datasets import Dataset
@@ -100,3 +102,104 @@ def test_total_loss_is_lm_plus_the_weighted_contrastive_terms(tmp_path, micro_ch
         assert value > 0.01  # a vanishing term would leave its weight untested
     expected_total = expected_lm + sum(TERM_WEIGHTS[name] * value for name, value in expected_terms.items())
     assert total == pytest.approx(expected_total, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- 2. merges
+def _model_args(folder, **fields):
+    from finedefics_training.recipe import ModelArguments
+
+    return ModelArguments(model_name_or_path=str(folder), **fields)
+
+
+def _train_adapter_by_hand(peft_model, seed=0):
+    """Give the adapter values training would: LoRA B away from its zero init, temperatures moved."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+            elif "modules_to_save" in name and "temperatures" in name:
+                parameter.fill_(math.log(1 / 0.3) if name.endswith("object_attribute") else math.log(1 / 0.5))
+
+
+def _comparison_inputs(processor):
+    """Images, prompts and contrastive texts of four toy rows, as the model's forward takes them."""
+    from finedefics_training.collator import FinedeficsDataCollator
+
+    batch = FinedeficsDataCollator(processor=processor, stage=1, num_negatives=2)(toy_rows(4))
+    keys = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "contrastive_input_ids",
+            "contrastive_attention_mask")
+    return {key: batch[key] for key in keys if key in batch}
+
+
+@torch.no_grad()
+def _outputs(model, inputs):
+    out = model.eval()(**inputs, use_cache=False)
+    return {"logits": out.logits, "image_embeds": out.image_embeds, "text_embeds": out.text_embeds,
+            **{f"scale_{name}": scale for name, scale in out.logit_scales.items()}}
+
+
+def _assert_outputs_close(actual, expected, atol):
+    for name in expected:
+        torch.testing.assert_close(actual[name].float(), expected[name].float(), rtol=1e-4, atol=atol, msg=name)
+
+
+def _assert_outputs_differ(first, second, by):
+    """The adapter changes every output, so an unmerged or half-merged checkpoint cannot pass."""
+    for name in first:
+        assert (first[name].float() - second[name].float()).abs().max() > by, name
+
+
+def test_lora_merge_gives_the_adapter_models_outputs(tmp_path, micro_checkpoint):
+    from finedefics_training.recipe import load_model_and_processor, merge_and_save
+    from modeling_finedefics import FinedeficsForConditionalGeneration
+
+    peft_model, processor = load_model_and_processor(_model_args(micro_checkpoint, tuning="lora"),
+                                                     _training_args(tmp_path))
+    _train_adapter_by_hand(peft_model)
+    inputs = _comparison_inputs(processor)
+    with_adapter = _outputs(peft_model, inputs)
+
+    final = merge_and_save(peft_model, processor, tmp_path / "merged")
+    merged = _outputs(FinedeficsForConditionalGeneration.from_pretrained(final), inputs)
+    _assert_outputs_close(merged, with_adapter, atol=1e-4)
+    base = _outputs(FinedeficsForConditionalGeneration.from_pretrained(micro_checkpoint), inputs)
+    _assert_outputs_differ(with_adapter, base, by=1e-2)
+
+
+def test_dequantised_qlora_merge_applies_the_adapter_to_the_full_precision_base(tmp_path, micro_checkpoint):
+    """The merged checkpoint = the full-precision base running the trained adapter unmerged (no nf4 rounding)."""
+    pytest.importorskip("bitsandbytes")
+    from peft import get_peft_model
+
+    from finedefics_training.recipe import load_model_and_processor, merge_and_save
+    from modeling_finedefics import FinedeficsForConditionalGeneration
+
+    qlora_model, processor = load_model_and_processor(
+        _model_args(micro_checkpoint, tuning="qlora", torch_dtype="float32"), _training_args(tmp_path))
+    _train_adapter_by_hand(qlora_model)
+    inputs = _comparison_inputs(processor)
+    quantised = _outputs(qlora_model, inputs)
+
+    # The same adapter values on the full-precision base, unmerged: copied parameter by parameter.
+    reference = get_peft_model(FinedeficsForConditionalGeneration.from_pretrained(micro_checkpoint),
+                               qlora_model.peft_config["default"])
+    trained = dict(qlora_model.named_parameters())
+    copied = 0
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                parameter.copy_(trained[name])
+                copied += 1
+    assert copied > 0
+    expected = _outputs(reference, inputs)
+
+    final = merge_and_save(qlora_model, processor, tmp_path / "merged")
+    merged = _outputs(FinedeficsForConditionalGeneration.from_pretrained(final), inputs)
+    _assert_outputs_close(merged, expected, atol=1e-4)
+    base = _outputs(FinedeficsForConditionalGeneration.from_pretrained(micro_checkpoint), inputs)
+    _assert_outputs_differ(expected, base, by=1e-2)
+    # The 4-bit model differs from the merge by nf4 rounding only: far less than the adapter's own effect.
+    rounding = (merged["logits"] - quantised["logits"]).abs().max()
+    adapter_effect = (expected["logits"] - base["logits"]).abs().max()
+    assert rounding < 0.5 * adapter_effect, (rounding, adapter_effect)
