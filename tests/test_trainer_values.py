@@ -203,3 +203,43 @@ def test_dequantised_qlora_merge_applies_the_adapter_to_the_full_precision_base(
     rounding = (merged["logits"] - quantised["logits"]).abs().max()
     adapter_effect = (expected["logits"] - base["logits"]).abs().max()
     assert rounding < 0.5 * adapter_effect, (rounding, adapter_effect)
+
+
+# ------------------------------------------------------------------- 3. stage chaining
+def _merged_state(model):
+    """The weights a model stands for: a LoRA model's adapter merged into a copy of its base."""
+    import copy
+
+    if hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_stage_two_starts_from_stage_ones_merged_weights(tmp_path, micro_checkpoint, toy_dataset_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    from finedefics_training import recipe
+
+    built = {}
+    load = recipe.load_model_and_processor
+
+    def load_and_record(model_args, training_args):
+        model, processor = load(model_args, training_args)
+        built[training_args.stage] = _merged_state(model)  # before the stage trains
+        return model, processor
+
+    monkeypatch.setattr(recipe, "load_model_and_processor", load_and_record)
+    args = _training_args(tmp_path, output_dir=str(tmp_path / "run"), max_steps=2, learning_rate=5e-2,
+                          per_device_train_batch_size=4)
+    stage1_dir, _ = recipe.run_two_stage(_model_args(micro_checkpoint, tuning="lora"),
+                                         recipe.DataArguments(dataset_dir=str(toy_dataset_dir)), args)
+
+    stage1 = load_file(stage1_dir / "model.safetensors")
+    base = load_file(micro_checkpoint / "model.safetensors")
+    stage2_start = built[2]
+    assert set(stage1) <= set(stage2_start) and len(stage1) > 0
+    for name, tensor in stage1.items():
+        torch.testing.assert_close(stage2_start[name], tensor, rtol=0, atol=0, msg=name)
+    changed = [name for name in stage1 if not torch.equal(stage1[name], base[name])]
+    assert any("text_model" in name for name in changed), "stage I did not change the decoder"
+    assert "temperatures.object_attribute" in changed
