@@ -243,3 +243,79 @@ def test_stage_two_starts_from_stage_ones_merged_weights(tmp_path, micro_checkpo
     changed = [name for name in stage1 if not torch.equal(stage1[name], base[name])]
     assert any("text_model" in name for name in changed), "stage I did not change the decoder"
     assert "temperatures.object_attribute" in changed
+
+
+# ----------------------------------------------- 4. freezing, temperatures, accumulation
+class _GradientRecorder:
+    """A TrainerCallback keeping a copy of every gradient just before each optimiser step."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __getattr__(self, event):
+        if not event.startswith("on_"):
+            raise AttributeError(event)
+        return lambda args, state, control, **kwargs: None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.steps.append({name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None})
+
+
+def _train(tmp_path, micro_checkpoint, rows, tuning="full", freeze_vision_tower=True, **fields):
+    """Train in process on ``rows``; returns the trainer and the gradients of each optimiser step."""
+    from finedefics_training.recipe import load_model_and_processor
+    from finedefics_training.trainer import FinedeficsTrainer
+
+    args = _training_args(tmp_path, **{"max_steps": 2, "logging_steps": 1, **fields})
+    model, processor = load_model_and_processor(
+        _model_args(micro_checkpoint, tuning=tuning, freeze_vision_tower=freeze_vision_tower), args)
+    recorder = _GradientRecorder()
+    trainer = FinedeficsTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                processing_class=processor, callbacks=[recorder])
+    trainer.train()
+    return trainer, recorder.steps
+
+
+def _changed(before, after, prefix):
+    return [name for name in before if name.startswith(prefix) and not torch.equal(before[name], after[name])]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_vision_tower_keeps_the_vision_tower_unchanged(tmp_path, micro_checkpoint, freeze):
+    from safetensors.torch import load_file
+
+    before = load_file(micro_checkpoint / "model.safetensors")
+    trainer, _ = _train(tmp_path, micro_checkpoint, toy_rows(8), freeze_vision_tower=freeze, stage=1,
+                        learning_rate=1e-2, per_device_train_batch_size=4)
+    after = trainer.model.state_dict()
+    vision = [name for name in before if name.startswith("model.vision_model.")]
+    assert vision
+    assert _changed(before, after, "model.text_model.")  # the run really trained
+    if freeze:
+        assert _changed(before, after, "model.vision_model.") == []
+    else:
+        assert len(_changed(before, after, "model.vision_model.")) > len(vision) // 2
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_stage_two_freezes_the_temperatures(tmp_path, micro_checkpoint, tuning):
+    trainer, steps = _train(tmp_path, micro_checkpoint, toy_rows(8), tuning=tuning, stage=2, learning_rate=1e-2,
+                            weight_decay=0.1, per_device_train_batch_size=4)
+    core = trainer._core_model()
+    temperatures = {name: p for name, p in core.named_parameters() if "temperatures." in name}
+    assert temperatures and not any(p.requires_grad for p in temperatures.values())
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in temperatures.values()}
+    assert core.get_logit_scales()["object_attribute"].item() == pytest.approx(1 / 0.07, rel=1e-6)
+    assert steps and steps[-1]  # something else did train
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_init_temperature_resets_the_temperatures_the_forward_uses(tmp_path, micro_checkpoint, tuning):
+    trainer, _ = _train(tmp_path, micro_checkpoint, toy_rows(8), tuning=tuning, stage=1, init_temperature=0.25,
+                        learning_rate=1e-2, per_device_train_batch_size=4)
+    first_step = next(entry for entry in trainer.state.log_history if "temperature_object_attribute" in entry)
+    # Logged by the first step's forward, before any update.
+    assert first_step["temperature_object_attribute"] == pytest.approx(0.25, rel=1e-5)
+    assert first_step["temperature_attribute_category"] == pytest.approx(0.25, rel=1e-5)
+    assert trainer._core_model().get_logit_scales()["object_attribute"].item() != pytest.approx(4.0, rel=1e-4)
