@@ -319,3 +319,33 @@ def test_init_temperature_resets_the_temperatures_the_forward_uses(tmp_path, mic
     assert first_step["temperature_object_attribute"] == pytest.approx(0.25, rel=1e-5)
     assert first_step["temperature_attribute_category"] == pytest.approx(0.25, rel=1e-5)
     assert trainer._core_model().get_logit_scales()["object_attribute"].item() != pytest.approx(4.0, rel=1e-4)
+
+
+def test_gradient_accumulation_matches_one_batch_twice_as_large(tmp_path, micro_checkpoint):
+    """Stage II (LM loss only), answers of different lengths: 2 x 4 accumulated = 1 x 8 in loss and gradients."""
+    rows = toy_rows(8)
+    common = dict(stage=2, max_steps=1, optim="sgd", learning_rate=1e-3, lr_scheduler_type="constant",
+                  max_grad_norm=0.0, closed_set_ratio=0.5, bf16=False)  # float32: bf16 autocast rounds gradients
+    large, (large_grads,) = _train(tmp_path / "large", micro_checkpoint, rows, per_device_train_batch_size=8,
+                                   **common)
+    accumulated, (accumulated_grads,) = _train(tmp_path / "accumulated", micro_checkpoint, rows,
+                                               per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
+    answers = [len(large.data_collator([row])["labels"].ne(-100).nonzero()) for row in rows]
+    assert len(set(answers)) > 1  # micro-batches of unequal token counts: a plain mean of means would differ
+    assert accumulated.state.log_history[0]["loss"] == pytest.approx(large.state.log_history[0]["loss"], rel=1e-5)
+    assert large_grads.keys() == accumulated_grads.keys() and large_grads
+    for name, grad in large_grads.items():
+        error = (accumulated_grads[name] - grad).abs().max().item()
+        assert error <= 1e-4 * grad.abs().max().item() + 1e-7, (name, error, grad.abs().max().item())
+
+
+def test_gradient_accumulation_averages_the_contrastive_terms_over_micro_batches(tmp_path, micro_checkpoint):
+    """Stage I, 2 x 4 accumulated: the step's loss is L_lm + the weighted terms averaged over the micro-batches."""
+    weights = {f"{name}_weight": value for name, value in TERM_WEIGHTS.items()}
+    trainer, _ = _train(tmp_path, micro_checkpoint, toy_rows(8), stage=1, max_steps=1, per_device_train_batch_size=4,
+                        gradient_accumulation_steps=2, bf16=False, **weights)
+    answers = {len(trainer.data_collator([row])["labels"].ne(-100).nonzero()) for row in toy_rows(8)}
+    assert len(answers) == 1  # equal answer lengths: the token mean of the step is the mean of the micro-batches'
+    logged = trainer.state.log_history[0]  # every metric averaged over the two micro-batches
+    expected = logged["lm_loss"] + sum(weight * logged[f"loss_{name}"] for name, weight in TERM_WEIGHTS.items())
+    assert logged["loss"] == pytest.approx(expected, rel=1e-5)
