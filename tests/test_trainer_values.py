@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from conftest import toy_rows
 
+TERM_NAMES = ("object_attribute", "attribute_category", "category_category")
 TERM_WEIGHTS = {"object_attribute": 0.3, "attribute_category": 0.7, "category_category": 1.9}
 
 
@@ -349,3 +350,70 @@ def test_gradient_accumulation_averages_the_contrastive_terms_over_micro_batches
     logged = trainer.state.log_history[0]  # every metric averaged over the two micro-batches
     expected = logged["lm_loss"] + sum(weight * logged[f"loss_{name}"] for name, weight in TERM_WEIGHTS.items())
     assert logged["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+# ------------------------------------------------------------------ 5. two processes
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _uneven_rows():
+    """Eight stage I rows whose descriptions differ in length, so the two ranks hold unequal answer tokens."""
+    rows = toy_rows(8)
+    for i, row in enumerate(rows):
+        row["attribute"] += ", a long pale tail and dark legs" * (i % 3)
+    return rows
+
+
+def test_two_processes_train_like_one_process_on_the_same_global_batch(tmp_path, micro_checkpoint):
+    """One step through torchrun and the trainer: 2 x 4 rows (gloo, CPU) = 1 x 8 rows in loss, terms and weights.
+
+    The contrastive terms must see the other rank's rows as negatives: on 4 rows alone they would differ.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from datasets import DatasetDict
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    DatasetDict({"train": Dataset.from_list(_uneven_rows())}).save_to_disk(str(data))
+    weights = {f"{name}_weight": value for name, value in TERM_WEIGHTS.items()}
+    common = dict(model_name_or_path=str(micro_checkpoint), dataset_dir=str(data), tuning="full", stage=1,
+                  max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0,
+                  bf16=False, num_negatives=2, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                  seed=0, dataloader_num_workers=0, disable_tqdm=True, **weights)
+    runs = {}
+    for processes, batch in ((1, 8), (2, 4)):
+        output = tmp_path / f"world{processes}"
+        recipe = tmp_path / f"world{processes}.yaml"
+        recipe.write_text(yaml.safe_dump({**common, "output_dir": str(output), "per_device_train_batch_size": batch}))
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                   "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+                   "-m", "finedefics_training.cli", "train", "--config", str(recipe)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert f"world size {processes}" in result.stderr
+        runs[processes] = (json.loads((output / "log_history.json").read_text())[0],
+                           load_file(output / "final" / "model.safetensors"))
+
+    (one_log, one_weights), (two_log, two_weights) = runs[1], runs[2]
+    for key in ["loss", "lm_loss"] + [f"loss_{name}" for name in TERM_NAMES]:
+        assert two_log[key] == pytest.approx(one_log[key], rel=1e-5), key
+    base = load_file(micro_checkpoint / "model.safetensors")
+    assert one_weights.keys() == two_weights.keys()
+    moved = 0
+    for name, tensor in one_weights.items():
+        update_one, update_two = tensor - base[name], two_weights[name] - base[name]
+        error = (update_two - update_one).abs().max().item()
+        assert error <= 1e-4 * update_one.abs().max().item() + 1e-7, (name, error)
+        moved += bool(update_one.abs().max() > 0)
+    assert moved > len(one_weights) // 2  # the step really updated the model

@@ -118,7 +118,7 @@ class FinedeficsTrainer(SFTTrainer):
         outputs = model(**inputs, use_cache=False)
         nll_sum, answer_tokens, token_accuracy = answer_token_nll(outputs.logits, labels)
         lm_loss = nll_sum / answer_tokens.clamp(min=1)
-        self._log_metric(mode, "lm_loss", lm_loss)
+        self._log_token_mean(mode, "lm_loss", nll_sum, answer_tokens)
         self._log_metric(mode, "mean_token_accuracy", token_accuracy)
         loss = lm_loss if num_items_in_batch is None else self._share_of_step_lm_loss(nll_sum, num_items_in_batch)
         if stage_one:
@@ -151,6 +151,12 @@ class FinedeficsTrainer(SFTTrainer):
         for name, scale in scales.items():
             self._log_metric(mode, f"temperature_{name}", 1.0 / scale.detach())
         return result.loss
+
+    def _log_token_mean(self, mode: str, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        """Log ``total / count`` over every rank's tokens (not a mean of per-rank means: ranks hold unequal tokens)."""
+        pair = torch.stack([total.detach().float(), count.float()]).reshape(1, 2).to(self.accelerator.device)
+        total, count = self.accelerator.gather_for_metrics(pair).sum(dim=0).tolist()
+        self._metrics[mode][name].append(total / max(count, 1.0))
 
     def _log_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
         value = value.detach().float().reshape(1).to(self.accelerator.device)
