@@ -322,6 +322,25 @@ def test_init_temperature_resets_the_temperatures_the_forward_uses(tmp_path, mic
     assert trainer._core_model().get_logit_scales()["object_attribute"].item() != pytest.approx(4.0, rel=1e-4)
 
 
+def test_lora_stage_one_trains_the_adapters_copy_of_the_temperatures_only(tmp_path, micro_checkpoint):
+    """PEFT trains a copy of ``temperatures`` (modules_to_save) and keeps the original frozen: the trainer must
+    not unfreeze the original, whose parameters would sit in the optimiser without ever getting a gradient."""
+    from finedefics_training.recipe import load_model_and_processor
+    from finedefics_training.trainer import FinedeficsTrainer
+
+    args = _training_args(tmp_path, stage=1, init_temperature=0.25)
+    model, processor = load_model_and_processor(_model_args(micro_checkpoint, tuning="lora"), args)
+    trainer = FinedeficsTrainer(model=model, args=args, train_dataset=Dataset.from_list(toy_rows(8)),
+                                processing_class=processor)
+    temperatures = {name: p for name, p in model.named_parameters() if "temperatures." in name}
+    trainable = sorted(name.split("temperatures.")[1] for name, p in temperatures.items() if p.requires_grad)
+    assert trainable == ["modules_to_save.default.attribute_category", "modules_to_save.default.object_attribute"]
+    trainer.create_optimizer()
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {name for name, p in temperatures.items() if id(p) in optimised} == {
+        name for name, p in temperatures.items() if p.requires_grad}
+
+
 def test_gradient_accumulation_matches_one_batch_twice_as_large(tmp_path, micro_checkpoint):
     """Stage II (LM loss only), answers of different lengths: 2 x 4 accumulated = 1 x 8 in loss and gradients."""
     rows = toy_rows(8)
