@@ -4,10 +4,13 @@
     loss = L_lm                                                    (stage II)
 
 ``L_lm`` is the next-token loss on answer tokens only (prompt, image and padding tokens are masked by
-the collator). The contrastive terms are computed from ONE extra decoder pass inside the model's
-forward: the image summaries reuse the resampled image features of the main pass (the vision tower
-runs once), and every text of the step (descriptions, negative descriptions, category names, negative
-names) shares that pass.
+the collator); over an optimiser step it weighs every answer token alike, however the step is split into
+accumulated micro-batches and ranks (``num_items_in_batch``, as in ``Trainer``). The contrastive terms
+are computed from ONE extra decoder pass inside the model's forward: the image summaries reuse the
+resampled image features of the main pass (the vision tower runs once), and every text of the step
+(descriptions, negative descriptions, category names, negative names) shares that pass. Each
+micro-batch's terms cover the global batch of all ranks (gathered with gradients, see ``losses.py``)
+and are averaged over accumulated micro-batches.
 Every term, the temperatures and how often a term had to be skipped are logged each step.
 
 Before training, the trainer states how many rows of each kind (``data/kinds.py``) the stage trains
