@@ -4,10 +4,13 @@
     loss = L_lm                                                    (stage II)
 
 ``L_lm`` is the next-token loss on answer tokens only (prompt, image and padding tokens are masked by
-the collator). The contrastive terms are computed from ONE extra decoder pass inside the model's
-forward: the image summaries reuse the resampled image features of the main pass (the vision tower
-runs once), and every text of the step (descriptions, negative descriptions, category names, negative
-names) shares that pass.
+the collator); over an optimiser step it weighs every answer token alike, however the step is split into
+accumulated micro-batches and ranks (``num_items_in_batch``, as in ``Trainer``). The contrastive terms
+are computed from ONE extra decoder pass inside the model's forward: the image summaries reuse the
+resampled image features of the main pass (the vision tower runs once), and every text of the step
+(descriptions, negative descriptions, category names, negative names) shares that pass. Each
+micro-batch's terms cover the global batch of all ranks (gathered with gradients, see ``losses.py``)
+and are averaged over accumulated micro-batches.
 Every term, the temperatures and how often a term had to be skipped are logged each step.
 
 Before training, the trainer states how many rows of each kind (``data/kinds.py``) the stage trains
@@ -79,8 +82,9 @@ class FinedeficsTrainer(SFTTrainer):
         _record_noun(model, noun, plan)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
-        # The loss adds terms the model does not know of: let Trainer scale it for gradient accumulation.
-        self.model_accepts_loss_kwargs = False
+        # Trainer then counts the answer tokens of the whole optimiser step (every accumulated micro-batch, every
+        # rank) and leaves gradient accumulation to compute_loss, which weighs each token as one large batch would.
+        self.model_accepts_loss_kwargs = True
         self.contrastive_loss = FinedeficsContrastiveLoss(
             weights=args.contrastive_weights, gather_with_grad=args.gather_with_grad,
             use_hard_negatives=args.use_hard_negatives,
@@ -100,8 +104,10 @@ class FinedeficsTrainer(SFTTrainer):
                 with torch.no_grad():
                     parameter.fill_(-torch.log(torch.tensor(self.args.init_temperature)).item())
         trainable = self.args.stage == 1 and self.args.train_temperatures
-        for parameter in _temperature_parameters(core):
-            parameter.requires_grad_(trainable)
+        for name, parameter in core.named_parameters():
+            # Under LoRA, PEFT trains a copy (modules_to_save) and keeps the original frozen: it never gets a gradient.
+            if "temperatures." in name and ".original_module." not in name:
+                parameter.requires_grad_(trainable)
 
     # -------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -115,13 +121,29 @@ class FinedeficsTrainer(SFTTrainer):
             inputs["contrastive_attention_mask"] = contrastive_inputs["contrastive_attention_mask"]
         # No fused LM head: the contrastive terms need the forward's embeddings.
         outputs = model(**inputs, use_cache=False)
-        lm_loss, token_accuracy = causal_lm_loss(outputs.logits, labels)
-        loss = lm_loss
-        self._log_metric(mode, "lm_loss", lm_loss)
+        nll_sum, answer_tokens, token_accuracy = answer_token_nll(outputs.logits, labels)
+        lm_loss = nll_sum / answer_tokens.clamp(min=1)
+        self._log_token_mean(mode, "lm_loss", nll_sum, answer_tokens)
         self._log_metric(mode, "mean_token_accuracy", token_accuracy)
+        loss = lm_loss if num_items_in_batch is None else self._share_of_step_lm_loss(nll_sum, num_items_in_batch)
         if stage_one:
-            loss = loss + self._contrastive_step(mode, outputs, contrastive_inputs)
+            contrastive = self._contrastive_step(mode, outputs, contrastive_inputs)
+            if num_items_in_batch is not None and model.training:
+                # A per-micro-batch loss (over the global batch of all ranks): average it over accumulation.
+                contrastive = contrastive / self.current_gradient_accumulation_steps
+            loss = loss + contrastive
         return (loss, outputs) if return_outputs else loss
+
+    def _share_of_step_lm_loss(self, nll_sum: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """This micro-batch's part of the step's token-mean LM loss (as ``Trainer.compute_loss`` computes it).
+
+        ``num_items_in_batch`` counts the answer tokens of every micro-batch of the optimiser step (and of every
+        rank when ``average_tokens_across_devices``, whose gradients DDP then averages: hence the rank count).
+        """
+        loss = nll_sum / torch.as_tensor(num_items_in_batch, device=nll_sum.device).clamp(min=1)
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return loss
 
     def _contrastive_step(self, mode: str, outputs, contrastive_inputs: dict) -> torch.Tensor:
         batch = build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive_inputs)
@@ -135,6 +157,12 @@ class FinedeficsTrainer(SFTTrainer):
             self._log_metric(mode, f"temperature_{name}", 1.0 / scale.detach())
         return result.loss
 
+    def _log_token_mean(self, mode: str, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        """Log ``total / count`` over every rank's tokens (not a mean of per-rank means: ranks hold unequal tokens)."""
+        pair = torch.stack([total.detach().float(), count.float()]).reshape(1, 2).to(self.accelerator.device)
+        total, count = self.accelerator.gather_for_metrics(pair).sum(dim=0).tolist()
+        self._metrics[mode][name].append(total / max(count, 1.0))
+
     def _log_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
         value = value.detach().float().reshape(1).to(self.accelerator.device)
         self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
@@ -145,14 +173,25 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
     A batch without any supervised token gives a zero loss (with a gradient path), not NaN.
     """
+    nll_sum, answer_tokens, accuracy = answer_token_nll(logits, labels)
+    return nll_sum / answer_tokens.clamp(min=1), accuracy
+
+
+def answer_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy of the supervised (answer) tokens, their count and top-1 accuracy.
+
+    The sum (not the mean) lets accumulated micro-batches and ranks weigh every answer token alike. Without
+    any supervised token the sum is a zero with a gradient path and the accuracy is 0, never NaN.
+    """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:].to(logits.device)
     mask = shift_labels != IGNORE_INDEX
+    answer_tokens = mask.sum()
     if not mask.any():
-        return shift_logits.sum() * 0.0, torch.tensor(0.0)
-    loss = F.cross_entropy(shift_logits[mask], shift_labels[mask])
+        return shift_logits.sum() * 0.0, answer_tokens, torch.tensor(0.0)
+    nll_sum = F.cross_entropy(shift_logits[mask], shift_labels[mask], reduction="sum")
     accuracy = (shift_logits[mask].argmax(-1) == shift_labels[mask]).float().mean()
-    return loss, accuracy
+    return nll_sum, answer_tokens, accuracy
 
 
 def build_contrastive_batch(image_embeds: torch.Tensor, text_embeds: torch.Tensor, inputs: dict) -> ContrastiveBatch:
