@@ -96,6 +96,9 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
     config_class = FinedeficsConfig
     config: FinedeficsConfig
+    # Loaded in float32 whatever the model's dtype: a bf16 logit scale of ~2.66 moves in steps of 0.0156,
+    # so the ~2e-4 updates it gets would round away (and the heads feed float32 losses anyway).
+    _keep_in_fp32_modules_strict = ["temperatures", "image_projection", "text_projection"]
 
     def __init__(self, config: FinedeficsConfig):
         super().__init__(config)
@@ -126,7 +129,24 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
                     f"Checkpoint folder {path!r} has no weights: expected one of {', '.join(WEIGHT_FILE_NAMES)}. "
                     "Finedefics loads safetensors only (pickled .bin files are never loaded)."
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model._alignment_modules_to_float32(loading_info["missing_keys"])
+        return (model, loading_info) if wants_loading_info else model
+
+    def _alignment_modules_to_float32(self, missing_keys) -> None:
+        """Float32 for the modules of ``_keep_in_fp32_modules_strict`` that the checkpoint lacked.
+
+        transformers keeps the loaded ones in float32 but creates missing ones (a stock Idefics2 has no
+        temperatures) in the model's dtype; those are upcast and re-initialised at float32 precision.
+        """
+        for name in self._keep_in_fp32_modules_strict:
+            module = getattr(self, name, None)
+            if module is None or not any(key.startswith(f"{name}.") for key in missing_keys):
+                continue
+            module.float()
+            if isinstance(module, FinedeficsTemperatures):
+                module.reset_parameters(self.config.init_temperature)
 
     # --------------------------------------------------------------- embeddings
     @property
@@ -275,9 +295,10 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
     @staticmethod
     def _project(pooled: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
+        dtype = pooled.dtype
         if projection is not None:
-            pooled = projection(pooled)
-        return F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
+            pooled = projection(pooled.to(projection.weight.dtype))
+        return F.normalize(pooled.float(), dim=-1).to(dtype)
 
     # ------------------------------------------------------------ classification
     @torch.no_grad()

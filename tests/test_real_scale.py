@@ -1,0 +1,103 @@
+"""What breaks only at real scale, checked on tiny models: 16-bit training of the alignment parameters,
+the frozen vision tower, and the plan a dry run prints."""
+
+import pytest
+from test_convert import stock_idefics2  # noqa: F401 (fixture)
+import torch
+
+ALIGNMENT_MODULES = ("temperatures", "image_projection", "text_projection")
+
+
+@pytest.fixture
+def micro_checkpoint_with_heads(tmp_path, tiny_processor):
+    """A saved micro checkpoint with projection heads (embed_dim > 0)."""
+    from modeling_finedefics.tiny import build_tiny_model
+
+    model = build_tiny_model(tiny_processor, preset="micro", seed=0)
+    model.config.embed_dim = 32
+    model = type(model)(model.config)
+    folder = tmp_path / "micro-heads"
+    model.save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
+    return folder
+
+
+def _alignment_parameters(model):
+    return {name: p for name, p in model.named_parameters() if any(m in name for m in ALIGNMENT_MODULES)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_alignment_parameters_stay_float32_in_a_16_bit_model(micro_checkpoint_with_heads, dtype):
+    """At a log scale of ~2.66 a bf16 step is 0.0156: updates of ~2e-4 would round away."""
+    from modeling_finedefics import FinedeficsForConditionalGeneration
+
+    model = FinedeficsForConditionalGeneration.from_pretrained(micro_checkpoint_with_heads, dtype=dtype)
+    parameters = _alignment_parameters(model)
+    assert {name.split(".")[0] for name in parameters} == set(ALIGNMENT_MODULES)
+    assert {p.dtype for p in parameters.values()} == {torch.float32}
+    assert model.model.text_model.embed_tokens.weight.dtype == dtype
+
+    log_scale = model.temperatures.object_attribute
+    before = log_scale.detach().clone()
+    optimizer = torch.optim.SGD([log_scale], lr=2e-4)
+    model.get_logit_scales()["object_attribute"].backward()
+    optimizer.step()
+    assert log_scale.detach() != before, "a 2e-4 step on the logit scale was rounded away"
+
+
+def test_a_16_bit_model_embeds_with_float32_heads(micro_checkpoint_with_heads, tiny_processor):
+    from modeling_finedefics import FinedeficsForConditionalGeneration
+
+    model = FinedeficsForConditionalGeneration.from_pretrained(micro_checkpoint_with_heads, dtype=torch.bfloat16)
+    texts = tiny_processor.tokenize_texts(["a small bird with a red crown", "Velmoran Thistlewing"])
+    embeds = model.get_text_embeddings(texts["input_ids"], texts["attention_mask"])
+    assert embeds.shape == (2, 32)
+    assert torch.isfinite(embeds.float()).all()
+    assert torch.allclose(embeds.float().norm(dim=-1), torch.ones(2), atol=1e-2)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_recipe_keeps_alignment_parameters_float32_under_bf16(micro_checkpoint_with_heads, tuning):
+    from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.recipe import ModelArguments, load_model_and_processor
+
+    model_args = ModelArguments(model_name_or_path=str(micro_checkpoint_with_heads), tuning=tuning,
+                                torch_dtype="bfloat16")
+    training_args = FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
+    model, _ = load_model_and_processor(model_args, training_args)
+    trainable = {name: p for name, p in _alignment_parameters(model).items() if p.requires_grad}
+    assert trainable, "the alignment parameters are not trained"
+    assert {p.dtype for p in trainable.values()} == {torch.float32}
+
+
+def test_a_stock_idefics2_loaded_in_bf16_gets_float32_temperatures_at_their_initial_value(stock_idefics2):  # noqa: F811
+    """The alignment parameters a stock checkpoint lacks are created fresh: in float32 too, at init_temperature."""
+    from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.recipe import ModelArguments, load_model_and_processor
+
+    folder, _ = stock_idefics2
+    model_args = ModelArguments(model_name_or_path=str(folder), tuning="full", torch_dtype="bfloat16")
+    model, _ = load_model_and_processor(model_args, FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False))
+    assert model.temperatures.object_attribute.dtype == torch.float32
+    expected = 1.0 / model.config.init_temperature
+    assert model.get_logit_scales()["object_attribute"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_lora_trains_only_the_adapters_copy_of_the_temperatures(micro_checkpoint, toy_dataset_dir):
+    """PEFT keeps an unused ``original_module`` beside the trained ``modules_to_save`` copy: it stays frozen."""
+    from datasets import load_from_disk
+
+    from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.recipe import ModelArguments, load_model_and_processor
+    from finedefics_training.trainer import FinedeficsTrainer
+
+    args = FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[], stage=1,
+                                    init_temperature=0.05)
+    model, processor = load_model_and_processor(ModelArguments(model_name_or_path=str(micro_checkpoint)), args)
+    FinedeficsTrainer(model=model, args=args, train_dataset=load_from_disk(str(toy_dataset_dir))["train"],
+                      processing_class=processor)
+    temperatures = {name: p for name, p in model.named_parameters() if "temperatures." in name}
+    trained = {name for name, p in temperatures.items() if p.requires_grad}
+    assert trained and all(".modules_to_save." in name for name in trained), sorted(temperatures)
+    assert len(trained) == 2
+    assert model.get_base_model().get_logit_scales()["object_attribute"].item() == pytest.approx(1 / 0.05, rel=1e-5)
