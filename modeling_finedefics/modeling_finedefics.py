@@ -148,6 +148,28 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
             if isinstance(module, FinedeficsTemperatures):
                 module.reset_parameters(self.config.init_temperature)
 
+    def enable_input_require_grads(self):
+        """Make the decoder's input embeddings require grad (what PEFT and gradient checkpointing need).
+
+        transformers' version hooks every input embedding, the vision tower's too: with the tower frozen
+        (the default) that kept all its activations and back-propagated through its layers for nothing.
+        The vision hook here asks for gradients only while some vision parameter trains.
+        """
+        vision_model = self.model.vision_model
+
+        def require_grads(module, inputs, output):
+            output.requires_grad_(True)
+
+        def require_grads_if_vision_trains(module, inputs, output):
+            if any(parameter.requires_grad for parameter in vision_model.parameters()):
+                output.requires_grad_(True)
+
+        self._require_grads_hooks = [
+            self.get_input_embeddings().register_forward_hook(require_grads),
+            vision_model.get_input_embeddings().register_forward_hook(require_grads_if_vision_trains),
+        ]
+        self._require_grads_hook = self._require_grads_hooks[0]
+
     # --------------------------------------------------------------- embeddings
     @property
     def summary_token_id(self) -> int:

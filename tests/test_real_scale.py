@@ -101,3 +101,47 @@ def test_lora_trains_only_the_adapters_copy_of_the_temperatures(micro_checkpoint
     assert trained and all(".modules_to_save." in name for name in trained), sorted(temperatures)
     assert len(trained) == 2
     assert model.get_base_model().get_logit_scales()["object_attribute"].item() == pytest.approx(1 / 0.05, rel=1e-5)
+
+
+def _vision_output_requires_grad(model, tiny_processor) -> bool:
+    """Whether the vision tower's output is part of the autograd graph in a training forward."""
+    from PIL import Image
+
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seen = []
+    hook = core.model.vision_model.register_forward_hook(lambda m, i, out: seen.append(out.last_hidden_state.requires_grad))
+    inputs = tiny_processor(images=[[Image.new("RGB", (64, 64), "red")]], text=["<image>a red bird"], return_tensors="pt")
+    try:
+        model.train()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_a_frozen_vision_tower_builds_no_autograd_graph(micro_checkpoint, tiny_processor, tuning):
+    """Trainers call ``enable_input_require_grads`` (PEFT, checkpointing); transformers' version also hooks
+    the vision embeddings, so a frozen tower kept its activations and was back-propagated for nothing."""
+    from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.recipe import ModelArguments, load_model_and_processor
+
+    args = FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
+    model, _ = load_model_and_processor(ModelArguments(model_name_or_path=str(micro_checkpoint), tuning=tuning), args)
+    model.enable_input_require_grads()
+    assert not _vision_output_requires_grad(model, tiny_processor)
+    text_model_grads = [p.grad for name, p in model.named_parameters() if p.requires_grad and "text_model" in name]
+    assert any(g is not None and g.abs().sum() > 0 for g in text_model_grads), "the decoder no longer learns"
+
+
+def test_a_trained_vision_tower_still_gets_gradients(micro_checkpoint, tiny_processor):
+    from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.recipe import ModelArguments, load_model_and_processor
+
+    args = FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
+    model_args = ModelArguments(model_name_or_path=str(micro_checkpoint), tuning="full", freeze_vision_tower=False)
+    model, _ = load_model_and_processor(model_args, args)
+    model.enable_input_require_grads()
+    assert _vision_output_requires_grad(model, tiny_processor)
+    first_layer = model.model.vision_model.encoder.layers[0]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in first_layer.parameters())
