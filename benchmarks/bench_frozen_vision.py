@@ -16,8 +16,7 @@ as ``bench_train_step.py`` builds it). Two copies of the same model differ only 
 
 - bytes saved for backward in one step (every tensor autograd keeps, counted through
   ``torch.autograd.graph.saved_tensors_hooks``): the activation memory the graph holds at its peak;
-- whether the vision tower's output is in the graph, and how many vision layer forwards a step runs
-  (a checkpointed layer in the graph runs again during backward);
+- whether the vision tower's output is in the graph;
 - wall time of a step (zero_grad + forward + losses + backward + AdamW step), medians over
   ``--repeats`` round-robin rounds after ``--warmup`` steps, order alternating each round.
 
@@ -96,18 +95,15 @@ def saved_for_backward(state: dict, batch: dict, criterion, bench) -> dict:
         return tensor
 
     vision = state["model"].get_base_model().model.vision_model
-    in_graph, layer_calls = [], []
+    in_graph = []
     hooks = [vision.register_forward_hook(lambda m, i, out: in_graph.append(out.last_hidden_state.requires_grad))]
-    # A checkpointed layer in the graph runs its forward again during backward.
-    hooks += [layer.register_forward_hook(lambda *_: layer_calls.append(1)) for layer in vision.encoder.layers]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             _, (lm_loss, contrastive_loss) = bench.train_step(state, batch, criterion)
     finally:
         for hook in hooks:
             hook.remove()
-    return {**saved, "vision_output_in_graph": any(in_graph), "vision_layer_forwards": len(layer_calls),
-            "vision_layers": len(vision.encoder.layers), "loss": (lm_loss + contrastive_loss).item()}
+    return {**saved, "vision_output_in_graph": any(in_graph), "loss": (lm_loss + contrastive_loss).item()}
 
 
 def time_rounds(states: dict, batch: dict, criterion, rounds: int, bench) -> dict:
@@ -120,11 +116,10 @@ def time_rounds(states: dict, batch: dict, criterion, rounds: int, bench) -> dic
 
 
 def markdown(result: dict) -> str:
-    lines = ["| enable_input_require_grads | vision output in graph | vision layer forwards per step | "
-             "saved for backward | ms/step (median) |", "|---|---|---|---|---|"]
+    lines = ["| enable_input_require_grads | vision output in graph | saved for backward | ms/step (median) |",
+             "|---|---|---|---|"]
     for variant, row in result["variants"].items():
         lines.append(f"| {variant} | {'yes' if row['vision_output_in_graph'] else 'no'} | "
-                     f"{row['vision_layer_forwards']} ({row['vision_layers']} layers) | "
                      f"{row['saved_bytes'] / 2**20:.1f} MiB ({row['saved_tensors']} tensors) | {row['median_ms']:.1f} |")
     old, new = (result["variants"][variant] for variant in VARIANTS)
     lines.append("")
@@ -171,8 +166,7 @@ def main(argv=None) -> dict:
               "activation_checkpointing": args.activation_checkpointing,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "variants": {variant: {"saved_bytes": first[variant]["bytes"], "saved_tensors": first[variant]["tensors"],
-                                     **{key: first[variant][key] for key in
-                                        ("vision_output_in_graph", "vision_layer_forwards", "vision_layers")},
+                                     "vision_output_in_graph": first[variant]["vision_output_in_graph"],
                                      "loss": first[variant]["loss"],
                                      "median_ms": 1000 * statistics.median(times[variant])}
                            for variant in VARIANTS}}

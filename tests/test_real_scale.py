@@ -1,10 +1,15 @@
 """What breaks only at real scale, checked on tiny models: 16-bit training of the alignment parameters,
 the frozen vision tower, and the plan a dry run prints."""
 
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 from test_convert import stock_idefics2  # noqa: F401 (fixture)
 import torch
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 ALIGNMENT_MODULES = ("temperatures", "image_projection", "text_projection")
 
 
@@ -145,3 +150,33 @@ def test_a_trained_vision_tower_still_gets_gradients(micro_checkpoint, tiny_proc
     assert _vision_output_requires_grad(model, tiny_processor)
     first_layer = model.model.vision_model.encoder.layers[0]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in first_layer.parameters())
+
+
+# ----------------------------------------------------------------------------- dry run
+def test_dry_run_plans_the_8b_recipe_without_weights_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    """The shipped Idefics2-8B config, the recipe's QLoRA: the LoRA regex's 248 modules, no vision module."""
+    from finedefics_training.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parents[1] / "training" / "recipes" / "idefics2-8b-stage1.yaml"
+    assert main(["train", "--config", str(recipe), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run, stage 1: HuggingFaceM4/idefics2-8b (qlora, bfloat16)" in out
+    assert "LoRA on 248 modules:" in out
+    assert "32 x model.text_model.layers.*.self_attn.q_proj" in out and "vision_model" not in out
+    totals = {line.split()[0]: line for line in out.splitlines() if "/" in line and line.startswith("  ")}
+    assert totals["vision"].split()[-3] == "0"  # the vision tower trains nothing
+    assert re.search(r"fits on: 24 GB (yes|NO), 40 GB (yes|NO), 80 GB (yes|NO)", out)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_estimate_against_a_measured_step_on_a_tiny_model():
+    """Weights, gradients and optimizer state are counted exactly; activations within a stated band."""
+    spec = importlib.util.spec_from_file_location("bench_dry_run", BENCHMARKS / "bench_dry_run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--preset", "micro", "--batch-size", "6", "--tuning", "full", "--threads", "1"])
+    for name in ("weights", "gradients", "optimizer state"):
+        assert result["estimated"][name] == pytest.approx(result["measured"][name], rel=1e-6), name
+    ratio = result["estimated"]["activations"] / result["measured"]["activations"]
+    assert 0.9 <= ratio <= 1.5, result["markdown"]

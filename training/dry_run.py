@@ -48,7 +48,7 @@ class StepShape:
     patches: int = 64            # vision tokens per sub-image
     image_tokens: int = 64       # resampled image tokens per sub-image in the decoder
     text_tokens: int = 64        # text tokens per row in the LM pass
-    contrastive_texts: int = 0   # texts per row in stage I's embedding pass (descriptions, names, negatives)
+    contrastive_texts: float = 0  # texts per row in stage I's embedding pass (descriptions, names, negatives)
     contrastive_text_tokens: int = 24
 
     @property
@@ -61,7 +61,7 @@ class StepShape:
         if not self.contrastive_texts:
             return []
         summary = self.sub_images * self.image_tokens + 1
-        return [summary] * self.rows + [self.contrastive_text_tokens] * (self.rows * self.contrastive_texts)
+        return [summary] * self.rows + [self.contrastive_text_tokens] * round(self.rows * self.contrastive_texts)
 
 
 @dataclass
