@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Idefics2ForConditionalGeneration
-from transformers.models.idefics2.modeling_idefics2 import Idefics2CausalLMOutputWithPast
+from transformers.models.idefics2.modeling_idefics2 import Idefics2CausalLMOutputWithPast, Idefics2Connector
 from transformers.utils import ModelOutput
 
 from .configuration_finedefics import FinedeficsConfig
@@ -58,6 +58,29 @@ class FinedeficsTemperatures(nn.Module):
         return {
             name: getattr(self, name).clamp(min_log_scale, max_log_scale).exp() for name in TEMPERATURE_NAMES
         }
+
+
+class FinedeficsConnector(Idefics2Connector):
+    """Idefics2's connector (modality projection + perceiver resampler), checkpointed one sub-image at a time.
+
+    It runs over every padded patch of up to five sub-images per row (4,900 patches each at 980 px), and
+    Idefics2 does not checkpoint it: at 8B its activations outweigh the decoder's. Sub-images are
+    independent here, so under activation checkpointing each is a checkpoint of its own: backward keeps
+    the inputs and recomputes one sub-image at a time. Same parameters, same names, same outputs.
+    """
+
+    gradient_checkpointing = False  # set by ``activation_checkpointing_enable`` with the model's checkpoint function
+
+    def forward(self, image_hidden_states, attention_mask):
+        forward = super().forward
+        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return forward(image_hidden_states, attention_mask)
+        pieces = [
+            self._gradient_checkpointing_func(forward, image_hidden_states[index:index + 1],
+                                              attention_mask[index:index + 1])
+            for index in range(image_hidden_states.shape[0])
+        ]
+        return torch.cat(pieces, dim=0)
 
 
 @dataclass
@@ -102,6 +125,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
     def __init__(self, config: FinedeficsConfig):
         super().__init__(config)
+        self.model.connector = FinedeficsConnector(config)
         hidden_size = config.text_config.hidden_size
         if config.embed_dim > 0:
             self.image_projection = nn.Linear(hidden_size, config.embed_dim, bias=False)

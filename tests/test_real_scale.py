@@ -180,3 +180,38 @@ def test_dry_run_estimate_against_a_measured_step_on_a_tiny_model():
         assert result["estimated"][name] == pytest.approx(result["measured"][name], rel=1e-6), name
     ratio = result["estimated"]["activations"] / result["measured"]["activations"]
     assert 0.9 <= ratio <= 1.5, result["markdown"]
+
+
+# ----------------------------------------------------------------------------- connector checkpointing
+def _connector_step(model, features, mask):
+    """Saved bytes and the connector's parameter gradients for one forward + backward of the connector."""
+    from finedefics_training.dry_run import SavedTensorCounter
+
+    connector = model.model.connector
+    model.zero_grad(set_to_none=True)
+    with SavedTensorCounter(model.parameters()) as counter:
+        out = connector(features, attention_mask=mask)
+    out.float().pow(2).sum().backward()
+    grads = {name: p.grad.clone() for name, p in connector.named_parameters()}
+    return counter.bytes, out.detach(), grads
+
+
+def test_under_activation_checkpointing_the_connector_keeps_one_sub_image_at_a_time(tiny_processor):
+    """The modality projection and perceiver ran over every padded patch of up to 5 sub-images per row and
+    kept it all for backward; checkpointed per sub-image they keep their inputs and recompute one at a time."""
+    from modeling_finedefics.tiny import build_tiny_model
+
+    model = build_tiny_model(tiny_processor, preset="micro", seed=0).train()
+    torch.manual_seed(0)
+    features = torch.randn(6, 49, model.config.vision_config.hidden_size)
+    mask = torch.ones(6, 49, dtype=torch.bool)
+    mask[3, 30:] = False  # a padded sub-image
+    plain_bytes, plain_out, plain_grads = _connector_step(model, features, mask)
+    model.activation_checkpointing_enable()
+    kept_bytes, out, grads = _connector_step(model, features, mask)
+    assert torch.allclose(out, plain_out, atol=1e-5)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, plain_grads[name], atol=1e-5, rtol=1e-4), name
+    input_bytes = features.numel() * features.element_size()
+    assert kept_bytes < plain_bytes / 4
+    assert kept_bytes <= input_bytes + out.numel() * out.element_size() + mask.numel() * 8

@@ -347,7 +347,12 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
     # Logits in the model's dtype, their float32 copy for the loss and its gradient.
     logits = shape.lm_tokens * shape.rows * text.vocab_size * (dtype_bytes + 8)
     sub_images = shape.rows * shape.sub_images
-    connector = connector_bytes(model, config, dtype)(shape.patches) * sub_images
+    one_sub_image = connector_bytes(model, config, dtype)(shape.patches)
+    if checkpointing:
+        # FinedeficsConnector keeps each sub-image's input and recomputes one sub-image at a time.
+        connector = sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes + one_sub_image
+    else:
+        connector = one_sub_image * sub_images
     result = {"decoder activations": decoder_total, "logits and LM loss": logits, "connector activations": connector}
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     if any(p.requires_grad for p in core.model.vision_model.parameters()):
