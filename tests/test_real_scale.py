@@ -215,3 +215,59 @@ def test_under_activation_checkpointing_the_connector_keeps_one_sub_image_at_a_t
     input_bytes = features.numel() * features.element_size()
     assert kept_bytes < plain_bytes / 4
     assert kept_bytes <= input_bytes + out.numel() * out.element_size() + mask.numel() * 8
+
+
+# ----------------------------------------------------------------------------- several processes
+@pytest.mark.parametrize("deepspeed, env", [
+    ({"zero_optimization": {"stage": 3}}, {}),
+    (None, {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}),
+])
+def test_qlora_under_zero3_is_refused_before_any_weight_loads(deepspeed, env, monkeypatch):
+    from types import SimpleNamespace
+
+    from finedefics_training.recipe import ModelArguments, check_distributed_setup
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = SimpleNamespace(deepspeed=deepspeed)
+    with pytest.raises(ValueError, match=r"qlora cannot run under DeepSpeed ZeRO-3 .*accelerate_configs/multi_gpu\.yaml"):
+        check_distributed_setup(ModelArguments(tuning="qlora"), args)
+    check_distributed_setup(ModelArguments(tuning="lora"), args)  # LoRA shards fine
+
+
+def test_two_process_lora_run_merges_the_adapter_trainer_gathered(tmp_path, micro_checkpoint, toy_dataset_dir):
+    """Several processes save through Trainer.save_model (what gathers ZeRO-3 shards), then merge on the main one."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(yaml.safe_dump(dict(
+        model_name_or_path=str(micro_checkpoint), dataset_dir=str(toy_dataset_dir), output_dir=str(tmp_path / "run"),
+        tuning="lora", lora_dropout=0.0, stage=1, max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
+        save_strategy="no", report_to="none", use_cpu=True, seed=0, num_negatives=2, dataloader_num_workers=0,
+        disable_tqdm=True, logging_steps=1)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "finedefics_training.cli", "train", "--config", str(recipe)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    final = tmp_path / "run" / "final"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["final"]  # nothing gathered left
+    merged, base = load_file(final / "model.safetensors"), load_file(micro_checkpoint / "model.safetensors")
+    assert set(merged) == set(base)
+    name = "model.text_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[name], base[name]), "the trained adapter was not merged"
+    assert torch.equal(merged["model.vision_model.embeddings.patch_embedding.weight"],
+                       base["model.vision_model.embeddings.patch_embedding.weight"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
