@@ -39,7 +39,7 @@ def _train_step_module():
     return module
 
 
-def measure(args, folder: Path) -> dict:
+def measure(args, folder: Path, device: str = "cpu") -> dict:
     import torch
 
     from finedefics_training.collator import FinedeficsDataCollator
@@ -58,8 +58,8 @@ def measure(args, folder: Path) -> dict:
                                              per_device_train_batch_size=args.batch_size, stage=1,
                                              num_negatives=args.num_negatives, activation_checkpointing=False)
     model, processor = load_model_and_processor(model_args, training_args)
-    model.train()
-    batch = FinedeficsDataCollator(processor, stage=1, num_negatives=args.num_negatives)(examples)
+    model.to(device).train()
+    batch = FinedeficsDataCollator(processor, stage=1, num_negatives=args.num_negatives)(examples).to(device)
     contrastive = {key: batch.pop(key) for key in CONTRASTIVE_KEYS}
 
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
@@ -75,6 +75,9 @@ def measure(args, folder: Path) -> dict:
     parameters = [p for p in model.parameters()]
     optimizer = torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=1e-4)
     criterion = FinedeficsContrastiveLoss()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     with SavedTensorCounter(parameters) as counter:
         outputs = model(**batch, use_cache=False, contrastive_input_ids=contrastive["contrastive_input_ids"],
                         contrastive_attention_mask=contrastive["contrastive_attention_mask"])
@@ -94,7 +97,10 @@ def measure(args, folder: Path) -> dict:
     estimated = {name: plan.memory_gib[name] * GIB for name in ("weights", "gradients", "optimizer state")}
     estimated["activations"] = sum(value * GIB for name, value in plan.memory_gib.items()
                                    if name.endswith("activations") or name.startswith("logits"))
-    return {"measured": measured, "estimated": estimated, "shape": vars(shape)}
+    result = {"measured": measured, "estimated": estimated, "shape": vars(shape)}
+    if device.startswith("cuda"):
+        result["cuda_peak"] = torch.cuda.max_memory_allocated()  # the allocator's peak over the whole step
+    return result
 
 
 def markdown(result: dict) -> str:
