@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Idefics2ForConditionalGeneration
-from transformers.models.idefics2.modeling_idefics2 import Idefics2CausalLMOutputWithPast
+from transformers.models.idefics2.modeling_idefics2 import Idefics2CausalLMOutputWithPast, Idefics2Connector
 from transformers.utils import ModelOutput
 
 from .configuration_finedefics import FinedeficsConfig
@@ -58,6 +58,29 @@ class FinedeficsTemperatures(nn.Module):
         return {
             name: getattr(self, name).clamp(min_log_scale, max_log_scale).exp() for name in TEMPERATURE_NAMES
         }
+
+
+class FinedeficsConnector(Idefics2Connector):
+    """Idefics2's connector (modality projection + perceiver resampler), checkpointed one sub-image at a time.
+
+    It runs over every padded patch of up to five sub-images per row (4,900 patches each at 980 px), and
+    Idefics2 does not checkpoint it: at 8B its activations outweigh the decoder's. Sub-images are
+    independent here, so under activation checkpointing each is a checkpoint of its own: backward keeps
+    the inputs and recomputes one sub-image at a time. Same parameters, same names, same outputs.
+    """
+
+    gradient_checkpointing = False  # set by ``activation_checkpointing_enable`` with the model's checkpoint function
+
+    def forward(self, image_hidden_states, attention_mask):
+        forward = super().forward
+        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return forward(image_hidden_states, attention_mask)
+        pieces = [
+            self._gradient_checkpointing_func(forward, image_hidden_states[index:index + 1],
+                                              attention_mask[index:index + 1])
+            for index in range(image_hidden_states.shape[0])
+        ]
+        return torch.cat(pieces, dim=0)
 
 
 @dataclass
@@ -96,9 +119,13 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
     config_class = FinedeficsConfig
     config: FinedeficsConfig
+    # Loaded in float32 whatever the model's dtype: a bf16 logit scale of ~2.66 moves in steps of 0.0156,
+    # so the ~2e-4 updates it gets would round away (and the heads feed float32 losses anyway).
+    _keep_in_fp32_modules_strict = ["temperatures", "image_projection", "text_projection"]
 
     def __init__(self, config: FinedeficsConfig):
         super().__init__(config)
+        self.model.connector = FinedeficsConnector(config)
         hidden_size = config.text_config.hidden_size
         if config.embed_dim > 0:
             self.image_projection = nn.Linear(hidden_size, config.embed_dim, bias=False)
@@ -126,7 +153,46 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
                     f"Checkpoint folder {path!r} has no weights: expected one of {', '.join(WEIGHT_FILE_NAMES)}. "
                     "Finedefics loads safetensors only (pickled .bin files are never loaded)."
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model._alignment_modules_to_float32(loading_info["missing_keys"])
+        return (model, loading_info) if wants_loading_info else model
+
+    def _alignment_modules_to_float32(self, missing_keys) -> None:
+        """Float32 for the modules of ``_keep_in_fp32_modules_strict`` that the checkpoint lacked.
+
+        transformers keeps the loaded ones in float32 but creates missing ones (a stock Idefics2 has no
+        temperatures) in the model's dtype; those are upcast and re-initialised at float32 precision.
+        """
+        for name in self._keep_in_fp32_modules_strict:
+            module = getattr(self, name, None)
+            if module is None or not any(key.startswith(f"{name}.") for key in missing_keys):
+                continue
+            module.float()
+            if isinstance(module, FinedeficsTemperatures):
+                module.reset_parameters(self.config.init_temperature)
+
+    def enable_input_require_grads(self):
+        """Make the decoder's input embeddings require grad (what PEFT and gradient checkpointing need).
+
+        transformers' version hooks every input embedding, the vision tower's too: with the tower frozen
+        (the default) that kept all its activations and back-propagated through its layers for nothing.
+        The vision hook here asks for gradients only while some vision parameter trains.
+        """
+        vision_model = self.model.vision_model
+
+        def require_grads(module, inputs, output):
+            output.requires_grad_(True)
+
+        def require_grads_if_vision_trains(module, inputs, output):
+            if any(parameter.requires_grad for parameter in vision_model.parameters()):
+                output.requires_grad_(True)
+
+        self._require_grads_hooks = [
+            self.get_input_embeddings().register_forward_hook(require_grads),
+            vision_model.get_input_embeddings().register_forward_hook(require_grads_if_vision_trains),
+        ]
+        self._require_grads_hook = self._require_grads_hooks[0]
 
     # --------------------------------------------------------------- embeddings
     @property
@@ -275,9 +341,10 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
     @staticmethod
     def _project(pooled: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
+        dtype = pooled.dtype
         if projection is not None:
-            pooled = projection(pooled)
-        return F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
+            pooled = projection(pooled.to(projection.weight.dtype))
+        return F.normalize(pooled.float(), dim=-1).to(dtype)
 
     # ------------------------------------------------------------ classification
     @torch.no_grad()

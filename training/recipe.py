@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -179,19 +180,68 @@ def dequantised_merge(peft_model):
     """
     import tempfile
 
-    from modeling_finedefics import FinedeficsConfig, FinedeficsForConditionalGeneration
-    from peft import PeftModel
-
-    base_path = peft_model.peft_config["default"].base_model_name_or_path
     compute_dtype = peft_model.get_base_model().config.dtype or torch.float32
-    config = _without_quantization(FinedeficsConfig.from_pretrained(base_path))
     with tempfile.TemporaryDirectory() as adapter_dir:
         peft_model.save_pretrained(adapter_dir)
-        base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=config,
-                                                                  dtype=compute_dtype)
-        with _peft_checkpointing_deprecations():
-            merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    return merged
+        return merge_saved_adapter(adapter_dir, compute_dtype)
+
+
+def merge_saved_adapter(adapter_dir: str | Path, dtype=None):
+    """A saved adapter applied to a fresh copy of its base (``base_model_name_or_path``) and merged."""
+    from modeling_finedefics import FinedeficsConfig, FinedeficsForConditionalGeneration
+    from peft import PeftConfig, PeftModel
+
+    base_path = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
+    config = _without_quantization(FinedeficsConfig.from_pretrained(base_path))
+    base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=config, dtype=dtype or torch.float32)
+    with _peft_checkpointing_deprecations():
+        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def save_final_checkpoint(trainer, processor, final_dir: str | Path) -> Path:
+    """The stage's merged checkpoint; every process calls this.
+
+    One process merges in memory. With several, each may hold only a shard of the weights (DeepSpeed
+    ZeRO-3 partitions them, and ``save_pretrained`` on the main process alone would write empty
+    tensors), so ``Trainer.save_model`` gathers and saves them (the adapter, or the full 16-bit weights)
+    and the main process merges a saved adapter into a freshly loaded base.
+    """
+    final_dir = Path(final_dir)
+    if trainer.accelerator.num_processes == 1:
+        return merge_and_save(trainer.model, processor, final_dir)
+    is_adapter = hasattr(trainer.accelerator.unwrap_model(trainer.model), "merge_and_unload")
+    saved = final_dir.with_name("gathered-adapter") if is_adapter else final_dir
+    trainer.save_model(str(saved))
+    if is_adapter and trainer.is_world_process_zero():
+        dtype = trainer.accelerator.unwrap_model(trainer.model).get_base_model().config.dtype
+        merge_saved_adapter(saved, dtype).save_pretrained(final_dir, safe_serialization=True)
+        processor.save_pretrained(final_dir)
+        shutil.rmtree(saved)
+    elif trainer.is_world_process_zero():
+        processor.save_pretrained(final_dir)
+    trainer.accelerator.wait_for_everyone()
+    return final_dir
+
+
+def deepspeed_zero_stage(training_args) -> int | None:
+    """The ZeRO stage of the run: from the recipe's ``deepspeed`` config or ``accelerate launch``'s environment."""
+    config = getattr(training_args, "deepspeed", None)
+    if isinstance(config, (str, os.PathLike)):
+        config = json.loads(Path(config).read_text())
+    if isinstance(config, dict):
+        stage = (config.get("zero_optimization") or {}).get("stage")
+        return int(stage) if stage not in (None, "auto") else None
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0") or 0)
+    return None
+
+
+def check_distributed_setup(model_args: ModelArguments, training_args) -> None:
+    """Refuse, before any weight loads, what cannot work across processes."""
+    if model_args.tuning == "qlora" and deepspeed_zero_stage(training_args) == 3:
+        raise ValueError("tuning: qlora cannot run under DeepSpeed ZeRO-3 (bitsandbytes' 4-bit weights cannot be "
+                         "partitioned): launch with accelerate_configs/multi_gpu.yaml (DDP), or use tuning: lora "
+                         "with the ZeRO-3 config")
 
 
 def _without_quantization(config):
@@ -278,6 +328,7 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
 
     data_args = data_args.for_stage(training_args.stage)
     training_args = with_data_noun(training_args, data_args)
+    check_distributed_setup(model_args, training_args)
     model, processor = load_model_and_processor(model_args, training_args)
     dataset = load_training_dataset(data_args)
     trainer = FinedeficsTrainer(model=model, args=training_args, train_dataset=dataset,
@@ -292,11 +343,10 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     if resume:
         logger.info("resuming stage %d from %s", training_args.stage, resume)
     trainer.train(resume_from_checkpoint=resume)
-    final_dir = Path(training_args.output_dir) / "final"
+    final_dir = save_final_checkpoint(trainer, processor, Path(training_args.output_dir) / "final")
     if trainer.is_world_process_zero():
         history = Path(training_args.output_dir) / "log_history.json"
         history.write_text(json.dumps(trainer.state.log_history, indent=1))
-        merge_and_save(trainer.model, processor, final_dir)
         logger.info("stage %d checkpoint: %s", training_args.stage, final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir

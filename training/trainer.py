@@ -318,4 +318,6 @@ def _record_noun(model, noun: ObjectNoun | None, plan: Counter | None) -> None:
 
 
 def _temperature_parameters(core) -> list[torch.nn.Parameter]:
-    return [parameter for name, parameter in core.named_parameters() if "temperatures." in name]
+    """The temperatures the model uses: under LoRA, PEFT's trained copy, not its unused ``original_module``."""
+    return [parameter for name, parameter in core.named_parameters()
+            if "temperatures." in name and ".original_module." not in name]

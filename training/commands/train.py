@@ -6,7 +6,9 @@ DESCRIPTION = (
     "Run one stage (--stage 1: attribute contrastive + description tuning; --stage 2: recognition "
     "tuning). Arguments are FinedeficsTrainingConfig (an SFTConfig), ModelArguments and DataArguments "
     "fields, from --config recipe.yaml and/or the command line (the command line wins). Launch with "
-    "`accelerate launch -m finedefics_training.cli train ...` or torchrun for several processes."
+    "`accelerate launch -m finedefics_training.cli train ...` or torchrun for several processes. "
+    "--dry-run builds the model on the meta device from its config, applies the tuning, prints trainable "
+    "parameters and a per-device memory estimate, and exits without training."
 )
 CONFIG_HELP = "YAML recipe whose keys are the fields listed here (the command line overrides them)"
 
@@ -45,13 +47,26 @@ def parse_recipe(argv: list[str], prog: str = "finedefics train"):
     return parser, parser.parse_args_and_config(argv)
 
 
+def take_flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
+    """``argv`` without ``flag`` (a switch the recipe parser does not know), and whether it was there."""
+    return [item for item in argv if item != flag], flag in argv
+
+
 def run(args) -> int:
     from ..recipe import run_stage
 
     if args.help:
         print_recipe_help("finedefics train", DESCRIPTION)
         return 0
-    _, (model_args, data_args, training_args) = parse_recipe(args.recipe_args)
+    argv, dry_run = take_flag(args.recipe_args, "--dry-run")
+    if dry_run:
+        argv += ["--use_cpu", "true"]  # plan a GPU recipe on any machine: nothing runs on a device
+    _, (model_args, data_args, training_args) = parse_recipe(argv)
+    if dry_run:
+        from ..dry_run import print_plan
+
+        print_plan(model_args, training_args)
+        return 0
     final_dir = run_stage(model_args, data_args, training_args)
     print(f"stage {training_args.stage} checkpoint written to {final_dir}")
     return 0

@@ -6,7 +6,7 @@ DESCRIPTION = (
     "Stage I (attribute contrastive + description tuning), merge the adapter, then stage II "
     "(recognition tuning) from the merged stage I checkpoint. Outputs OUTPUT_DIR/stage1/final and "
     "OUTPUT_DIR/stage2/final. Each stage may have its own data: stage1_dataset_dir (e.g. from pretrain.csv) "
-    "and stage2_dataset_dir (e.g. from finetune.csv), both defaulting to dataset_dir. Other fields prefixed "
+    "and stage2_dataset_dir (e.g. from finetune.csv), both defaulting to dataset_dir. --dry-run prints both stages' plans and memory estimates without training. Other fields prefixed "
     "with stage2_ (e.g. stage2_learning_rate, stage2_max_steps) override stage II only. Both stages' data are "
     "summarised and checked before stage I starts."
 )
@@ -57,18 +57,29 @@ def run(args) -> int:
     from dataclasses import fields
 
     from ..recipe import DataArguments, run_two_stage
-    from .train import parse_recipe, print_recipe_help
+    from .train import parse_recipe, print_recipe_help, take_flag
 
     if args.help:
         print_recipe_help("finedefics two-stage", DESCRIPTION)
         return 0
     data_fields = frozenset(field.name for field in fields(DataArguments))
-    argv, overrides = split_stage2_overrides(args.recipe_args, keep=data_fields)
+    argv, dry_run = take_flag(args.recipe_args, "--dry-run")
+    if dry_run:
+        argv += ["--use_cpu", "true"]  # plan a GPU recipe on any machine: nothing runs on a device
+    argv, overrides = split_stage2_overrides(argv, keep=data_fields)
     parser, (model_args, data_args, training_args) = parse_recipe(argv, prog="finedefics two-stage")
     known = set(type(training_args).__dataclass_fields__)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown stage2_ override(s) {unknown}: not FinedeficsTrainingConfig fields")
+    if dry_run:
+        from ..dry_run import print_plan
+
+        from dataclasses import replace
+
+        print_plan(model_args, replace(training_args, stage=1))
+        print_plan(model_args, replace(training_args, stage=2, **overrides))
+        return 0
     stage1_dir, stage2_dir = run_two_stage(model_args, data_args, training_args, overrides)
     print(f"stage I checkpoint:  {stage1_dir}\nstage II checkpoint: {stage2_dir}")
     return 0

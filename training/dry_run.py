@@ -1,0 +1,430 @@
+"""Plan a training run without running it: ``finedefics train --config recipe.yaml --dry-run``.
+
+The configured model is built on the meta device from its config alone (a local folder's, or the
+shipped config of a known Hub model such as ``HuggingFaceM4/idefics2-8b``: nothing is downloaded),
+the recipe's tuning is applied as a real run applies it (PEFT's own LoRA wrapping, the recipe's
+target regex, ``modules_to_save``, QLoRA's 4-bit choice of layers), and a per-device memory estimate
+is printed: weights, gradients, optimizer state and activations for the recipe's batch.
+
+Activations are not guessed from a formula: one layer of each kind (decoder layer, vision layer,
+connector) is built at the model's real width on the CPU, run forward on a few tokens with the
+recipe's dtype and trainability, and the tensors autograd keeps for backward are counted (each
+storage once, parameters excluded); the count is extrapolated to the step's token count from two or
+three sizes. What the step holds follows the recipe: with activation checkpointing each layer keeps
+its input and one layer at a time is recomputed; without, every layer keeps everything.
+The estimate leaves out the CUDA context and allocator fragmentation (``OVERHEAD_GIB`` is added for
+those) and the data a step reads; ``benchmarks/bench_dry_run.py`` compares it with a measured step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+KNOWN_CONFIGS = {"HuggingFaceM4/idefics2-8b": Path(__file__).with_name("model_configs") / "idefics2-8b.json"}
+GPU_SIZES_GIB = (24, 40, 80)
+OVERHEAD_GIB = 1.5  # CUDA context, cuBLAS workspaces and allocator fragmentation on one device
+GIB = 2**30
+# bitsandbytes nf4 with double quantisation: 4 bits per weight, one 8-bit absmax per 64 weights and
+# one float32 second-level scale per 256 absmax values.
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
+SPLIT_SUB_IMAGES = 5  # Idefics2's image splitting: four crops and the whole image
+
+
+@dataclass
+class StepShape:
+    """What one device processes in one optimizer micro-step (per row unless named otherwise)."""
+
+    rows: int
+    sub_images: int = 1
+    patches: int = 64            # vision tokens per sub-image
+    image_tokens: int = 64       # resampled image tokens per sub-image in the decoder
+    text_tokens: int = 64        # text tokens per row in the LM pass
+    contrastive_texts: float = 0  # texts per row in stage I's embedding pass (descriptions, names, negatives)
+    contrastive_text_tokens: int = 24
+
+    @property
+    def lm_tokens(self) -> int:
+        return self.sub_images * (self.image_tokens + 2) + self.text_tokens
+
+    @property
+    def embedding_rows(self) -> list[int]:
+        """Token count of each row of the batched embedding pass: image summaries, then texts."""
+        if not self.contrastive_texts:
+            return []
+        summary = self.sub_images * self.image_tokens + 1
+        return [summary] * self.rows + [self.contrastive_text_tokens] * round(self.rows * self.contrastive_texts)
+
+
+@dataclass
+class Plan:
+    """The dry run's findings; ``str(plan)`` is the printed report."""
+
+    model: str
+    stage: int
+    tuning: str
+    dtype: str
+    parameters: dict[str, list[int]]          # part -> [total, trainable]
+    lora_modules: dict[str, int]              # module pattern -> count
+    full_precision: list[str]
+    saved_with_adapter: list[str]
+    shape: StepShape
+    memory_gib: dict[str, float]
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def total_gib(self) -> float:
+        return sum(self.memory_gib.values())
+
+    def fits(self) -> dict[int, bool]:
+        return {size: self.total_gib <= size for size in GPU_SIZES_GIB}
+
+    def __str__(self) -> str:
+        lines = [f"dry run, stage {self.stage}: {self.model} ({self.tuning}, {self.dtype}); nothing was trained", "",
+                 "parameters by part (trainable / total):"]
+        for part, (total, trainable) in self.parameters.items():
+            lines.append(f"  {part:<22} {trainable:>15,} / {total:>15,}")
+        if self.lora_modules:
+            lines.append(f"LoRA on {sum(self.lora_modules.values())} modules:")
+            lines += [f"  {count:>4} x {pattern}" for pattern, count in self.lora_modules.items()]
+        lines.append("full precision (float32): " + (", ".join(self.full_precision) or "-"))
+        lines.append("saved with the adapter: " + (", ".join(self.saved_with_adapter) or "- (full weights are saved)"))
+        shape = self.shape
+        lines += ["", f"per-device step: {shape.rows} rows x {shape.sub_images} sub-image(s) of {shape.patches} patches; "
+                      f"{shape.lm_tokens} decoder tokens per row"
+                      + (f"; embedding pass {len(shape.embedding_rows)} rows" if shape.embedding_rows else ""),
+                  "memory estimate per device (GiB):"]
+        lines += [f"  {name:<34} {value:8.2f}" for name, value in self.memory_gib.items()]
+        lines.append(f"  {'total':<34} {self.total_gib:8.2f}")
+        lines.append("fits on: " + ", ".join(f"{size} GB {'yes' if ok else 'NO'}" for size, ok in self.fits().items()))
+        lines += ["", "assumptions:"] + [f"  - {text}" for text in self.assumptions]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- model
+def plan_config(path: str, trust_remote_code: bool = False):
+    """(FinedeficsConfig, processor numbers) from a local folder, the Hub cache, or a shipped config."""
+    from modeling_finedefics import FinedeficsConfig
+    from transformers import AutoConfig, Idefics2Config
+
+    if path in KNOWN_CONFIGS and not os.path.isdir(path):
+        shipped = json.loads(KNOWN_CONFIGS[path].read_text())
+        config, processor = Idefics2Config(**shipped["config"]), shipped["processor"]
+    elif os.path.isdir(path):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = _local_processor_numbers(Path(path))
+    else:
+        known = ", ".join(KNOWN_CONFIGS)
+        raise ValueError(f"--dry-run needs the model's config: {path!r} is not a local folder nor a model with a "
+                         f"shipped config ({known})")
+    if config.model_type != FinedeficsConfig.model_type:
+        config = FinedeficsConfig(**{**config.to_dict(), "model_type": None,
+                                     "summary_token_id": processor.get("eos_token_id")})
+    return config, processor
+
+
+def _local_processor_numbers(folder: Path) -> dict:
+    numbers = {"do_image_splitting": False, "image_seq_len": 64, "longest_edge": None}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        if (folder / name).is_file():
+            values = json.loads((folder / name).read_text())
+            numbers["do_image_splitting"] = values.get("do_image_splitting", numbers["do_image_splitting"])
+            numbers["image_seq_len"] = values.get("image_seq_len", numbers["image_seq_len"])
+            numbers["longest_edge"] = (values.get("size") or {}).get("longest_edge", numbers["longest_edge"])
+    return numbers
+
+
+def build_meta_model(config, model_args, training_args):
+    """The model as a run would train it, on the meta device: (model, names of 4-bit Linear layers)."""
+    from modeling_finedefics import FinedeficsForConditionalGeneration
+
+    from .recipe import NOT_QUANTISED, _dtype, apply_lora
+
+    dtype = _dtype(model_args.torch_dtype)
+    dtype = torch.float32 if dtype in (None, "auto") else dtype
+    with torch.device("meta"):
+        model = FinedeficsForConditionalGeneration(config).to(dtype)
+    model._alignment_modules_to_float32([f"{name}." for name in model._keep_in_fp32_modules_strict])
+    quantised = set()
+    if model_args.tuning == "qlora":
+        quantised = {name for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and not any(skip in name for skip in NOT_QUANTISED)}
+        # prepare_model_for_kbit_training casts every weight that stays unquantised to float32.
+        for name, parameter in model.named_parameters():
+            if name.rsplit(".", 1)[0] not in quantised:
+                parameter.data = parameter.data.float()
+    if model_args.tuning == "full":
+        if model_args.freeze_vision_tower:
+            model.model.vision_model.requires_grad_(False)
+        return model, quantised
+    lora_args = copy.copy(model_args)
+    lora_args.tuning = "lora"  # PEFT's wrapping; 4-bit layers cannot be built on the meta device
+    return apply_lora(model, lora_args, training_args), quantised
+
+
+PARTS = (("vision tower", "vision_model"), ("perceiver resampler", "perceiver_resampler"),
+         ("modality projection", "modality_projection"), ("decoder", "text_model"), ("lm_head", "lm_head"),
+         ("alignment (temperatures, heads)", ("temperatures", "image_projection", "text_projection")))
+
+
+def _part(name: str) -> str:
+    for part, keys in PARTS:
+        if any(key in name for key in ((keys,) if isinstance(keys, str) else keys)):
+            return part
+    return "other"
+
+
+def parameter_table(model) -> dict[str, list[int]]:
+    table = {part: [0, 0] for part, _ in PARTS}
+    for name, parameter in model.named_parameters():
+        if ".original_module." in name:
+            continue  # PEFT's unused copy of a module it trains
+        row = table.setdefault(_part(name), [0, 0])
+        row[0] += parameter.numel()
+        row[1] += parameter.numel() if parameter.requires_grad else 0
+    return {part: row for part, row in table.items() if row[0]}
+
+
+def lora_modules(model) -> dict[str, int]:
+    import re
+
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
+            pattern = re.sub(r"\.\d+\.", ".*.", name.removeprefix("base_model.model."))
+            counts[pattern] = counts.get(pattern, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------------- memory
+def weight_bytes(model, quantised: set[str]) -> float:
+    total = 0.0
+    for name, parameter in model.named_parameters():
+        owner = name.removeprefix("base_model.model.").rsplit(".", 1)[0].replace(".base_layer", "")
+        if owner in quantised and name.endswith("weight"):
+            total += parameter.numel() * NF4_BYTES_PER_WEIGHT
+        else:
+            total += parameter.numel() * parameter.element_size()
+    return total
+
+
+def trainable_bytes(model) -> tuple[float, float]:
+    """(gradients, AdamW state): one gradient and two moments per trainable element, in its dtype."""
+    size = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if p.requires_grad)
+    return float(size), 2.0 * size
+
+
+class SavedTensorCounter:
+    """Bytes autograd keeps for backward inside the ``with`` block: each storage once, parameters excluded."""
+
+    def __init__(self, parameters=()):
+        self.excluded = {p.untyped_storage().data_ptr() for p in parameters}
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.excluded:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+def _fit(sizes: list[int], measured: list[float]):
+    """Exact polynomial through the measured points (linear for two, quadratic for three)."""
+    if len(sizes) == 2:
+        (x0, x1), (y0, y1) = sizes, measured
+        slope = (y1 - y0) / (x1 - x0)
+        return lambda x: y0 + slope * (x - x0)
+    (x0, x1, x2), (y0, y1, y2) = sizes, measured
+    return lambda x: (y0 * (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2))
+                      + y1 * (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
+                      + y2 * (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1)))
+
+
+def _materialise(module: torch.nn.Module, dtype) -> torch.nn.Module:
+    """A CPU copy of a meta-device module (LoRA wrappers included) with random values, in ``dtype``,
+    each parameter trainable exactly as in the planned model."""
+    trainable = {name: parameter.requires_grad for name, parameter in module.named_parameters()}
+    module = copy.deepcopy(module).to_empty(device="cpu").to(dtype)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.02)
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                buffer.zero_()
+    for name, parameter in module.named_parameters():
+        parameter.requires_grad_(trainable[name])
+    return module.train()
+
+
+def _saved_bytes(module, make_inputs, sizes) -> callable:
+    """Saved bytes of ``module`` as a function of its input length, fitted through ``sizes``."""
+    measured = []
+    for size in sizes:
+        args, kwargs = make_inputs(size)
+        with SavedTensorCounter(module.parameters()) as counter:
+            module(*args, **kwargs)
+        measured.append(counter.bytes)
+    return _fit(list(sizes), measured)
+
+
+def decoder_layer_bytes(model, config, dtype, sizes=(8, 16, 32)):
+    """Saved bytes of one decoder layer (as the run trains it: LoRA, dropout) for a row of T tokens."""
+    from transformers.models.mistral.modeling_mistral import MistralRotaryEmbedding
+
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer = _materialise(core.model.text_model.layers[0], dtype)
+    rotary = MistralRotaryEmbedding(config.text_config)
+
+    def inputs(tokens):
+        hidden = torch.randn(1, tokens, config.text_config.hidden_size, dtype=dtype, requires_grad=True)
+        positions = torch.arange(tokens)[None]
+        return (hidden,), {"position_embeddings": rotary(hidden, positions), "position_ids": positions,
+                           "attention_mask": None}
+
+    return _saved_bytes(layer, inputs, sizes)
+
+
+def vision_layer_bytes(model, config, dtype, sizes=(16, 32, 64)):
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer = _materialise(core.model.vision_model.encoder.layers[0], dtype)
+
+    def inputs(patches):
+        return (torch.randn(1, patches, config.vision_config.hidden_size, dtype=dtype, requires_grad=True),), \
+            {"attention_mask": None}
+
+    return _saved_bytes(layer, inputs, sizes)
+
+
+def connector_bytes(model, config, dtype, sizes=(16, 32, 64)):
+    """Saved bytes of the connector (modality projection + perceiver) for one sub-image of P patches."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    connector = _materialise(core.model.connector, dtype)
+
+    def inputs(patches):
+        # The vision tower's output joins the graph only when the tower trains.
+        features = torch.randn(1, patches, config.vision_config.hidden_size, dtype=dtype,
+                               requires_grad=any(p.requires_grad for p in core.model.vision_model.parameters()))
+        return (features,), {"attention_mask": torch.ones(1, patches, dtype=torch.long)}
+
+    return _saved_bytes(connector, inputs, sizes)
+
+
+def activation_bytes(model, config, shape: StepShape, model_args, training_args) -> dict[str, float]:
+    """Activation memory of one micro-step, by component."""
+    dtype = _activation_dtype(model_args)
+    dtype_bytes = torch.tensor([], dtype=dtype).element_size()
+    checkpointing = bool(getattr(training_args, "activation_checkpointing", False))
+    text = config.text_config
+    decoder = decoder_layer_bytes(model, config, dtype)
+    rows = [shape.lm_tokens] * shape.rows + shape.embedding_rows
+    tokens = sum(rows)
+    one_layer = sum(decoder(t) for t in rows)
+    if checkpointing:
+        # Each layer keeps its input; backward recomputes one layer at a time.
+        decoder_total = text.num_hidden_layers * tokens * text.hidden_size * dtype_bytes + one_layer
+    else:
+        decoder_total = text.num_hidden_layers * one_layer
+    # Logits in the model's dtype, their float32 copy for the loss and its gradient.
+    logits = shape.lm_tokens * shape.rows * text.vocab_size * (dtype_bytes + 8)
+    sub_images = shape.rows * shape.sub_images
+    one_sub_image = connector_bytes(model, config, dtype)(shape.patches)
+    if checkpointing:
+        # FinedeficsConnector keeps each sub-image's input and recomputes one sub-image at a time.
+        connector = sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes + one_sub_image
+    else:
+        connector = one_sub_image * sub_images
+    result = {"decoder activations": decoder_total, "logits and LM loss": logits, "connector activations": connector}
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if any(p.requires_grad for p in core.model.vision_model.parameters()):
+        vision = vision_layer_bytes(model, config, dtype)(shape.patches) * sub_images
+        layers, hidden = config.vision_config.num_hidden_layers, config.vision_config.hidden_size
+        result["vision tower activations"] = (
+            layers * shape.patches * sub_images * hidden * dtype_bytes + vision if checkpointing else layers * vision)
+    return result
+
+
+def _activation_dtype(model_args):
+    from .recipe import _dtype
+
+    if model_args.tuning == "qlora":
+        return torch.float32  # prepare_model_for_kbit_training upcasts what flows between the 4-bit layers
+    dtype = _dtype(model_args.torch_dtype)
+    return torch.float32 if dtype in (None, "auto") else dtype
+
+
+# ---------------------------------------------------------------------- plan
+def step_shape(config, processor: dict, training_args, stage: int) -> tuple[StepShape, list[str]]:
+    vision = config.vision_config
+    side = processor.get("longest_edge") or vision.image_size
+    side = min(side, vision.image_size)
+    patches = (side // vision.patch_size) ** 2
+    sub_images = SPLIT_SUB_IMAGES if processor.get("do_image_splitting") else 1
+    negatives = training_args.num_negatives if training_args.use_hard_negatives else 0
+    contrastive_texts = 2 * (1 + negatives) if stage == 1 else 0
+    shape = StepShape(rows=training_args.per_device_train_batch_size, sub_images=sub_images, patches=patches,
+                      image_tokens=processor.get("image_seq_len") or config.perceiver_config.resampler_n_latents,
+                      contrastive_texts=contrastive_texts)
+    assumptions = [
+        f"sub-images are padded to the batch's largest, {side} px ({patches} patch positions each, all of which "
+        f"the vision tower and connector process){'; image splitting gives 5 sub-images per image' if sub_images > 1 else ''}",
+        f"{shape.text_tokens} text tokens per row in the LM pass"
+        + (f"; the embedding pass has {contrastive_texts} texts of {shape.contrastive_text_tokens} tokens per row "
+           "(description, name and each negative's description and name, before de-duplication)" if contrastive_texts else ""),
+        "AdamW (two moments per trainable element, in its dtype); one process per device (DDP); "
+        f"{OVERHEAD_GIB} GiB for the CUDA context and fragmentation",
+        "activations measured on one layer of each kind at real width on CPU (sdpa attention), extrapolated",
+    ]
+    return shape, assumptions
+
+
+def plan_stage(model_args, training_args, shape: StepShape | None = None) -> Plan:
+    """The plan of one stage of ``training_args`` (its ``stage``); ``shape`` overrides the assumed batch."""
+    stage = training_args.stage
+    config, processor = plan_config(model_args.model_name_or_path, training_args.trust_remote_code)
+    model, quantised = build_meta_model(config, model_args, training_args)
+    if stage == 2:
+        for name, parameter in model.named_parameters():
+            if "temperatures." in name:
+                parameter.requires_grad_(False)  # stage II does not train them
+    assumptions = []
+    if shape is None:
+        shape, assumptions = step_shape(config, processor, training_args, stage)
+    gradients, optimizer = trainable_bytes(model)
+    memory = {"weights": weight_bytes(model, quantised), "gradients": gradients, "optimizer state": optimizer}
+    memory.update(activation_bytes(model, config, shape, model_args, training_args))
+    memory = {name: value / GIB for name, value in memory.items()}
+    memory["CUDA context, fragmentation"] = OVERHEAD_GIB
+    full_precision = sorted({_part(n) for n, p in model.named_parameters() if p.dtype == torch.float32
+                             and ".original_module." not in n})
+    saved = [] if model_args.tuning == "full" else ["LoRA weights"] + list(getattr(model.peft_config["default"],
+                                                                                   "modules_to_save", None) or [])
+    return Plan(model=model_args.model_name_or_path, stage=stage, tuning=model_args.tuning, dtype=str(model_args.torch_dtype),
+                parameters=parameter_table(model), lora_modules=lora_modules(model), full_precision=full_precision,
+                saved_with_adapter=saved, shape=shape, memory_gib=memory,
+                assumptions=assumptions)
+
+
+def print_plan(model_args, training_args) -> Plan:
+    plan = plan_stage(model_args, training_args)
+    print(plan, end="\n\n")
+    return plan
