@@ -104,10 +104,8 @@ class FinedeficsTrainer(SFTTrainer):
                 with torch.no_grad():
                     parameter.fill_(-torch.log(torch.tensor(self.args.init_temperature)).item())
         trainable = self.args.stage == 1 and self.args.train_temperatures
-        for name, parameter in core.named_parameters():
-            # Under LoRA, PEFT trains a copy (modules_to_save) and keeps the original frozen: it never gets a gradient.
-            if "temperatures." in name and ".original_module." not in name:
-                parameter.requires_grad_(trainable)
+        for parameter in _temperature_parameters(core):
+            parameter.requires_grad_(trainable)
 
     # -------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -318,6 +316,7 @@ def _record_noun(model, noun: ObjectNoun | None, plan: Counter | None) -> None:
 
 
 def _temperature_parameters(core) -> list[torch.nn.Parameter]:
-    """The temperatures the model uses: under LoRA, PEFT's trained copy, not its unused ``original_module``."""
+    """The temperatures the model uses: under LoRA, PEFT's trained copy (``modules_to_save``), not its frozen
+    ``original_module``, which never gets a gradient."""
     return [parameter for name, parameter in core.named_parameters()
             if "temperatures." in name and ".original_module." not in name]
