@@ -59,7 +59,8 @@ def measure(args, folder: Path, device: str = "cpu") -> dict:
                                              num_negatives=args.num_negatives, activation_checkpointing=False)
     model, processor = load_model_and_processor(model_args, training_args)
     model.to(device).train()
-    batch = FinedeficsDataCollator(processor, stage=1, num_negatives=args.num_negatives)(examples).to(device)
+    batch = FinedeficsDataCollator(processor, stage=1, num_negatives=args.num_negatives)(examples)
+    batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
     contrastive = {key: batch.pop(key) for key in CONTRASTIVE_KEYS}
 
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
