@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -261,8 +260,7 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     with a ``callback()`` returning a ``TrainerCallback``) replaces Trainer's own progress bar and
     printed logs, for callers such as the demo that show one bar per phase.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
+    from .checkpoints import last_complete_checkpoint
     from .trainer import FinedeficsTrainer
 
     data_args = data_args.for_stage(training_args.stage)
@@ -276,8 +274,8 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     logger.info("stage %d: %d training examples, %s tuning, world size %d", training_args.stage, len(dataset),
                 model_args.tuning, trainer.accelerator.num_processes)
     resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)  # pick up an interrupted run
+    if resume is None:
+        resume = last_complete_checkpoint(training_args.output_dir)  # pick up an interrupted run
     if resume:
         logger.info("resuming stage %d from %s", training_args.stage, resume)
     trainer.train(resume_from_checkpoint=resume)

@@ -1,0 +1,67 @@
+"""Checks on the checkpoint and output folders every command reads or writes, with errors that name them.
+
+- ``last_complete_checkpoint``: the Trainer checkpoint an interrupted run resumes from;
+- ``check_model_source``: a model argument (folder or Hub id) before anything is loaded from it;
+- ``check_vocabulary``: a tokenizer that fits the model's embedding matrix;
+- ``check_output_dir``: a folder to write into.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FOLDER = re.compile(r"^checkpoint-(\d+)$")
+# Trainer._save_checkpoint writes the weights, then the optimizer, scheduler and RNG states, and
+# trainer_state.json last: a checkpoint whose state file is whole was written to the end.
+TRAINER_STATE = "trainer_state.json"
+SUPPORTED_MODEL_TYPES = ("finedefics", "idefics2")
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+# ----------------------------------------------------------------------------- resuming
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` of ``output_dir`` that Trainer finished writing, or None.
+
+    transformers' ``get_last_checkpoint`` takes the highest N even when a kill interrupted its
+    writing, and resuming from it then fails on every retry. Newer incomplete folders are skipped
+    with a warning that says why; Trainer writes over them when the resumed run reaches their step.
+    """
+    skipped = []
+    for step, folder in sorted(_checkpoint_folders(Path(output_dir)), reverse=True):
+        problem = _incomplete_because(folder, step)
+        if problem is None:
+            return str(folder)
+        logger.warning("skipping %s: %s (interrupted while it was written?)", folder, problem)
+        skipped.append(folder.name)
+    if skipped:
+        logger.warning("no complete checkpoint in %s (skipped %s): training starts from step 0",
+                       output_dir, ", ".join(skipped))
+    return None
+
+
+def _checkpoint_folders(output_dir: Path) -> list[tuple[int, Path]]:
+    if not output_dir.is_dir():
+        return []
+    matches = ((CHECKPOINT_FOLDER.match(path.name), path) for path in output_dir.iterdir())
+    return [(int(match.group(1)), path) for match, path in matches if match and path.is_dir()]
+
+
+def _incomplete_because(folder: Path, step: int) -> str | None:
+    """Why ``folder`` is not a complete checkpoint of ``step``, or None when it is."""
+    state_file = folder / TRAINER_STATE
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE} (Trainer writes it last)"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"{TRAINER_STATE} is not valid JSON ({error})"
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        found = state.get("global_step") if isinstance(state, dict) else None
+        return f"{TRAINER_STATE} records global_step {found}, not {step}"
+    return None
