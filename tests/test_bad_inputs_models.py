@@ -69,9 +69,11 @@ def _recipe(tmp_path, **fields):
 def _command(name, tmp_path, model, data, output=None):
     """argv of ``finedefics <name>`` reading ``model`` (and ``data``) and writing to ``output``."""
     output = str(output or tmp_path / f"{name}-output")
-    if name == "train":
-        return ["train", "--config", _recipe(tmp_path, model_name_or_path=str(model), dataset_dir=str(data),
+    if name in ("train", "two-stage"):
+        return [name, "--config", _recipe(tmp_path, model_name_or_path=str(model), dataset_dir=str(data),
                                              output_dir=output)]
+    if name == "demo":
+        return ["demo", "--quick", "--output-dir", output]
     if name == "eval":
         return ["eval", "--model", str(model), "--benchmark", str(data), "--split", "train", "--limit", "2",
                 "--no-plots", "--no-progress", "--bootstrap-samples", "10", "--output-dir", output]
@@ -109,7 +111,7 @@ def test_config_that_is_not_json_names_the_file(command, tmp_path, micro_checkpo
     assert f"{checkpoint / 'config.json'} is not valid JSON" in error
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "convert"])
+@pytest.mark.parametrize("command", ["train", "two-stage", "eval", "convert", "demo"])
 def test_output_dir_that_is_a_file_is_refused(command, tmp_path, micro_checkpoint, toy_dataset_dir, capsys):
     a_file = tmp_path / "results.txt"
     a_file.write_text("not a folder")

@@ -457,10 +457,12 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
             result is bit for bit the shipped one.
         eval_split: ``test`` for the final table, ``validation`` while choosing settings.
     """
+    from .checkpoints import check_output_dir
     from .demo_data import DemoData
     from .demo_report import write_demo_report
 
     plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
+    check_output_dir(output_dir)
     _quiet_libraries()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
