@@ -72,6 +72,8 @@ def _command(name, tmp_path, model, data, output=None):
     if name in ("train", "two-stage"):
         return [name, "--config", _recipe(tmp_path, model_name_or_path=str(model), dataset_dir=str(data),
                                              output_dir=output)]
+    if name == "push":
+        return ["push", str(model), "--repo-id", "someone/finedefics", "--stage-only", output]
     if name == "demo":
         return ["demo", "--quick", "--output-dir", output]
     if name == "eval":
@@ -94,7 +96,7 @@ def _copy(checkpoint: Path, tmp_path: Path, name: str) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "convert"])
+@pytest.mark.parametrize("command", ["train", "eval", "convert", "push"])
 def test_truncated_weights_name_the_file(command, tmp_path, micro_checkpoint, toy_dataset_dir, capsys):
     checkpoint = _copy(micro_checkpoint, tmp_path, "cut")
     weights = checkpoint / "model.safetensors"
