@@ -138,6 +138,17 @@ def test_dataset_with_no_rows_is_refused_before_training(tmp_path, micro_checkpo
     assert f"{empty}: split 'train' has no rows to train on" in error
 
 
+def test_any_training_source_with_no_rows_is_refused(tmp_path, monkeypatch):
+    """Whatever the loader (benchmark folder, imagefolder, Hub dataset), 0 rows is an error naming the source."""
+    from datasets import Dataset
+
+    from finedefics_training import recipe
+
+    monkeypatch.setattr(recipe, "_load_dataset_dir", lambda folder, split: Dataset.from_list(toy_rows(2)).select([]))
+    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path))}: split 'train' has no rows to train on"):
+        recipe.load_training_dataset(recipe.DataArguments(dataset_dir=str(tmp_path)))
+
+
 @pytest.fixture
 def small_vocabulary_checkpoint(tmp_path, micro_checkpoint):
     """The micro checkpoint with its embedding matrix cut to 100 rows; its tokenizer keeps every token."""
