@@ -239,3 +239,10 @@ def test_demo_settings_of_the_wrong_type_are_refused_before_anything_runs(settin
     error = _fails(["demo", "--quick", "--output-dir", str(output), "--set", setting], capsys)
     assert expected in error
     assert not output.exists()
+
+
+def test_benchmark_name_that_cannot_be_loaded_lists_the_known_ones(tmp_path, micro_checkpoint, capsys):
+    error = _fails(["eval", "--model", str(micro_checkpoint), "--benchmark", "no-such-benchmark",
+                    "--output-dir", str(tmp_path / "eval")], capsys)  # the tests run offline: no Hub to ask
+    assert "unknown benchmark 'no-such-benchmark': not a local folder" in error
+    assert all(name in error for name in ("aircraft-102", "bird-200", "car-196", "dog-120", "flower-102", "pet-37"))
