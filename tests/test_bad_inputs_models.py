@@ -225,6 +225,14 @@ def test_recipe_with_max_steps_0_is_refused(tmp_path, micro_checkpoint, toy_data
     assert not (tmp_path / "train-output" / "final").exists()
 
 
+def test_recipe_with_no_epochs_and_no_max_steps_is_refused(tmp_path, micro_checkpoint, toy_dataset_dir, capsys):
+    argv = _command("train", tmp_path, micro_checkpoint, toy_dataset_dir)
+    recipe = Path(argv[2])
+    recipe.write_text(recipe.read_text().replace("max_steps: 1", "max_steps: -1\nnum_train_epochs: 0"))
+    error = _fails(argv, capsys)
+    assert "num_train_epochs is 0" in error
+
+
 @pytest.mark.parametrize("setting, expected", [
     ("stage1_steps=abc", "stage1_steps must be an integer, got 'abc'"),
     ("stage1_steps=1.5", "stage1_steps must be an integer, got 1.5"),
