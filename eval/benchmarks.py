@@ -183,10 +183,27 @@ def load_benchmark(spec: str, image_root: str | Path | None = None, split: str =
     elif path.exists() or spec.startswith((".", "/")):
         raise FileNotFoundError(f"benchmark not found or not a folder: {spec}")
     else:
-        benchmark = load_datasets_benchmark(spec, split=split, negatives=negatives, noun=noun, **kwargs)
+        benchmark = _load_named_dataset(spec, split=split, negatives=negatives, noun=noun, **kwargs)
     if train_data is not None:
         benchmark.rare_categories = rare_categories_from_training(train_data, benchmark.categories)
     return _limited(benchmark, limit)
+
+
+def _load_named_dataset(spec: str, **kwargs) -> Benchmark:
+    """A ``datasets`` dataset by name; a near-miss of a FOCI name or a name that cannot be loaded lists the known ones.
+
+    Without this, a typo such as ``bird-201`` is looked up on the Hub and reported as a connection problem.
+    """
+    known = f"FOCI datasets: {', '.join(FOCI_DATASETS)}; or a benchmark folder, a FOCI option file (.json) or a " \
+            "`datasets` dataset name"
+    near = difflib.get_close_matches(spec, FOCI_DATASETS, n=1, cutoff=0.75)
+    if near:
+        raise ValueError(f"unknown benchmark {spec!r}: did you mean {near[0]!r}? ({known})")
+    try:
+        return load_datasets_benchmark(spec, **kwargs)
+    except (ConnectionError, FileNotFoundError) as error:
+        raise ValueError(f"unknown benchmark {spec!r}: not a local folder, and it could not be loaded as a `datasets` "
+                         f"dataset ({error}); {known}") from error
 
 
 def _questions(noun: ObjectNoun | None, folder: str | Path | None = None, default: ObjectNoun = DEFAULT_NOUN) -> dict:

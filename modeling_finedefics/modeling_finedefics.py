@@ -267,15 +267,11 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         return FinedeficsEmbeddingOutput(image_embeds=image_embeds, text_embeds=text_embeds)
 
     def _image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None):
+        self._check_pixel_values(pixel_values, pixel_attention_mask, allow_single_image=True)
         if pixel_values.dim() == 4:
             pixel_values = pixel_values.unsqueeze(1)
-            if pixel_attention_mask is not None and pixel_attention_mask.dim() == 3:
+            if pixel_attention_mask is not None:
                 pixel_attention_mask = pixel_attention_mask.unsqueeze(1)
-        if pixel_values.dim() != 5:
-            raise ValueError(
-                f"pixel_values must be (batch, n_images, 3, height, width) or (batch, 3, height, width), "
-                f"got shape {tuple(pixel_values.shape)}"
-            )
         outputs = self.model.get_image_features(pixel_values, pixel_attention_mask, return_dict=True)
         return outputs.pooler_output
 
@@ -417,6 +413,8 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         Computing them inside ``forward`` keeps every use of the weights inside one call, which is what
         DDP and DeepSpeed expect.
         """
+        if pixel_values is not None:
+            self._check_pixel_values(pixel_values, pixel_attention_mask)
         if input_ids is not None and pixel_values is not None:
             self._check_image_tokens(input_ids, pixel_values)
         outputs = super().forward(
@@ -444,12 +442,42 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
             logit_scales=self.get_logit_scales(),
         )
 
+    def generate(self, *args, **kwargs):
+        """``GenerationMixin.generate`` after the image checks of ``forward``.
+
+        Generation encodes the images before its first ``forward`` call (``mm_encoder_outputs``), so
+        ``forward`` never sees ``pixel_values`` here: they are checked on the way in.
+        """
+        if kwargs.get("pixel_values") is not None:
+            self._check_pixel_values(kwargs["pixel_values"], kwargs.get("pixel_attention_mask"))
+        return super().generate(*args, **kwargs)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None,
+                            allow_single_image: bool = False) -> None:
+        """Clear errors for images of the wrong layout and for NaN / inf pixels.
+
+        Non-finite pixels would otherwise flow through to a NaN loss, NaN embeddings and ``<unk>``
+        generations; one ``isfinite`` reduction per batch is cheap next to the vision tower.
+        """
+        channels = self.config.vision_config.num_channels
+        layouts = "(batch, n_images, 3, height, width)" + (" or (batch, 3, height, width)" if allow_single_image else "")
+        dims = (4, 5) if allow_single_image else (5,)
+        shape = tuple(pixel_values.shape)
+        if pixel_values.dim() not in dims or shape[-3] != channels:
+            hint = " (channels last?)" if pixel_values.dim() in dims and shape[-1] == channels else ""
+            raise ValueError(f"pixel_values must be {layouts}, got shape {shape}{hint}")
+        if pixel_attention_mask is not None:
+            expected = shape[:-3] + shape[-2:]
+            if tuple(pixel_attention_mask.shape) != expected:
+                raise ValueError(f"pixel_attention_mask has shape {tuple(pixel_attention_mask.shape)}, expected "
+                                 f"{expected} (pixel_values of shape {shape} without the channel axis)")
+        if not torch.isfinite(pixel_values).all():
+            bad_rows = (~torch.isfinite(pixel_values)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(f"pixel_values hold NaN or inf values in batch row(s) {bad_rows}; check the images and "
+                             "the image processor's normalisation (a zero std gives inf)")
+
     def _check_image_tokens(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:
         """A clear error when the prompts' image tokens and the images passed do not match."""
-        if pixel_values.dim() != 5:
-            raise ValueError(
-                f"pixel_values must be (batch, n_images, 3, height, width), got shape {tuple(pixel_values.shape)}"
-            )
         if input_ids.shape[1] == 1:  # a decoding step: images were merged at the prefill
             return
         real_images = (pixel_values != 0).flatten(2).any(dim=-1).sum(dim=1)

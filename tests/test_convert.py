@@ -140,4 +140,4 @@ def test_convert_refuses_pickled_or_missing_weights(stock_idefics2, tmp_path, ca
     assert main(["convert", str(source), str(tmp_path / "out")]) == 2
     assert "no .safetensors weights" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
-    assert "config.json is missing" in capsys.readouterr().err
+    assert f"model folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err

@@ -156,9 +156,9 @@ def pretrain_vision(model_dir: Path, output_dir: Path, pool: PoolImages, vocabul
     trained on.
     """
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
     from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
+
+    from .checkpoints import last_complete_checkpoint
 
     model = FinedeficsForConditionalGeneration.from_pretrained(model_dir)
     processor = FinedeficsProcessor.from_pretrained(model_dir)
@@ -181,7 +181,7 @@ def pretrain_vision(model_dir: Path, output_dir: Path, pool: PoolImages, vocabul
                       data_collator=AttributeCollator(processor, vocabulary))
     if progress is not None:
         replace_progress_display(trainer, progress.callback())
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))
     accuracy = probe_accuracy(probe, AttributeCollator(processor, vocabulary), test_rows)
     model.save_pretrained(model_dir)
     logger.info("vision pre-training: held-out attribute accuracy %s",

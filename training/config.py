@@ -72,6 +72,12 @@ class FinedeficsTrainingConfig(SFTConfig):
             self.activation_checkpointing, self.gradient_checkpointing = True, None
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         super().__post_init__()
+        if self.max_steps == 0:
+            raise ValueError("max_steps is 0: no optimizer step would run and final/ would be the untrained model; "
+                             "set max_steps > 0, or -1 to train num_train_epochs epochs")
+        if self.max_steps < 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"num_train_epochs is {self.num_train_epochs} and max_steps is unset: nothing would be "
+                             "trained; set num_train_epochs > 0 or max_steps > 0")
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if self.num_negatives < 0:

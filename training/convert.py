@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checkpoints import check_output_dir, check_safetensors_files, read_checkpoint_config
+
 logger = logging.getLogger(__name__)
 
 RELEASE_LOGIT_SCALE_KEYS = {
@@ -83,9 +85,14 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
         embed_dim: size of fresh projection heads (0 = none). Heads are never carried over from the
             release, whose projectors were unused.
     """
+    if not Path(source).is_dir():
+        raise FileNotFoundError(f"model folder {source} does not exist" if not Path(source).exists()
+                                else f"{source} is a file; expected a checkpoint folder")
+    check_output_dir(output_dir)
     source, output_dir = Path(source), Path(output_dir)
-    config_dict = _read_source_config(source)
+    config_dict = read_checkpoint_config(source)
     weight_files = _weight_files(source)
+    check_safetensors_files(weight_files)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = ConversionReport(source=str(source))
     index = _convert_shards(weight_files, output_dir, report)
@@ -100,16 +107,6 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
     (output_dir / "conversion_report.json").write_text(json.dumps(asdict(report), indent=2))
     logger.info("converted %s -> %s (%s)", source, output_dir, report.source_format)
     return report
-
-
-def _read_source_config(source: Path) -> dict:
-    config_file = source / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{source} is not a checkpoint folder: {config_file} is missing")
-    config_dict = json.loads(config_file.read_text())
-    if config_dict.get("model_type") not in ("idefics2", "finedefics"):
-        raise ValueError(f"{config_file}: model_type is {config_dict.get('model_type')!r}, expected 'idefics2'")
-    return config_dict
 
 
 def _weight_files(source: Path) -> list[Path]:

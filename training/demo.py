@@ -98,15 +98,47 @@ def quick_plan() -> DemoPlan:
 
 
 def apply_overrides(plan: DemoPlan, overrides: dict[str, str]) -> DemoPlan:
-    """``{"stage1_steps": "600"}`` -> a plan with that field changed (values parsed as YAML scalars)."""
+    """``{"stage1_steps": "600"}`` -> a plan with that field changed (values parsed as YAML scalars).
+
+    Each value is checked against the field's type and range here, so a bad ``--set`` fails at once
+    rather than minutes later, in the phase that first reads it.
+    """
     import yaml
 
     known = set(DemoPlan.__dataclass_fields__)
     for key, value in overrides.items():
         if key not in known:
             raise ValueError(f"unknown demo setting {key!r}; known: {', '.join(sorted(known))}")
-        setattr(plan, key, yaml.safe_load(value) if isinstance(value, str) else value)
+        value = yaml.safe_load(value) if isinstance(value, str) else value
+        check_plan_value(key, value)
+        setattr(plan, key, value)
     return plan
+
+
+# Plan fields that may be 0 (every other int counts steps, images or a batch, and must be at least 1).
+MAY_BE_ZERO = ("base_seed", "knowledge_repeats")
+RATIOS = ("closed_set_ratio",)
+
+
+def check_plan_value(key: str, value) -> None:
+    """A clear error when ``value`` does not fit ``DemoPlan.<key>`` (its type, and its range where it has one)."""
+    kind = DemoPlan.__dataclass_fields__[key].type  # a string: annotations are postponed in this module
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"demo setting {key} must be an integer, got {value!r}")
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"demo setting {key} must be a number, got {value!r}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ValueError(f"demo setting {key} must be true or false, got {value!r}")
+    if kind == "str" and not isinstance(value, str):
+        raise ValueError(f"demo setting {key} must be a string, got {value!r}")
+    if kind == "dict" and not isinstance(value, dict):
+        raise ValueError(f"demo setting {key} must be a mapping, got {value!r}")
+    if kind == "int" and value < (0 if key in MAY_BE_ZERO else 1):
+        raise ValueError(f"demo setting {key} must be at least {0 if key in MAY_BE_ZERO else 1}, got {value}")
+    if kind == "float" and key in RATIOS and not 0 <= value <= 1:
+        raise ValueError(f"demo setting {key} must be between 0 and 1, got {value}")
+    if kind == "float" and key not in RATIOS and value <= 0:
+        raise ValueError(f"demo setting {key} must be positive, got {value}")
 
 
 def base_recipe(plan: DemoPlan, data_identity: dict) -> dict:
@@ -425,13 +457,15 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
             result is bit for bit the shipped one.
         eval_split: ``test`` for the final table, ``validation`` while choosing settings.
     """
+    from .checkpoints import check_output_dir
     from .demo_data import DemoData
     from .demo_report import write_demo_report
 
+    plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
+    check_output_dir(output_dir)
     _quiet_libraries()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})
     phases = Phases(output_dir)
     runs_dir, report_dir = output_dir / "runs", output_dir / "report"
     report_dir.mkdir(exist_ok=True)

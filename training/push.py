@@ -20,6 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .checkpoints import check_safetensors_files
+
 logger = logging.getLogger(__name__)
 
 CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")
@@ -109,7 +111,10 @@ def check_checkpoint(checkpoint: Path) -> list[str]:
     if model_type != "finedefics":
         raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}, not 'finedefics': "
                          "convert it first with `finedefics convert`")
-    return _safetensors_weight_files(checkpoint)
+    weight_files = _safetensors_weight_files(checkpoint)
+    # A file cut short would otherwise be staged and uploaded as it is.
+    check_safetensors_files([checkpoint / name for name in weight_files if name.endswith(".safetensors")])
+    return weight_files
 
 
 def _safetensors_weight_files(checkpoint: Path) -> list[str]:

@@ -92,8 +92,11 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
     from modeling_finedefics import FinedeficsConfig, FinedeficsForConditionalGeneration, FinedeficsProcessor
     from transformers import AutoConfig, AutoProcessor
 
+    from .checkpoints import SUPPORTED_MODEL_TYPES, check_model_source, check_vocabulary
+
     path = model_args.model_name_or_path
     remote = training_args.trust_remote_code
+    check_model_source(path)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
     if not isinstance(processor, FinedeficsProcessor):
         processor = FinedeficsProcessor(
@@ -101,6 +104,9 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
             image_seq_len=processor.image_seq_len, chat_template=processor.chat_template,
         )
     config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:  # a Hub model (local folders were checked above)
+        raise ValueError(f"{path}: model_type is {config.model_type!r}; supported: "
+                         f"{', '.join(map(repr, SUPPORTED_MODEL_TYPES))}")
     if config.model_type != FinedeficsConfig.model_type:
         logger.info("%s is a %s checkpoint: adding fresh Finedefics alignment parameters", path, config.model_type)
         config = FinedeficsConfig(**{**config.to_dict(), "model_type": None,
@@ -109,6 +115,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
     if model_args.tuning == "qlora":
         kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
     model = FinedeficsForConditionalGeneration.from_pretrained(path, **kwargs)
+    check_vocabulary(model, processor.tokenizer, path)
     if model_args.tuning == "full":
         if model_args.freeze_vision_tower:
             model.model.vision_model.requires_grad_(False)
@@ -275,6 +282,9 @@ def load_training_dataset(data_args: DataArguments):
         dataset = load_dataset(data_args.dataset_name, split=data_args.train_split)
     if data_args.max_train_samples:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"{data_args.dataset_dir or data_args.dataset_name}: split {data_args.train_split!r} has no "
+                         "rows to train on")
     if "example_id" not in dataset.column_names:
         dataset = dataset.add_column("example_id", list(range(len(dataset))))
     return _undecoded_images(dataset)
@@ -302,6 +312,7 @@ def _load_dataset_dir(folder: Path, split: str):
 
         splits = load_benchmark(folder)
     elif (folder / "dataset_dict.json").is_file() or (folder / "dataset_info.json").is_file():
+        _refuse_empty_saved_split(folder, split)
         splits = datasets.load_from_disk(str(folder))
     else:
         splits = datasets.load_dataset("imagefolder", data_dir=str(folder))
@@ -310,6 +321,17 @@ def _load_dataset_dir(folder: Path, split: str):
     if split not in splits:
         raise ValueError(f"{folder} has no split {split!r} (has {sorted(splits)})")
     return splits[split]
+
+
+def _refuse_empty_saved_split(folder: Path, split: str) -> None:
+    """``save_to_disk`` writes a 0-row split with no data file, which ``load_from_disk`` fails on with an IndexError."""
+    state_file = folder / split / "state.json" if (folder / "dataset_dict.json").is_file() else folder / "state.json"
+    try:
+        data_files = json.loads(state_file.read_text(encoding="utf-8"))["_data_files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not the layout this check knows; load_from_disk reports what it finds
+    if data_files == []:
+        raise ValueError(f"{folder}: split {split!r} has no rows to train on")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -322,10 +344,10 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     with a ``callback()`` returning a ``TrainerCallback``) replaces Trainer's own progress bar and
     printed logs, for callers such as the demo that show one bar per phase.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
+    from .checkpoints import check_output_dir, last_complete_checkpoint
     from .trainer import FinedeficsTrainer
 
+    check_output_dir(training_args.output_dir)
     data_args = data_args.for_stage(training_args.stage)
     training_args = with_data_noun(training_args, data_args)
     check_distributed_setup(model_args, training_args)
@@ -338,8 +360,8 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     logger.info("stage %d: %d training examples, %s tuning, world size %d", training_args.stage, len(dataset),
                 model_args.tuning, trainer.accelerator.num_processes)
     resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)  # pick up an interrupted run
+    if resume is None:
+        resume = last_complete_checkpoint(training_args.output_dir)  # pick up an interrupted run
     if resume:
         logger.info("resuming stage %d from %s", training_args.stage, resume)
     trainer.train(resume_from_checkpoint=resume)
@@ -379,8 +401,10 @@ def run_two_stage(model_args: ModelArguments, data_args: DataArguments, training
     Both stages' data are checked and summarised before stage I starts, so a stage II problem (no
     recognition question, rows it cannot train) shows up before hours of stage I.
     """
+    from .checkpoints import check_output_dir
     from .trainer import describe_stage_data
 
+    check_output_dir(training_args.output_dir)
     root = Path(training_args.output_dir)
     for stage in (1, 2):
         describe_stage_data(load_training_dataset(data_args.for_stage(stage)), stage)

@@ -75,8 +75,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from finedefics_eval.report import write_report
 
+    from ..checkpoints import check_output_dir
+
     if not args.import_foci and not (args.model and args.benchmark):
         raise ValueError("give --model and --benchmark, or --import-foci FILE to report FOCI prediction files")
+    check_output_dir(args.output_dir)
     output = Path(args.output_dir)
     reports = _imported_reports(args) if args.import_foci else _model_reports(args)
     several = len(reports) > 1
@@ -144,7 +147,9 @@ def checkpoint_noun(name_or_path: str):
 
     from finedefics_eval.prompts import ObjectNoun
 
-    _check_model_path(name_or_path)
+    from ..checkpoints import check_model_source
+
+    check_model_source(name_or_path)
     config, _ = PretrainedConfig.get_config_dict(name_or_path)
     return ObjectNoun.from_config(config)
 
@@ -197,20 +202,17 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
 
     from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
 
+    from ..checkpoints import check_model_source, check_vocabulary
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    _check_model_path(name_or_path)
+    check_model_source(name_or_path)
     model = FinedeficsForConditionalGeneration.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
     processor = FinedeficsProcessor.from_pretrained(name_or_path)
+    check_vocabulary(model, processor.tokenizer, name_or_path)
     return model.to(device).eval(), processor
-
-
-def _check_model_path(name_or_path: str) -> None:
-    """A path-like name that does not exist is a missing folder, not a Hub id to try."""
-    if not Path(name_or_path).exists() and name_or_path.startswith((".", "/")):
-        raise FileNotFoundError(f"model folder not found: {name_or_path}")
 
 
 def _image_root(image_root: str | None, spec: str, several: bool) -> str | None:
