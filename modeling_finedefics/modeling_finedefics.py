@@ -75,6 +75,11 @@ class FinedeficsConnector(Idefics2Connector):
         forward = super().forward
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
             return forward(image_hidden_states, attention_mask)
+        reentrant = getattr(self._gradient_checkpointing_func, "keywords", {}).get("use_reentrant")
+        if reentrant and not image_hidden_states.requires_grad and any(p.requires_grad for p in self.parameters()):
+            # A reentrant checkpoint (PEFT under DeepSpeed ZeRO-3 needs one) whose inputs need no gradient
+            # gives its parameters none either; a frozen vision tower's output is such an input.
+            image_hidden_states = image_hidden_states.detach().requires_grad_(True)
         pieces = [
             self._gradient_checkpointing_func(forward, image_hidden_states[index:index + 1],
                                               attention_mask[index:index + 1])

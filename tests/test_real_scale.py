@@ -271,3 +271,17 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_a_reentrant_checkpoint_still_trains_the_connector_behind_a_frozen_tower(tiny_processor):
+    """PEFT under ZeRO-3 needs reentrant checkpointing, whose parameters get no gradient when no input needs one."""
+    from modeling_finedefics.tiny import build_tiny_model
+
+    model = build_tiny_model(tiny_processor, preset="micro", seed=0).train()
+    features = torch.randn(2, 49, model.config.vision_config.hidden_size)  # a frozen tower's output: no grad
+    mask = torch.ones(2, 49, dtype=torch.bool)
+    _, _, plain = _connector_step(model, features, mask)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    _, _, reentrant = _connector_step(model, features, mask)
+    for name, grad in reentrant.items():
+        assert torch.allclose(grad, plain[name], atol=1e-5, rtol=1e-4), name
