@@ -285,3 +285,21 @@ def test_a_reentrant_checkpoint_still_trains_the_connector_behind_a_frozen_tower
     _, _, reentrant = _connector_step(model, features, mask)
     for name, grad in reentrant.items():
         assert torch.allclose(grad, plain[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_under_zero3_every_parameter_has_the_models_dtype(micro_checkpoint_with_heads, tuning, monkeypatch):
+    """ZeRO-3's one-dtype gather buffers: PEFT's float32 adapters beside a bf16 base fail its first step."""
+    from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.recipe import ModelArguments, load_model_and_processor
+
+    args = FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
+    model_args = ModelArguments(model_name_or_path=str(micro_checkpoint_with_heads), tuning=tuning,
+                                torch_dtype="bfloat16")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    model, _ = load_model_and_processor(model_args, args)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")  # outside ZeRO-3 they stay float32
+    model, _ = load_model_and_processor(model_args, args)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16, torch.float32}

@@ -116,6 +116,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
         kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
     model = FinedeficsForConditionalGeneration.from_pretrained(path, **kwargs)
     check_vocabulary(model, processor.tokenizer, path)
+    if model_args.tuning != "qlora" and deepspeed_zero_stage(training_args) == 3:
+        _one_dtype_for_zero3(model)
     if model_args.tuning == "full":
         if model_args.freeze_vision_tower:
             model.model.vision_model.requires_grad_(False)
@@ -147,8 +149,21 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
             r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
             target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        # ZeRO-3 gathers parameters into buffers of one dtype: LoRA weights upcast to float32 beside a bf16
+        # base fail its first optimizer step. Its optimizer keeps float32 master weights of every trainable
+        # parameter, so keeping them in the model's dtype loses no update.
+        zero3 = model_args.tuning != "qlora" and deepspeed_zero_stage(training_args) == 3
+        model = get_peft_model(model, config, autocast_adapter_dtype=not zero3)
     return model
+
+
+def _one_dtype_for_zero3(model) -> None:
+    """The float32 alignment modules (temperatures, heads) in the model's dtype, for ZeRO-3's one-dtype buffers."""
+    dtype = model.model.text_model.embed_tokens.weight.dtype
+    for name in model._keep_in_fp32_modules_strict:
+        module = getattr(model, name, None)
+        if module is not None:
+            module.to(dtype)
 
 
 @contextlib.contextmanager
