@@ -6,9 +6,13 @@
     report = evaluate_model(model, processor, benchmark, modes=("generate", "likelihood", "embedding"), seed=0)
     write_report(report, "runs/eval/bird-200")
 
-All modes see the same examples with the same seeded option order. Images are loaded once per batch
-and shared by the modes; each mode's time includes that loading, so its speed is what a run of that
-mode alone would take. ``seconds`` is a mode's whole time (set-up included: the embedding mode embeds
+All modes see the same examples with the same seeded option order. The work on a batch's images is
+done once and shared by the modes (see ``scoring.SharedBatch``): loading, the image processor, the
+vision tower + connector, the tokenised prompts, and the prompt prefill that ``generate`` runs and the
+letter likelihood reads (``generate`` runs first for that reason). Each mode's time is charged every
+piece of shared work it used, whichever mode paid for it, so its time and speed are what a run of that
+mode alone would take (up to noise); in a multi-mode run the modes' times therefore add up to more
+than the run's wall time. ``seconds`` is a mode's whole time (set-up included: the embedding mode embeds
 every category name first); ``images_per_second`` is the steady-state speed, measured after the first
 batch (which pays one-off costs) whenever there is more than one. Missing or unreadable images are
 skipped, counted and listed in the report; the run goes on.
@@ -21,7 +25,7 @@ import time
 from datetime import datetime, timezone
 
 from .report import DEFAULT_BOOTSTRAP_SAMPLES, mode_metrics, top_k_metrics
-from .scoring import FOCI_MAX_NEW_TOKENS, MC_MODES, build_scorers, check_modes, prepare_examples
+from .scoring import FOCI_MAX_NEW_TOKENS, MC_MODES, SharedBatch, build_scorers, check_modes, prepare_examples
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, b
                        benchmark.name, len(missing_ids), len(prepared), benchmark.image_root)
     to_score = [item for item in prepared if item.example.example_id not in missing_ids]
     scorers, setup_seconds = _timed_scorers(model, processor, benchmark, modes, max_new_tokens, likelihood_answer)
-    records, unreadable, timings = _score_all(benchmark, to_score, scorers, batch_size, progress)
+    records, unreadable, timings = _score_all(model, processor, benchmark, to_score, scorers, batch_size, progress)
     scored = len(to_score) - len(unreadable)
     if scored == 0:
         raise ValueError(f"benchmark {benchmark.name!r}: none of its {len(prepared)} images could be read "
@@ -95,8 +99,8 @@ def _timed_scorers(model, processor, benchmark, modes, max_new_tokens: int, like
     return scorers, setup_seconds
 
 
-def _score_all(benchmark, to_score, scorers: dict, batch_size: int, progress: bool):
-    """Run every scorer over the examples in batches.
+def _score_all(model, processor, benchmark, to_score, scorers: dict, batch_size: int, progress: bool):
+    """Run every scorer over the examples in batches, each batch's image work shared by the scorers.
 
     Returns the records per mode, the unreadable image paths, and per mode a list of
     ``(images scored, seconds)`` per batch.
@@ -106,6 +110,10 @@ def _score_all(benchmark, to_score, scorers: dict, batch_size: int, progress: bo
     records = {mode: [] for mode in scorers}
     timings = {mode: [] for mode in scorers}
     unreadable: list[str] = []
+    # generate first: its prefill holds the letter-likelihood scores, kept for the likelihood scorer to read.
+    run_order = sorted(scorers, key=lambda mode: mode != "generate")
+    keep_prompt_logits = "generate" in scorers and any(getattr(scorer, "reads_prompt_logits", False)
+                                                       for scorer in scorers.values())
     bar = tqdm(total=len(to_score), desc=f"{benchmark.name} [{', '.join(scorers)}]", unit="img",
                disable=not progress)
     for start in range(0, len(to_score), batch_size):
@@ -113,14 +121,32 @@ def _score_all(benchmark, to_score, scorers: dict, batch_size: int, progress: bo
         load_start = time.perf_counter()
         images, items = _load_batch(benchmark, batch, unreadable)
         load_seconds = time.perf_counter() - load_start
-        for mode, scorer in scorers.items():
-            mode_start = time.perf_counter()
+        shared = SharedBatch(model, processor, images, keep_prompt_logits=keep_prompt_logits)
+        for mode in run_order:
+            seconds = 0.0
             if items:
-                records[mode].extend(scorer(images, items))
-            timings[mode].append((len(items), time.perf_counter() - mode_start + load_seconds))
+                mode_records, seconds = _timed_call(scorers[mode], images, items, shared)
+                records[mode].extend(mode_records)
+            timings[mode].append((len(items), seconds + load_seconds))
         bar.update(len(batch))
     bar.close()
     return records, unreadable, timings
+
+
+def _timed_call(scorer, images, items, shared: SharedBatch) -> tuple[list[dict], float]:
+    """The scorer's records and its time: its own work plus every piece of shared work it used.
+
+    Shared work done during this call is taken out of the call's wall time and charged back by piece,
+    so a mode that reuses features another mode computed pays for them all the same.
+    """
+    already_done = set(shared.seconds)
+    shared.start_use()
+    start = time.perf_counter()
+    mode_records = scorer(images, items, shared=shared)
+    wall = time.perf_counter() - start
+    done_here = sum(seconds for piece, seconds in shared.seconds.items() if piece not in already_done)
+    used = sum(shared.seconds[piece] for piece in shared.used)
+    return mode_records, wall - done_here + used
 
 
 def _load_batch(benchmark, batch, unreadable: list[str]):

@@ -22,11 +22,14 @@
   after normalisation (case, underscores, punctuation, a leading article).
 
 Every scorer takes a batch of PIL images and :class:`PreparedExample` items and returns one
-FOCI-format prediction record per item (see ``foci.prediction_record``).
+FOCI-format prediction record per item (see ``foci.prediction_record``). Given a :class:`SharedBatch`
+(``shared=``), scorers of the same batch encode its images once and the letter likelihood reads
+``generate``'s prefill instead of running its own.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -102,15 +105,147 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.clamp(min=0)
 
 
-@torch.no_grad()
 def greedy_answers(model, processor, images: list | None, texts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers (new tokens only, special tokens dropped, whitespace stripped); ``images=None``: text only."""
-    inputs = encode_prompts(model, processor, images, texts)
-    tokenizer = processor.tokenizer
-    generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                               pad_token_id=tokenizer.pad_token_id)
-    new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return SharedBatch(model, processor, images).greedy_answers(texts, max_new_tokens)
+
+
+# ----------------------------------------------------------------------------- shared per-batch work
+class _PrefillClock:
+    """Notes when ``generate`` first hands over logits, i.e. when its prefill is done; changes no score."""
+
+    def __init__(self):
+        self.prefill_done: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.prefill_done is None:
+            _synchronize(scores.device)
+            self.prefill_done = time.perf_counter()
+        return scores
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timed piece is charged its own kernels and not the next one's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SharedBatch:
+    """The work on one batch of images that several scoring modes need, done once on first use.
+
+    A scorer called on its own makes a private one, so one mode alone runs exactly what several modes
+    together run, minus the repeats. Shared, in order of cost on a real model:
+
+    - ``image_features``: the vision tower + connector (``mm_encoder_outputs`` of ``forward`` and
+      ``generate``; ``image_features=`` of ``get_image_embeddings``);
+    - ``prompt_logits``: the next-token logits after a prompt. ``generate`` reads them at its prefill;
+      with ``keep_prompt_logits`` they are kept, and the letter-likelihood score reads them instead of
+      running the same prefill again (the prompts are the same: the FOCI text in the chat template);
+    - ``pixels`` (the image processor) and ``prompts`` (the tokenised chat prompts).
+
+    ``seconds`` holds what each piece took and ``used`` the pieces read since the last
+    :meth:`start_use`, so that every mode can be charged all the shared work it relied on.
+    """
+
+    def __init__(self, model, processor, images: list | None, keep_prompt_logits: bool = False):
+        self.model, self.processor, self.images = model, processor, images
+        self.keep_prompt_logits = keep_prompt_logits
+        self.seconds: dict = {}
+        self.used: set = set()
+        self._results: dict = {}
+
+    def start_use(self) -> None:
+        self.used = set()
+
+    def _piece(self, key, compute):
+        """``compute()``'s result, computed once per batch and timed; the first call's result is kept."""
+        if key not in self._results:
+            start = time.perf_counter()
+            self._results[key] = compute()
+            _synchronize(self.model.device)
+            self.seconds[key] = time.perf_counter() - start
+        self.used.add(key)
+        return self._results[key]
+
+    def pixels(self):
+        """The image processor's output for the batch (one image per row), on the model's device and dtype."""
+
+        def compute():
+            images = self.images
+            if hasattr(self.processor, "load_image"):  # RGB, as the processor's own call makes them
+                images = [self.processor.load_image(image) for image in images]
+            pixels = self.processor.image_processor([[image] for image in images], return_tensors="pt")
+            pixels = pixels.to(self.model.device)
+            pixels["pixel_values"] = pixels["pixel_values"].to(self.model.dtype)
+            return pixels
+        return self._piece("pixels", compute)
+
+    def image_features(self):
+        """Vision tower + connector output (``pooler_output``: one ``(tokens, hidden)`` tensor per row)."""
+        pixels = self.pixels()  # outside the timed piece: pieces never contain each other
+
+        def compute():
+            with torch.no_grad():
+                return self.model.get_image_features(pixels["pixel_values"], pixels.get("pixel_attention_mask"),
+                                                     return_dict=True)
+        return self._piece("image_features", compute)
+
+    def prompts(self, texts: list[str]):
+        """Tokenised chat prompts, left-padded; the image placeholders expanded as the processor expands them."""
+
+        def compute():
+            prompts = chat_prompts(self.processor, texts, with_image=self.images is not None)
+            encoded = self.processor(text=prompts, return_tensors="pt", padding=True, padding_side="left")
+            return encoded.to(self.model.device)
+        return self._piece(_texts_key("prompts", texts), compute)
+
+    def model_inputs(self, texts: list[str]) -> dict:
+        """``forward`` / ``generate`` inputs: the prompts plus the shared image features (never the pixels)."""
+        inputs = dict(self.prompts(texts))
+        if self.images is not None:
+            # A fresh dict per call: forward writes into the one it is given.
+            inputs["mm_encoder_outputs"] = {"image": self.image_features()}
+        return inputs
+
+    @torch.no_grad()
+    def prompt_logits(self, texts: list[str]) -> torch.Tensor:
+        """``(batch, vocab)`` float32 next-token logits after each prompt: ``generate``'s prefill when it kept them.
+
+        The prompts and image features are marked used either way: the logits were computed from them.
+        """
+        inputs = self.model_inputs(texts)
+
+        def compute():
+            outputs = self.model(**inputs, position_ids=position_ids_from_mask(inputs["attention_mask"]),
+                                 use_cache=False, logits_to_keep=1)
+            return outputs.logits[:, -1].float()
+        return self._piece(_texts_key("prompt_logits", texts), compute)
+
+    @torch.no_grad()
+    def greedy_answers(self, texts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers (new tokens only, special tokens dropped, whitespace stripped)."""
+        from transformers import LogitsProcessorList
+
+        inputs = self.model_inputs(texts)
+        keep = self.keep_prompt_logits and _texts_key("prompt_logits", texts) not in self._results
+        clock = _PrefillClock()
+        start = time.perf_counter()
+        generated = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                        pad_token_id=self.processor.tokenizer.pad_token_id,
+                                        logits_processor=LogitsProcessorList([clock]),
+                                        output_logits=keep, return_dict_in_generate=True)
+        if keep:  # the raw logits of the first step are the prefill's: charged the prefill's time
+            key = _texts_key("prompt_logits", texts)
+            self._results[key] = generated.logits[0].float()
+            self.seconds[key] = clock.prefill_done - start
+            self.used.add(key)
+        new_tokens = generated.sequences[:, inputs["input_ids"].shape[1]:]
+        return [text.strip() for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _texts_key(piece: str, texts: list[str]) -> tuple:
+    """A piece's key for one list of prompt texts (generate and likelihood share theirs; open-set's differs)."""
+    return (piece, *texts)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -122,9 +257,9 @@ class GenerateScorer:
     def __init__(self, model, processor, max_new_tokens: int = FOCI_MAX_NEW_TOKENS):
         self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
 
-    def __call__(self, images: list, items: list[PreparedExample]) -> list[dict]:
-        answers = greedy_answers(self.model, self.processor, images, [item.prompt for item in items],
-                                 self.max_new_tokens)
+    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+        shared = shared or SharedBatch(self.model, self.processor, images)
+        answers = shared.greedy_answers([item.prompt for item in items], self.max_new_tokens)
         return [prediction_record(item.example.image, item.shown_options, item.example.groundtruth, answer,
                                   parse_letter(answer)) for item, answer in zip(items, answers)]
 
@@ -141,9 +276,11 @@ class LikelihoodScorer:
         self.model, self.processor = model, processor
         self.answer_template, self.with_end_of_turn = ANSWER_FORMATS[answer]
         self._continuations: dict[str, list[int]] = {}
+        # One-token answers are read from the prompt's next-token logits, which generate's prefill also computes.
+        self.reads_prompt_logits = not self.with_end_of_turn
 
-    def __call__(self, images: list, items: list[PreparedExample]) -> list[dict]:
-        scores = self.option_scores(images, items)
+    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+        scores = self.option_scores(images, items, shared)
         records = []
         for item, row in zip(items, scores.tolist()):
             letter = CHOICE_LETTERS[max(range(len(row)), key=row.__getitem__)]
@@ -152,25 +289,31 @@ class LikelihoodScorer:
         return records
 
     @torch.no_grad()
-    def option_scores(self, images: list, items: list[PreparedExample]) -> torch.Tensor:
+    def option_scores(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> torch.Tensor:
         """``(batch, options)`` summed log-probabilities of each shown option's answer."""
-        model = self.model
+        shared = shared or SharedBatch(self.model, self.processor, images)
         continuations = [[self.continuation_ids(letter, option) for letter, option in
                           zip(CHOICE_LETTERS, item.shown_options)] for item in items]
-        multi_token = max(len(ids) for row in continuations for ids in row) > 1
-        prefix = encode_prompts(model, self.processor, images, [item.prompt for item in items])
-        # One-token answers are all read from the prefill's last logits: no cache needed.
-        outputs = model(**prefix, position_ids=position_ids_from_mask(prefix["attention_mask"]),
-                        use_cache=multi_token, logits_to_keep=1)
+        texts = [item.prompt for item in items]
+        if max(len(ids) for row in continuations for ids in row) == 1:
+            # One-token answers are all read from the prefill's last logits: no cache, and no prefill of
+            # its own when generate already ran on these prompts.
+            return self._first_token_scores(shared.prompt_logits(texts), continuations)
+        prefix = shared.model_inputs(texts)
+        outputs = self.model(**prefix, position_ids=position_ids_from_mask(prefix["attention_mask"]),
+                             use_cache=True, logits_to_keep=1)
         num_options = len(continuations[0])
-        first = torch.log_softmax(outputs.logits[:, -1].float(), dim=-1)
+        flat = [ids for row in continuations for ids in row]
+        later = self._later_token_scores(outputs.cache, prefix["attention_mask"], flat, num_options)
+        return self._first_token_scores(outputs.logits[:, -1].float(), continuations) + later.view(len(items),
+                                                                                                   num_options)
+
+    @staticmethod
+    def _first_token_scores(prompt_logits: torch.Tensor, continuations: list[list[list[int]]]) -> torch.Tensor:
+        """``(batch, options)`` log-probabilities of each option's first answer token after the prompt."""
+        first = torch.log_softmax(prompt_logits.float(), dim=-1)
         first_ids = torch.tensor([[ids[0] for ids in row] for row in continuations], device=first.device)
-        scores = first.gather(1, first_ids)
-        if multi_token:
-            flat = [ids for row in continuations for ids in row]
-            scores = scores + self._later_token_scores(outputs.cache, prefix["attention_mask"], flat,
-                                                       num_options).view(len(items), num_options)
-        return scores
+        return first.gather(1, first_ids)
 
     def _later_token_scores(self, cache, prefix_mask: torch.Tensor, continuations: list[list[int]],
                             num_options: int) -> torch.Tensor:
@@ -247,18 +390,14 @@ class EmbeddingScorer:
         return torch.cat(chunks)
 
     @torch.no_grad()
-    def similarities(self, images: list) -> torch.Tensor:
+    def similarities(self, images: list, shared: SharedBatch | None = None) -> torch.Tensor:
         """``(batch, categories)`` cosine similarities of the images to every category name."""
-        pixels = self.processor.image_processor([[image] for image in images], return_tensors="pt")
-        pixel_mask = pixels.get("pixel_attention_mask")
-        image_embeds = self.model.get_image_embeddings(
-            pixels["pixel_values"].to(self.model.device, self.model.dtype),
-            None if pixel_mask is None else pixel_mask.to(self.model.device),
-        )
+        shared = shared or SharedBatch(self.model, self.processor, images)
+        image_embeds = self.model.get_image_embeddings(image_features=shared.image_features().pooler_output)
         return image_embeds.float() @ self.category_embeds.T
 
-    def __call__(self, images: list, items: list[PreparedExample]) -> list[dict]:
-        similarities = self.similarities(images)
+    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+        similarities = self.similarities(images, shared)
         top_k = similarities.topk(min(5, len(self.categories)), dim=-1).indices.tolist()
         records = []
         for item, row, ranked in zip(items, similarities, top_k):
@@ -283,8 +422,9 @@ class OpenSetScorer:
         self.model, self.processor, self.question, self.max_new_tokens = model, processor, question, max_new_tokens
         self.categories = list(categories)
 
-    def __call__(self, images: list, items: list[PreparedExample]) -> list[dict]:
-        answers = greedy_answers(self.model, self.processor, images, [self.question] * len(items), self.max_new_tokens)
+    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+        shared = shared or SharedBatch(self.model, self.processor, images)
+        answers = shared.greedy_answers([self.question] * len(items), self.max_new_tokens)
         records = []
         for item, answer in zip(items, answers):
             # The answer is mapped to the category it names (if any), so per-class accuracy and
@@ -320,5 +460,5 @@ def build_scorers(model, processor, benchmark, modes, max_new_tokens: int = FOCI
 
 __all__ = [
     "ANSWER_FORMATS", "EmbeddingScorer", "GenerateScorer", "LikelihoodScorer", "MC_MODES", "MODES", "OpenSetScorer",
-    "PreparedExample", "build_scorers", "chat_prompts", "check_modes", "encode_prompts", "prepare_examples",
+    "PreparedExample", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts", "prepare_examples",
 ]

@@ -228,6 +228,17 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         """
         return self.get_embeddings(pixel_values, pixel_attention_mask, image_features=image_features).image_embeds
 
+    def get_image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
+                           **kwargs):
+        """Idefics2's vision tower + connector, after the image checks of ``forward``.
+
+        Its ``pooler_output`` (one ``(tokens, hidden)`` tensor per row) is what ``forward`` and ``generate``
+        take as ``mm_encoder_outputs={"image": output}`` and ``get_image_embeddings`` as ``image_features``:
+        encode a batch's images once and use them for generation, scoring and embeddings alike.
+        """
+        self._check_pixel_values(pixel_values, pixel_attention_mask)
+        return super().get_image_features(pixel_values, pixel_attention_mask, **kwargs)
+
     def get_text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised text embeddings ``(B, D)``, pooled at the last real token of each row.
 
