@@ -61,29 +61,35 @@ class FinedeficsTemperatures(nn.Module):
 
 
 class FinedeficsConnector(Idefics2Connector):
-    """Idefics2's connector (modality projection + perceiver resampler), checkpointed one sub-image at a time.
+    """Idefics2's connector (modality projection + perceiver resampler), checkpointed in sub-image chunks.
 
     It runs over every padded patch of up to five sub-images per row (4,900 patches each at 980 px), and
     Idefics2 does not checkpoint it: at 8B its activations outweigh the decoder's. Sub-images are
-    independent here, so under activation checkpointing each is a checkpoint of its own: backward keeps
-    the inputs and recomputes one sub-image at a time. Same parameters, same names, same outputs.
+    independent here, so under activation checkpointing a batch with more than ``checkpoint_patch_budget``
+    patch positions is cut into chunks of whole sub-images within that budget (one 980 px sub-image at
+    most, at 8B), each a checkpoint of its own: backward keeps the inputs and recomputes one chunk at a
+    time. A smaller batch (the tiny CPU models') runs as before, unchunked and unrecomputed. Same
+    parameters, same names, same outputs.
     """
 
     gradient_checkpointing = False  # set by ``activation_checkpointing_enable`` with the model's checkpoint function
+    checkpoint_patch_budget = 4096  # patch positions per chunk; at 8B width about 2 GB of activations
 
     def forward(self, image_hidden_states, attention_mask):
         forward = super().forward
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if not checkpointing or image_hidden_states.shape[:2].numel() <= self.checkpoint_patch_budget:
             return forward(image_hidden_states, attention_mask)
         reentrant = getattr(self._gradient_checkpointing_func, "keywords", {}).get("use_reentrant")
         if reentrant and not image_hidden_states.requires_grad and any(p.requires_grad for p in self.parameters()):
             # A reentrant checkpoint (PEFT under DeepSpeed ZeRO-3 needs one) whose inputs need no gradient
             # gives its parameters none either; a frozen vision tower's output is such an input.
             image_hidden_states = image_hidden_states.detach().requires_grad_(True)
+        per_chunk = max(1, self.checkpoint_patch_budget // image_hidden_states.shape[1])
         pieces = [
-            self._gradient_checkpointing_func(forward, image_hidden_states[index:index + 1],
-                                              attention_mask[index:index + 1])
-            for index in range(image_hidden_states.shape[0])
+            self._gradient_checkpointing_func(forward, image_hidden_states[start:start + per_chunk],
+                                              attention_mask[start:start + per_chunk])
+            for start in range(0, image_hidden_states.shape[0], per_chunk)
         ]
         return torch.cat(pieces, dim=0)
 

@@ -196,10 +196,13 @@ def _connector_step(model, features, mask):
     return counter.bytes, out.detach(), grads
 
 
-def test_under_activation_checkpointing_the_connector_keeps_one_sub_image_at_a_time(tiny_processor):
+def test_under_activation_checkpointing_the_connector_keeps_one_chunk_at_a_time(tiny_processor, monkeypatch):
     """The modality projection and perceiver ran over every padded patch of up to 5 sub-images per row and
-    kept it all for backward; checkpointed per sub-image they keep their inputs and recompute one at a time."""
+    kept it all for backward; checkpointed in chunks they keep their inputs and recompute one at a time."""
+    from modeling_finedefics.modeling_finedefics import FinedeficsConnector
     from modeling_finedefics.tiny import build_tiny_model
+
+    monkeypatch.setattr(FinedeficsConnector, "checkpoint_patch_budget", 49)  # one 7x7 sub-image per chunk
 
     model = build_tiny_model(tiny_processor, preset="micro", seed=0).train()
     torch.manual_seed(0)
@@ -215,6 +218,20 @@ def test_under_activation_checkpointing_the_connector_keeps_one_sub_image_at_a_t
     input_bytes = features.numel() * features.element_size()
     assert kept_bytes < plain_bytes / 4
     assert kept_bytes <= input_bytes + out.numel() * out.element_size() + mask.numel() * 8
+
+
+def test_a_batch_within_the_budget_runs_the_connector_as_idefics2_does(tiny_processor):
+    """Small inputs (the tiny CPU models) are not chunked: the same single call, bit for bit."""
+    from modeling_finedefics.tiny import build_tiny_model
+
+    model = build_tiny_model(tiny_processor, preset="micro", seed=0).train()
+    features = torch.randn(6, 49, model.config.vision_config.hidden_size)
+    mask = torch.ones(6, 49, dtype=torch.bool)
+    plain_bytes, plain_out, plain_grads = _connector_step(model, features, mask)
+    model.activation_checkpointing_enable()
+    kept_bytes, out, grads = _connector_step(model, features, mask)
+    assert kept_bytes == plain_bytes and torch.equal(out, plain_out)
+    assert all(torch.equal(grads[name], plain_grads[name]) for name in grads)
 
 
 # ----------------------------------------------------------------------------- several processes
@@ -273,9 +290,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_reentrant_checkpoint_still_trains_the_connector_behind_a_frozen_tower(tiny_processor):
+def test_a_reentrant_checkpoint_still_trains_the_connector_behind_a_frozen_tower(tiny_processor, monkeypatch):
     """PEFT under ZeRO-3 needs reentrant checkpointing, whose parameters get no gradient when no input needs one."""
+    from modeling_finedefics.modeling_finedefics import FinedeficsConnector
     from modeling_finedefics.tiny import build_tiny_model
+
+    monkeypatch.setattr(FinedeficsConnector, "checkpoint_patch_budget", 49)
 
     model = build_tiny_model(tiny_processor, preset="micro", seed=0).train()
     features = torch.randn(2, 49, model.config.vision_config.hidden_size)  # a frozen tower's output: no grad

@@ -347,10 +347,14 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
     # Logits in the model's dtype, their float32 copy for the loss and its gradient.
     logits = shape.lm_tokens * shape.rows * text.vocab_size * (dtype_bytes + 8)
     sub_images = shape.rows * shape.sub_images
+    from modeling_finedefics.modeling_finedefics import FinedeficsConnector
+
     one_sub_image = connector_bytes(model, config, dtype)(shape.patches)
-    if checkpointing:
-        # FinedeficsConnector keeps each sub-image's input and recomputes one sub-image at a time.
-        connector = sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes + one_sub_image
+    budget = FinedeficsConnector.checkpoint_patch_budget
+    if checkpointing and sub_images * shape.patches > budget:
+        # FinedeficsConnector keeps its inputs and recomputes one chunk of sub-images at a time.
+        per_chunk = max(1, budget // shape.patches)
+        connector = sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes + one_sub_image * per_chunk
     else:
         connector = one_sub_image * sub_images
     result = {"decoder activations": decoder_total, "logits and LM loss": logits, "connector activations": connector}
