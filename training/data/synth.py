@@ -48,6 +48,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from finedefics_eval.prompts import (
+    CHOICE_LETTERS, ObjectNoun, describe_instruction, multiple_choice_prompt, multiple_choice_query, open_set_question,
+)
+
 from .negatives import build_option_sets, mine_by_attributes, negative_descriptions
 from .schema import NEGATIVE_SEPARATOR
 
@@ -809,7 +813,7 @@ def write_reference_csv(path: str | Path, rows: list[dict], image_prefix: str = 
     cell, separated by a tab and a newline. Image paths are relative to the benchmark folder.
     """
     if question is None:
-        question = f"Describe the attributes of the {NOUN} in the image."  # the trainer's stage I instruction
+        question = describe_instruction(ObjectNoun.of(NOUN))  # the trainer's stage I instruction
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=REFERENCE_COLUMNS)
         writer.writeheader()
@@ -957,10 +961,10 @@ def text_corpus(data_dir: str | Path) -> list[str]:
 
 def _instruction_texts(categories: list[dict]) -> list[str]:
     names = [c["name"] for c in categories]
-    options = "\n".join(f"{letter}. {name}" for letter, name in zip("ABCD", names))
+    noun = ObjectNoun.of(NOUN)
     return [
-        f"Describe the attributes of the {NOUN} in the image.",
-        f"What is the species of the {NOUN} in the image?",
-        f"Which of these {NOUN}s is shown in the image?\nChoices:\n{options}\nAnswer with the letter from the given choices directly.",
+        describe_instruction(noun),
+        open_set_question(noun),
+        multiple_choice_prompt(multiple_choice_query(noun), names[:len(CHOICE_LETTERS)], CHOICE_LETTERS),
         "A", "B", "C", "D", "Answer: A", f"The {NOUN} is a {names[0]}.",
     ]
