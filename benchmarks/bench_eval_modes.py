@@ -39,6 +39,7 @@ def build_benchmark(num_images: int):
 
     from finedefics_eval.benchmarks import Benchmark
     from finedefics_eval.foci import OptionExample, foci_query
+    from finedefics_eval.prompts import ObjectNoun, open_set_question
 
     images = {}
     examples = []
@@ -48,7 +49,7 @@ def build_benchmark(num_images: int):
         examples.append(OptionExample(str(index), f"synthetic/{index}.png", options[0], options))
         images[str(index)] = Image.new("RGB", (64, 64), COLOURS[category])
     return Benchmark(name="throughput", split="test", examples=examples, categories=list(CATEGORIES),
-                     query=foci_query("birds"), open_set_question="What is the species of the bird in the image?",
+                     query=foci_query("birds"), open_set_question=open_set_question(ObjectNoun.of("bird")),
                      source="benchmarks/bench_eval_modes.py", image_getter=lambda example: images[example.example_id])
 
 
