@@ -323,3 +323,27 @@ def test_under_zero3_every_parameter_has_the_models_dtype(micro_checkpoint_with_
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")  # outside ZeRO-3 they stay float32
     model, _ = load_model_and_processor(model_args, args)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16, torch.float32}
+
+
+def test_two_stage_dry_run_plans_both_stages_and_leaves_no_temporary_recipe(tmp_path, micro_checkpoint, capsys,
+                                                                             monkeypatch):
+    """stage2_ keys are taken out of the recipe through a rewritten copy, which must not outlive the command."""
+    import tempfile
+
+    import yaml
+
+    from finedefics_training.cli import main
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    recipe = tmp_path / "two-stage.yaml"
+    recipe.write_text(yaml.safe_dump(dict(model_name_or_path=str(micro_checkpoint), dataset_dir=str(tmp_path),
+                                          output_dir=str(tmp_path / "run"), tuning="lora", per_device_train_batch_size=2,
+                                          stage2_per_device_train_batch_size=6, report_to="none")))
+    assert main(["two-stage", "--config", str(recipe), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run, stage 1:" in out and "dry run, stage 2:" in out
+    assert "per-device step: 2 rows" in out and "per-device step: 6 rows" in out
+    assert list(scratch.iterdir()) == []
+    assert not (tmp_path / "run").exists()

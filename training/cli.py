@@ -24,14 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module_name = "finedefics_training.commands." + name.replace("-", "_")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # command not built yet
-        module.register(subparsers)
+        # A command that fails to import is an error, never a command silently missing from --help.
+        importlib.import_module("finedefics_training.commands." + name.replace("-", "_")).register(subparsers)
     return parser
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 DESCRIPTION = (
     "Stage I (attribute contrastive + description tuning), merge the adapter, then stage II "
     "(recognition tuning) from the merged stage I checkpoint. Outputs OUTPUT_DIR/stage1/final and "
@@ -19,10 +22,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, pass_through=True)
 
 
-def split_stage2_overrides(argv: list[str], keep: frozenset[str] = frozenset()) -> tuple[list[str], dict]:
+def split_stage2_overrides(argv: list[str], scratch_dir: str, keep: frozenset[str] = frozenset()) -> tuple[list[str], dict]:
     """Pull `stage2_*` keys out of the YAML config and command line; they apply to stage II only.
 
-    Keys named in ``keep`` (such as ``stage2_dataset_dir``, a recipe field of its own) stay where they are.
+    A YAML config that held such keys is rewritten without them into ``scratch_dir`` (which the caller
+    removes). Keys named in ``keep`` (such as ``stage2_dataset_dir``, a recipe field of its own) stay.
     """
     import yaml
 
@@ -35,12 +39,10 @@ def split_stage2_overrides(argv: list[str], keep: frozenset[str] = frozenset()) 
         overrides = {key[len("stage2_"):]: config.pop(key) for key in list(config)
                      if key.startswith("stage2_") and key not in keep}
         if overrides:
-            import tempfile
-
-            stripped = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-            yaml.safe_dump(config, stripped)
-            stripped.close()
-            argv[position] = stripped.name
+            stripped = os.path.join(scratch_dir, "stage1-recipe.yaml")
+            with open(stripped, "w") as handle:
+                yaml.safe_dump(config, handle)
+            argv[position] = stripped
     rest, i = [], 0
     while i < len(argv):
         key, equals, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
@@ -54,7 +56,7 @@ def split_stage2_overrides(argv: list[str], keep: frozenset[str] = frozenset()) 
 
 
 def run(args) -> int:
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
     from ..recipe import DataArguments, run_two_stage
     from .train import parse_recipe, print_recipe_help, take_flag
@@ -66,16 +68,15 @@ def run(args) -> int:
     argv, dry_run = take_flag(args.recipe_args, "--dry-run")
     if dry_run:
         argv += ["--use_cpu", "true"]  # plan a GPU recipe on any machine: nothing runs on a device
-    argv, overrides = split_stage2_overrides(argv, keep=data_fields)
-    parser, (model_args, data_args, training_args) = parse_recipe(argv, prog="finedefics two-stage")
+    with tempfile.TemporaryDirectory(prefix="finedefics-two-stage-") as scratch:
+        argv, overrides = split_stage2_overrides(argv, scratch, keep=data_fields)
+        parser, (model_args, data_args, training_args) = parse_recipe(argv, prog="finedefics two-stage")
     known = set(type(training_args).__dataclass_fields__)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown stage2_ override(s) {unknown}: not FinedeficsTrainingConfig fields")
     if dry_run:
         from ..dry_run import print_plan
-
-        from dataclasses import replace
 
         print_plan(model_args, replace(training_args, stage=1))
         print_plan(model_args, replace(training_args, stage=2, **overrides))
