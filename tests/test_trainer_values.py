@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 
 from conftest import toy_rows
+from finedefics_training.losses import TERMS
 
-TERM_NAMES = ("object_attribute", "attribute_category", "category_category")
 TERM_WEIGHTS = {"object_attribute": 0.3, "attribute_category": 0.7, "category_category": 1.9}
 
 
@@ -425,7 +425,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batch(tmp_path,
                            load_file(output / "final" / "model.safetensors"))
 
     (one_log, one_weights), (two_log, two_weights) = runs[1], runs[2]
-    for key in ["loss", "lm_loss"] + [f"loss_{name}" for name in TERM_NAMES]:
+    for key in ["loss", "lm_loss"] + [f"loss_{name}" for name in TERMS]:
         assert two_log[key] == pytest.approx(one_log[key], rel=1e-5), key
     base = load_file(micro_checkpoint / "model.safetensors")
     assert one_weights.keys() == two_weights.keys()

@@ -102,7 +102,7 @@ class ContrastiveOutput:
     skipped: list[str] = field(default_factory=list)  # terms that could not be formed on this batch
 
 
-def info_nce(queries: Tensor, keys: Tensor, logit_scale: Tensor, ids: Tensor, query_valid: Tensor,
+def info_nce(queries: Tensor, keys: Tensor, logit_scale: Tensor, ids: Tensor, *, query_valid: Tensor,
              key_valid: Tensor, extra_keys: Tensor | None = None, extra_mask: Tensor | None = None) -> Tensor | None:
     """``mean_i -log softmax_j(s q_i.k_j)[i]`` over rows whose query and target exist; None if it cannot be formed.
 
@@ -151,10 +151,10 @@ def object_attribute_loss(batch: ContrastiveBatch, logit_scale: Tensor) -> Tenso
     everyone = torch.ones_like(has_attribute)
     neg_embeds, neg_mask = _negatives(batch, "attribute")
     image_to_text = info_nce(batch.image_embeds, batch.attribute_embeds, logit_scale, batch.category_ids,
-                             everyone, has_attribute, neg_embeds, neg_mask)
+                             query_valid=everyone, key_valid=has_attribute, extra_keys=neg_embeds, extra_mask=neg_mask)
     # Images of rows without a description are still negatives for the other descriptions.
     text_to_image = info_nce(batch.attribute_embeds, batch.image_embeds, logit_scale, batch.category_ids,
-                             has_attribute, everyone)
+                             query_valid=has_attribute, key_valid=everyone)
     return _symmetric(image_to_text, text_to_image)
 
 
@@ -165,9 +165,11 @@ def attribute_category_loss(batch: ContrastiveBatch, logit_scale: Tensor) -> Ten
     neg_names, neg_name_mask = _negatives(batch, "category")
     neg_descriptions, neg_description_mask = _negatives(batch, "attribute")
     attribute_to_category = info_nce(batch.attribute_embeds, batch.category_embeds, logit_scale, batch.category_ids,
-                                     has_attribute, everyone, neg_names, neg_name_mask)
+                                     query_valid=has_attribute, key_valid=everyone,
+                                     extra_keys=neg_names, extra_mask=neg_name_mask)
     category_to_attribute = info_nce(batch.category_embeds, batch.attribute_embeds, logit_scale, batch.category_ids,
-                                     everyone, has_attribute, neg_descriptions, neg_description_mask)
+                                     query_valid=everyone, key_valid=has_attribute,
+                                     extra_keys=neg_descriptions, extra_mask=neg_description_mask)
     return _symmetric(attribute_to_category, category_to_attribute)
 
 
@@ -176,7 +178,7 @@ def category_category_loss(batch: ContrastiveBatch, logit_scale: Tensor) -> Tens
     everyone = torch.ones_like(batch.attribute_mask, dtype=torch.bool)
     neg_names, neg_mask = _negatives(batch, "category")
     return info_nce(batch.category_embeds, batch.category_embeds, logit_scale, batch.category_ids,
-                    everyone, everyone, neg_names, neg_mask)
+                    query_valid=everyone, key_valid=everyone, extra_keys=neg_names, extra_mask=neg_mask)
 
 
 def without_hard_negatives(batch: ContrastiveBatch) -> ContrastiveBatch:

@@ -33,7 +33,7 @@ from finedefics_eval.prompts import DEFAULT_NOUN, ObjectNoun
 from .collator import IGNORE_INDEX, FinedeficsDataCollator
 from .config import FinedeficsTrainingConfig
 from .data.kinds import ASKED_BY_TRAINER, is_recognition_treatment, stage_plan
-from .losses import ContrastiveBatch, FinedeficsContrastiveLoss
+from .losses import TERMS, ContrastiveBatch, FinedeficsContrastiveLoss
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ CONTRASTIVE_KEYS = (
     "contrastive_input_ids", "contrastive_attention_mask", "attribute_index", "category_index", "category_ids",
     "neg_attribute_index", "neg_category_index", "neg_category_ids",
 )
-TERM_NAMES = ("object_attribute", "attribute_category", "category_category")
 STAGE_ONE_COLUMNS = ("image", "category", "attribute")
 NEGATIVE_COLUMNS = ("neg_categories", "neg_attributes")
 
@@ -147,7 +146,7 @@ class FinedeficsTrainer(SFTTrainer):
         batch = build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive_inputs)
         scales = outputs.logit_scales
         result = self.contrastive_loss(batch, scales)
-        for name in TERM_NAMES:
+        for name in TERMS:
             if name in result.terms:
                 self._log_metric(mode, f"loss_{name}", result.terms[name])
             self._log_metric(mode, f"skipped_{name}", torch.tensor(float(name in result.skipped)))
