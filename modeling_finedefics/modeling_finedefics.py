@@ -78,20 +78,27 @@ class FinedeficsConnector(Idefics2Connector):
     def forward(self, image_hidden_states, attention_mask):
         forward = super().forward
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        if not checkpointing or image_hidden_states.shape[:2].numel() <= self.checkpoint_patch_budget:
+        per_chunk = self.sub_images_per_checkpoint(*image_hidden_states.shape[:2])
+        if not checkpointing or per_chunk is None:
             return forward(image_hidden_states, attention_mask)
         reentrant = getattr(self._gradient_checkpointing_func, "keywords", {}).get("use_reentrant")
         if reentrant and not image_hidden_states.requires_grad and any(p.requires_grad for p in self.parameters()):
             # A reentrant checkpoint (PEFT under DeepSpeed ZeRO-3 needs one) whose inputs need no gradient
             # gives its parameters none either; a frozen vision tower's output is such an input.
             image_hidden_states = image_hidden_states.detach().requires_grad_(True)
-        per_chunk = max(1, self.checkpoint_patch_budget // image_hidden_states.shape[1])
         pieces = [
             self._gradient_checkpointing_func(forward, image_hidden_states[start:start + per_chunk],
                                               attention_mask[start:start + per_chunk])
             for start in range(0, image_hidden_states.shape[0], per_chunk)
         ]
         return torch.cat(pieces, dim=0)
+
+    @classmethod
+    def sub_images_per_checkpoint(cls, sub_images: int, patches: int) -> int | None:
+        """Sub-images per checkpointed chunk, or None when the batch is within the budget (no chunking)."""
+        if sub_images * patches <= cls.checkpoint_patch_budget:
+            return None
+        return max(1, cls.checkpoint_patch_budget // patches)
 
 
 @dataclass

@@ -115,6 +115,8 @@ def plan_config(path: str, trust_remote_code: bool = False):
     from modeling_finedefics import FinedeficsConfig
     from transformers import AutoConfig, Idefics2Config
 
+    from .recipe import as_finedefics_config
+
     if path in KNOWN_CONFIGS and not os.path.isdir(path):
         shipped = json.loads(KNOWN_CONFIGS[path].read_text())
         config, processor = Idefics2Config(**shipped["config"]), shipped["processor"]
@@ -126,8 +128,7 @@ def plan_config(path: str, trust_remote_code: bool = False):
         raise ValueError(f"--dry-run needs the model's config: {path!r} is not a local folder nor a model with a "
                          f"shipped config ({known})")
     if config.model_type != FinedeficsConfig.model_type:
-        config = FinedeficsConfig(**{**config.to_dict(), "model_type": None,
-                                     "summary_token_id": processor.get("eos_token_id")})
+        config = as_finedefics_config(config, processor.get("eos_token_id"))
     return config, processor
 
 
@@ -146,10 +147,9 @@ def build_meta_model(config, model_args, training_args):
     """The model as a run would train it, on the meta device: (model, names of 4-bit Linear layers)."""
     from modeling_finedefics import FinedeficsForConditionalGeneration
 
-    from .recipe import NOT_QUANTISED, _dtype, apply_lora
+    from .recipe import NOT_QUANTISED, apply_lora
 
-    dtype = _dtype(model_args.torch_dtype)
-    dtype = torch.float32 if dtype in (None, "auto") else dtype
+    dtype = _model_dtype(model_args)
     with torch.device("meta"):
         model = FinedeficsForConditionalGeneration(config).to(dtype)
     model._alignment_modules_to_float32([f"{name}." for name in model._keep_in_fp32_modules_strict])
@@ -291,7 +291,7 @@ def decoder_layer_bytes(model, config, dtype, sizes=(8, 16, 32)):
     """Saved bytes of one decoder layer (as the run trains it: LoRA, dropout) for a row of T tokens."""
     from transformers.models.mistral.modeling_mistral import MistralRotaryEmbedding
 
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = _core(model)
     layer = _materialise(core.model.text_model.layers[0], dtype)
     rotary = MistralRotaryEmbedding(config.text_config)
 
@@ -305,7 +305,7 @@ def decoder_layer_bytes(model, config, dtype, sizes=(8, 16, 32)):
 
 
 def vision_layer_bytes(model, config, dtype, sizes=(16, 32, 64)):
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = _core(model)
     layer = _materialise(core.model.vision_model.encoder.layers[0], dtype)
 
     def inputs(patches):
@@ -317,7 +317,7 @@ def vision_layer_bytes(model, config, dtype, sizes=(16, 32, 64)):
 
 def connector_bytes(model, config, dtype, sizes=(16, 32, 64)):
     """Saved bytes of the connector (modality projection + perceiver) for one sub-image of P patches."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = _core(model)
     connector = _materialise(core.model.connector, dtype)
 
     def inputs(patches):
@@ -350,16 +350,14 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
     from modeling_finedefics.modeling_finedefics import FinedeficsConnector
 
     one_sub_image = connector_bytes(model, config, dtype)(shape.patches)
-    budget = FinedeficsConnector.checkpoint_patch_budget
-    if checkpointing and sub_images * shape.patches > budget:
+    per_chunk = FinedeficsConnector.sub_images_per_checkpoint(sub_images, shape.patches)
+    if checkpointing and per_chunk is not None:
         # FinedeficsConnector keeps its inputs and recomputes one chunk of sub-images at a time.
-        per_chunk = max(1, budget // shape.patches)
         connector = sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes + one_sub_image * per_chunk
     else:
         connector = one_sub_image * sub_images
     result = {"decoder activations": decoder_total, "logits and LM loss": logits, "connector activations": connector}
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if any(p.requires_grad for p in core.model.vision_model.parameters()):
+    if any(p.requires_grad for p in _core(model).model.vision_model.parameters()):
         vision = vision_layer_bytes(model, config, dtype)(shape.patches) * sub_images
         layers, hidden = config.vision_config.num_hidden_layers, config.vision_config.hidden_size
         result["vision tower activations"] = (
@@ -368,12 +366,22 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
 
 
 def _activation_dtype(model_args):
-    from .recipe import _dtype
-
     if model_args.tuning == "qlora":
         return torch.float32  # prepare_model_for_kbit_training upcasts what flows between the 4-bit layers
+    return _model_dtype(model_args)
+
+
+def _model_dtype(model_args):
+    """The recipe's ``torch_dtype``; ``auto`` plans float32 (what a config without a dtype loads in)."""
+    from .recipe import _dtype
+
     dtype = _dtype(model_args.torch_dtype)
-    return torch.float32 if dtype in (None, "auto") else dtype
+    return torch.float32 if dtype == "auto" else dtype
+
+
+def _core(model):
+    """The FinedeficsForConditionalGeneration under PEFT's wrapping."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 # ---------------------------------------------------------------------- plan

@@ -109,14 +109,13 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
                          f"{', '.join(map(repr, SUPPORTED_MODEL_TYPES))}")
     if config.model_type != FinedeficsConfig.model_type:
         logger.info("%s is a %s checkpoint: adding fresh Finedefics alignment parameters", path, config.model_type)
-        config = FinedeficsConfig(**{**config.to_dict(), "model_type": None,
-                                     "summary_token_id": processor.tokenizer.eos_token_id})
+        config = as_finedefics_config(config, processor.tokenizer.eos_token_id)
     kwargs = {"config": config, "dtype": _dtype(model_args.torch_dtype)}
     if model_args.tuning == "qlora":
         kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
     model = FinedeficsForConditionalGeneration.from_pretrained(path, **kwargs)
     check_vocabulary(model, processor.tokenizer, path)
-    if model_args.tuning != "qlora" and deepspeed_zero_stage(training_args) == 3:
+    if _zero3_without_quantisation(model_args, training_args):
         _one_dtype_for_zero3(model)
     if model_args.tuning == "full":
         if model_args.freeze_vision_tower:
@@ -152,9 +151,20 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
         # ZeRO-3 gathers parameters into buffers of one dtype: LoRA weights upcast to float32 beside a bf16
         # base fail its first optimizer step. Its optimizer keeps float32 master weights of every trainable
         # parameter, so keeping them in the model's dtype loses no update.
-        zero3 = model_args.tuning != "qlora" and deepspeed_zero_stage(training_args) == 3
-        model = get_peft_model(model, config, autocast_adapter_dtype=not zero3)
+        model = get_peft_model(model, config,
+                               autocast_adapter_dtype=not _zero3_without_quantisation(model_args, training_args))
     return model
+
+
+def as_finedefics_config(config, summary_token_id: int | None):
+    """A stock Idefics2 config as a FinedeficsConfig with default alignment settings (fresh temperatures)."""
+    from modeling_finedefics import FinedeficsConfig
+
+    return FinedeficsConfig(**{**config.to_dict(), "model_type": None, "summary_token_id": summary_token_id})
+
+
+def _zero3_without_quantisation(model_args: ModelArguments, training_args) -> bool:
+    return model_args.tuning != "qlora" and deepspeed_zero_stage(training_args) == 3
 
 
 def _one_dtype_for_zero3(model) -> None:
