@@ -379,15 +379,7 @@ class EmbeddingScorer:
     def __init__(self, model, processor, categories: list[str], text_batch_size: int = 64):
         self.model, self.processor, self.categories = model, processor, list(categories)
         self.category_index = {name: i for i, name in enumerate(self.categories)}
-        self.category_embeds = self._embed_categories(text_batch_size)
-
-    @torch.no_grad()
-    def _embed_categories(self, batch_size: int) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(self.categories), batch_size):
-            texts = self.processor.tokenize_texts(self.categories[start:start + batch_size]).to(self.model.device)
-            chunks.append(self.model.get_text_embeddings(texts["input_ids"], texts["attention_mask"]).float())
-        return torch.cat(chunks)
+        self.category_embeds = model.embed_labels(self.categories, processor, batch_size=text_batch_size)
 
     @torch.no_grad()
     def similarities(self, images: list, shared: SharedBatch | None = None) -> torch.Tensor:

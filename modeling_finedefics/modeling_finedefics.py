@@ -373,6 +373,18 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
     # ------------------------------------------------------------ classification
     @torch.no_grad()
+    def embed_labels(self, labels: list[str], processor, batch_size: int = 256) -> torch.Tensor:
+        """Unit-norm float32 embeddings ``(len(labels), dim)`` of category names, embedded in chunks.
+
+        The one way label embeddings are made: ``classify`` and the evaluation's embedding mode both use it.
+        """
+        chunks = []
+        for start in range(0, len(labels), batch_size):
+            texts = processor.tokenize_texts(list(labels[start : start + batch_size])).to(self.device)
+            chunks.append(self.get_text_embeddings(texts["input_ids"], texts["attention_mask"]).float())
+        return torch.cat(chunks)
+
+    @torch.no_grad()
     def classify(
         self,
         images,
@@ -406,11 +418,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         image_embeds = self.get_image_embeddings(
             image_inputs["pixel_values"].to(self.dtype), image_inputs.get("pixel_attention_mask")
         )
-        label_embeds = []
-        for start in range(0, len(candidate_labels), label_batch_size):
-            text_inputs = processor.tokenize_texts(candidate_labels[start : start + label_batch_size]).to(self.device)
-            label_embeds.append(self.get_text_embeddings(text_inputs["input_ids"], text_inputs["attention_mask"]))
-        label_embeds = torch.cat(label_embeds)
+        label_embeds = self.embed_labels(candidate_labels, processor, batch_size=label_batch_size)
         logits = self.get_logit_scales()["attribute_category"] * image_embeds.float() @ label_embeds.float().T
         scores, indices = logits.softmax(dim=-1).topk(min(top_k, len(candidate_labels)), dim=-1)
         labels = [[candidate_labels[i] for i in row] for row in indices.tolist()]
