@@ -207,13 +207,10 @@ def _normalise(vectors: np.ndarray, labels: list) -> np.ndarray:
 
 
 def finedefics_text_embedder(model, processor) -> Callable[[list[str]], object]:
-    """An ``embed_fn`` over texts from a Finedefics model: ``model.get_text_embeddings``, no gradients."""
-    import torch
+    """An ``embed_fn`` over texts from a Finedefics model: ``model.embed_labels`` (chunked, no gradients)."""
 
     def embed(texts: list[str]):
-        batch = processor.tokenize_texts([str(t) for t in texts])
-        with torch.no_grad():
-            return model.get_text_embeddings(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
+        return model.embed_labels([str(text) for text in texts], processor)
 
     return embed
 
