@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from finedefics_training.data.synth import (
+from finedefics_data.synth import (
     ATTRIBUTES, SynthConfig, distinguishing_attributes, load_categories, load_metadata, pool_sample,
 )
 

@@ -39,7 +39,7 @@ def build_benchmark(num_images: int):
 
     from finedefics_eval.benchmarks import Benchmark
     from finedefics_eval.foci import OptionExample, foci_query
-    from finedefics_eval.prompts import ObjectNoun, open_set_question
+    from finedefics_data.prompts import ObjectNoun, open_set_question
 
     images = {}
     examples = []

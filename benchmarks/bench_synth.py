@@ -30,7 +30,7 @@ def pin_to_one_core() -> str:
 
 
 def time_drawing(config) -> tuple[int, float]:
-    from finedefics_training.data.synth import _split_counts, build_categories, sample_image
+    from finedefics_data.synth import _split_counts, build_categories, sample_image
 
     categories = build_categories(config)
     start, count = time.perf_counter(), 0
@@ -43,7 +43,7 @@ def time_drawing(config) -> tuple[int, float]:
 
 
 def time_end_to_end(config) -> tuple[int, float]:
-    from finedefics_training.data.synth import generate_benchmark, load_categories
+    from finedefics_data.synth import generate_benchmark, load_categories
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -54,7 +54,7 @@ def time_end_to_end(config) -> tuple[int, float]:
 
 
 def main() -> None:
-    from finedefics_training.data.synth import SynthConfig
+    from finedefics_data.synth import SynthConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is reported")

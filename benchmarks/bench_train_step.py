@@ -55,14 +55,14 @@ def build_batch(folder: Path, batch_size: int, seed: int):
     """A small synthetic benchmark in ``folder``, a tiny processor trained on its texts, and one batch of rows."""
     import random
 
-    from finedefics_training.data.synth import SynthConfig, generate_benchmark, load_benchmark, text_corpus
+    from finedefics_data.synth import SynthConfig, generate_benchmark, load_synthetic_dataset, text_corpus
     from modeling_finedefics.tiny import build_tiny_processor, build_tiny_tokenizer
 
     config = SynthConfig(num_genera=4, species_per_genus=4, train_per_category=4, rare_train_per_category=2,
                          test_per_category=1, seed=seed)
     data_dir = generate_benchmark(folder / "synth", config, progress=False)
     processor = build_tiny_processor(build_tiny_tokenizer(text_corpus(data_dir)))
-    train = load_benchmark(data_dir)["train"]
+    train = load_synthetic_dataset(data_dir)["train"]
     if batch_size > len(train):
         raise ValueError(f"--batch-size {batch_size} is larger than the benchmark's {len(train)} training rows")
     rows = random.Random(seed).sample(range(len(train)), batch_size)

@@ -47,7 +47,7 @@ def _bench(name: str):
 
 def prepare(folder: Path) -> tuple[Path, Path]:
     """A small synthetic benchmark (saved as a training dataset) and a micro model whose tokenizer knows it."""
-    from finedefics_training.data.synth import SynthConfig, generate_benchmark, text_corpus
+    from finedefics_data.synth import SynthConfig, generate_benchmark, text_corpus
     from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
     data_dir = generate_benchmark(folder / "synth", SynthConfig(num_genera=2, species_per_genus=3, train_per_category=8,

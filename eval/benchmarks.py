@@ -32,11 +32,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finedefics_data.prompts import DEFAULT_NOUN, ObjectNoun, multiple_choice_query, open_set_question
+from finedefics_data.schema import read_jsonl
+from finedefics_data.synth import load_categories
+
 from .foci import (
     CHOICE_LETTERS, FOCI_DATASETS, OUTSIDE_ROOT_PROBLEM, OptionExample, check_options, escapes_image_root,
     foci_option_path, load_option_file,
 )
-from .prompts import DEFAULT_NOUN, ObjectNoun, multiple_choice_query, open_set_question
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +212,7 @@ def _load_named_dataset(spec: str, **kwargs) -> Benchmark:
 def _questions(noun: ObjectNoun | None, folder: str | Path | None = None, default: ObjectNoun = DEFAULT_NOUN) -> dict:
     """``query`` and ``open_set_question`` for ``noun``, else the data folder's own noun, else ``default``."""
     if noun is None and folder is not None and Path(folder).is_dir():
-        from finedefics_training.data.schema import data_noun
+        from finedefics_data.schema import data_noun
 
         noun = data_noun(folder)
     noun = noun or default
@@ -290,14 +293,14 @@ def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives:
     from the rows' ``neg_categories``. Rare categories are those with ``is_rare`` in ``categories.json``.
     """
     folder = Path(folder)
-    categories = _read_categories(folder / "categories.json")
+    categories = load_categories(folder)
     names = [c["name"] for c in categories]
     option_file = folder / f"foci_{split}.json"
     if option_file.is_file():
         examples, options_source = load_option_file(option_file), f"option file {option_file.name}"
         image_root = _option_image_root(folder, split, examples)
     else:
-        rows = _read_metadata(folder / split / "metadata.jsonl")
+        rows = read_jsonl(folder / split / "metadata.jsonl")
         examples, options_source = _examples_from_rows(rows, folder / split / "metadata.jsonl", "category", names,
                                                        negatives)
         image_root = folder / split
@@ -307,19 +310,6 @@ def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives:
         **_questions(noun, folder), image_root=image_root, rare_categories=rare, display_name=f"Finedefics synthetic birds ({folder.name})",
         dataset_type="finedefics-synthetic", source=str(folder), options_source=options_source,
     )
-
-
-def _read_categories(path: Path) -> list[dict]:
-    try:
-        categories = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(categories, list) or not categories:
-        raise ValueError(f"{path}: expected a non-empty list of categories")
-    for index, category in enumerate(categories):
-        if not isinstance(category, dict) or not isinstance(category.get("name"), str) or not category["name"].strip():
-            raise ValueError(f"{path}: category {index}: field 'name' must be a non-empty string")
-    return categories
 
 
 def _option_image_root(folder: Path, split: str, examples: list[OptionExample]) -> Path:
@@ -346,7 +336,7 @@ def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_co
     split_dir = folder / split if (folder / split).is_dir() else folder
     metadata = split_dir / "metadata.jsonl"
     if metadata.is_file():
-        rows = _read_metadata(metadata)
+        rows = read_jsonl(metadata)
         label_column = label_column or ("category" if "category" in rows[0] else "label")
     else:
         rows = _rows_from_class_folders(split_dir)
@@ -361,22 +351,6 @@ def load_imagefolder_benchmark(folder: str | Path, split: str = "test", label_co
         name=folder.name, split=split, examples=examples, categories=categories, **_questions(noun, folder),
         image_root=split_dir, rare_categories=rare, source=str(folder), options_source=options_source,
     )
-
-
-def _read_metadata(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"metadata file not found: {path}")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {number} is not valid JSON: {error}") from error
-    if not rows:
-        raise ValueError(f"{path} holds no rows: the benchmark would be empty")
-    return rows
 
 
 def _rows_from_class_folders(split_dir: Path) -> list[dict]:
@@ -534,7 +508,7 @@ def _training_labels(folder: Path, split: str) -> tuple[list[str], set[str]]:
     if not folder.is_dir():
         raise FileNotFoundError(f"training data folder not found: {folder}")
     if (folder / "categories.json").is_file():
-        categories = _read_categories(folder / "categories.json")
+        categories = load_categories(folder)
         labels = [c["name"] for c in categories for _ in range(int(c.get("n_train") or 0))]
         return labels, {c["name"] for c in categories if c.get("is_rare")}
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
@@ -544,7 +518,7 @@ def _training_labels(folder: Path, split: str) -> tuple[list[str], set[str]]:
         flags = dataset["is_rare"] if "is_rare" in dataset.column_names else [False] * len(labels)
         return labels, {label for label, rare in zip(labels, flags) if rare}
     split_dir = folder / split if (folder / split).is_dir() else folder
-    rows = _read_metadata(split_dir / "metadata.jsonl") if (split_dir / "metadata.jsonl").is_file() \
+    rows = read_jsonl(split_dir / "metadata.jsonl") if (split_dir / "metadata.jsonl").is_file() \
         else _rows_from_class_folders(split_dir)
     column = "category" if "category" in rows[0] else "label"
     return [str(row.get(column)) for row in rows], {str(row.get(column)) for row in rows if row.get("is_rare")}
@@ -571,7 +545,7 @@ def _mined_negatives(rows: list[dict], label_column: str, categories: list[str],
         return negatives, "the given hard negatives"
     attributes = _category_attributes(rows, label_column)
     if attributes is not None:
-        from finedefics_training.data.negatives import mine_by_attributes
+        from finedefics_data.negatives import mine_by_attributes
 
         return mine_by_attributes(attributes, k=NUM_OPTIONS - 1), "hard negatives mined by attribute overlap"
     if callable(negatives):
@@ -599,7 +573,7 @@ def hard_negatives_by_name(categories: list[str], k: int = NUM_OPTIONS - 1) -> d
 
     A model-free fallback: it finds siblings that share a word ("Laysan Albatross" / "Sooty
     Albatross"), nothing more. Prefer attributes or a model's text embeddings
-    (``finedefics_training.data.negatives``).
+    (``finedefics_data.negatives``).
     """
     ranked = {}
     for name in categories:

@@ -16,14 +16,14 @@ deliberate change: FOCI shuffles with an unseeded RNG, here the order is a funct
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path, PurePath
+from pathlib import Path
 
-from .prompts import CHOICE_LETTERS, ObjectNoun, multiple_choice_prompt, multiple_choice_query
+from finedefics_data.names import names_match, normalize_name
+from finedefics_data.prompts import CHOICE_LETTERS, ObjectNoun, multiple_choice_prompt, multiple_choice_query
+from finedefics_data.schema import OUTSIDE_ROOT_PROBLEM, escapes_image_root
 
 # FOCI marks an unparseable answer by this prefix in a prediction file's "predicted" field.
 FAILURE_PREFIX = "NA ### "
@@ -136,19 +136,6 @@ def _checked_option_row(row, where: str, example_id: str, num_options: int) -> O
     return OptionExample(example_id=example_id, image=image, groundtruth=truth, options=ordered)
 
 
-OUTSIDE_ROOT_PROBLEM = ("points outside the image root (an absolute path, or '..' climbing out of it); pass "
-                        "--allow-images-outside-root (allow_images_outside_root=True) if the file is trusted")
-
-
-def escapes_image_root(relative: str) -> bool:
-    """Whether an image path given relative to an image root leaves it: an absolute path, or one whose ``..``
-    climb out. Judged on the text alone, so links inside the root (a common way to assemble a dataset) stay
-    allowed."""
-    if os.path.isabs(relative) or PurePath(relative).drive:
-        return True
-    return PurePath(os.path.normpath(relative)).parts[:1] == ("..",)
-
-
 def check_options(options, truth, where: str, num_options: int = len(CHOICE_LETTERS)) -> None:
     """Raise a ValueError naming ``where`` unless ``options`` are ``num_options`` distinct labels holding ``truth``."""
     if not isinstance(truth, str) or not truth.strip():
@@ -200,29 +187,6 @@ def parse_letter(answer: str, letters: str = CHOICE_LETTERS) -> str | None:
         if cleaned.startswith(letter.lower()):
             return letter
     return None
-
-
-# ----------------------------------------------------------------------------- open-set names
-_PUNCTUATION = re.compile(r"[^\w\s]|_", flags=re.UNICODE)
-_LEADING_ARTICLE = re.compile(r"^(?:a|an|the)\s+")
-
-
-def normalize_name(name: str) -> str:
-    """A category name reduced for open-set matching: case, underscores, punctuation and articles removed.
-
-    "Black_footed_Albatross", "black-footed albatross." and "The Black Footed Albatross" all give
-    "black footed albatross". Letters outside ASCII are kept (casefolded, NFKC-normalised).
-    """
-    import unicodedata
-
-    text = unicodedata.normalize("NFKC", name).casefold()
-    text = " ".join(_PUNCTUATION.sub(" ", text).split())
-    return _LEADING_ARTICLE.sub("", text)
-
-
-def names_match(answer: str, label: str) -> bool:
-    """Open-set correctness: the answer names the label once both are normalised."""
-    return bool(normalize_name(answer)) and normalize_name(answer) == normalize_name(label)
 
 
 # ----------------------------------------------------------------------------- prediction files

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from .foci import FOCI_DATASETS
-from .prompts import DEFAULT_NOUN, ObjectNoun, open_set_question
+from finedefics_data.prompts import DEFAULT_NOUN, ObjectNoun, open_set_question
 
 logger = logging.getLogger(__name__)
 

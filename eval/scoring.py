@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .prompts import MULTIPLE_CHOICE_ANSWERS
+from finedefics_data.prompts import MULTIPLE_CHOICE_ANSWERS
 from .foci import CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record, shuffled_options
 
 MODES = ("generate", "likelihood", "embedding", "open_set")

@@ -30,7 +30,7 @@ def write_option_benchmark(folder: Path, per_category: int = 2, labels=BIRDS) ->
 
 def small_synthetic_benchmark(folder: Path) -> Path:
     """A real synthetic benchmark folder (the data package's generator), kept small."""
-    from finedefics_training.data.synth import SynthConfig, generate_benchmark
+    from finedefics_data.synth import SynthConfig, generate_benchmark
 
     config = SynthConfig(num_genera=2, species_per_genus=3, train_per_category=2, rare_train_per_category=1,
                          test_per_category=2, rare_fraction=0.34)

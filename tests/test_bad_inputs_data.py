@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from finedefics_training.cli import main
-from finedefics_training.data.readers import NEGATIVES_WITH_LIST_PUNCTUATION
-from finedefics_training.data.synth import REFERENCE_COLUMNS
+from finedefics_data.readers import NEGATIVES_WITH_LIST_PUNCTUATION
+from finedefics_data.synth import REFERENCE_COLUMNS
 
 NEG = "\t\n"  # the reference format's separator of several negatives in one cell
 CATEGORIES = ["Corvane Sprite", "Halden Rook", "Ostra Vela"]
@@ -321,7 +321,7 @@ def test_a_synth_run_killed_midway_leaves_no_hidden_folder_after_the_next_run(tm
 
 
 def test_synth_keeps_the_hidden_folder_of_a_run_still_going(tmp_path):
-    from finedefics_training.data.synth import _StagingLock
+    from finedefics_data.synth import _StagingLock
 
     live = tmp_path / ".synth-still-drawing"
     live.mkdir()

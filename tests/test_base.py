@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from finedefics_training.base import MIN_PART_PIXELS, attribute_pool, patch_targets, pretrain_vision
-from finedefics_training.data.synth import ATTRIBUTES, PARTS, SynthConfig
+from finedefics_data.synth import ATTRIBUTES, PARTS, SynthConfig
 
 
 def test_patch_targets_mark_the_patches_that_show_a_part_in_row_major_order():

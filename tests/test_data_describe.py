@@ -4,9 +4,9 @@ transformers pipeline built offline from a tiny random GPT-2."""
 import numpy as np
 import pytest
 
-from finedefics_training.data import describe as D
-from finedefics_training.data.schema import RecordError
-from finedefics_training.data.synth import SynthConfig, build_categories, sample_image
+from finedefics_data import describe as D
+from finedefics_data.schema import RecordError
+from finedefics_data.synth import SynthConfig, build_categories, sample_image
 
 ATTRIBUTE_LIST = ["plumage", "tail", "beak"]
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import foci_result_file
 from PIL import Image
 
-from finedefics_training.data import negatives as miners
-from finedefics_training.data.negatives import (
+from finedefics_data import negatives as miners
+from finedefics_data.negatives import (
     attribute_similarity,
     build_option_sets,
     confusion_from_predictions,
@@ -167,7 +167,7 @@ def test_build_option_sets_is_foci_format_and_fills_short_lists(caplog):
 
 def test_options_cli_on_a_synthetic_benchmark(tmp_path):
     from finedefics_training.cli import main
-    from finedefics_training.data.synth import SynthConfig, generate_benchmark
+    from finedefics_data.synth import SynthConfig, generate_benchmark
 
     bench = generate_benchmark(tmp_path / "b", SynthConfig(num_genera=2, species_per_genus=3, train_per_category=2,
                                                            rare_train_per_category=1, test_per_category=2), progress=False)

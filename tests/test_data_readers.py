@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from finedefics_training.data.readers import (
+from finedefics_data.readers import (
     build_cub_records,
     category_attributes,
     cub_class_name,
@@ -19,8 +19,8 @@ from finedefics_training.data.readers import (
     read_cub_attributes,
     read_reference_csv,
 )
-from finedefics_training.data.schema import RecordError, validate_record
-from finedefics_training.data.synth import REFERENCE_COLUMNS
+from finedefics_data.schema import RecordError, validate_record
+from finedefics_data.synth import REFERENCE_COLUMNS
 
 NEG = "\t\n"
 
@@ -381,7 +381,7 @@ def test_csv_cli_reads_finetune_rows_with_known_categories_and_records_the_noun(
     import datasets
 
     from finedefics_training.cli import main
-    from finedefics_training.data.schema import data_noun
+    from finedefics_data.schema import data_noun
 
     pretrain = write_csv(tmp_path / "pretrain.csv", [row(), row(category="Blue Finch", image_path="birds/b.png")])
     finetune = write_csv(tmp_path / "finetune.csv", [stage_two_row(question="What bird?", answer="Blue Finch"),

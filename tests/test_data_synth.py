@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finedefics_training.data import synth
-from finedefics_training.data.synth import ATTRIBUTES, OCCLUDABLE, SynthConfig, draw_bird, generate_benchmark
+from finedefics_data import synth
+from finedefics_data.synth import ATTRIBUTES, OCCLUDABLE, SynthConfig, draw_bird, generate_benchmark
 
 SMALL = SynthConfig(num_genera=3, species_per_genus=3, train_per_category=6, rare_train_per_category=2,
                     rare_fraction=0.34, validation_per_category=2, test_per_category=3, seed=7, occlusion_prob=0.3)
@@ -141,10 +141,10 @@ def _allowed(part, value):
     return not (part == "breast" and value == "red")  # red plumage in `base`: a red breast would be invisible
 
 
-def test_load_benchmark_columns_and_imagefolder(bench):
+def test_load_synthetic_dataset_columns_and_imagefolder(bench):
     import datasets
 
-    splits = synth.load_benchmark(bench)
+    splits = synth.load_synthetic_dataset(bench)
     assert set(splits) == {"train", "validation", "test"}
     assert splits["validation"].num_rows == SMALL.validation_per_category * SMALL.num_categories
     row = splits["train"][0]
@@ -159,7 +159,7 @@ def test_load_benchmark_columns_and_imagefolder(bench):
 
 
 def test_foci_options_and_reference_csv(bench):
-    from finedefics_training.data.readers import read_reference_csv
+    from finedefics_data.readers import read_reference_csv
 
     foci = json.loads((bench / "foci_test.json").read_text())
     categories = {c["name"]: c for c in synth.load_categories(bench)}
@@ -201,7 +201,7 @@ def test_config_and_output_folder_errors(bench, tmp_path):
         generate_benchmark(tmp_path / "notes", SMALL, progress=False, overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     with pytest.raises(FileNotFoundError, match="categories.json"):
-        synth.load_benchmark(tmp_path / "notes")
+        synth.load_synthetic_dataset(tmp_path / "notes")
 
 
 def test_broken_metadata_row_is_reported_with_file_and_line(bench, tmp_path):
@@ -215,7 +215,7 @@ def test_broken_metadata_row_is_reported_with_file_and_line(bench, tmp_path):
     lines[2] = json.dumps(row)
     (copy / "test" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"test/metadata.jsonl, row line 3, field 'neg_categories'.*itself"):
-        synth.load_benchmark(copy)
+        synth.load_synthetic_dataset(copy)
 
 
 def test_defaults_fit_the_cpu_demo():
@@ -246,7 +246,7 @@ def test_benchmark_rows_feed_the_training_collator(bench):
     from finedefics_training.collator import FinedeficsDataCollator
 
     processor = build_tiny_processor(build_tiny_tokenizer(synth.text_corpus(bench)))
-    rows = [synth.load_benchmark(bench)["train"][i] for i in range(4)]
+    rows = [synth.load_synthetic_dataset(bench)["train"][i] for i in range(4)]
     batch = FinedeficsDataCollator(processor, stage=1, num_negatives=SMALL.num_negatives)(rows)
     assert batch["pixel_values"].shape[0] == 4
     assert (batch["attribute_index"] >= 0).all() and (batch["neg_category_index"] >= 0).all()

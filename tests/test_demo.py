@@ -131,7 +131,7 @@ def test_rerun_resumes_and_a_seed_alone_gives_the_same_numbers(demo_run, tmp_pat
 
 def test_demo_runs_on_another_dataset(tmp_path):
     """A differently generated synthetic benchmark: the base is built for it, the premise scored on it."""
-    from finedefics_training.data.synth import SynthConfig, generate_benchmark
+    from finedefics_data.synth import SynthConfig, generate_benchmark
 
     data = generate_benchmark(tmp_path / "other", SynthConfig(num_genera=3, species_per_genus=4, train_per_category=12,
                                                              rare_train_per_category=2, validation_per_category=2,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from finedefics_eval.prompts import ObjectNoun, multiple_choice_options
+from finedefics_data.prompts import ObjectNoun, multiple_choice_options
 from finedefics_training import demo_report
 from finedefics_training.base import category_descriptions, knowledge_rows
 from finedefics_training.premise import description_words, recall
@@ -101,7 +101,7 @@ def test_knowledge_rows_ask_both_ways_and_as_a_multiple_choice_with_the_shared_p
 
 def test_description_choices_have_one_true_caption_and_lookalikes():
     from finedefics_training.base import attribute_pool, description_choice_rows
-    from finedefics_training.data.synth import SynthConfig, parse_description
+    from finedefics_data.synth import SynthConfig, parse_description
 
     pool = attribute_pool(20, SynthConfig())
     rows = description_choice_rows(pool, ObjectNoun.of("bird"))

@@ -80,7 +80,7 @@ def _first_and_last(history, key):
 @pytest.fixture
 def synthetic_benchmark(tmp_path):
     """A small synthetic benchmark and a micro model whose tokenizer was trained on its texts."""
-    from finedefics_training.data.synth import SynthConfig, generate_benchmark, text_corpus
+    from finedefics_data.synth import SynthConfig, generate_benchmark, text_corpus
     from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
     data_dir = generate_benchmark(tmp_path / "synth", SynthConfig(num_genera=2, species_per_genus=3,

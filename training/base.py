@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from finedefics_eval.prompts import (
+from finedefics_data.prompts import (
     LETTERS, ObjectNoun, description_choice_query, knowledge_question, multiple_choice_prompt,
     reverse_knowledge_question,
 )
@@ -57,7 +57,7 @@ def attribute_pool(size: int, synth_config, start: int = 0, patch_size: int | No
     """``size`` pool images from index ``start``; with ``patch_size``, what each patch shows (``patch_targets``)."""
     from tqdm.auto import tqdm
 
-    from .data.synth import describe, pool_sample
+    from finedefics_data.synth import describe, pool_sample
 
     pool = PoolImages([], [], [], [] if patch_size else None)
     for index in tqdm(range(start, start + size), desc="drawing the attribute pool", unit="img", leave=False):
@@ -76,7 +76,7 @@ def patch_targets(parts, visible: dict[str, str], patch_size: int):
     vision tower embeds them."""
     import numpy as np
 
-    from .data.synth import ATTRIBUTE_PARTS, ATTRIBUTES, PARTS
+    from finedefics_data.synth import ATTRIBUTE_PARTS, ATTRIBUTES, PARTS
 
     grid = np.asarray(parts)
     side = grid.shape[0] // patch_size
@@ -264,7 +264,7 @@ def description_choice_rows(pool: PoolImages, noun: ObjectNoun, seed: int = 0) -
     letter, with no category name anywhere."""
     import numpy as np
 
-    from .data.synth import describe, lookalikes
+    from finedefics_data.synth import describe, lookalikes
 
     rng = np.random.default_rng([seed, 0xC401CE])
     rows = []

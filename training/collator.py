@@ -12,7 +12,7 @@ and may hold an explicit ``question`` and ``answer``. What each kind of row is a
 - Stage II instructions: open-set ("What is the species of the car in the image?" -> name) and
   closed-set multiple choice whose wrong options are the row's hard negatives, in a seeded order.
 
-The question texts come from ``finedefics_eval.prompts``, the same module the evaluation builds its
+The question texts come from ``finedefics_data.prompts``, the same module the evaluation builds its
 prompts with, for the objects' noun the collator is given.
 
 Only answer tokens are supervised: prompt, image and padding positions get label -100.
@@ -31,14 +31,14 @@ from dataclasses import dataclass
 
 import torch
 
-from finedefics_eval.prompts import (
+from finedefics_data.prompts import (
     DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_answer, multiple_choice_prompt,
     multiple_choice_query, open_set_question,
 )
 
 from modeling_finedefics.processing_finedefics import read_image
 
-from .data.kinds import DESCRIPTION, row_kind
+from finedefics_data.kinds import DESCRIPTION, row_kind
 
 IGNORE_INDEX = -100
 

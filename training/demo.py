@@ -172,7 +172,7 @@ class Phases:
 
 # --------------------------------------------------------------------------- data
 def make_data(data_dir: Path, plan: DemoPlan) -> None:
-    from .data.synth import SynthConfig, generate_benchmark
+    from finedefics_data.synth import SynthConfig, generate_benchmark
 
     generate_benchmark(data_dir, SynthConfig(**plan.synth), progress=False, overwrite=True)
 
@@ -228,7 +228,7 @@ def pretrain_vision_phase(data, model_dir: Path, work_dir: Path, plan: DemoPlan)
     from modeling_finedefics import FinedeficsConfig
 
     from .base import attribute_pool, pretrain_vision
-    from .data.synth import ATTRIBUTES
+    from finedefics_data.synth import ATTRIBUTES
 
     patch_size = FinedeficsConfig.from_pretrained(model_dir).vision_config.patch_size
     pool = attribute_pool(plan.pool_size, data.synth_config, patch_size=patch_size)
@@ -243,7 +243,7 @@ def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
     category knowledge (rare categories included)."""
     import datasets
 
-    from finedefics_eval.prompts import describe_instruction
+    from finedefics_data.prompts import describe_instruction
 
     from .base import attribute_pool, base_dataset, category_descriptions, description_choice_rows, knowledge_rows
 
@@ -437,7 +437,7 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()  # weight loading / saving bars
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    for name in ("finedefics_training.recipe", "finedefics_training.trainer", "finedefics_training.data",
+    for name in ("finedefics_training.recipe", "finedefics_training.trainer", "finedefics_data",
                  "finedefics_training.base", "finedefics_eval", "modeling_finedefics"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional CPU kernels it cannot find; no QLoRA here

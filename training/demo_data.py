@@ -51,20 +51,20 @@ class DemoData:
 
     @classmethod
     def _synthetic(cls, folder: Path) -> "DemoData":
-        from .data.schema import data_noun
-        from .data.synth import SynthConfig, load_benchmark, load_categories
+        from finedefics_data.schema import data_noun
+        from finedefics_data.synth import SynthConfig, load_categories, load_synthetic_dataset
 
         settings = json.loads((folder / "config.json").read_text())
         settings.pop("version", None)
-        return cls(source=folder, training_dir=folder, splits=dict(load_benchmark(folder)),
+        return cls(source=folder, training_dir=folder, splits=dict(load_synthetic_dataset(folder)),
                    categories=load_categories(folder), noun=data_noun(folder), synth_config=SynthConfig(**settings))
 
     @classmethod
     def _saved(cls, folder: Path, prepared_dir: Path) -> "DemoData":
         import datasets
-        from finedefics_eval.prompts import DEFAULT_NOUN
+        from finedefics_data.prompts import DEFAULT_NOUN
 
-        from .data.schema import DATA_INFO_FILE, data_noun
+        from finedefics_data.schema import DATA_INFO_FILE, data_noun
 
         splits = dict(datasets.load_from_disk(str(folder)))
         if "train" not in splits:
@@ -99,7 +99,7 @@ class DemoData:
         """The description parser when the data have structured attributes (synthetic), else None."""
         if self.synth_config is None:
             return None
-        from .data.synth import parse_description
+        from finedefics_data.synth import parse_description
 
         return parse_description
 
@@ -127,13 +127,13 @@ class DemoData:
         """Per category, the attributes that set it apart from its siblings (synthetic data only)."""
         if self.synth_config is None:
             return {}
-        from .data.synth import distinguishing_attributes
+        from finedefics_data.synth import distinguishing_attributes
 
         return {c["name"]: distinguishing_attributes(c, self.categories) for c in self.categories}
 
     def text_corpus(self) -> list[str]:
         """The synthetic benchmark's texts (all splits, attribute words, prompts); other data: see ``init_model``."""
-        from .data.synth import text_corpus
+        from finedefics_data.synth import text_corpus
 
         return text_corpus(self.source)
 

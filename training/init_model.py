@@ -4,7 +4,7 @@
 
 The tokenizer (byte-level BPE, trained offline) learns the words of the data: category names and their
 negatives, attribute descriptions, questions and answers, and the questions training and evaluation
-ask about the data's objects (``finedefics_eval.prompts``, with the data's noun). The model is built by
+ask about the data's objects (``finedefics_data.prompts``, with the data's noun). The model is built by
 ``modeling_finedefics.tiny`` (``micro`` ~1M or ``tiny`` ~4M parameters, the architecture of
 Idefics2-8B) with random weights and records the noun in its config. It knows nothing yet: it makes
 the whole pipeline (two-stage -> eval -> push) runnable on a CPU for any dataset, not a good model.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from finedefics_eval.prompts import (
+from finedefics_data.prompts import (
     DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_prompt, multiple_choice_query,
     open_set_question,
 )
@@ -98,7 +98,7 @@ def _splits(folder: Path):
 
 
 def _data_noun(data_dirs) -> ObjectNoun | None:
-    from .data.schema import data_noun
+    from finedefics_data.schema import data_noun
 
     return next((noun for noun in map(data_noun, data_dirs) if noun is not None), None)
 

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 
 
-from finedefics_eval.prompts import (
+from finedefics_data.prompts import (
     KNOWLEDGE_QUESTION, LETTERS, ObjectNoun, answer_letter, describe_instruction, knowledge_question,
     multiple_choice_prompt, reverse_knowledge_question,
 )

@@ -333,9 +333,9 @@ def _load_dataset_dir(folder: Path, split: str):
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset_dir {folder} does not exist; build it with `finedefics data` first")
     if (folder / "categories.json").is_file():
-        from .data.synth import load_benchmark
+        from finedefics_data.synth import load_synthetic_dataset
 
-        splits = load_benchmark(folder)
+        splits = load_synthetic_dataset(folder)
     elif (folder / "dataset_dict.json").is_file() or (folder / "dataset_info.json").is_file():
         _refuse_empty_saved_split(folder, split)
         splits = datasets.load_from_disk(str(folder))
@@ -401,7 +401,7 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
 
 def with_data_noun(training_args: FinedeficsTrainingConfig, data_args: DataArguments) -> FinedeficsTrainingConfig:
     """``training_args`` with the data's noun when the recipe sets none (the recipe's wins)."""
-    from .data.schema import data_noun
+    from finedefics_data.schema import data_noun
 
     noun = data_noun(data_args.dataset_dir) if data_args.dataset_dir and not training_args.object_noun else None
     if noun is None:

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 # ----------------------------------------------------------------------------- synth / preview
 def _register_synth(commands) -> None:
-    from ..data.synth import SynthConfig  # numpy + PIL only: cheap enough for --help
+    from finedefics_data.synth import SynthConfig  # numpy + PIL only: cheap enough for --help
 
     defaults = SynthConfig()
     parser = commands.add_parser("synth", help="generate the synthetic fine-grained bird benchmark",
@@ -59,7 +59,7 @@ def _register_synth(commands) -> None:
 
 
 def run_synth(args) -> int:
-    from ..data.synth import SynthConfig, generate_benchmark, load_categories
+    from finedefics_data.synth import SynthConfig, generate_benchmark, load_categories
 
     config = SynthConfig(num_genera=args.num_genera, species_per_genus=args.species_per_genus,
                          train_per_category=args.train_per_category, rare_fraction=args.rare_fraction,
@@ -86,7 +86,7 @@ def _register_preview(commands) -> None:
 
 
 def _write_preview(data_dir, path, genera: int = 2) -> int:
-    from ..data.preview import write_preview
+    from finedefics_data.preview import write_preview
 
     print(f"preview: {write_preview(data_dir, path, num_genera=genera)}")
     return 0
@@ -118,8 +118,8 @@ def _register_csv(commands) -> None:
 
 
 def run_csv(args) -> int:
-    from ..data.kinds import INSTRUCTION
-    from ..data.readers import read_reference_csv
+    from finedefics_data.kinds import INSTRUCTION
+    from finedefics_data.readers import read_reference_csv
 
     noun = noun_from_arguments(args)
     records = read_reference_csv(args.csv, args.image_root, errors="skip" if args.skip_bad_rows else "raise",
@@ -148,7 +148,7 @@ def add_noun_arguments(parser, where_from: str) -> None:
 
 def noun_from_arguments(args):
     """The ``ObjectNoun`` of ``--noun`` / ``--noun-plural`` (shared by data, init-model and eval), or None."""
-    from finedefics_eval.prompts import ObjectNoun
+    from finedefics_data.prompts import ObjectNoun
 
     if args.noun_plural and not args.noun:
         raise ValueError("--noun-plural needs --noun")
@@ -160,7 +160,7 @@ def _known_categories(files: list[str]) -> list[str]:
     import csv
     import io
 
-    from ..data.schema import read_text
+    from finedefics_data.schema import read_text
 
     names: list[str] = []
     for name in files:
@@ -191,7 +191,7 @@ def _register_cub(commands) -> None:
 
 
 def run_cub(args) -> int:
-    from ..data.readers import build_cub_records, read_cub_attributes
+    from finedefics_data.readers import build_cub_records, read_cub_attributes
 
     errors = "skip" if args.skip_bad_rows else "raise"
     if args.output.endswith(".jsonl"):
@@ -202,7 +202,7 @@ def run_cub(args) -> int:
         print(records.report.summary())
         print(f"descriptions: {args.output}")
         return 0
-    from finedefics_eval.prompts import ObjectNoun
+    from finedefics_data.prompts import ObjectNoun
 
     splits = build_cub_records(args.cub_root, args.certainty, args.num_negatives, errors=errors)
     print(splits["train"].report.summary())
@@ -214,7 +214,7 @@ def _save_splits(splits: dict, output: str, noun=None) -> None:
     """Save the splits with ``save_to_disk``; the noun (if known) goes to the folder's data info."""
     import datasets
 
-    from ..data.schema import write_data_info
+    from finedefics_data.schema import write_data_info
 
     dataset = datasets.DatasetDict({name: records.to_dataset() for name, records in splits.items()})
     dataset.save_to_disk(output)
@@ -244,7 +244,7 @@ def _register_options(commands) -> None:
 
 
 def run_options(args) -> int:
-    from ..data.negatives import build_option_sets
+    from finedefics_data.negatives import build_option_sets
 
     records = _split_records(Path(args.data), args.split, Path(args.image_root or args.data))
     names = sorted({r["category"] for r in records})
@@ -262,9 +262,9 @@ def _split_records(data: Path, split: str, image_root: Path) -> list[dict]:
     if not data.is_dir():
         raise FileNotFoundError(f"{data} is not a folder")
     if (data / "categories.json").is_file():
-        from ..data.synth import load_benchmark
+        from finedefics_data.synth import load_synthetic_dataset
 
-        splits = load_benchmark(data)
+        splits = load_synthetic_dataset(data)
     elif (data / "dataset_dict.json").is_file():
         splits = datasets.load_from_disk(str(data))
     else:
@@ -285,7 +285,7 @@ def _split_records(data: Path, split: str, image_root: Path) -> list[dict]:
 
 def _mine(args, records: list[dict], names: list[str], k: int) -> dict:
     from ..data import negatives as miners
-    from ..data.readers import category_attributes
+    from finedefics_data.readers import category_attributes
 
     if args.miner == "attributes":
         return miners.mine_by_attributes(category_attributes(records), k)
@@ -304,7 +304,7 @@ def _mine(args, records: list[dict], names: list[str], k: int) -> dict:
 
 
 def _read_confusion(path: Path):
-    from ..data.negatives import confusion_from_predictions
+    from finedefics_data.negatives import confusion_from_predictions
 
     data = json.loads(path.read_text(encoding="utf-8"))
     if "matrix" in data and "names" in data:

@@ -145,7 +145,7 @@ def checkpoint_noun(name_or_path: str):
     """The ``ObjectNoun`` stored in a checkpoint's config.json (local or on the Hub), or None."""
     from transformers import PretrainedConfig
 
-    from finedefics_eval.prompts import ObjectNoun
+    from finedefics_data.prompts import ObjectNoun
 
     from ..checkpoints import check_model_source
 
@@ -174,7 +174,7 @@ def _negatives(choice: str, loaded: _LazyModel):
         return _read_negatives_file(Path(choice))
 
     def model_text_embeddings(names: list[str]):
-        from finedefics_training.data.negatives import finedefics_text_embedder, mine_by_embeddings
+        from finedefics_data.negatives import finedefics_text_embedder, mine_by_embeddings
 
         model, processor = loaded.get()
         return mine_by_embeddings(names, finedefics_text_embedder(model, processor), k=3)

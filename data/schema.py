@@ -29,12 +29,27 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 logger = logging.getLogger(__name__)
+
+# Image paths in option files, reference CSVs and metadata are read relative to an image root.
+OUTSIDE_ROOT_PROBLEM = ("points outside the image root (an absolute path, or '..' climbing out of it); pass "
+                        "--allow-images-outside-root (allow_images_outside_root=True) if the file is trusted")
+
+
+def escapes_image_root(relative: str) -> bool:
+    """Whether an image path given relative to an image root leaves it: an absolute path, or one whose ``..``
+    climb out. Judged on the text alone, so links inside the root (a common way to assemble a dataset) stay
+    allowed."""
+    if os.path.isabs(relative) or PurePath(relative).drive:
+        return True
+    return PurePath(os.path.normpath(relative)).parts[:1] == ("..",)
+
 
 COLUMNS = ("image", "category", "label", "attribute", "attributes", "neg_categories", "neg_attributes", "genus", "is_rare")
 
@@ -257,7 +272,7 @@ def write_data_info(folder: str | Path, noun) -> Path:
 def data_noun(folder: str | Path):
     """The ``ObjectNoun`` a data folder declares, or None: its ``finedefics_data.json``, or "bird" for the
     synthetic benchmark (a folder with ``categories.json``)."""
-    from finedefics_eval.prompts import ObjectNoun
+    from .prompts import ObjectNoun
 
     folder = Path(folder)
     info = folder / DATA_INFO_FILE
@@ -284,6 +299,31 @@ def read_text(path: str | Path) -> str:
         line = data[: error.start].count(b"\n") + 1
         raise RecordError(path, None, None, f"line {line} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
                           f"{error.start}); re-save the file as UTF-8") from None
+
+
+def read_jsonl(path: str | Path, what: str = "metadata file", check_row=None) -> list[dict]:
+    """The rows of a JSON-lines file (blank lines skipped); a bad line is an error naming file and line.
+
+    ``check_row(row, where)``, if given, validates each row (``where`` is "line N"). An empty file is an
+    error too: every caller would otherwise build an empty split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RecordError(path, f"line {number}", None, f"is not valid JSON ({error})") from None
+        if check_row is not None:
+            check_row(row, f"line {number}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no rows: the split would be empty")
+    return rows
 
 
 def check_image_file(path: str | Path, source, row, field_name: str = "image") -> Path:

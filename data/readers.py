@@ -24,17 +24,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from finedefics_eval.foci import OUTSIDE_ROOT_PROBLEM, escapes_image_root, normalize_name
+from .names import normalize_name
 
 from .kinds import derive_recognition, known_category_index, row_kind
 from .negatives import mine_by_attributes, negative_descriptions
 from .schema import (
+    OUTSIDE_ROOT_PROBLEM,
     ReadReport,
     RecordError,
     Records,
     check_error_mode,
     check_image_bytes,
     check_image_file,
+    escapes_image_root,
     handle_bad_row,
     read_text,
     validate_record,

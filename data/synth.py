@@ -48,12 +48,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from finedefics_eval.prompts import (
+from .prompts import (
     CHOICE_LETTERS, ObjectNoun, describe_instruction, multiple_choice_prompt, multiple_choice_query, open_set_question,
 )
 
 from .negatives import build_option_sets, mine_by_attributes, negative_descriptions
-from .schema import NEGATIVE_SEPARATOR
+from .schema import NEGATIVE_SEPARATOR, read_jsonl, read_text, validate_record
 
 logger = logging.getLogger(__name__)
 
@@ -891,28 +891,28 @@ def _require(path: Path, what: str) -> Path:
 
 
 def load_categories(data_dir: str | Path) -> list[dict]:
-    """``categories.json`` of a benchmark folder, sorted by label."""
+    """``categories.json`` of a benchmark folder, checked (a list of objects with a ``name``), sorted by label."""
     path = _require(Path(data_dir) / "categories.json", "not a synthetic benchmark folder")
-    categories = json.loads(path.read_text(encoding="utf-8"))
-    return sorted(categories, key=lambda c: c["label"])
+    try:
+        categories = json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(categories, list) or not categories:
+        raise ValueError(f"{path}: expected a non-empty list of categories")
+    for index, category in enumerate(categories):
+        if not isinstance(category, dict) or not isinstance(category.get("name"), str) or not category["name"].strip():
+            raise ValueError(f"{path}: category {index}: field 'name' must be a non-empty string")
+    return sorted(categories, key=lambda category: category.get("label", 0))
 
 
 def load_metadata(data_dir: str | Path, split: str) -> list[dict]:
-    """The metadata rows of one split, each validated (errors name the file and line)."""
-    from .schema import RecordError, read_text, validate_record
-
+    """The metadata rows of one split, each validated as a training record (errors name the file and line)."""
     path = _require(Path(data_dir) / split / "metadata.jsonl", f"no {split} split")
-    rows = []
-    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RecordError(path, f"line {line_number}", None, f"is not valid JSON ({error})") from None
-        validate_record({**row, "image": row.get("file_name")}, source=str(path), row=f"line {line_number}")
-        rows.append(row)
-    return rows
+
+    def check_row(row: dict, where: str) -> None:
+        validate_record({**row, "image": row.get("file_name")}, source=str(path), row=where)
+
+    return read_jsonl(path, check_row=check_row)
 
 
 def benchmark_splits(data_dir: str | Path) -> list[str]:
@@ -920,7 +920,7 @@ def benchmark_splits(data_dir: str | Path) -> list[str]:
     return [split for split in SPLITS if (Path(data_dir) / split / "metadata.jsonl").is_file()] or ["train", "test"]
 
 
-def load_benchmark(data_dir: str | Path):
+def load_synthetic_dataset(data_dir: str | Path):
     """The benchmark as a ``datasets.DatasetDict`` with ``train``, ``test`` and (when drawn) ``validation`` splits.
 
     Columns: ``image`` (PIL), ``category``, ``label``, ``attribute``, ``attributes`` (JSON string),
@@ -940,6 +940,11 @@ def load_benchmark(data_dir: str | Path):
         "genus": datasets.Value("string"), "is_rare": datasets.Value("bool"),
     })
     return datasets.load_dataset("imagefolder", data_dir=str(data_dir), features=features)
+
+
+# The name this function had before evaluation's ``finedefics_eval.load_benchmark`` (which returns a
+# ``Benchmark`` of multiple-choice questions, not a ``DatasetDict``) made it ambiguous; kept for old imports.
+load_benchmark = load_synthetic_dataset
 
 
 def text_corpus(data_dir: str | Path) -> list[str]:

@@ -12,7 +12,7 @@ The models are pluggable callables, so any backend works:
   for VQA, ``text-generation`` / ``text2text-generation`` / ``summarization`` for text. Their list-
   of-dicts outputs are read with :func:`as_text`.
 
-The prompts live in ``prompts/*.txt`` beside this file (:func:`load_prompt`).
+The prompts live in ``description_prompts/*.txt`` beside this file (:func:`load_prompt`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from .schema import ReadReport, RecordError, Records
 
 logger = logging.getLogger(__name__)
 
-PROMPTS_DIR = Path(__file__).parent / "prompts"
+PROMPTS_DIR = Path(__file__).parent / "description_prompts"
 # Answers meaning "cannot tell": the attribute is left out of the description, as an occluded part is.
 NOT_VISIBLE = {"", "not visible", "unknown", "none", "n/a", "na", "not sure", "cannot tell", "can't tell", "invisible"}
 
 
 def load_prompt(name: str) -> str:
-    """The prompt template ``prompts/<name>.txt`` (``attribute_list``, ``attribute_question``, ``summary``)."""
+    """The prompt template ``description_prompts/<name>.txt`` (``attribute_list``, ``attribute_question``, ``summary``)."""
     path = PROMPTS_DIR / f"{name}.txt"
     if not path.is_file():
         available = sorted(p.stem for p in PROMPTS_DIR.glob("*.txt"))
@@ -171,7 +171,7 @@ def describe_images(images: Sequence, attribute_list: Sequence[str], vqa_fn, sum
         vqa_fn: ``(image, question) -> str``, or a transformers VQA / image-text-to-text pipeline.
         summarize_fn: ``prompt -> str``, or a transformers text-generation pipeline.
         noun: what the objects are ("bird", "car", ...).
-        question_prompt, summary_prompt: override ``prompts/attribute_question.txt`` / ``summary.txt``.
+        question_prompt, summary_prompt: override ``description_prompts/attribute_question.txt`` / ``summary.txt``.
 
     Returns:
         :class:`Descriptions`: the sentences (aligned with ``images``), ``.values`` (the attribute

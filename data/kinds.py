@@ -31,8 +31,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from finedefics_eval.foci import names_match, normalize_name
-from finedefics_eval.prompts import answer_letter, multiple_choice_options
+from .names import names_match, normalize_name
+from .prompts import answer_letter, multiple_choice_options
 
 GENERATED = "category only"
 DESCRIPTION = "description"
