@@ -155,7 +155,7 @@ def check_ddp(args, folder) -> str:
     recipe.write_text(yaml.safe_dump(dict(model_name_or_path=str(model_dir), dataset_dir=str(data_dir),
                                           output_dir=str(folder / "ddp"), tuning="lora", max_steps=5, bf16=True,
                                           per_device_train_batch_size=4, report_to="none", save_strategy="no")))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "finedefics_training.cli",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "finedefics_cli",
                "train", "--config", str(recipe)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:

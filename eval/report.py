@@ -208,6 +208,56 @@ def summarize_reports(reports: dict, seed: int | None = None) -> dict:
             "benchmarks": benchmarks, "mean_accuracy": means}
 
 
+def write_reports(reports: dict, output_dir: str | Path, seed: int | None = None, plots: bool = True) -> dict:
+    """Write one benchmark's report into ``output_dir``, or several into ``output_dir/<name>`` plus a summary.
+
+    The summary (``output_dir/report.json`` + ``report.md``, :func:`summarize_reports`) points at each
+    benchmark's report; it is the shape ``finedefics push --report`` turns into the model card.
+    Returns ``{name: folder}``.
+    """
+    output_dir = Path(output_dir)
+    several = len(reports) > 1
+    folders = {name: write_report(report, output_dir / report_folder_name(name) if several else output_dir, plots=plots)
+               for name, report in reports.items()}
+    if several:
+        summary = summarize_reports(reports, seed)
+        for name in summary["benchmarks"]:
+            summary["benchmarks"][name]["report"] = f"{report_folder_name(name)}/report.json"
+        (output_dir / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+        (output_dir / "report.md").write_text(render_summary_markdown(summary), encoding="utf-8")
+    return folders
+
+
+def report_folder_name(name: str) -> str:
+    """A benchmark name as a folder name (``foci:bird-200`` -> ``foci_bird-200``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def unique_name(existing, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... if ``existing`` already holds it (two runs of one benchmark)."""
+    candidate, number = name, 2
+    while candidate in existing:
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate
+
+
+def summary_lines(name: str, report: dict) -> list[str]:
+    """What ``finedefics eval`` prints for a benchmark: accuracy with its interval per mode, and skipped images."""
+    lines = []
+    for mode, metrics in report["modes"].items():
+        interval = metrics.get("ci95") or [float("nan")] * 2
+        speed = metrics.get("images_per_second")
+        lines.append(f"{name} {mode}: accuracy {100 * metrics['accuracy']:.2f} "
+                     f"(95% CI {100 * interval[0]:.2f}-{100 * interval[1]:.2f}), failures {metrics['failures']}, "
+                     f"n {metrics['n']}" + (f", {speed:.1f} images/s" if speed else ""))
+    skipped = report["skipped"]
+    if skipped["missing_images"] or skipped["unreadable_images"]:
+        lines.append(f"{name}: skipped {skipped['missing_images']} missing and {skipped['unreadable_images']} "
+                     "unreadable images (listed in report.json)")
+    return lines
+
+
 def render_summary_markdown(summary: dict) -> str:
     """A benchmark x mode accuracy table (%) with the mean over benchmarks."""
     modes = list(summary["mean_accuracy"])

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
-from finedefics_data.prompts import MULTIPLE_CHOICE_ANSWERS
+from finedefics_data.prompts import MULTIPLE_CHOICE_ANSWERS, SCORING_MODES
 from .foci import CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record, shuffled_options
 
-MODES = ("generate", "likelihood", "embedding", "open_set")
+MODES = SCORING_MODES
 MC_MODES = ("generate", "likelihood", "embedding")
 FOCI_MAX_NEW_TOKENS = 10
 OPEN_SET_MAX_NEW_TOKENS = 24

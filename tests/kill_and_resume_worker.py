@@ -12,7 +12,7 @@ import sys
 
 from transformers import TrainerCallback
 
-from finedefics_training.commands.train import parse_recipe
+from finedefics_cli.commands.train import parse_recipe
 from finedefics_training.recipe import run_stage
 
 

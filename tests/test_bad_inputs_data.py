@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finedefics_training.cli import main
+from finedefics_cli import main
 from finedefics_data.readers import NEGATIVES_WITH_LIST_PUNCTUATION
 from finedefics_data.synth import REFERENCE_COLUMNS
 
@@ -302,7 +302,7 @@ def test_classify_refuses_a_one_pixel_image_like_the_processor(tmp_path, micro_m
 # ============================================================================= finedefics data synth
 def test_a_synth_run_killed_midway_leaves_no_hidden_folder_after_the_next_run(tmp_path):
     output = tmp_path / "synth"
-    command = [sys.executable, "-m", "finedefics_training.cli", "data", "synth", str(output), "--no-progress",
+    command = [sys.executable, "-m", "finedefics_cli", "data", "synth", str(output), "--no-progress",
                "--num-genera", "4", "--train-per-category", "40"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

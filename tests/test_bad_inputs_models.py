@@ -11,7 +11,7 @@ import yaml
 from conftest import toy_rows
 from PIL import Image
 
-from finedefics_training.cli import main
+from finedefics_cli import main
 
 
 def _image_inputs(processor, colours=("red", "blue")):

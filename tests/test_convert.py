@@ -16,7 +16,7 @@ from transformers import (
     Idefics2Processor,
 )
 
-from finedefics_training.cli import main
+from finedefics_cli import main
 from modeling_finedefics.tiny import tiny_config
 
 ALIGNMENT_FIELDS = ("embed_dim", "init_temperature", "min_temperature", "max_temperature", "summary_token_id")

@@ -166,7 +166,7 @@ def test_build_option_sets_is_foci_format_and_fills_short_lists(caplog):
 
 
 def test_options_cli_on_a_synthetic_benchmark(tmp_path):
-    from finedefics_training.cli import main
+    from finedefics_cli import main
     from finedefics_data.synth import SynthConfig, generate_benchmark
 
     bench = generate_benchmark(tmp_path / "b", SynthConfig(num_genera=2, species_per_genus=3, train_per_category=2,

@@ -304,7 +304,7 @@ def test_cub_records_split_and_class_level_negatives(tmp_path):
 def test_cub_cli_writes_descriptions_and_dataset(tmp_path, capsys):
     import datasets
 
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     root = write_cub(tmp_path / "CUB_200_2011", CUB_LABELS)
     assert main(["data", "cub", str(root), "--output", str(tmp_path / "desc.jsonl")]) == 0
@@ -319,7 +319,7 @@ def test_cub_cli_writes_descriptions_and_dataset(tmp_path, capsys):
 
 
 def test_csv_cli_reports_and_fails_with_one_line(tmp_path, image_root, capsys):
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     good = write_csv(tmp_path / "good.csv", [row(), row(category="Blue Finch", image_path="birds/b.png")])
     assert main(["data", "csv", str(good), "--image-root", str(image_root), "--output", str(tmp_path / "ds")]) == 0
@@ -380,7 +380,7 @@ def test_bad_stage_two_rows_name_file_row_and_field(tmp_path, image_root, cells,
 def test_csv_cli_reads_finetune_rows_with_known_categories_and_records_the_noun(tmp_path, image_root, capsys):
     import datasets
 
-    from finedefics_training.cli import main
+    from finedefics_cli import main
     from finedefics_data.schema import data_noun
 
     pretrain = write_csv(tmp_path / "pretrain.csv", [row(), row(category="Blue Finch", image_path="birds/b.png")])
@@ -397,7 +397,7 @@ def test_csv_cli_reads_finetune_rows_with_known_categories_and_records_the_noun(
 
 
 def test_csv_cli_refuses_to_save_when_every_row_was_skipped(tmp_path, image_root, capsys):
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     bad = write_csv(tmp_path / "bad.csv", [row(image_path="birds/broken.png"), row(image_path="birds/missing.png")])
     out = tmp_path / "never"

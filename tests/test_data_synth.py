@@ -228,7 +228,7 @@ def test_defaults_fit_the_cpu_demo():
 
 
 def test_cli_synth_with_preview(tmp_path, capsys):
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     out, picture = tmp_path / "cli-bench", tmp_path / "sheet.png"
     assert main(["data", "synth", str(out), "--num-genera", "2", "--species-per-genus", "3", "--train-per-category", "3",

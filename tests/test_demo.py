@@ -32,7 +32,7 @@ MODELS = {"base", "finedefics", "instruction_tuning", "no_hard_negatives"}
 
 
 def _demo(output_dir, *extra):
-    return subprocess.run([sys.executable, "-m", "finedefics_training.cli", "demo", "--quick", "--output-dir",
+    return subprocess.run([sys.executable, "-m", "finedefics_cli", "demo", "--quick", "--output-dir",
                            str(output_dir), *extra], capture_output=True, text=True, timeout=900, env={**os.environ})
 
 
@@ -150,7 +150,7 @@ def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     from reference_format import MODELS, write_reference_dataset
 
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     cars = write_reference_dataset(tmp_path / "cars", train_per_model=12, test_per_model=1)
     data = tmp_path / "pretrain-data"

@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard
 
 from conftest import foci_result_file
 from eval_helpers import small_synthetic_benchmark
-from finedefics_training.cli import main
+from finedefics_cli import main
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
@@ -90,8 +90,16 @@ def test_an_imagefolder_gets_options_mined_with_the_models_text_embeddings(micro
     assert report["n_scored"] == 5
 
 
-def test_the_commands_mode_choices_are_the_scorers_modes():
-    from finedefics_eval.scoring import MODES
-    from finedefics_training.commands.eval import MODES as COMMAND_MODES
+def test_the_commands_mode_choices_are_the_scorers_modes_and_help_needs_no_torch():
+    import subprocess
+    import sys
 
-    assert COMMAND_MODES == MODES
+    from finedefics_cli import build_parser
+    from finedefics_eval.scoring import MODES
+
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
+    mode_action = next(action for action in eval_parser._actions if action.dest == "mode")
+    assert tuple(mode_action.choices) == MODES
+    # Why the modes live in the torch-free prompts module: `finedefics --help` must not load torch.
+    probe = "import sys, finedefics_cli; finedefics_cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from finedefics_training.cli import main
+from finedefics_cli import main
 from finedefics_training.collator import FinedeficsDataCollator
 from finedefics_training.trainer import describe_stage_data
 from reference_format import MODELS, RARE, write_reference_dataset

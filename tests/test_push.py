@@ -320,7 +320,7 @@ def test_bad_targets_are_refused(staged, kwargs, message):
 
 # ----------------------------------------------------------------------------- command line
 def test_cli_push_stages_and_uploads(checkpoint, hub, tmp_path, capsys):
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     (tmp_path / "recipe.yaml").write_text(RECIPE_YAML)
     code = main(["push", str(checkpoint), "--repo-id", "tester/cli", "--token", TOKEN, "--private",
@@ -337,7 +337,7 @@ def test_cli_push_stages_and_uploads(checkpoint, hub, tmp_path, capsys):
 
 
 def test_cli_stage_only_uploads_nothing(checkpoint, hub, tmp_path):
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     assert main(["push", str(checkpoint), "--repo-id", "tester/cli", "--stage-only", str(tmp_path / "out")]) == 0
     assert {path.name for path in (tmp_path / "out").iterdir()} == EXPECTED_FILES
@@ -345,7 +345,7 @@ def test_cli_stage_only_uploads_nothing(checkpoint, hub, tmp_path):
 
 
 def test_cli_reports_bad_input_and_unreachable_hub_in_one_line(checkpoint, hub, tmp_path, monkeypatch, capsys):
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     adapter = copy_checkpoint(checkpoint, tmp_path / "adapter")
     (adapter / "adapter_config.json").write_text("{}")

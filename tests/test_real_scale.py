@@ -155,7 +155,7 @@ def test_a_trained_vision_tower_still_gets_gradients(micro_checkpoint, tiny_proc
 # ----------------------------------------------------------------------------- dry run
 def test_dry_run_plans_the_8b_recipe_without_weights_and_trains_nothing(tmp_path, capsys, monkeypatch):
     """The shipped Idefics2-8B config, the recipe's QLoRA: the LoRA regex's 248 modules, no vision module."""
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     monkeypatch.chdir(tmp_path)
     recipe = Path(__file__).resolve().parents[1] / "training" / "recipes" / "idefics2-8b-stage1.yaml"
@@ -268,7 +268,7 @@ def test_two_process_lora_run_merges_the_adapter_trainer_gathered(tmp_path, micr
         save_strategy="no", report_to="none", use_cpu=True, seed=0, num_negatives=2, dataloader_num_workers=0,
         disable_tqdm=True, logging_steps=1)))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "-m", "finedefics_training.cli", "train", "--config", str(recipe)]
+               f"--master_port={_free_port()}", "-m", "finedefics_cli", "train", "--config", str(recipe)]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -332,7 +332,7 @@ def test_two_stage_dry_run_plans_both_stages_and_leaves_no_temporary_recipe(tmp_
 
     import yaml
 
-    from finedefics_training.cli import main
+    from finedefics_cli import main
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()

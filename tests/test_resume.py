@@ -79,7 +79,7 @@ def _half_write(checkpoint: Path) -> None:
 
 def test_a_half_written_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_one_before(
         tmp_path, micro_checkpoint, toy_dataset_dir, caplog):
-    from finedefics_training.commands.train import parse_recipe
+    from finedefics_cli.commands.train import parse_recipe
     from finedefics_training.recipe import run_stage
 
     output = tmp_path / "run"

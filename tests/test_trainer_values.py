@@ -416,7 +416,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batch(tmp_path,
         recipe.write_text(yaml.safe_dump({**common, "output_dir": str(output), "per_device_train_batch_size": batch}))
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                    "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-                   "-m", "finedefics_training.cli", "train", "--config", str(recipe)]
+                   "-m", "finedefics_cli", "train", "--config", str(recipe)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, result.stderr[-4000:]

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from finedefics_training.cli import main
+from finedefics_cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def _loads_in_fresh_process(folder):
 
 
 def _run_stage_in_process(recipe_path, **overrides):
-    from finedefics_training.commands.train import parse_recipe
+    from finedefics_cli.commands.train import parse_recipe
     from finedefics_training.recipe import load_model_and_processor, load_training_dataset
     from finedefics_training.trainer import FinedeficsTrainer
 
@@ -170,7 +170,7 @@ def test_two_processes_through_torchrun(tmp_path, micro_checkpoint, toy_dataset_
                      output_dir=str(tmp_path / "ddp"), stage=1, max_steps=3, per_device_train_batch_size=4)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}",
-               "-m", "finedefics_training.cli", "train", "--config", str(recipe)]
+               "-m", "finedefics_cli", "train", "--config", str(recipe)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -197,3 +197,25 @@ def test_stage_one_without_contrastive_columns_fails_before_training(tmp_path, m
     assert main(["train", "--config", str(recipe)]) == 2
     assert "lacks column(s) ['attribute', 'neg_categories', 'neg_attributes']" in capsys.readouterr().err
     assert not (tmp_path / "o" / "final").exists()
+
+
+def test_stage2_overrides_are_typed_like_their_fields_from_recipe_and_command_line(tmp_path):
+    """`stage2_*` keys reach stage II with the type of the field they override; anything else is refused."""
+    import yaml
+
+    from finedefics_cli.commands.two_stage import recipe_parser, stage2_overrides
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": "m", "dataset_dir": "d", "use_cpu": True, "stage2_learning_rate": 2.0e-5,
+                                      "stage2_bf16": True, "stage2_report_to": None}))
+    *_, remaining = recipe_parser().parse_args_and_config(
+        ["--config", str(recipe), "--stage2_max_steps=7", "--stage2_lr_scheduler_type", "constant"],
+        return_remaining_strings=True)
+    overrides = stage2_overrides(remaining)
+    assert overrides == {"learning_rate": 2e-5, "bf16": True, "report_to": None, "max_steps": 7,
+                         "lr_scheduler_type": "constant"}
+    assert isinstance(overrides["max_steps"], int) and isinstance(overrides["learning_rate"], float)
+    for bad in (["--stage2_no_such_field", "1"], ["--stage2_model_name_or_path", "x"], ["--max_stepz", "3"],
+                ["--stage2_max_steps"]):
+        with pytest.raises(ValueError, match="unknown argument|needs a value"):
+            stage2_overrides(bad)

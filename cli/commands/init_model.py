@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..init_model import init_model
+    from finedefics_training.init_model import init_model
     from .data import noun_from_arguments
 
     output = init_model(args.corpus, args.output, preset=args.preset, noun=noun_from_arguments(args), image_size=args.image_size,

@@ -284,7 +284,7 @@ def _split_records(data: Path, split: str, image_root: Path) -> list[dict]:
 
 
 def _mine(args, records: list[dict], names: list[str], k: int) -> dict:
-    from ..data import negatives as miners
+    from finedefics_data import negatives as miners
     from finedefics_data.readers import category_attributes
 
     if args.miner == "attributes":

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..demo import run_demo
+    from finedefics_training.demo import run_demo
 
     overrides = {}
     for item in args.set:

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..convert import convert_checkpoint
+    from finedefics_training.convert import convert_checkpoint
 
     report = convert_checkpoint(
         args.source, args.output, summary_token_id=args.summary_token_id, init_temperature=args.init_temperature

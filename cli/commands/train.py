@@ -6,7 +6,7 @@ DESCRIPTION = (
     "Run one stage (--stage 1: attribute contrastive + description tuning; --stage 2: recognition "
     "tuning). Arguments are FinedeficsTrainingConfig (an SFTConfig), ModelArguments and DataArguments "
     "fields, from --config recipe.yaml and/or the command line (the command line wins). Launch with "
-    "`accelerate launch -m finedefics_training.cli train ...` or torchrun for several processes. "
+    "`accelerate launch -m finedefics_cli train ...` or torchrun for several processes. "
     "--dry-run builds the model on the meta device from its config, applies the tuning, prints trainable "
     "parameters and a per-device memory estimate, and exits without training."
 )
@@ -26,8 +26,8 @@ def recipe_parser(prog: str = "finedefics train", description: str = DESCRIPTION
     """TRL's parser over (ModelArguments, DataArguments, FinedeficsTrainingConfig)."""
     from trl import TrlParser
 
-    from ..config import FinedeficsTrainingConfig
-    from ..recipe import DataArguments, ModelArguments
+    from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.recipe import DataArguments, ModelArguments
 
     return TrlParser((ModelArguments, DataArguments, FinedeficsTrainingConfig), prog=prog, description=description,
                      usage=f"{prog} [--config RECIPE.yaml] [--FIELD VALUE ...]")
@@ -53,7 +53,7 @@ def take_flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
 
 
 def run(args) -> int:
-    from ..recipe import run_stage
+    from finedefics_training.recipe import run_stage
 
     if args.help:
         print_recipe_help("finedefics train", DESCRIPTION)
@@ -63,7 +63,7 @@ def run(args) -> int:
         argv += ["--use_cpu", "true"]  # plan a GPU recipe on any machine: nothing runs on a device
     _, (model_args, data_args, training_args) = parse_recipe(argv)
     if dry_run:
-        from ..dry_run import print_plan
+        from finedefics_training.dry_run import print_plan
 
         print_plan(model_args, training_args)
         return 0

@@ -1,0 +1,1 @@
+"""Subcommands of the ``finedefics`` CLI, one module each (see ``finedefics_cli``)."""

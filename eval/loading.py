@@ -1,0 +1,213 @@
+"""Loading a Finedefics checkpoint for evaluation (and training), with errors that name the file.
+
+- ``check_model_source``: a model argument (folder or Hub id) before anything is loaded from it;
+- ``check_vocabulary``: a tokenizer that fits the model's embedding matrix;
+- ``load_model``: the model (eval mode, on a device) and its processor;
+- ``checkpoint_noun``: what a checkpoint calls its objects in the questions it was trained with;
+- ``negatives_option``: ``finedefics eval --negatives auto|names|FILE`` as ``load_benchmark``'s argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+SUPPORTED_MODEL_TYPES = ("finedefics", "idefics2")
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Fail early, naming the file, on a model argument that cannot be loaded.
+
+    A local folder is checked (``check_checkpoint_folder``). A name that does not exist locally is a
+    Hub id only when it could be one: a path-like name (``./x``, ``/x``, ``a/b/c``, or ``ck/x`` where
+    ``ck`` is a local folder), or any name the offline cache lacks under ``HF_HUB_OFFLINE``, is a
+    missing folder, not a Hub repository that "could not be reached".
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        check_checkpoint_folder(path)
+        return
+    if path.exists():
+        raise ValueError(f"model {name_or_path} is a file; expected a checkpoint folder or a Hub id")
+    if _looks_local(name_or_path):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+    if _hub_offline() and not _cached_on_this_machine(name_or_path):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist (HF_HUB_OFFLINE is set and it is not a "
+                                "Hub model cached on this machine)")
+
+
+def _looks_local(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith(("./", "../", "/", "~")) or name in (".", "..") or (os.sep != "/" and os.sep in name):
+        return True
+    if "/" in name and Path(name).parent.is_dir():  # ck/x with a local ck/: a path with a typo, not a Hub id
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants
+
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def _cached_on_this_machine(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def check_checkpoint_folder(folder: str | Path) -> dict:
+    """The config of a local checkpoint folder, after checking it and its safetensors weights can be read."""
+    folder = Path(folder)
+    config = read_checkpoint_config(folder)
+    check_safetensors_files(_weight_files(folder))
+    return config
+
+
+def read_checkpoint_config(folder: Path, supported: tuple[str, ...] = SUPPORTED_MODEL_TYPES) -> dict:
+    """``folder/config.json`` as a dict; a missing or broken file or another architecture is a clear error.
+
+    Another architecture (``llava``, ...) would otherwise load into the Idefics2 classes and fail
+    minutes later, mid-training, with "image tokens and images do not match".
+    """
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder: {config_file} is missing")
+    config = _read_json(config_file)
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
+    if config.get("model_type") not in supported:
+        raise ValueError(f"{config_file}: model_type is {config.get('model_type')!r}; supported: "
+                         f"{', '.join(map(repr, supported))}")
+    return config
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a checkpoint folder's weights are in (none: the loader names what is missing)."""
+    index = folder / WEIGHTS_INDEX
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map")
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    return [folder / WEIGHTS] if (folder / WEIGHTS).is_file() else []
+
+
+def check_safetensors_files(files) -> None:
+    """Read each file's safetensors header: a file cut short (an interrupted copy or save) is named here.
+
+    safetensors checks that the header's tensors cover the file exactly, so a truncated file fails
+    when it is opened; only the header is read, not the weights.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"weight file {path} is missing")
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path} is not a readable safetensors file (cut short or corrupt: {error}); "
+                             "copy or save it again") from None
+
+
+def check_vocabulary(model, tokenizer, source: str) -> None:
+    """Every token id of ``tokenizer`` must index a row of the model's input embeddings.
+
+    A larger tokenizer fails only when a rare token shows up, with an IndexError deep in training or
+    evaluation; checked when the model is loaded instead.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    tokens = len(tokenizer)
+    if tokens > rows:
+        raise ValueError(f"{source}: the tokenizer has {tokens} tokens but the model's embedding matrix has {rows} "
+                         f"rows, so token ids {rows}-{tokens - 1} have no embedding; use the tokenizer the model was "
+                         "trained with, or resize the embeddings (model.resize_token_embeddings(len(tokenizer)))")
+
+
+def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
+    """A Finedefics model (eval mode, on ``device``) and its processor; ``auto`` picks cuda/bfloat16 when present."""
+    import torch
+
+    from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    check_model_source(name_or_path)
+    model = FinedeficsForConditionalGeneration.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    processor = FinedeficsProcessor.from_pretrained(name_or_path)
+    check_vocabulary(model, processor.tokenizer, name_or_path)
+    return model.to(device).eval(), processor
+
+
+def checkpoint_noun(name_or_path: str):
+    """The ``ObjectNoun`` stored in a checkpoint's config.json (local or on the Hub), or None."""
+    from transformers import PretrainedConfig
+
+    from finedefics_data.prompts import ObjectNoun
+
+    check_model_source(name_or_path)
+    config, _ = PretrainedConfig.get_config_dict(name_or_path)
+    return ObjectNoun.from_config(config)
+
+
+class LazyModel:
+    """``load_model`` on first use, so that benchmarks are checked before minutes of loading, and mined with it."""
+
+    def __init__(self, name_or_path: str, device: str = "auto", dtype: str = "auto"):
+        self.arguments, self.loaded = (name_or_path, device, dtype), None
+
+    def get(self):
+        if self.loaded is None:
+            self.loaded = load_model(*self.arguments)
+        return self.loaded
+
+
+def negatives_option(choice: str, model: LazyModel) -> dict | Callable | None:
+    """``load_benchmark``'s ``negatives`` for ``auto`` (mined by the model's text embeddings when rows carry no
+    attributes), ``names`` (string similarity) or a JSON file ``{category: [negatives]}``."""
+    if choice == "names":
+        return None
+    if choice != "auto":
+        return read_negatives_file(Path(choice))
+
+    def model_text_embeddings(names: list[str]):
+        from finedefics_data.negatives import finedefics_text_embedder, mine_by_embeddings
+
+        loaded_model, processor = model.get()
+        return mine_by_embeddings(names, finedefics_text_embedder(loaded_model, processor), k=3)
+
+    return model_text_embeddings
+
+
+def read_negatives_file(path: Path) -> dict:
+    """A JSON object mapping each category to a list of similar categories."""
+    if not path.is_file():
+        raise FileNotFoundError(f"negatives file not found: {path} (or use --negatives auto|names)")
+    try:
+        negatives = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(negatives, dict) or not all(isinstance(v, list) for v in negatives.values()):
+        raise ValueError(f"{path}: expected a JSON object mapping each category to a list of similar categories")
+    return negatives
