@@ -668,3 +668,20 @@ def build_cub_records(cub_root: str | Path, certainty_threshold: int = 3, num_ne
             "neg_attributes": neg_texts[record["category"]], "genus": "", "is_rare": False})
     per_image.report.rows_kept = sum(len(records) for records in splits.values())
     return splits
+
+
+def read_category_names(files: list[str]) -> list[str]:
+    """Category names from reference CSVs (their category column) or text files (one name per line)."""
+    names: list[str] = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"--categories file not found: {path}")
+        if path.suffix.lower() == ".csv":
+            rows = csv.DictReader(io.StringIO(read_text(path), newline=""))
+            if "category" not in (rows.fieldnames or []):
+                raise ValueError(f"{path}: no 'category' column to read category names from")
+            names += [row["category"].strip() for row in rows if (row["category"] or "").strip()]
+        else:
+            names += [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    return names

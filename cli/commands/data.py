@@ -119,13 +119,13 @@ def _register_csv(commands) -> None:
 
 def run_csv(args) -> int:
     from finedefics_data.kinds import INSTRUCTION
-    from finedefics_data.readers import read_reference_csv
+    from finedefics_data.readers import read_category_names, read_reference_csv
 
     noun = noun_from_arguments(args)
     records = read_reference_csv(args.csv, args.image_root, errors="skip" if args.skip_bad_rows else "raise",
                                  multi_image="keep" if args.keep_multi_image else "skip",
                                  check_images=not args.no_check_images, require_category=False,
-                                 known_categories=_known_categories(args.categories),
+                                 known_categories=read_category_names(args.categories),
                                  allow_images_outside_root=args.allow_images_outside_root)
     print(records.report.summary())
     if not records:
@@ -153,28 +153,6 @@ def noun_from_arguments(args):
     if args.noun_plural and not args.noun:
         raise ValueError("--noun-plural needs --noun")
     return ObjectNoun.of(args.noun, args.noun_plural) if args.noun else None
-
-
-def _known_categories(files: list[str]) -> list[str]:
-    """Category names from reference CSVs (their category column) or text files (one name per line)."""
-    import csv
-    import io
-
-    from finedefics_data.schema import read_text
-
-    names: list[str] = []
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"--categories file not found: {path}")
-        if path.suffix.lower() == ".csv":
-            rows = csv.DictReader(io.StringIO(read_text(path), newline=""))
-            if "category" not in (rows.fieldnames or []):
-                raise ValueError(f"{path}: no 'category' column to read category names from")
-            names += [row["category"].strip() for row in rows if (row["category"] or "").strip()]
-        else:
-            names += [line.strip() for line in read_text(path).splitlines() if line.strip()]
-    return names
 
 
 # ----------------------------------------------------------------------------- cub
@@ -225,13 +203,15 @@ def _save_splits(splits: dict, output: str, noun=None) -> None:
 
 # ----------------------------------------------------------------------------- options
 def _register_options(commands) -> None:
+    from finedefics_data.option_sets import MINERS
+
     parser = commands.add_parser("options", help="FOCI-style multiple-choice option sets for a dataset split",
                                  description="Mine hard negatives and write FOCI option sets "
                                              "{groundtruth: [{image, options, groundtruth}]} for a dataset split.")
     parser.add_argument("data", help="a synthetic benchmark folder, a save_to_disk folder, or an imagefolder")
     parser.add_argument("--output", required=True, help="the FOCI JSON file to write")
     parser.add_argument("--split", default="test", help="split to build questions for (default test)")
-    parser.add_argument("--miner", choices=["attributes", "confusion", "text-embeddings"], default="attributes",
+    parser.add_argument("--miner", choices=MINERS, default="attributes",
                         help="attributes: overlap of the `attributes` column; confusion: --confusion file; "
                              "text-embeddings: cosine similarity of category names under --model")
     parser.add_argument("--confusion", help="FOCI results JSON (predictions with 'correct'/'predicted') or "
@@ -244,73 +224,20 @@ def _register_options(commands) -> None:
 
 
 def run_options(args) -> int:
-    from finedefics_data.negatives import build_option_sets
+    from finedefics_data.option_sets import mine_negatives, split_records, write_option_sets
 
-    records = _split_records(Path(args.data), args.split, Path(args.image_root or args.data))
-    names = sorted({r["category"] for r in records})
-    negatives = _mine(args, records, names, args.num_options - 1)
-    option_sets = build_option_sets(records, negatives, num_options=args.num_options, seed=args.seed)
-    Path(args.output).write_text(json.dumps(option_sets, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{args.output}: {sum(map(len, option_sets.values()))} questions over {len(option_sets)} categories")
+    records = split_records(Path(args.data), args.split, Path(args.image_root or args.data))
+    embed = _text_embedder(args.model) if args.miner == "text-embeddings" and args.model else None
+    negatives = mine_negatives(args.miner, records, args.num_options - 1, confusion_file=args.confusion,
+                               text_embedder=embed)
+    count = write_option_sets(args.output, records, negatives, num_options=args.num_options, seed=args.seed)
+    print(f"{args.output}: {count['questions']} questions over {count['categories']} categories")
     return 0
 
 
-def _split_records(data: Path, split: str, image_root: Path) -> list[dict]:
-    """``category``, ``attributes`` and an image path (relative to ``image_root``) per row of a split."""
-    import datasets
+def _text_embedder(model_name_or_path: str):
+    """Text embeddings of a checkpoint, loaded through evaluation's checked loader."""
+    from finedefics_data.negatives import finedefics_text_embedder
+    from finedefics_eval.loading import load_model
 
-    if not data.is_dir():
-        raise FileNotFoundError(f"{data} is not a folder")
-    if (data / "categories.json").is_file():
-        from finedefics_data.synth import load_synthetic_dataset
-
-        splits = load_synthetic_dataset(data)
-    elif (data / "dataset_dict.json").is_file():
-        splits = datasets.load_from_disk(str(data))
-    else:
-        splits = datasets.load_dataset("imagefolder", data_dir=str(data))
-    if split not in splits:
-        raise ValueError(f"{data} has no split {split!r} (has {sorted(splits)})")
-    table = splits[split]
-    if "category" not in table.column_names:
-        raise ValueError(f"{data} ({split}): column 'category' is missing (has {table.column_names})")
-    table = table.cast_column("image", datasets.Image(decode=False))
-    records = []
-    for row in table:
-        path = Path(row["image"]["path"] or "")
-        relative = path.relative_to(image_root.resolve()) if path.is_absolute() and path.is_relative_to(image_root.resolve()) else path
-        records.append({"category": row["category"], "image": relative.as_posix(), "attributes": row.get("attributes") or "{}"})
-    return records
-
-
-def _mine(args, records: list[dict], names: list[str], k: int) -> dict:
-    from finedefics_data import negatives as miners
-    from finedefics_data.readers import category_attributes
-
-    if args.miner == "attributes":
-        return miners.mine_by_attributes(category_attributes(records), k)
-    if args.miner == "confusion":
-        if not args.confusion:
-            raise ValueError("--miner confusion needs --confusion FILE.json")
-        confusion, confusion_names = _read_confusion(Path(args.confusion))
-        return miners.mine_by_confusion(confusion, confusion_names, k)
-    if not args.model:
-        raise ValueError("--miner text-embeddings needs --model CHECKPOINT")
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(args.model, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    return miners.mine_by_embeddings(names, miners.finedefics_text_embedder(model, processor), k)
-
-
-def _read_confusion(path: Path):
-    from finedefics_data.negatives import confusion_from_predictions
-
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if "matrix" in data and "names" in data:
-        return data["matrix"], data["names"]
-    if "predictions" in data:
-        predictions = data["predictions"]
-        names = sorted({p["correct"] for p in predictions} | {o for p in predictions for o in p.get("options", [])})
-        return confusion_from_predictions([p["correct"] for p in predictions], [p["predicted"] for p in predictions], names), names
-    raise ValueError(f"{path}: expected FOCI results ('predictions') or {{'names', 'matrix'}}")
+    return finedefics_text_embedder(*load_model(model_name_or_path))
