@@ -64,6 +64,7 @@ def test_old_import_paths_are_the_moved_modules():
     import finedefics_data.synth
 
     assert importlib.import_module("finedefics_training.data.synth") is finedefics_data.synth
+    assert importlib.import_module("finedefics_training.data.synth.drawing") is finedefics_data.synth.drawing
     assert importlib.import_module("finedefics_eval.prompts") is finedefics_data.prompts
     from finedefics_training.data.readers import read_reference_csv
 

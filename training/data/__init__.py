@@ -14,3 +14,8 @@ for _name in _MODULES:
     _module = importlib.import_module(f"finedefics_data.{_name}")
     sys.modules[f"{__name__}.{_name}"] = _module
     globals()[_name] = _module
+
+# synth is a package: its modules get the old prefix too, or ``finedefics_training.data.synth.drawing``
+# would import a second copy of ``finedefics_data.synth.drawing`` (and a patch there would reach nothing).
+for _name in ("config", "corpus", "drawing", "loading", "readme", "vocabulary", "writing"):
+    sys.modules[f"{__name__}.synth.{_name}"] = importlib.import_module(f"finedefics_data.synth.{_name}")
