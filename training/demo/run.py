@@ -179,7 +179,8 @@ def make_data(data_dir: Path, plan: DemoPlan) -> None:
 
 # --------------------------------------------------------------------------- base model
 def shipped_base_dir() -> Path:
-    return Path(str(resources.files(__package__).joinpath(SHIPPED_BASE)))
+    # demo_base/ is package data of finedefics_training (see pyproject.toml), one level above this subpackage.
+    return Path(str(resources.files("finedefics_training").joinpath(SHIPPED_BASE)))
 
 
 def shipped_base_for(recipe: dict) -> Path | None:
@@ -215,7 +216,7 @@ def copy_shipped_base(source: Path, final_dir: Path) -> None:
 
 def make_initial_model(data, model_dir: Path, plan: DemoPlan) -> None:
     """A tiny model whose tokenizer knows the data's words and whose config records the data's noun."""
-    from .init_model import init_model
+    from ..init_model import init_model
 
     corpus = data.text_corpus() if data.synth_config is not None else None
     if model_dir.exists():
@@ -227,7 +228,7 @@ def make_initial_model(data, model_dir: Path, plan: DemoPlan) -> None:
 def pretrain_vision_phase(data, model_dir: Path, work_dir: Path, plan: DemoPlan) -> dict:
     from modeling_finedefics import FinedeficsConfig
 
-    from .base import attribute_pool, pretrain_vision
+    from ..base import attribute_pool, pretrain_vision
     from finedefics_data.synth import ATTRIBUTES
 
     patch_size = FinedeficsConfig.from_pretrained(model_dir).vision_config.patch_size
@@ -245,7 +246,7 @@ def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
 
     from finedefics_data.prompts import describe_instruction
 
-    from .base import attribute_pool, base_dataset, category_descriptions, description_choice_rows, knowledge_rows
+    from ..base import attribute_pool, base_dataset, category_descriptions, description_choice_rows, knowledge_rows
 
     describe = describe_instruction(data.noun)
     if data.synth_config is not None:
@@ -319,8 +320,8 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
                 learning_rate: float, seed: int, use_hard_negatives: bool = True, freeze_vision_tower: bool | None = None,
                 batch_size: int | None = None, desc: str = "training") -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
-    from .config import FinedeficsTrainingConfig
-    from .recipe import DataArguments, ModelArguments, run_stage
+    from ..config import FinedeficsTrainingConfig
+    from ..recipe import DataArguments, ModelArguments, run_stage
 
     if freeze_vision_tower is None:
         freeze_vision_tower = plan.freeze_vision_tower
@@ -395,7 +396,7 @@ def measure_premise(base: Path, data, split: str, plan: DemoPlan, path: Path) ->
     """Object information extraction and category knowledge of the base model (see ``premise.py``)."""
     from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
 
-    from .premise import category_knowledge, multiple_choice_in_text, object_information_extraction
+    from ..premise import category_knowledge, multiple_choice_in_text, object_information_extraction
 
     model = FinedeficsForConditionalGeneration.from_pretrained(base).eval()
     processor = FinedeficsProcessor.from_pretrained(base)
@@ -457,9 +458,9 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
             result is bit for bit the shipped one.
         eval_split: ``test`` for the final table, ``validation`` while choosing settings.
     """
-    from .checkpoints import check_output_dir
-    from .demo_data import DemoData
-    from .demo_report import write_demo_report
+    from ..checkpoints import check_output_dir
+    from ..demo_data import DemoData
+    from ..demo_report import write_demo_report
 
     plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
     check_output_dir(output_dir)
