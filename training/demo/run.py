@@ -6,19 +6,15 @@ import json
 import logging
 from pathlib import Path
 
+from .data import DemoData, make_data
 from .evaluation import evaluate_models, export_model, load_scores, measure_premise
 from .phases import Phases
-from .plan import DemoPlan, apply_overrides, base_recipe, default_plan, quick_plan
+from .plan import apply_overrides, base_recipe, default_plan, quick_plan
+from .report import write_demo_report
 from .shipped_base import copy_shipped_base, record_build, shipped_base_for
 from .train import build_base, train_variants
 
 VARIANTS = ("finedefics", "instruction_tuning", "no_hard_negatives")
-
-
-def make_data(data_dir: Path, plan: DemoPlan) -> None:
-    from finedefics_data.synth import SynthConfig, generate_benchmark
-
-    generate_benchmark(data_dir, SynthConfig(**plan.synth), progress=False, overwrite=True)
 
 
 def _quiet_libraries() -> None:
@@ -51,8 +47,6 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
         eval_split: ``test`` for the final table, ``validation`` while choosing settings.
     """
     from ..checkpoints import check_output_dir
-    from ..demo_data import DemoData
-    from ..demo_report import write_demo_report
 
     plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
     check_output_dir(output_dir)
