@@ -1,0 +1,109 @@
+"""The demo's plan: the sizes of one run, the shipped plans, and ``--set`` overrides checked on arrival."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DemoPlan:
+    """Sizes of one demo run; ``default_plan()`` and ``quick_plan()`` are the shipped ones.
+
+    Fields before ``stage1_steps`` define the base model (see ``BASE_FIELDS``): a plan whose base fields
+    equal those recorded with the shipped base starts from it instead of building one.
+    """
+
+    synth: dict = field(default_factory=dict)
+    preset: str = "tiny"
+    image_seq_len: int = 8
+    base_seed: int = 0
+    pool_size: int = 20000
+    vision_steps: int = 3000
+    vision_batch_size: int = 64
+    vision_learning_rate: float = 2e-3
+    caption_images: int = 6000
+    choice_images: int = 3000
+    base_steps: int = 2000
+    base_batch_size: int = 16
+    base_learning_rate: float = 1e-3
+    knowledge_repeats: int = 20
+    base_freeze_vision_tower: bool = True
+    stage1_steps: int = 200
+    stage2_steps: int = 200
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    freeze_vision_tower: bool = True
+    closed_set_ratio: float = 0.5
+    eval_batch_size: int = 32
+    premise_images: int = 560
+    save_steps: int = 100
+
+
+BASE_FIELDS = ("synth", "preset", "image_seq_len", "base_seed", "pool_size", "vision_steps", "vision_batch_size",
+               "vision_learning_rate", "caption_images", "choice_images", "base_steps", "base_batch_size", "base_learning_rate",
+               "knowledge_repeats", "base_freeze_vision_tower")
+
+
+def default_plan() -> DemoPlan:
+    return DemoPlan()
+
+
+def quick_plan() -> DemoPlan:
+    """A smoke test of every phase in about a minute: a micro model whose premise is NOT expected to hold."""
+    return DemoPlan(
+        synth=dict(num_genera=4, species_per_genus=3, train_per_category=16, rare_train_per_category=3,
+                   validation_per_category=2, test_per_category=6),
+        preset="micro", pool_size=1200, vision_steps=60, vision_batch_size=32, caption_images=400, choice_images=200,
+        base_steps=120,
+        base_batch_size=8, knowledge_repeats=2, stage1_steps=40, stage2_steps=40, batch_size=8, eval_batch_size=16,
+        premise_images=24, save_steps=50,
+    )
+
+
+def apply_overrides(plan: DemoPlan, overrides: dict[str, str]) -> DemoPlan:
+    """``{"stage1_steps": "600"}`` -> a plan with that field changed (values parsed as YAML scalars).
+
+    Each value is checked against the field's type and range here, so a bad ``--set`` fails at once
+    rather than minutes later, in the phase that first reads it.
+    """
+    import yaml
+
+    known = set(DemoPlan.__dataclass_fields__)
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown demo setting {key!r}; known: {', '.join(sorted(known))}")
+        value = yaml.safe_load(value) if isinstance(value, str) else value
+        check_plan_value(key, value)
+        setattr(plan, key, value)
+    return plan
+
+
+# Plan fields that may be 0 (every other int counts steps, images or a batch, and must be at least 1).
+MAY_BE_ZERO = ("base_seed", "knowledge_repeats")
+RATIOS = ("closed_set_ratio",)
+
+
+def check_plan_value(key: str, value) -> None:
+    """A clear error when ``value`` does not fit ``DemoPlan.<key>`` (its type, and its range where it has one)."""
+    kind = DemoPlan.__dataclass_fields__[key].type  # a string: annotations are postponed in this module
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"demo setting {key} must be an integer, got {value!r}")
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"demo setting {key} must be a number, got {value!r}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ValueError(f"demo setting {key} must be true or false, got {value!r}")
+    if kind == "str" and not isinstance(value, str):
+        raise ValueError(f"demo setting {key} must be a string, got {value!r}")
+    if kind == "dict" and not isinstance(value, dict):
+        raise ValueError(f"demo setting {key} must be a mapping, got {value!r}")
+    if kind == "int" and value < (0 if key in MAY_BE_ZERO else 1):
+        raise ValueError(f"demo setting {key} must be at least {0 if key in MAY_BE_ZERO else 1}, got {value}")
+    if kind == "float" and key in RATIOS and not 0 <= value <= 1:
+        raise ValueError(f"demo setting {key} must be between 0 and 1, got {value}")
+    if kind == "float" and key not in RATIOS and value <= 0:
+        raise ValueError(f"demo setting {key} must be positive, got {value}")
+
+
+def base_recipe(plan: DemoPlan, data_identity: dict) -> dict:
+    """What determines the base model: the base fields of the plan and the data it is built on."""
+    return {"plan": {name: getattr(plan, name) for name in BASE_FIELDS}, "data": data_identity}

@@ -1,0 +1,92 @@
+"""``run_demo``: the demo's phases in order, from the benchmark to the report and the exported model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .data import DemoData, make_data
+from .evaluation import evaluate_models, export_model, load_scores, measure_premise
+from .phases import Phases
+from .plan import apply_overrides, base_recipe, default_plan, quick_plan
+from .report import write_demo_report
+from .shipped_base import copy_shipped_base, record_build, shipped_base_for
+from .train import build_base, train_variants
+
+VARIANTS = ("finedefics", "instruction_tuning", "no_hard_negatives")
+
+
+def _quiet_libraries() -> None:
+    """The demo prints one line per phase and one progress bar: silence the libraries' own chatter."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # weight loading / saving bars
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    for name in ("finedefics_training.recipe", "finedefics_training.trainer", "finedefics_data",
+                 "finedefics_training.base", "finedefics_eval", "modeling_finedefics"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional CPU kernels it cannot find; no QLoRA here
+
+
+def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...] = (0,), overrides: dict | None = None,
+             data_dir: str | Path | None = None, rebuild_base: bool = False, eval_split: str = "test") -> str:
+    """Run the whole demo into ``output_dir`` and return the comparison table (markdown).
+
+    Args:
+        quick: the smoke-test plan (micro model; the premise is not expected to hold).
+        seeds: training seeds of the variants; the benchmark, the base and the evaluation questions are
+            the same for all of them, so seeds differ only in the variants' training.
+        overrides: fields of the plan to change (e.g. ``{"stage1_steps": 600}``).
+        data_dir: a dataset folder from ``finedefics data`` instead of the embedded benchmark.
+        rebuild_base: build the base model even when the shipped one fits, and say whether the
+            result is bit for bit the shipped one.
+        eval_split: ``test`` for the final table, ``validation`` while choosing settings.
+    """
+    from ..checkpoints import check_output_dir
+
+    plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
+    check_output_dir(output_dir)
+    _quiet_libraries()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    phases = Phases(output_dir)
+    runs_dir, report_dir = output_dir / "runs", output_dir / "report"
+    report_dir.mkdir(exist_ok=True)
+
+    if data_dir is None:
+        data_dir = output_dir / "data"
+        phases.run("benchmark", make_data, data_dir, plan)
+    data = DemoData.open(Path(data_dir), output_dir / "data-prepared")
+    if eval_split not in data.splits:
+        raise ValueError(f"{data_dir} has no {eval_split!r} split to evaluate on (has {sorted(data.splits)})")
+
+    recipe = base_recipe(plan, data.identity())
+    shipped = None if rebuild_base else shipped_base_for(recipe)
+    if shipped is not None:
+        phases.run("base model (shipped)", copy_shipped_base, shipped, runs_dir / "base" / "final")
+        base = runs_dir / "base" / "final"
+    else:
+        base = build_base(data, runs_dir, plan, phases)
+        record_build(base, recipe, phases, rebuild_base)
+
+    premise = phases.run("premise (base model)", measure_premise, base, data, eval_split, plan, report_dir / "premise.json")
+    premise = premise or json.loads((report_dir / "premise.json").read_text())
+    phases.run("evaluation: base", evaluate_models, {"base": base}, data, eval_split, report_dir, plan,
+               desc="evaluating the base")
+    runs, scores = {}, load_scores(report_dir, ["base"])
+    for seed in seeds:
+        variants = train_variants(base, data.training_dir, runs_dir, plan, seed, phases)
+        seed_dir = report_dir / f"seed-{seed}"
+        phases.run(f"seed {seed}: evaluation", evaluate_models, {k: v[0] for k, v in variants.items()}, data,
+                   eval_split, seed_dir, plan, desc=f"seed {seed}: evaluating")
+        runs[seed] = {name: stage_dirs for name, (_, stage_dirs) in variants.items()}
+        scores[seed] = load_scores(seed_dir, VARIANTS)
+    table = write_demo_report(report_dir, premise, scores, runs, plan, phases, data, eval_split)
+    first = seeds[0]
+    phases.run("export model", export_model, runs_dir / f"seed-{first}" / "finedefics-2" / "final",
+               output_dir / "model", report_dir / f"seed-{first}")
+    return table

@@ -1,0 +1,130 @@
+"""The demo's training phases: the base model built from scratch (when the shipped one does not fit),
+and the three variants trained from it at equal optimizer steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from .phases import PhaseProgress, Phases
+from .plan import DemoPlan
+
+# One logger for the whole demo, as when it was one module: the console lines keep their
+# "finedefics_training.demo:" prefix.
+logger = logging.getLogger(__package__)
+
+
+def make_initial_model(data, model_dir: Path, plan: DemoPlan) -> None:
+    """A tiny model whose tokenizer knows the data's words and whose config records the data's noun."""
+    from ..init_model import init_model
+
+    corpus = data.text_corpus() if data.synth_config is not None else None
+    if model_dir.exists():
+        shutil.rmtree(model_dir)  # left by an interrupted run (the phase was not recorded as done)
+    init_model([data.training_dir], model_dir, preset=plan.preset, noun=data.noun, image_size=data.image_size,
+               seed=plan.base_seed, image_seq_len=plan.image_seq_len, corpus=corpus)
+
+
+def pretrain_vision_phase(data, model_dir: Path, work_dir: Path, plan: DemoPlan) -> dict:
+    from modeling_finedefics import FinedeficsConfig
+
+    from ..base import attribute_pool, pretrain_vision
+    from finedefics_data.synth import ATTRIBUTES
+
+    patch_size = FinedeficsConfig.from_pretrained(model_dir).vision_config.patch_size
+    pool = attribute_pool(plan.pool_size, data.synth_config, patch_size=patch_size)
+    accuracy = pretrain_vision(model_dir, work_dir, pool, ATTRIBUTES, plan.vision_steps, plan.vision_batch_size,
+                               plan.vision_learning_rate, plan.base_seed, progress=PhaseProgress("base: vision pre-training"))
+    (work_dir / "probe_accuracy.json").write_text(json.dumps(accuracy, indent=1))
+    return accuracy
+
+
+def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
+    """Captioning and description-choice rows (pool images; the training images without a pool) + text-only
+    category knowledge (rare categories included)."""
+    import datasets
+
+    from finedefics_data.prompts import describe_instruction
+
+    from ..base import attribute_pool, base_dataset, category_descriptions, description_choice_rows, knowledge_rows
+
+    describe = describe_instruction(data.noun)
+    if data.synth_config is not None:
+        # Pool images after those of the vision pre-training: captioning and choices see new birds.
+        captions = attribute_pool(plan.caption_images, data.synth_config, start=plan.pool_size)
+        choices = attribute_pool(plan.choice_images, data.synth_config, start=plan.pool_size + plan.caption_images)
+        image_rows = [(image, describe, caption) for image, caption in zip(captions.images, captions.captions)]
+        image_rows += description_choice_rows(choices, data.noun, seed=plan.base_seed)
+    else:
+        image_rows = [(row["image"], describe, row["attribute"]) for row in data.splits["train"] if row.get("attribute")]
+    descriptions = category_descriptions(data.splits["train"], data.categories)
+    knowledge = knowledge_rows(descriptions, data.noun, plan.knowledge_repeats, data.negatives(), seed=plan.base_seed)
+    datasets.DatasetDict({"train": base_dataset(image_rows, knowledge)}).save_to_disk(str(output_dir))
+    logger.info("base data: %d image rows (captions, description choices) + %d text-only knowledge rows",
+                len(image_rows), len(knowledge))
+
+
+def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
+    """Initial model -> vision pre-training (with a pool) -> captioning + knowledge stage; returns final/."""
+    initial = runs_dir / "base-initial"
+    phases.run("base: initial model", make_initial_model, data, initial, plan)
+    if data.synth_config is not None:
+        phases.run("base: vision pre-training", pretrain_vision_phase, data, initial, runs_dir / "base-vision", plan)
+    phases.run("base: captioning + knowledge data", make_base_dataset, data, runs_dir / "base-data", plan)
+    # The trainer warns that these rows hold no recognition question: for a base stage that is the point.
+    trainer_logger = logging.getLogger("finedefics_training.trainer")
+    level, trainer_logger.level = trainer_logger.level, logging.ERROR
+    try:
+        phases.run("base: captioning + knowledge", train_phase, initial, runs_dir / "base-data", runs_dir / "base",
+                   plan, stage=2, steps=plan.base_steps, learning_rate=plan.base_learning_rate, seed=plan.base_seed,
+                   batch_size=plan.base_batch_size, freeze_vision_tower=plan.base_freeze_vision_tower,
+                   desc="base: captioning + knowledge")
+    finally:
+        trainer_logger.setLevel(level)
+    return runs_dir / "base" / "final"
+
+def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
+                learning_rate: float, seed: int, use_hard_negatives: bool = True, freeze_vision_tower: bool | None = None,
+                batch_size: int | None = None, desc: str = "training") -> Path:
+    """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
+    from ..config import FinedeficsTrainingConfig
+    from ..recipe import DataArguments, ModelArguments, run_stage
+
+    if freeze_vision_tower is None:
+        freeze_vision_tower = plan.freeze_vision_tower
+    model_args = ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
+                                freeze_vision_tower=freeze_vision_tower)
+    args = FinedeficsTrainingConfig(
+        output_dir=str(output_dir), stage=stage, max_steps=steps, per_device_train_batch_size=batch_size or plan.batch_size,
+        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
+        weight_decay=0.01, logging_steps=max(1, min(10, steps // 10)), save_strategy="steps",
+        save_steps=plan.save_steps, save_total_limit=1, report_to="none", seed=seed, data_seed=seed,
+        use_cpu=True, dataloader_num_workers=0, use_hard_negatives=use_hard_negatives, num_negatives=3,
+        closed_set_ratio=plan.closed_set_ratio,
+    )
+    return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
+
+
+def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases) -> dict:
+    """The three variants from ``base`` at equal optimizer steps; returns {variant: (final dir, stage dirs)}."""
+    prefix = f"seed {seed}: "
+    stage1 = dict(stage=1, steps=plan.stage1_steps, learning_rate=plan.learning_rate, seed=seed)
+    stage2 = dict(stage=2, steps=plan.stage2_steps, learning_rate=plan.learning_rate, seed=seed)
+    run = runs_dir / f"seed-{seed}"
+    steps = [
+        ("finedefics stage I", base, run / "finedefics-1", dict(stage1)),
+        ("finedefics stage II", run / "finedefics-1" / "final", run / "finedefics-2", dict(stage2)),
+        ("instruction tuning", base, run / "instruction-tuning",
+         dict(stage2, steps=plan.stage1_steps + plan.stage2_steps)),
+        ("no hard negatives stage I", base, run / "no-hn-1", dict(stage1, use_hard_negatives=False)),
+        ("no hard negatives stage II", run / "no-hn-1" / "final", run / "no-hn-2", dict(stage2)),
+    ]
+    for name, source, output, kwargs in steps:
+        phases.run(prefix + name, train_phase, source, data_dir, output, plan, desc=prefix + name, **kwargs)
+    return {
+        "finedefics": (run / "finedefics-2" / "final", [run / "finedefics-1", run / "finedefics-2"]),
+        "instruction_tuning": (run / "instruction-tuning" / "final", [run / "instruction-tuning"]),
+        "no_hard_negatives": (run / "no-hn-2" / "final", [run / "no-hn-1", run / "no-hn-2"]),
+    }
