@@ -111,8 +111,8 @@ def main() -> None:
         mask = seen[:, j]
         print(f"  {name:13s} {100 * (predicted[mask, j] == test_y[mask, j]).mean():5.1f}%")
     apart = seen & setting_apart
-    print(f"  values that set a species apart from its siblings: {100 * (predicted[apart] == test_y[apart]).mean():.1f}% "
-          f"({int(apart.sum())} values)")
+    print("  values that set a species apart from its siblings: "
+          f"{100 * (predicted[apart] == test_y[apart]).mean():.1f}% ({int(apart.sum())} values)")
 
 
 if __name__ == "__main__":

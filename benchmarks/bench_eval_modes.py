@@ -123,7 +123,8 @@ def main(argv=None) -> dict:
     processor = build_tiny_processor(build_tiny_tokenizer(CATEGORIES))
     model = build_tiny_model(processor, preset=args.preset, seed=0, **parse_overrides(args.override)).eval()
     benchmark = build_benchmark(args.images)
-    result = {"preset": args.preset, "overrides": args.override, "parameters": sum(p.numel() for p in model.parameters()),
+    result = {"preset": args.preset, "overrides": args.override,
+              "parameters": sum(p.numel() for p in model.parameters()),
               "images": args.images, "threads": torch.get_num_threads(), "runs": []}
     for batch_size in args.batch_size:
         run = measure(model, processor, benchmark, batch_size)

@@ -10,9 +10,9 @@ are back-propagated, for no parameter. ``FinedeficsForConditionalGeneration.enab
 hooks the vision tower only while some vision parameter trains.
 
 One run, one tiny model (random weights, CPU, float32), LoRA as in the recipes (vision tower not
-targeted), activation checkpointing on (``--no-activation-checkpointing``: off), and one stage I batch (LM pass + batched contrastive pass,
-as ``bench_train_step.py`` builds it). Two copies of the same model differ only in which
-``enable_input_require_grads`` ran. Measured per variant:
+targeted), activation checkpointing on (``--no-activation-checkpointing``: off), and one stage I batch
+(LM pass + batched contrastive pass, as ``bench_train_step.py`` builds it). Two copies of the same
+model differ only in which ``enable_input_require_grads`` ran. Measured per variant:
 
 - bytes saved for backward in one step (every tensor autograd keeps, counted through
   ``torch.autograd.graph.saved_tensors_hooks``): the activation memory the graph holds at its peak;
@@ -120,13 +120,15 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|"]
     for variant, row in result["variants"].items():
         lines.append(f"| {variant} | {'yes' if row['vision_output_in_graph'] else 'no'} | "
-                     f"{row['saved_bytes'] / 2**20:.1f} MiB ({row['saved_tensors']} tensors) | {row['median_ms']:.1f} |")
+                     f"{row['saved_bytes'] / 2**20:.1f} MiB ({row['saved_tensors']} tensors) | "
+                     f"{row['median_ms']:.1f} |")
     old, new = (result["variants"][variant] for variant in VARIANTS)
     lines.append("")
     lines.append(f"Finedefics / transformers: saved for backward {new['saved_bytes'] / old['saved_bytes']:.2f}x, "
                  f"step time {new['median_ms'] / old['median_ms']:.2f}x. First-step loss {old['loss']:.6f} vs "
                  f"{new['loss']:.6f}. Preset {result['preset']}, batch {result['batch_size']}, LoRA, activation "
-                 f"checkpointing {'on' if result['activation_checkpointing'] else 'off'}, torch threads {result['threads']}, {result['repeats']} timed rounds.")
+                 f"checkpointing {'on' if result['activation_checkpointing'] else 'off'}, torch threads "
+                 f"{result['threads']}, {result['repeats']} timed rounds.")
     return "\n".join(lines)
 
 
@@ -165,7 +167,8 @@ def main(argv=None) -> dict:
     result = {"preset": args.preset, "batch_size": args.batch_size, "repeats": args.repeats,
               "activation_checkpointing": args.activation_checkpointing,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "variants": {variant: {"saved_bytes": first[variant]["bytes"], "saved_tensors": first[variant]["tensors"],
+              "variants": {variant: {"saved_bytes": first[variant]["bytes"],
+                                     "saved_tensors": first[variant]["tensors"],
                                      "vision_output_in_graph": first[variant]["vision_output_in_graph"],
                                      "loss": first[variant]["loss"],
                                      "median_ms": 1000 * statistics.median(times[variant])}

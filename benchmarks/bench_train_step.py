@@ -158,7 +158,8 @@ def losses_batched(model, batch: dict, criterion, timer: Timer):
     from finedefics_training.trainer import build_contrastive_batch
 
     contrastive = batch["contrastive"]
-    outputs, lm_loss = lm_forward(model, batch["lm"], timer, contrastive_input_ids=contrastive["contrastive_input_ids"],
+    outputs, lm_loss = lm_forward(model, batch["lm"], timer,
+                                  contrastive_input_ids=contrastive["contrastive_input_ids"],
                                   contrastive_attention_mask=contrastive["contrastive_attention_mask"])
     with timer("contrastive loss"):
         result = criterion(build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive),
@@ -327,7 +328,8 @@ def summarise_profile(times: dict) -> dict:
 def markdown(result: dict) -> str:
     lines = ["| variant | ms/step (median) | ms/step (mean) | ratio to stage II |", "|---|---|---|---|"]
     for variant, row in result["variants"].items():
-        lines.append(f"| {variant} | {row['median_ms']:.1f} | {row['mean_ms']:.1f} | {row['ratio_to_stage_II']:.2f}x |")
+        lines.append(f"| {variant} | {row['median_ms']:.1f} | {row['mean_ms']:.1f} | "
+                     f"{row['ratio_to_stage_II']:.2f}x |")
     lines.append("")
     lines.append(f"torch threads: {result['threads']}; preset {result['preset']} ({result['shapes']['parameters']:,} "
                  f"parameters, {result['shapes']['trainable_parameters']:,} trainable); batch {result['batch_size']}; "
@@ -340,7 +342,8 @@ def markdown(result: dict) -> str:
         f"{name} {real} / {padded}" for name, (real, padded) in result["shapes"]["tokens"].items()) + ".")
     check = result["first_step_check"]
     lines.append(f"First-step check (batched vs reference): contrastive loss {check['contrastive_loss'][0]:.6f} vs "
-                 f"{check['contrastive_loss'][1]:.6f}, LM loss {check['lm_loss'][0]:.6f} vs {check['lm_loss'][1]:.6f}.")
+                 f"{check['contrastive_loss'][1]:.6f}, LM loss {check['lm_loss'][0]:.6f} vs "
+                 f"{check['lm_loss'][1]:.6f}.")
     ratio = result["variants"]["stage I (batched)"]["ratio_to_stage_II"]
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
     lines.append(f"Target stage I (batched) <= {TARGET_RATIO}x stage II: {verdict} ({ratio:.2f}x).")

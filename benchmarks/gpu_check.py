@@ -50,7 +50,8 @@ def prepare(folder: Path) -> tuple[Path, Path]:
     from finedefics_data.synth import SynthConfig, generate_benchmark, text_corpus
     from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
-    data_dir = generate_benchmark(folder / "synth", SynthConfig(num_genera=2, species_per_genus=3, train_per_category=8,
+    data_dir = generate_benchmark(folder / "synth",
+                                  SynthConfig(num_genera=2, species_per_genus=3, train_per_category=8,
                                   rare_train_per_category=3, test_per_category=2), progress=False)
     processor = build_tiny_processor(build_tiny_tokenizer(text_corpus(data_dir)))
     model_dir = folder / "micro"
@@ -112,7 +113,8 @@ def check_qlora(args, folder) -> str:
         raise AssertionError(f"non-finite loss: {losses}")
     if args.device != "cpu" and not sum(losses[-3:]) < sum(losses[:3]):
         raise AssertionError(f"loss did not fall over {steps} steps: {losses[:3]} -> {losses[-3:]}")
-    return f"{steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; merged checkpoint classifies ({_classifies(final)!r})"
+    return (f"{steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; merged checkpoint classifies "
+            f"({_classifies(final)!r})")
 
 
 def check_bf16(args, folder) -> str:
@@ -128,7 +130,8 @@ def check_bf16(args, folder) -> str:
     before = load_file(model_dir / "model.safetensors")["temperatures.object_attribute"]
     after = load_file(stage1 / "model.safetensors")["temperatures.object_attribute"]
     if after.dtype != torch.float32 or torch.equal(before.float(), after.float()):
-        raise AssertionError(f"temperature {before.item():.6f} -> {after.item():.6f} ({after.dtype}): not trained in float32")
+        raise AssertionError(f"temperature {before.item():.6f} -> {after.item():.6f} ({after.dtype}): not trained in "
+                             "float32")
     return (f"stage I loss {_losses(stage1.parent)[-1]:.3f}, stage II loss {_losses(stage2.parent)[-1]:.3f}; "
             f"log-scale {before.item():.5f} -> {after.item():.5f} (float32)")
 

@@ -33,7 +33,8 @@ NOT_VISIBLE = {"", "not visible", "unknown", "none", "n/a", "na", "not sure", "c
 
 
 def load_prompt(name: str) -> str:
-    """The prompt template ``description_prompts/<name>.txt`` (``attribute_list``, ``attribute_question``, ``summary``)."""
+    """The prompt template ``description_prompts/<name>.txt`` (``attribute_list``, ``attribute_question``,
+    ``summary``)."""
     path = PROMPTS_DIR / f"{name}.txt"
     if not path.is_file():
         available = sorted(p.stem for p in PROMPTS_DIR.glob("*.txt"))
@@ -81,10 +82,12 @@ def vqa_caller(fn) -> Callable[[object, str], str]:
         return lambda image, question: as_text(fn(image=image, question=question, top_k=1))
     if fn.task == "image-text-to-text":
         def ask(image, question):
-            messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+            messages = [{"role": "user",
+                         "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
             return as_text(fn(text=messages, max_new_tokens=16, return_full_text=False))
         return ask
-    raise ValueError(f"a {fn.task!r} pipeline cannot answer questions about images; use visual-question-answering or image-text-to-text")
+    raise ValueError(f"a {fn.task!r} pipeline cannot answer questions about images; use visual-question-answering or "
+                     "image-text-to-text")
 
 
 def text_caller(fn, max_new_tokens: int = 48) -> Callable[[str], str]:
@@ -120,8 +123,8 @@ def propose_attributes(super_category: str, llm_fn, max_attributes: int = 12, pr
     answer = text_caller(llm_fn)(prompt)
     attributes = parse_attribute_list(answer, max_attributes)
     if not attributes:
-        raise ValueError(f"the language model proposed no attributes for {super_category!r} (it answered {answer[:80]!r}); "
-                         "pass an attribute list instead")
+        raise ValueError(f"the language model proposed no attributes for {super_category!r} (it answered "
+                         f"{answer[:80]!r}); pass an attribute list instead")
     return attributes
 
 

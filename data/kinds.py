@@ -99,7 +99,8 @@ def derive_recognition(question: str, answer: str, row_type: str | None,
         return known, kind
     if is_recognition_type(row_type):
         if not normalize_name(name):
-            raise ValueError(f"type {row_type!r} marks a recognition question, but the answer {answer!r} names nothing")
+            raise ValueError(f"type {row_type!r} marks a recognition question, but the answer {answer!r} names "
+                             "nothing")
         return name, kind
     return None
 
@@ -121,7 +122,8 @@ def stage_treatment(kind: str, stage: int, has_attribute: bool = True) -> str:
     """What a stage trains on a row of ``kind``, in words (the keys of :func:`stage_plan`)."""
     if kind == GENERATED:
         if stage == 1:
-            return f"description ({ASKED_BY_TRAINER})" if has_attribute else f"open-set ({ASKED_BY_TRAINER}; no description)"
+            return (f"description ({ASKED_BY_TRAINER})" if has_attribute
+                    else f"open-set ({ASKED_BY_TRAINER}; no description)")
         return f"recognition ({ASKED_BY_TRAINER}: open-set or multiple choice)"
     if kind == DESCRIPTION and stage == 2:
         return f"recognition ({ASKED_BY_TRAINER} instead of the description)"
@@ -146,7 +148,7 @@ def stage_plan(rows: Iterable[Mapping], stage: int) -> tuple[Counter, list[int]]
 
 
 __all__ = [
-    "ASKED_BY_TRAINER", "DESCRIPTION", "GENERATED", "INSTRUCTION", "KINDS", "MULTIPLE_CHOICE", "OPEN_SET", "RECOGNITION_KINDS",
-    "RECOGNITION_TYPES", "derive_recognition", "is_recognition_treatment", "is_recognition_type",
+    "ASKED_BY_TRAINER", "DESCRIPTION", "GENERATED", "INSTRUCTION", "KINDS", "MULTIPLE_CHOICE", "OPEN_SET",
+    "RECOGNITION_KINDS", "RECOGNITION_TYPES", "derive_recognition", "is_recognition_treatment", "is_recognition_type",
     "known_category_index", "row_kind", "stage_plan", "stage_treatment",
 ]

@@ -64,7 +64,8 @@ def top_k_from_similarity(similarity, names: Sequence[str], k: int, exclude_non_
 
 def _check_square(matrix: np.ndarray, names: list[str]) -> None:
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(names):
-        raise ValueError(f"expected a ({len(names)}, {len(names)}) matrix for {len(names)} categories, got shape {matrix.shape}")
+        raise ValueError(f"expected a ({len(names)}, {len(names)}) matrix for {len(names)} categories, got shape "
+                         f"{matrix.shape}")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"category names must be unique; {duplicates[0]!r} appears more than once")
@@ -187,7 +188,8 @@ def _embed_in_batches(embed_fn: Callable, items: list, batch_size: int) -> np.nd
         batch = items[start:start + batch_size]
         output = _to_numpy(embed_fn(batch))
         if output.ndim != 2 or output.shape[0] != len(batch):
-            raise ValueError(f"embed_fn returned shape {tuple(output.shape)} for {len(batch)} inputs; expected ({len(batch)}, D)")
+            raise ValueError(f"embed_fn returned shape {tuple(output.shape)} for {len(batch)} inputs; expected "
+                             f"({len(batch)}, D)")
         chunks.append(output)
     return np.concatenate(chunks)
 
@@ -313,7 +315,8 @@ def build_option_sets(dataset_records, negatives: Negatives, num_options: int = 
     for row, record in enumerate(records):
         category = _record_category(record, row)
         if category not in options_by_category:
-            options_by_category[category], was_filled = _options_for(category, negatives, all_names, num_options, seed, fill)
+            options_by_category[category], was_filled = _options_for(category, negatives, all_names, num_options,
+                                                                     seed, fill)
             filled += was_filled
         option_sets.setdefault(category, []).append(
             {"image": _record_image_path(record, row, image_key), "options": options_by_category[category],

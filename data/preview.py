@@ -34,10 +34,12 @@ def write_preview(data_dir: str | Path, path: str | Path, num_genera: int = 2, i
     with Image.open(files[chosen[0]["name"]][0]) as first:
         tile = first.width * scale
     text_width, row_height = 620, tile + 14
-    sheet = Image.new("RGB", (images_per_category * (tile + 4) + text_width + 16, 44 + row_height * len(chosen)), BACKGROUND)
+    sheet = Image.new("RGB", (images_per_category * (tile + 4) + text_width + 16, 44 + row_height * len(chosen)),
+                      BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    draw.text((10, 10), f"Synthetic fine-grained birds: {len(categories)} species in {len({c['genus'] for c in categories})} "
-                        "genera; siblings differ in one or two attributes", fill=INK, font=font)
+    draw.text((10, 10), f"Synthetic fine-grained birds: {len(categories)} species in "
+                        f"{len({c['genus'] for c in categories})} genera; siblings differ in one or two attributes",
+              fill=INK, font=font)
     for row, category in enumerate(chosen):
         top = 40 + row * row_height
         for column, file in enumerate(files[category["name"]]):

@@ -71,7 +71,8 @@ class ObjectNoun:
         return {NOUN_FIELD: self.singular, PLURAL_FIELD: self.plural}
 
     def __str__(self) -> str:
-        return self.singular if self.plural == english_plural(self.singular) else f"{self.singular} (plural {self.plural})"
+        return (self.singular if self.plural == english_plural(self.singular)
+                else f"{self.singular} (plural {self.plural})")
 
 
 def english_plural(singular: str) -> str:
@@ -100,7 +101,8 @@ def knowledge_question(name: str) -> str:
 def reverse_knowledge_question(noun: ObjectNoun, description: str) -> str:
     """Asked in text only: which category a description names ("Which bird is a slender bird with ...?")."""
     description = description.strip().rstrip(".")
-    return REVERSE_KNOWLEDGE_QUESTION.format(singular=noun.singular, description=description[:1].lower() + description[1:])
+    return REVERSE_KNOWLEDGE_QUESTION.format(singular=noun.singular,
+                                             description=description[:1].lower() + description[1:])
 
 
 def description_choice_query(noun: ObjectNoun) -> str:
@@ -132,7 +134,8 @@ def multiple_choice_prompt(query: str, options: list[str], letters: str = LETTER
 def multiple_choice_answer(letter: str, option: str, style: str = "letter") -> str:
     """The answer to a multiple choice in ``style`` (see ``MULTIPLE_CHOICE_ANSWERS``): "B" or "B. Lotus Elise"."""
     if style not in MULTIPLE_CHOICE_ANSWERS:
-        raise ValueError(f"unknown multiple-choice answer style {style!r}; choose one of {sorted(MULTIPLE_CHOICE_ANSWERS)}")
+        raise ValueError(f"unknown multiple-choice answer style {style!r}; choose one of "
+                         f"{sorted(MULTIPLE_CHOICE_ANSWERS)}")
     return MULTIPLE_CHOICE_ANSWERS[style].format(letter=letter, option=option)
 
 

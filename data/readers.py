@@ -166,7 +166,8 @@ def _check_reference_columns(path: Path, header: list[str]) -> None:
     repeated = [c for c in dict.fromkeys(header) if header.count(c) > 1]
     if repeated:
         # csv.DictReader would keep only the last column of a name, silently dropping the others' cells.
-        raise RecordError(path, None, repeated[0], f"column appears more than once in the header ({header.count(repeated[0])} "
+        raise RecordError(path, None, repeated[0],
+                          f"column appears more than once in the header ({header.count(repeated[0])} "
                           "times); rename or remove the copies")
     missing = [c for c in REFERENCE_REQUIRED_COLUMNS if c not in header]
     if "image_path" not in header and not {"image_path_1", "image_path_2"} <= set(header):
@@ -239,14 +240,16 @@ def _check_negative_separators(record: dict, known: dict[str, str], path: Path, 
     for key, field_name in (("neg_categories", "neg_category"), ("neg_attributes", "neg_attribute")):
         for index, negative in enumerate(record[key], start=1):
             if _LINE_BREAK_OR_TAB.search(negative.strip()):
-                raise RecordError(path, where_row, field_name, f"negative {index} {negative!r} holds a tab or a line break "
+                raise RecordError(path, where_row, field_name,
+                                  f"negative {index} {negative!r} holds a tab or a line break "
                                   "on its own; several negatives in one cell are separated by a tab and a newline")
     for index, name in enumerate(record["neg_categories"], start=1):
         if normalize_name(name) in known or not _LIST_PUNCTUATION.search(name):
             continue
         pieces = [piece for piece in _LIST_PUNCTUATION.split(name.strip()) if piece]
         if len(pieces) > 1 and all(normalize_name(piece) in known for piece in pieces):
-            raise RecordError(path, where_row, "neg_category", f"negative {index} {name!r} is no known category but lists "
+            raise RecordError(path, where_row, "neg_category",
+                              f"negative {index} {name!r} is no known category but lists "
                               f"the known categories {pieces}; several negatives in one cell are separated by a tab "
                               "and a newline, not by ',' or ';'")
         report.note(NEGATIVES_WITH_LIST_PUNCTUATION)
@@ -304,7 +307,8 @@ def from_classification_dataset(ds, image_column: str = "image", label_column: s
             raise RecordError(source, None, column, f"column is missing (the dataset has columns {ds.column_names})")
     id_to_name = _label_names(ds, label_column, category_names, source)
     names = sorted(set(id_to_name.values())) if id_to_name else None
-    raw = ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(ds.features[image_column], datasets.Image) else ds
+    raw = (ds.cast_column(image_column, datasets.Image(decode=False))
+           if isinstance(ds.features[image_column], datasets.Image) else ds)
     report = ReadReport(source)
     kept, rows = [], []
     rows_to_check = raw.select_columns([image_column, label_column])
@@ -402,7 +406,8 @@ def _classification_fields(categories, per_row, names, descriptions, negatives, 
         report.note("rows without hard negatives (no negatives or attributes given)", len(categories))
         negatives = {}
     canonical = _canonical_descriptions(categories, per_row, descriptions, category_descriptions)
-    neg_text = {c: [canonical[n] for n in negatives.get(c, [])] if all(canonical.get(n) for n in negatives.get(c, [])) else []
+    neg_text = {c: [canonical[n] for n in negatives.get(c, [])]
+                if all(canonical.get(n) for n in negatives.get(c, [])) else []
                 for c in set(categories)}
     without = sum(1 for c in categories if negatives.get(c) and not neg_text[c])
     if without:
@@ -410,7 +415,8 @@ def _classification_fields(categories, per_row, names, descriptions, negatives, 
     return {
         "category": categories, "label": [label_of[c] for c in categories], "attribute": per_row,
         "attributes": [json.dumps(dict((attributes or {}).get(c, {})), sort_keys=True) for c in categories],
-        "neg_categories": [list(negatives.get(c, [])) for c in categories], "neg_attributes": [neg_text[c] for c in categories],
+        "neg_categories": [list(negatives.get(c, [])) for c in categories],
+        "neg_attributes": [neg_text[c] for c in categories],
         "genus": [""] * len(categories), "is_rare": [False] * len(categories),
     }
 
@@ -451,12 +457,14 @@ def _numbered_lines(path: Path):
 
 
 def read_cub_attribute_names(path: str | Path) -> dict[int, tuple[str, str]]:
-    """``attributes.txt``: ``{attribute_id: (group, value)}`` from lines like ``1 has_bill_shape::curved_(up_or_down)``."""
+    """``attributes.txt``: ``{attribute_id: (group, value)}`` from lines like
+    ``1 has_bill_shape::curved_(up_or_down)``."""
     path = Path(path)
     names = {}
     for number, fields in _numbered_lines(path):
         if len(fields) != 2 or "::" not in fields[1] or not fields[0].isdigit():
-            raise RecordError(path, f"line {number}", None, f"expected '<id> has_<part>_<kind>::<value>', got {' '.join(fields)!r}")
+            raise RecordError(path, f"line {number}", None,
+                              f"expected '<id> has_<part>_<kind>::<value>', got {' '.join(fields)!r}")
         group, value = fields[1].split("::", 1)
         names[int(fields[0])] = (group, value)
     return names
@@ -482,7 +490,8 @@ def read_cub_attributes(cub_root: str | Path, certainty_threshold: int = 3, noun
     if certainty_threshold not in CERTAINTIES:
         raise ValueError(f"certainty_threshold must be one of {sorted(CERTAINTIES)}, got {certainty_threshold!r}")
     cub_root = Path(cub_root)
-    names = read_cub_attribute_names(_find(cub_root, ["attributes.txt", "attributes/attributes.txt", "../attributes.txt"],
+    names = read_cub_attribute_names(_find(cub_root,
+                                           ["attributes.txt", "attributes/attributes.txt", "../attributes.txt"],
                                            "CUB attributes.txt"))
     labels_path = _find(cub_root, ["attributes/image_attribute_labels.txt"], "CUB image_attribute_labels.txt")
     report = ReadReport(str(labels_path))
@@ -523,11 +532,14 @@ def _read_image_attribute_labels(path: Path, names: dict, threshold: int, report
 def _parse_label_line(path: Path, number: int, fields: list[str], names: dict) -> tuple[int, int, int, int]:
     where_line = f"line {number}"
     if len(fields) < 4:
-        raise RecordError(path, where_line, None, f"expected '<image_id> <attribute_id> <is_present> <certainty_id> <time>', got {' '.join(fields)!r}")
+        raise RecordError(path, where_line, None,
+                          "expected '<image_id> <attribute_id> <is_present> <certainty_id> <time>', got "
+                          f"{' '.join(fields)!r}")
     try:
         image_id, attribute_id, is_present, certainty = (int(f) for f in fields[:4])
     except ValueError:
-        raise RecordError(path, where_line, None, f"the first four fields must be integers, got {' '.join(fields[:4])!r}") from None
+        raise RecordError(path, where_line, None,
+                          f"the first four fields must be integers, got {' '.join(fields[:4])!r}") from None
     if attribute_id not in names:
         raise RecordError(path, where_line, "attribute_id", f"{attribute_id} is not in attributes.txt")
     if is_present not in (0, 1):
@@ -540,7 +552,8 @@ def _parse_label_line(path: Path, number: int, fields: list[str], names: dict) -
 def _read_cub_image_info(cub_root: Path) -> dict[int, dict]:
     """File names, classes and splits, where CUB's index files are present."""
     info: dict[int, dict] = defaultdict(dict)
-    files = {name: cub_root / name for name in ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt")}
+    files = {name: cub_root / name
+             for name in ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt")}
     if files["images.txt"].is_file():
         for _, fields in _numbered_lines(files["images.txt"]):
             info[int(fields[0])]["file_name"] = fields[1]
@@ -549,7 +562,8 @@ def _read_cub_image_info(cub_root: Path) -> dict[int, dict]:
         label_of = {name: i for i, name in enumerate(sorted(classes.values()))}
         for number, fields in _numbered_lines(files["image_class_labels.txt"]):
             if int(fields[1]) not in classes:
-                raise RecordError(files["image_class_labels.txt"], f"line {number}", "class_id", f"{fields[1]} is not in classes.txt")
+                raise RecordError(files["image_class_labels.txt"], f"line {number}", "class_id",
+                                  f"{fields[1]} is not in classes.txt")
             name = classes[int(fields[1])]
             info[int(fields[0])].update(category=name, label=label_of[name])
     if files["train_test_split.txt"].is_file():
@@ -572,7 +586,8 @@ def cub_phrase(group: str, values: list[str]) -> str:
     """One CUB attribute group as words: ``has_wing_color: [brown, white]`` -> ``"brown and white wings"``."""
     name = group.removeprefix("has_")
     words = name.split("_")
-    kind, part = (words[-1], " ".join(words[:-1])) if words[-1] in ("color", "pattern", "shape", "length") else (name, "")
+    kind, part = ((words[-1], " ".join(words[:-1])) if words[-1] in ("color", "pattern", "shape", "length")
+                  else (name, ""))
     part = _PLURAL_PARTS.get(part, part)
     cleaned = [_clean_cub_value(v) for v in values]
     if name == "primary_color":
@@ -582,7 +597,8 @@ def cub_phrase(group: str, values: list[str]) -> str:
     if kind == "length":
         return f"a {part} {_join_values(cleaned, 'or')}"
     if kind == "shape" and part:
-        return f"{_join_values(cleaned, 'or')} {part}" if part.endswith("s") else f"a {_join_values(cleaned, 'or')} {part}"
+        return (f"{_join_values(cleaned, 'or')} {part}" if part.endswith("s")
+                else f"a {_join_values(cleaned, 'or')} {part}")
     if kind == "pattern":
         return f"{_join_values(cleaned)} {part}" if part.endswith("s") else f"a {_join_values(cleaned)} {part}"
     return f"{_join_values(cleaned)} {part or name}".strip()
@@ -600,7 +616,8 @@ def describe_cub_attributes(values: Mapping[str, list[str]], noun: str = "bird")
                if group not in ("has_size", "has_shape") and group_values]
     if not (size or shape or details):
         return ""
-    lead = " ".join(filter(None, [_join_values(size, "or") if size else "", f"{_join_values(shape, 'or')}" if shape else "", noun]))
+    lead = " ".join(filter(None, [_join_values(size, "or") if size else "",
+                                  f"{_join_values(shape, 'or')}" if shape else "", noun]))
     article = "an" if lead[0] in "aeiou" else "a"
     return f"{article} {lead} with {_join_values(details)}." if details else f"{article} {lead}."
 
@@ -630,8 +647,8 @@ def category_attributes(records: Sequence[dict], min_share: float = 0.5) -> dict
     return result
 
 
-def build_cub_records(cub_root: str | Path, certainty_threshold: int = 3, num_negatives: int = 3, min_share: float = 0.5,
-                      check_images: bool = True, errors: str = "raise") -> dict[str, Records]:
+def build_cub_records(cub_root: str | Path, certainty_threshold: int = 3, num_negatives: int = 3,
+                      min_share: float = 0.5, check_images: bool = True, errors: str = "raise") -> dict[str, Records]:
     """CUB-200-2011 as Finedefics records, ``{"train": ..., "test": ...}``, from its own annotations.
 
     Per-image descriptions come from :func:`read_cub_attributes`. Each category's attributes are the
@@ -647,9 +664,9 @@ def build_cub_records(cub_root: str | Path, certainty_threshold: int = 3, num_ne
     class_attributes = category_attributes(per_image, min_share)
     empty = [name for name, table in class_attributes.items() if not table]
     if empty:
-        raise ValueError(f"category {empty[0]!r} has no attribute present in >= {min_share:.0%} of its images at certainty "
-                         f">= {certainty_threshold}, so it has no description and cannot be compared; lower min_share "
-                         "or certainty_threshold")
+        raise ValueError(f"category {empty[0]!r} has no attribute present in >= {min_share:.0%} of its images at "
+                         f"certainty >= {certainty_threshold}, so it has no description and cannot be compared; lower "
+                         "min_share or certainty_threshold")
     negatives = mine_by_attributes(class_attributes, k=num_negatives)
     descriptions = {name: describe_cub_attributes(attrs) for name, attrs in class_attributes.items()}
     neg_texts = negative_descriptions(negatives, descriptions)
@@ -663,7 +680,8 @@ def build_cub_records(cub_root: str | Path, certainty_threshold: int = 3, num_ne
                 handle_bad_row(error, per_image.report, errors)
                 continue
         splits["train" if record["is_train"] else "test"].append({
-            "image": str(image), "category": record["category"], "label": record["label"], "attribute": record["attribute"],
+            "image": str(image), "category": record["category"], "label": record["label"],
+            "attribute": record["attribute"],
             "attributes": record["attributes"], "neg_categories": negatives[record["category"]],
             "neg_attributes": neg_texts[record["category"]], "genus": "", "is_rare": False})
     per_image.report.rows_kept = sum(len(records) for records in splits.values())

@@ -51,7 +51,8 @@ def escapes_image_root(relative: str) -> bool:
     return PurePath(os.path.normpath(relative)).parts[:1] == ("..",)
 
 
-COLUMNS = ("image", "category", "label", "attribute", "attributes", "neg_categories", "neg_attributes", "genus", "is_rare")
+COLUMNS = ("image", "category", "label", "attribute", "attributes", "neg_categories", "neg_attributes", "genus",
+           "is_rare")
 
 # The reference training CSVs put several negatives in one cell, separated by a tab and a newline.
 NEGATIVE_SEPARATOR = "\t\n"
@@ -162,7 +163,8 @@ def _check_negatives(record: dict, fail) -> None:
     if duplicates:
         fail("neg_categories", f"lists {duplicates[0]!r} more than once")
     for index, text in enumerate(descriptions):
-        _check_description(text, "neg_attributes", lambda f, p: fail(f, f"negative {index + 1} {p}"), allow_empty=False)
+        _check_description(text, "neg_attributes", lambda f, p: fail(f, f"negative {index + 1} {p}"),
+                           allow_empty=False)
     if names and descriptions and len(names) != len(descriptions):
         fail("neg_attributes", f"has {len(descriptions)} descriptions for {len(names)} negative categories")
 
@@ -351,7 +353,8 @@ def check_image_bytes(file, name: str, source, row, field_name: str = "image") -
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
     except Image.DecompressionBombError as error:
-        raise RecordError(source, row, field_name, f"image {name} has too many pixels to decode safely ({error})") from None
+        raise RecordError(source, row, field_name,
+                          f"image {name} has too many pixels to decode safely ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as error:
         raise RecordError(source, row, field_name, f"cannot read image file {name} ({error})") from None
     try:

@@ -92,7 +92,8 @@ class Benchmark:
                              "has no examples")
         unknown = sorted({e.groundtruth for e in self.examples} - set(self.categories))
         if unknown:
-            raise ValueError(f"benchmark {self.name!r}: ground-truth labels missing from its categories: {unknown[:5]}")
+            raise ValueError(f"benchmark {self.name!r}: ground-truth labels missing from its categories: "
+                             f"{unknown[:5]}")
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -307,7 +308,8 @@ def load_synthetic_benchmark(folder: str | Path, split: str = "test", negatives:
     rare = frozenset(c["name"] for c in categories if c.get("is_rare"))
     return Benchmark(
         name=folder.name, split=split, examples=examples, categories=_ordered_unique(names),
-        **_questions(noun, folder), image_root=image_root, rare_categories=rare, display_name=f"Finedefics synthetic birds ({folder.name})",
+        **_questions(noun, folder), image_root=image_root, rare_categories=rare,
+        display_name=f"Finedefics synthetic birds ({folder.name})",
         dataset_type="finedefics-synthetic", source=str(folder), options_source=options_source,
     )
 

@@ -268,7 +268,8 @@ def read_prediction_file(path: str | Path) -> PredictionFile:
 
 __all__ = [
     "CHOICE_LETTERS", "FOCI_DATASETS", "FociDataset", "OptionExample", "PredictionFile",
-    "check_options", "clean_answer", "escapes_image_root", "foci_metrics", "foci_option_path", "foci_prompt", "foci_query",
+    "check_options", "clean_answer", "escapes_image_root", "foci_metrics", "foci_option_path", "foci_prompt",
+    "foci_query",
     "is_failure", "load_option_file", "names_match", "normalize_name", "parse_letter", "prediction_record",
     "read_prediction_file", "shuffled_options", "write_prediction_file",
 ]

@@ -236,6 +236,6 @@ def write_model_card(checkpoint_dir: str | Path, report, recipe: dict | None = N
 
 
 __all__ = [
-    "benchmark_reports", "checkpoint_noun", "eval_results_from_report", "merge_results", "render_model_card", "results_table",
-    "template_path", "write_model_card",
+    "benchmark_reports", "checkpoint_noun", "eval_results_from_report", "merge_results", "render_model_card",
+    "results_table", "template_path", "write_model_card",
 ]

@@ -217,7 +217,8 @@ def write_reports(reports: dict, output_dir: str | Path, seed: int | None = None
     """
     output_dir = Path(output_dir)
     several = len(reports) > 1
-    folders = {name: write_report(report, output_dir / report_folder_name(name) if several else output_dir, plots=plots)
+    folders = {name: write_report(report, output_dir / report_folder_name(name) if several else output_dir,
+                                  plots=plots)
                for name, report in reports.items()}
     if several:
         summary = summarize_reports(reports, seed)
@@ -304,7 +305,8 @@ def _embedding_table(modes: dict) -> list[str]:
         return []
     m = modes["embedding"]
     return ["Embedding mode over all categories:", "", "| top-1 | 95% CI | top-5 | 95% CI |", "|---|---|---|---|",
-            f"| {_pct(m['top1_all'])} | {_ci(m['top1_all_ci95'])} | {_pct(m['top5_all'])} | {_ci(m['top5_all_ci95'])} |",
+            f"| {_pct(m['top1_all'])} | {_ci(m['top1_all_ci95'])} | {_pct(m['top5_all'])} | "
+            f"{_ci(m['top5_all_ci95'])} |",
             ""]
 
 
@@ -343,7 +345,8 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     for mode, metrics in modes.items():
         written.append(_plot_per_class(mode, metrics["per_class"], folder / f"per_class_accuracy-{mode}.png"))
         if metrics["confused_pairs"]:
-            written.append(_plot_confused_pairs(mode, metrics["confused_pairs"], folder / f"confused_pairs-{mode}.png"))
+            written.append(_plot_confused_pairs(mode, metrics["confused_pairs"],
+                                                folder / f"confused_pairs-{mode}.png"))
     if any(m.get("rare_vs_common") for m in modes.values()):
         written.append(_plot_rare_vs_common(modes, folder / "rare_vs_common.png"))
     return written

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from finedefics_data.prompts import MULTIPLE_CHOICE_ANSWERS, SCORING_MODES
-from .foci import CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record, shuffled_options
+from .foci import (CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record,
+                   shuffled_options)
 
 MODES = SCORING_MODES
 MC_MODES = ("generate", "likelihood", "embedding")
@@ -289,7 +290,8 @@ class LikelihoodScorer:
         return records
 
     @torch.no_grad()
-    def option_scores(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> torch.Tensor:
+    def option_scores(self, images: list, items: list[PreparedExample],
+                      shared: SharedBatch | None = None) -> torch.Tensor:
         """``(batch, options)`` summed log-probabilities of each shown option's answer."""
         shared = shared or SharedBatch(self.model, self.processor, images)
         continuations = [[self.continuation_ids(letter, option) for letter, option in
@@ -353,7 +355,8 @@ class LikelihoodScorer:
         processor, tokenizer = self.processor, self.processor.tokenizer
         user = {"role": "user", "content": [{"type": "text", "text": "?"}]}
         prompt = processor.apply_chat_template([user], add_generation_prompt=True)
-        full = processor.apply_chat_template([user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}])
+        full = processor.apply_chat_template([user,
+                                              {"role": "assistant", "content": [{"type": "text", "text": answer}]}])
         if not full.startswith(prompt):
             raise ValueError("the chat template's assistant turn does not extend its generation prompt; "
                              "likelihood scoring cannot locate the answer")
@@ -452,5 +455,6 @@ def build_scorers(model, processor, benchmark, modes, max_new_tokens: int = FOCI
 
 __all__ = [
     "ANSWER_FORMATS", "EmbeddingScorer", "GenerateScorer", "LikelihoodScorer", "MC_MODES", "MODES", "OpenSetScorer",
-    "PreparedExample", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts", "prepare_examples",
+    "PreparedExample", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts",
+    "prepare_examples",
 ]

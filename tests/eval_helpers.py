@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-BIRDS = ["Velmoran Thistlewing", "Corvel Tit", "Ashcombe Reedhopper", "Mirel Finch", "Café Crème Warbler", "Tarrow Tit"]
+BIRDS = ["Velmoran Thistlewing", "Corvel Tit", "Ashcombe Reedhopper", "Mirel Finch", "Café Crème Warbler",
+         "Tarrow Tit"]
 COLOURS = ["red", "green", "blue", "yellow", "white", "black"]
 
 

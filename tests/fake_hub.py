@@ -2,10 +2,11 @@
 
 It answers the endpoints the real ``huggingface_hub`` client calls when it pushes a folder
 (``HfApi.create_repo``, ``create_branch``, ``upload_folder`` -> validate-yaml, preupload, commit;
-``whoami`` for a token check; the client's once-a-day fetch of the agent-harness registry) and records every request (method, path, query, headers, body), so a
-test can assert what the Hub would have received. Preupload answers that every file is "regular",
-so the client sends each file base64-encoded inside the NDJSON commit instead of going through
-LFS or Xet storage. Unknown requests get a 404 and are kept in ``unknown`` for debugging.
+``whoami`` for a token check; the client's once-a-day fetch of the agent-harness registry) and records
+every request (method, path, query, headers, body), so a test can assert what the Hub would have
+received. Preupload answers that every file is "regular", so the client sends each file base64-encoded
+inside the NDJSON commit instead of going through LFS or Xet storage. Unknown requests get a 404 and
+are kept in ``unknown`` for debugging.
 
     with FakeHub(token="hf_test") as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)

@@ -69,7 +69,8 @@ def draw(name: str, rng: random.Random) -> Image.Image:
     return image
 
 
-def write_reference_dataset(root: str | Path, train_per_model: int = 6, test_per_model: int = 3, seed: int = 0) -> Path:
+def write_reference_dataset(root: str | Path, train_per_model: int = 6, test_per_model: int = 3,
+                            seed: int = 0) -> Path:
     """Write the dataset described in the module docstring into ``root``; returns ``root``."""
     root = Path(root)
     rng = random.Random(seed)
@@ -112,7 +113,8 @@ def _finetune_rows(path: str, name: str, index: int) -> list[dict]:
     options = [name, *negatives(name)]
     random.Random(index).shuffle(options)
     choices = "\n".join(f"{'ABCD'[i]}. {option}" for i, option in enumerate(options))
-    multiple_choice = f"{MULTIPLE_CHOICE}\nChoices:\n{choices}\nAnswer with the letter from the given choices directly."
+    multiple_choice = (f"{MULTIPLE_CHOICE}\nChoices:\n{choices}\n"
+                       "Answer with the letter from the given choices directly.")
     rows = [{"question": OPEN_SET, "answer": name, "type": "single-image", "image_path": path},
             {"question": multiple_choice, "answer": "ABCD"[options.index(name)], "type": "single-image",
              "image_path": path}]

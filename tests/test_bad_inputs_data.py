@@ -57,8 +57,10 @@ def write_csv(path: Path, rows, columns=REFERENCE_COLUMNS) -> Path:
 
 def other_rows() -> list[dict]:
     """Rows that make every name of CATEGORIES a known category of the file."""
-    return [csv_row(category="Halden Rook", image_path="1.png", neg_category="Ostra Vela", neg_attribute="a green car."),
-            csv_row(category="Ostra Vela", image_path="2.png", neg_category="Halden Rook", neg_attribute="a blue car.")]
+    return [csv_row(category="Halden Rook", image_path="1.png", neg_category="Ostra Vela",
+                    neg_attribute="a green car."),
+            csv_row(category="Ostra Vela", image_path="2.png", neg_category="Halden Rook",
+                    neg_attribute="a blue car.")]
 
 
 def data_csv(capsys, csv_path, image_root, *options) -> tuple[int, str, str]:
@@ -93,7 +95,8 @@ def test_negatives_joined_by_another_separator_are_refused_naming_file_row_and_f
 def test_a_negative_whose_known_name_holds_a_comma_is_kept(tmp_path, image_root, capsys):
     names = tmp_path / "names.txt"
     names.write_text("Corvane Sprite\nHalden Rook, Estate\nHalden Rook\nEstate\n", encoding="utf-8")
-    good = write_csv(tmp_path / "pretrain.csv", [csv_row(neg_category="Halden Rook, Estate", neg_attribute="a blue car.")])
+    good = write_csv(tmp_path / "pretrain.csv",
+                     [csv_row(neg_category="Halden Rook, Estate", neg_attribute="a blue car.")])
     code, out, err = data_csv(capsys, good, image_root, "--categories", str(names), "--output", str(tmp_path / "ds"))
     assert code == 0, err
     import datasets
@@ -229,7 +232,8 @@ def test_an_option_file_image_outside_the_image_root_is_refused_unless_allowed(o
     label = next(iter(data))
     data[label][0]["image"] = escaping
     option_benchmark.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"options\.json: label '{label}', example 0: field 'image'.*outside the image root"):
+    with pytest.raises(ValueError,
+                       match=rf"options\.json: label '{label}', example 0: field 'image'.*outside the image root"):
         load_benchmark(str(option_benchmark))
     benchmark = load_benchmark(str(option_benchmark), allow_images_outside_root=True)
     assert benchmark.load_image(benchmark.examples[0]).size == (16, 16)

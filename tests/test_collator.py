@@ -132,12 +132,14 @@ def _prompt_text(processor, batch, row):
 
 def test_description_rows_are_asked_recognition_questions_in_stage_two(tiny_processor):
     # A row as `finedefics data csv` saves pretrain.csv: its own description question, answer = attribute.
-    described = {**_example(0), "question": "Describe the car in the picture.", "answer": "a small bird with a red crown"}
+    described = {**_example(0), "question": "Describe the car in the picture.",
+                 "answer": "a small bird with a red crown"}
     stage_one = FinedeficsDataCollator(tiny_processor, stage=1)([described])
     assert _supervised_text(tiny_processor, stage_one, 0) == " a small bird with a red crown<end_of_utterance>"
     rows = [{**described, "example_id": i} for i in range(8)]
     stage_two = FinedeficsDataCollator(tiny_processor, stage=2, closed_set_ratio=0.5, noun="car")(rows)
-    answers = {_supervised_text(tiny_processor, stage_two, i).removesuffix("<end_of_utterance>").strip() for i in range(8)}
+    answers = {_supervised_text(tiny_processor, stage_two, i).removesuffix("<end_of_utterance>").strip()
+               for i in range(8)}
     assert answers <= {"Velmoran Thistlewing", *"ABCD"} and "Velmoran Thistlewing" in answers and answers & set("ABCD")
     prompts = [_prompt_text(tiny_processor, stage_two, i) for i in range(8)]
     assert not any("Describe" in p for p in prompts)
@@ -182,6 +184,6 @@ def test_training_and_evaluation_ask_the_same_questions_byte_for_byte(tmp_path, 
         assert trained_question == evaluated_question
         batch = collator([example])
         prompt_length = int((batch["labels"][0] != IGNORE_INDEX).nonzero()[0])
-        evaluated = tiny_processor(images=[[example["image"]]], text=chat_prompts(tiny_processor, [evaluated_question]),
-                                   return_tensors="pt")
+        evaluated = tiny_processor(images=[[example["image"]]],
+                                   text=chat_prompts(tiny_processor, [evaluated_question]), return_tensors="pt")
         assert torch.equal(batch["input_ids"][0, :prompt_length], evaluated["input_ids"][0])

@@ -53,7 +53,8 @@ def test_describe_images_reads_each_attribute_and_summarises(birds):
     assert "What is the tail of the bird in the image?" in asked[1]
     assert result.values[0] == {a: truths[0][a] for a in ATTRIBUTE_LIST}
     assert "tail" not in result.values[1]  # "not visible" is left out, as an occluded part
-    assert result[0] == f"a bird with plumage {truths[0]['plumage']}, tail {truths[0]['tail']}, beak {truths[0]['beak']}."
+    assert result[0] == (f"a bird with plumage {truths[0]['plumage']}, tail {truths[0]['tail']}, "
+                         f"beak {truths[0]['beak']}.")
     assert f"plumage: {truths[2]['plumage']}" in prompts[2] and 'starts with "a bird with"' in prompts[2]
     assert result.report.notes == {"attribute answers 'not visible' or empty (left out)": 1}
 
@@ -61,7 +62,8 @@ def test_describe_images_reads_each_attribute_and_summarises(birds):
 def test_empty_summaries_and_invisible_images_are_counted(birds):
     images, truths = birds
     answers = iter(["red", "forked", "short"] + ["not visible"] * 3 + ["blue", "", "long"])
-    result = D.describe_images(images, ATTRIBUTE_LIST, lambda image, q: next(answers), lambda prompt: "   ", progress=False)
+    result = D.describe_images(images, ATTRIBUTE_LIST, lambda image, q: next(answers), lambda prompt: "   ",
+                               progress=False)
     assert result[0] == "a bird with plumage red, tail forked, beak short."  # template, since the summary was empty
     assert result[1] == ""
     assert result[2] == "a bird with plumage blue, beak long."
@@ -88,7 +90,8 @@ def test_image_paths_are_opened_and_missing_ones_named(birds, tmp_path):
     ([{"generated_text": "PROMPT a red bird."}], "PROMPT", "a red bird."),
     ([{"answer": "red", "score": 0.9}, {"answer": "blue", "score": 0.1}], None, "red"),
     ([{"summary_text": "a bird."}], None, "a bird."),
-    ([{"generated_text": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a bird."}]}], None, "a bird."),
+    ([{"generated_text": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a bird."}]}], None,
+     "a bird."),
     ([], None, ""),
 ])
 def test_as_text_reads_pipeline_outputs(output, prompt, text):

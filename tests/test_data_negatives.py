@@ -96,14 +96,17 @@ def test_finedefics_embedders_plug_into_the_miner(micro_model, tiny_processor):
     by_text = mine_by_embeddings(names, text_embed, k=2)
     assert all(len(v) == 2 and n not in v for n, v in by_text.items())
     images = {n: [Image.new("RGB", (64, 64), c)] for n, c in zip(names, ["red", "green", "blue", "yellow"])}
-    by_image = mine_by_embeddings(names, miners.finedefics_image_embedder(micro_model, tiny_processor), k=1, inputs=images)
+    by_image = mine_by_embeddings(names, miners.finedefics_image_embedder(micro_model, tiny_processor), k=1,
+                                  inputs=images)
     assert set(by_image) == set(names)
 
 
 def test_confusion_counts_both_directions_and_skips_unconfused():
     names = ["a", "b", "c", "d"]
-    confusion = confusion_from_predictions(["a", "a", "a", "b", "c", "c", "d"], ["a", "b", "b", "c", "a", "zzz", "d"], names)
-    assert confusion[0, 1] == 2 and confusion[1, 2] == 1 and confusion[2, 0] == 1 and confusion.sum() == 6  # "zzz": a failure
+    confusion = confusion_from_predictions(["a", "a", "a", "b", "c", "c", "d"], ["a", "b", "b", "c", "a", "zzz", "d"],
+                                           names)
+    # "zzz": a failure
+    assert confusion[0, 1] == 2 and confusion[1, 2] == 1 and confusion[2, 0] == 1 and confusion.sum() == 6
     negatives = mine_by_confusion(confusion, names, k=3)
     assert negatives["a"] == ["b", "c"]  # a->b twice, c->a once; never confused with d
     assert negatives["c"] == ["a", "b"]  # tie (1 each way): given order
@@ -118,7 +121,8 @@ def test_confusion_from_a_real_foci_results_file():
     results = json.loads(foci_result_file("bird-200-finedefics-release-run").read_text())
     predictions = results["predictions"]
     names = sorted({p["correct"] for p in predictions} | {o for p in predictions for o in p["options"]})
-    confusion = confusion_from_predictions([p["correct"] for p in predictions], [p["predicted"] for p in predictions], names)
+    confusion = confusion_from_predictions([p["correct"] for p in predictions], [p["predicted"] for p in predictions],
+                                           names)
     assert np.trace(confusion) == sum(p["predicted"] == p["correct"] for p in predictions)
     negatives = mine_by_confusion(confusion, names, k=3)
     # Count confusions per unordered pair independently, straight from the prediction list.
@@ -144,7 +148,8 @@ def test_merge_negatives_tops_up_without_duplicates():
 
 def test_build_option_sets_is_foci_format_and_fills_short_lists(caplog):
     records = [{"category": "a", "image": "test/1.png"}, {"category": "a", "file_name": "2.png"},
-               {"category": "b", "image": {"path": "test/3.png", "bytes": None}}, {"category": "e", "image": "test/4.png"}]
+               {"category": "b", "image": {"path": "test/3.png", "bytes": None}},
+               {"category": "e", "image": "test/4.png"}]
     negatives = {"a": ["b", "c", "d", "e"], "b": ["a"], "c": ["a"], "d": ["a"], "e": ["a", "b", "c"]}
     with caplog.at_level(logging.WARNING):
         options = build_option_sets(records, negatives, num_options=4, seed=1)
@@ -170,12 +175,14 @@ def test_options_cli_on_a_synthetic_benchmark(tmp_path):
     from finedefics_data.synth import SynthConfig, generate_benchmark
 
     bench = generate_benchmark(tmp_path / "b", SynthConfig(num_genera=2, species_per_genus=3, train_per_category=2,
-                                                           rare_train_per_category=1, test_per_category=2), progress=False)
+                                                           rare_train_per_category=1, test_per_category=2),
+                               progress=False)
     out = tmp_path / "options.json"
     assert main(["data", "options", str(bench), "--output", str(out)]) == 0
     mined = json.loads(out.read_text())
     shipped = json.loads((bench / "foci_test.json").read_text())
-    assert {k: [e["options"][0] for e in v] for k, v in mined.items()} == {k: [e["options"][0] for e in v] for k, v in shipped.items()}
+    assert {k: [e["options"][0] for e in v] for k, v in mined.items()} == {k: [e["options"][0] for e in v]
+                                                                           for k, v in shipped.items()}
     assert all((bench / e["image"]).is_file() for v in mined.values() for e in v)
     siblings = {c["name"]: set(c["siblings"]) for c in json.loads((bench / "categories.json").read_text())}
     assert all(set(e["options"][1:3]) == siblings[k] for k, v in mined.items() for e in v)  # 2 siblings first

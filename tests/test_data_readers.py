@@ -90,7 +90,8 @@ def test_reference_csv_crlf_separator(tmp_path, image_root):
     (dict(neg_category="Red Finch" + NEG + "Blue Finch"), "neg_categories", "positive category 'Red Finch' itself"),
     (dict(neg_category="Blue Finch" + NEG + NEG + "Green Finch"), "neg_categories", "negative 2 is empty"),
     (dict(neg_category="Blue Finch" + NEG + "Blue Finch"), "neg_categories", "more than once"),
-    (dict(neg_category="Blue Finch" + NEG + "Green Finch", neg_attribute="a blue bird."), "neg_attributes", "1 descriptions for 2"),
+    (dict(neg_category="Blue Finch" + NEG + "Green Finch", neg_attribute="a blue bird."), "neg_attributes",
+     "1 descriptions for 2"),
     (dict(neg_category="Blue Finch", neg_attribute="  "), "neg_attributes", "empty description"),
     (dict(category=""), "category", "is empty"),
     (dict(type="multi-image", image_path_1="birds/a.png"), "image_path_2", "is empty"),
@@ -118,7 +119,8 @@ def test_reference_csv_missing_column_and_non_utf8(tmp_path, image_root):
     path = write_csv(tmp_path / "nocol.csv", [row()], columns=columns)
     with pytest.raises(RecordError, match=r"nocol.csv, field 'neg_category': column is missing"):
         read_reference_csv(path, image_root)
-    latin = write_csv(tmp_path / "latin.csv", [row(), row(attribute="a bird with a crème breast.")], encoding="latin-1")
+    latin = write_csv(tmp_path / "latin.csv", [row(), row(attribute="a bird with a crème breast.")],
+                      encoding="latin-1")
     with pytest.raises(RecordError, match=r"latin.csv: line 3 is not UTF-8"):
         read_reference_csv(latin, image_root)
 
@@ -146,7 +148,8 @@ CLASS_ATTRIBUTES = {
     "Blue Finch": {"color": "blue", "bill": "cone", "size": "small"},
     "Green Tit": {"color": "green", "bill": "dagger", "size": "small"},
 }
-CLASS_DESCRIPTIONS = {name: f"a small {a['color']} bird with a {a['bill']} bill." for name, a in CLASS_ATTRIBUTES.items()}
+CLASS_DESCRIPTIONS = {name: f"a small {a['color']} bird with a {a['bill']} bill."
+                      for name, a in CLASS_ATTRIBUTES.items()}
 
 
 def test_imagefolder_gets_descriptions_and_mined_negatives(imagefolder):
@@ -159,7 +162,8 @@ def test_imagefolder_gets_descriptions_and_mined_negatives(imagefolder):
     by_name = {r["category"]: r for r in out}
     assert set(by_name) == set(CLASS_ATTRIBUTES)
     red = by_name["Red Finch"]
-    assert red["neg_categories"] == ["Blue Finch", "Green Tit"]  # shares bill and size with Blue Finch, size only with Green Tit
+    # shares bill and size with Blue Finch, size only with Green Tit
+    assert red["neg_categories"] == ["Blue Finch", "Green Tit"]
     assert red["neg_attributes"] == [CLASS_DESCRIPTIONS["Blue Finch"], CLASS_DESCRIPTIONS["Green Tit"]]
     assert red["attribute"] == CLASS_DESCRIPTIONS["Red Finch"] and json.loads(red["attributes"])["bill"] == "cone"
     assert all(sorted(CLASS_ATTRIBUTES)[r["label"]] == r["category"] for r in out)
@@ -193,7 +197,8 @@ def test_hub_style_dataset_with_string_labels_and_per_row_descriptions():
     assert out["neg_attributes"][0] == ["a blue bird."]  # the negative's first per-image description
     assert report.notes["rows without a description (attribute = '')"] == 1
     with pytest.raises(RecordError, match=r"field 'species': label None"):
-        bad = datasets.Dataset.from_dict({"img": images[:2], "species": ["Red Finch", None]}).cast_column("img", datasets.Image())
+        bad = datasets.Dataset.from_dict({"img": images[:2],
+                                          "species": ["Red Finch", None]}).cast_column("img", datasets.Image())
         from_classification_dataset(bad, image_column="img", label_column="species", source="hub")
     with pytest.raises(RecordError, match=r"field 'label': column is missing"):
         from_classification_dataset(ds, image_column="img")
@@ -206,7 +211,8 @@ def test_hub_style_dataset_with_string_labels_and_per_row_descriptions():
 def test_integer_labels_need_names():
     import datasets
 
-    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))], "label": [0]}).cast_column("image", datasets.Image())
+    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))],
+                                     "label": [0]}).cast_column("image", datasets.Image())
     with pytest.raises(RecordError, match="integer labels with no names"):
         from_classification_dataset(ds)
     assert from_classification_dataset(ds, category_names=["Red Finch"])[0]["category"] == "Red Finch"
@@ -224,7 +230,8 @@ def write_cub(root: Path, labels: dict[int, dict[int, tuple[int, int]]], classes
     """A miniature CUB_200_2011 folder. labels: image id -> attribute id -> (is_present, certainty)."""
     (root / "attributes").mkdir(parents=True)
     (root / "attributes.txt").write_text("".join(f"{i} {a}\n" for i, a in enumerate(CUB_ATTRIBUTES, start=1)))
-    lines = [f"{image} {attribute} {labels[image].get(attribute, (0, 1))[0]} {labels[image].get(attribute, (0, 1))[1]} 3.5"
+    lines = [f"{image} {attribute} {labels[image].get(attribute, (0, 1))[0]} "
+             f"{labels[image].get(attribute, (0, 1))[1]} 3.5"
              for image in sorted(labels) for attribute in range(1, len(CUB_ATTRIBUTES) + 1)]
     (root / "attributes" / "image_attribute_labels.txt").write_text("\n".join(lines) + "\n")
     image_class = image_class or {image: 1 + (image - 1) % len(classes) for image in labels}
@@ -268,7 +275,8 @@ def test_cub_bad_lines_are_errors_or_counted(tmp_path):
     lines[6] = "1 99 1 4 1.0"
     lines[8] = lines[8] + " 0"  # an extra field, as in a few lines of CUB's own release
     labels.write_text("\n".join(lines) + "\n")
-    with pytest.raises(RecordError, match=r"image_attribute_labels.txt, row line 5: the first four fields must be integers"):
+    with pytest.raises(RecordError,
+                       match=r"image_attribute_labels.txt, row line 5: the first four fields must be integers"):
         read_cub_attributes(root)
     records = read_cub_attributes(root, errors="skip")
     assert records.report.rows_skipped == 2
@@ -284,7 +292,8 @@ def test_cub_records_split_and_class_level_negatives(tmp_path):
     uncertain = write_cub(tmp_path / "uncertain", CUB_LABELS, classes=classes, image_class=image_class)
     with pytest.raises(ValueError, match="'Cone Tit' has no attribute present"):
         build_cub_records(uncertain)  # its only image shows nothing at certainty >= 3
-    root = write_cub(tmp_path / "CUB_200_2011", {**CUB_LABELS, 4: {1: (1, 3)}}, classes=classes, image_class=image_class)
+    root = write_cub(tmp_path / "CUB_200_2011", {**CUB_LABELS, 4: {1: (1, 3)}}, classes=classes,
+                     image_class=image_class)
     splits = build_cub_records(root, certainty_threshold=3, num_negatives=2)
     assert [r["category"] for r in splits["train"]] == ["Red Finch", "Blue Jay"]
     assert [r["category"] for r in splits["test"]] == ["Red Finch", "Cone Tit"]
@@ -347,7 +356,8 @@ def test_finetune_rows_get_the_category_their_recognition_answer_names(tmp_path,
         stage_two_row(question="What colour is its crown?", answer="red"),  # an instruction row
         stage_two_row(question="Same as before?", answer="Yes.", image_path=""),  # text only
     ])
-    records = read_reference_csv(path, image_root, require_category=False, known_categories=["Red Finch", "Blue Finch"])
+    records = read_reference_csv(path, image_root, require_category=False,
+                                 known_categories=["Red Finch", "Blue Finch"])
     assert [r["category"] for r in records] == ["Red Finch", "Red Finch", "Green Tit", None, None]
     assert [r["answer"] for r in records[:2]] == ["red finch.", "B"]  # answers are kept as given
     assert [r["label"] for r in records] == [1, 1, 0, None, None]
@@ -401,7 +411,8 @@ def test_csv_cli_refuses_to_save_when_every_row_was_skipped(tmp_path, image_root
 
     bad = write_csv(tmp_path / "bad.csv", [row(image_path="birds/broken.png"), row(image_path="birds/missing.png")])
     out = tmp_path / "never"
-    assert main(["data", "csv", str(bad), "--image-root", str(image_root), "--skip-bad-rows", "--output", str(out)]) == 2
+    assert main(["data", "csv", str(bad), "--image-root", str(image_root), "--skip-bad-rows", "--output",
+                 str(out)]) == 2
     captured = capsys.readouterr()
     assert "read 2 rows, kept 0, skipped 2" in captured.out
     assert "none of its 2 rows was kept" in captured.err and not out.exists()

@@ -231,8 +231,9 @@ def test_cli_synth_with_preview(tmp_path, capsys):
     from finedefics_cli import main
 
     out, picture = tmp_path / "cli-bench", tmp_path / "sheet.png"
-    assert main(["data", "synth", str(out), "--num-genera", "2", "--species-per-genus", "3", "--train-per-category", "3",
-                 "--rare-train-per-category", "1", "--test-per-category", "2", "--preview", str(picture), "--no-progress"]) == 0
+    assert main(["data", "synth", str(out), "--num-genera", "2", "--species-per-genus", "3",
+                 "--train-per-category", "3", "--rare-train-per-category", "1", "--test-per-category", "2",
+                 "--preview", str(picture), "--no-progress"]) == 0
     assert "6 species" in capsys.readouterr().out
     sheet = Image.open(picture)
     assert sheet.width > 4 * 2 * 64 and sheet.height > 6 * 2 * 64  # 6 rows of enlarged images

@@ -120,7 +120,8 @@ def test_datasets_folder_with_classlabel_loads_images_from_memory(tmp_path):
     from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=BIRDS[:4])})
-    rows = {"image": [Image.new("RGB", (12, 12), COLOURS[i % 4]) for i in range(8)], "label": [i % 4 for i in range(8)]}
+    rows = {"image": [Image.new("RGB", (12, 12), COLOURS[i % 4]) for i in range(8)],
+            "label": [i % 4 for i in range(8)]}
     DatasetDict({"test": Dataset.from_dict(rows, features=features)}).save_to_disk(str(tmp_path / "ds"))
     bench = load_benchmark(str(tmp_path / "ds"))
     assert [e.groundtruth for e in bench.examples] == [BIRDS[i % 4] for i in range(8)]
@@ -160,7 +161,8 @@ def test_too_few_categories_for_four_options_is_a_clear_error(tmp_path):
 def test_bad_metadata_rows_name_file_row_and_field(tmp_path):
     split = tmp_path / "folder" / "test"
     split.mkdir(parents=True)
-    rows = [{"file_name": f"{i}.png", "category": BIRDS[i]} for i in range(4)] + [{"file_name": "x.png", "category": ""}]
+    rows = ([{"file_name": f"{i}.png", "category": BIRDS[i]} for i in range(4)]
+            + [{"file_name": "x.png", "category": ""}])
     (split / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     with pytest.raises(ValueError, match=r"metadata.jsonl: row 4: field 'category' must be a non-empty category name"):
         load_benchmark(str(tmp_path / "folder"))

@@ -102,4 +102,5 @@ def test_the_commands_mode_choices_are_the_scorers_modes_and_help_needs_no_torch
     assert tuple(mode_action.choices) == MODES
     # Why the modes live in the torch-free prompts module: `finedefics --help` must not load torch.
     probe = "import sys, finedefics_cli; finedefics_cli.build_parser(); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+            .stdout.strip() == "False")

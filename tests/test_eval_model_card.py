@@ -14,7 +14,8 @@ SYNTH_REPORT = {
     "modes": {
         "generate": {"accuracy": 0.6133, "ci95": [0.55, 0.68], "failures": 2},
         "likelihood": {"accuracy": 0.7021, "ci95": [0.64, 0.76], "failures": 0},
-        "embedding": {"accuracy": 0.5, "ci95": [0.43, 0.57], "failures": 0, "top1_all": 0.25, "top1_all_ci95": [0.2, 0.3],
+        "embedding": {"accuracy": 0.5, "ci95": [0.43, 0.57], "failures": 0,
+                      "top1_all": 0.25, "top1_all_ci95": [0.2, 0.3],
                       "top5_all": 0.75, "top5_all_ci95": [0.7, 0.8], "num_categories": 28},
         "open_set": {"accuracy": 0.125, "ci95": [0.08, 0.17], "failures": 9},
     },
@@ -55,7 +56,8 @@ def test_focis_prediction_files_become_model_index_entries_with_their_accuracy()
 
 
 def test_summary_reports_of_several_benchmarks_are_accepted():
-    summary = {"benchmarks": {"bird-200": {"accuracy": 0.6971}, "car-196": {"modes": {"generate": {"accuracy": 0.8467}}}}}
+    summary = {"benchmarks": {"bird-200": {"accuracy": 0.6971},
+                              "car-196": {"modes": {"generate": {"accuracy": 0.8467}}}}}
     card = ModelCard(render_model_card(summary))
     assert metrics_by_config(card) == {("cub_200_2011", None): 69.71, ("stanford_cars", "generate"): 84.67}
 

@@ -105,14 +105,16 @@ def test_written_report_files(synthetic_run, tmp_path):
     _, report = synthetic_run
     folder = write_report(report, tmp_path / "out")
     saved = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    assert "predictions" not in saved and saved["modes"]["likelihood"]["accuracy"] == report["modes"]["likelihood"]["accuracy"]
+    assert ("predictions" not in saved
+            and saved["modes"]["likelihood"]["accuracy"] == report["modes"]["likelihood"]["accuracy"])
     for mode, name in saved["files"]["predictions"].items():
         run = read_prediction_file(folder / name)
         assert run.predictions == report["predictions"][mode]
         assert run.metrics["accuracy"] == pytest.approx(report["modes"][mode]["accuracy"])
         assert run.config["seed"] == 7 and run.config["dataset"] == "synth"
     plots = saved["files"]["plots"]
-    assert {"plots/accuracy_by_mode.png", "plots/rare_vs_common.png", "plots/per_class_accuracy-embedding.png"} <= set(plots)
+    assert {"plots/accuracy_by_mode.png", "plots/rare_vs_common.png",
+            "plots/per_class_accuracy-embedding.png"} <= set(plots)
     assert all((folder / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     markdown = (folder / "report.md").read_text(encoding="utf-8")
     assert "1 missing and 1 unreadable images" in markdown

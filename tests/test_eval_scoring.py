@@ -64,7 +64,8 @@ def test_likelihood_batched_with_one_prefill_equals_plain_forward_per_option(pro
     assert len({len(encode_prompts(model, processor, [im], [it.prompt])["input_ids"][0])
                 for im, it in zip(images, items)}) > 1  # the batch really is padded
     batched = scorer.option_scores(images, items)
-    reference = torch.tensor([unbatched_option_scores(model, processor, scorer, im, it) for im, it in zip(images, items)])
+    reference = torch.tensor([unbatched_option_scores(model, processor, scorer, im, it)
+                              for im, it in zip(images, items)])
     assert torch.allclose(batched, reference, atol=1e-4), (batched - reference).abs().max()
 
 
@@ -114,7 +115,8 @@ def test_embedding_picks_the_planted_category_among_options_and_overall(processo
     with_planted = [(r, it) for r, it in zip(records, items) if planted in it.shown_options]
     assert with_planted and all(r["predicted"] == planted for r, _ in with_planted)
     assert all(r["top5_all"][0] == planted for r in records)
-    assert sum(r["predicted"] == r["correct"] for r in records) == sum(it.example.groundtruth == planted for it in items)
+    assert (sum(r["predicted"] == r["correct"] for r in records)
+            == sum(it.example.groundtruth == planted for it in items))
 
 
 def test_open_set_matches_the_named_category_after_normalisation(processor):

@@ -343,7 +343,8 @@ def distributed_results(tmp_path_factory):
     return torch.load(out / "world1.pt"), torch.load(out / "world2.pt")
 
 
-@pytest.mark.parametrize("scenario", ["even", "uneven", "ragged_negatives", "missing_negatives", "gather_without_grad"])
+@pytest.mark.parametrize("scenario",
+                         ["even", "uneven", "ragged_negatives", "missing_negatives", "gather_without_grad"])
 def test_two_processes_match_one_process(distributed_results, scenario):
     """2 ranks (4 + 4 rows, or 5 + 3, or ranks with different K) == 1 rank with the 8 rows: same loss and,
     after DDP's gradient averaging, the same gradients for the embeddings and the logit scales."""

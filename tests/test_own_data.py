@@ -23,7 +23,8 @@ NAMES = set(MODELS)
 
 # ----------------------------------------------------------------------------- stage plans
 def test_stage_two_without_any_recognition_question_warns_loudly(caplog):
-    rows = Dataset.from_list([{"question": "What colour is the car?", "answer": "red", "category": None, "image": None}] * 3)
+    rows = Dataset.from_list([{"question": "What colour is the car?", "answer": "red", "category": None,
+                               "image": None}] * 3)
     with caplog.at_level(logging.INFO, logger="finedefics_training.trainer"):
         plan = describe_stage_data(rows, stage=2)
     assert plan == {"instruction (as given)": 3}
@@ -39,7 +40,8 @@ def test_stage_plans_count_every_kind_and_stage_one_refuses_rows_without_a_categ
     rows = Dataset.from_list([
         {"image": str(path), "category": "Halden Rook", "attribute": "a blue car.", "question": "Describe it.",
          "answer": "a blue car."},  # description
-        {"image": str(path), "category": "Halden Rook", "attribute": "", "question": "Which car?", "answer": "Halden Rook"},
+        {"image": str(path), "category": "Halden Rook", "attribute": "", "question": "Which car?",
+         "answer": "Halden Rook"},
         {"image": str(path), "category": "Halden Rook", "attribute": "a blue car.", "question": None, "answer": None},
         {"image": None, "category": None, "attribute": "", "question": "Colour?", "answer": "blue"},
     ])
@@ -48,7 +50,8 @@ def test_stage_plans_count_every_kind_and_stage_one_refuses_rows_without_a_categ
     assert plan == {"recognition (asked by the trainer instead of the description)": 1, "open-set (as given)": 1,
                     "recognition (asked by the trainer: open-set or multiple choice)": 1, "instruction (as given)": 1}
     assert "NO RECOGNITION" not in caplog.text and "stage II will train 4 rows" in caplog.text
-    with pytest.raises(ValueError, match=r"stage I training data: rows 3 \(0-based, 1 of 4\) have no image or no category"):
+    with pytest.raises(ValueError,
+                       match=r"stage I training data: rows 3 \(0-based, 1 of 4\) have no image or no category"):
         describe_stage_data(rows, stage=1)
     assert describe_stage_data(rows.select([0, 1, 2]), stage=1) == {
         "description (as given)": 1, "open-set (as given)": 1, "description (asked by the trainer)": 1}
@@ -61,14 +64,16 @@ def test_the_training_config_no_longer_warns_about_gradient_checkpointing():
         warnings.simplefilter("error", FutureWarning)
         config = FinedeficsTrainingConfig(output_dir="unused", use_cpu=True)
     assert config.activation_checkpointing is True  # TRL's default, under its current name
-    assert FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, activation_checkpointing=False).activation_checkpointing is False
+    assert FinedeficsTrainingConfig(output_dir="unused", use_cpu=True,
+                                    activation_checkpointing=False).activation_checkpointing is False
 
 
 def test_two_stage_has_its_own_help_listing_config_and_per_stage_data(capsys):
     assert main(["two-stage", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # the help is wrapped to the terminal's width
     assert out.startswith("usage: finedefics two-stage") and "--config RECIPE.yaml" in out
-    assert "--stage1_dataset_dir" in out and "--stage2_dataset_dir" in out and "Each stage may have its own data" in out
+    assert ("--stage1_dataset_dir" in out and "--stage2_dataset_dir" in out
+            and "Each stage may have its own data" in out)
     assert main(["train", "--help"]) == 0
     assert capsys.readouterr().out.startswith("usage: finedefics train")
 

@@ -82,7 +82,8 @@ def test_a_stock_idefics2_loaded_in_bf16_gets_float32_temperatures_at_their_init
 
     folder, _ = stock_idefics2
     model_args = ModelArguments(model_name_or_path=str(folder), tuning="full", torch_dtype="bfloat16")
-    model, _ = load_model_and_processor(model_args, FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False))
+    model, _ = load_model_and_processor(model_args,
+                                        FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False))
     assert model.temperatures.object_attribute.dtype == torch.float32
     expected = 1.0 / model.config.init_temperature
     assert model.get_logit_scales()["object_attribute"].item() == pytest.approx(expected, rel=1e-6)
@@ -114,8 +115,10 @@ def _vision_output_requires_grad(model, tiny_processor) -> bool:
 
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     seen = []
-    hook = core.model.vision_model.register_forward_hook(lambda m, i, out: seen.append(out.last_hidden_state.requires_grad))
-    inputs = tiny_processor(images=[[Image.new("RGB", (64, 64), "red")]], text=["<image>a red bird"], return_tensors="pt")
+    hook = core.model.vision_model.register_forward_hook(
+        lambda m, i, out: seen.append(out.last_hidden_state.requires_grad))
+    inputs = tiny_processor(images=[[Image.new("RGB", (64, 64), "red")]], text=["<image>a red bird"],
+                            return_tensors="pt")
     try:
         model.train()
         model(**inputs, labels=inputs["input_ids"]).loss.backward()
@@ -247,7 +250,8 @@ def test_qlora_under_zero3_is_refused_before_any_weight_loads(deepspeed, env, mo
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     args = SimpleNamespace(deepspeed=deepspeed)
-    with pytest.raises(ValueError, match=r"qlora cannot run under DeepSpeed ZeRO-3 .*accelerate_configs/multi_gpu\.yaml"):
+    with pytest.raises(ValueError,
+                       match=r"qlora cannot run under DeepSpeed ZeRO-3 .*accelerate_configs/multi_gpu\.yaml"):
         check_distributed_setup(ModelArguments(tuning="qlora"), args)
     check_distributed_setup(ModelArguments(tuning="lora"), args)  # LoRA shards fine
 
@@ -339,7 +343,8 @@ def test_two_stage_dry_run_plans_both_stages_and_leaves_no_temporary_recipe(tmp_
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     recipe = tmp_path / "two-stage.yaml"
     recipe.write_text(yaml.safe_dump(dict(model_name_or_path=str(micro_checkpoint), dataset_dir=str(tmp_path),
-                                          output_dir=str(tmp_path / "run"), tuning="lora", per_device_train_batch_size=2,
+                                          output_dir=str(tmp_path / "run"), tuning="lora",
+                                          per_device_train_batch_size=2,
                                           stage2_per_device_train_batch_size=6, report_to="none")))
     assert main(["two-stage", "--config", str(recipe), "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -100,7 +100,8 @@ def test_a_half_written_newest_checkpoint_is_skipped_and_the_run_resumes_from_th
         run_stage(*arguments, callbacks=[again])
     assert again.steps == [3, 4]
     assert f"resuming stage 1 from {output / 'checkpoint-2'}" in caplog.text
-    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "checkpoint-4" in r.getMessage()]
+    skipped = [r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING and "checkpoint-4" in r.getMessage()]
     assert skipped and "trainer_state.json" in skipped[0], caplog.text
     assert json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
     assert (output / "final" / "model.safetensors").is_file()

@@ -259,7 +259,8 @@ class _GradientRecorder:
         return lambda args, state, control, **kwargs: None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.steps.append({name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None})
+        self.steps.append({name: p.grad.detach().clone()
+                           for name, p in model.named_parameters() if p.grad is not None})
 
 
 def _train(tmp_path, micro_checkpoint, rows, tuning="full", freeze_vision_tower=True, **fields):

@@ -57,7 +57,8 @@ def _run_stage_in_process(recipe_path, **overrides):
     from finedefics_training.recipe import load_model_and_processor, load_training_dataset
     from finedefics_training.trainer import FinedeficsTrainer
 
-    argv = ["--config", str(recipe_path)] + [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    argv = ["--config", str(recipe_path)] + [item for key, value in overrides.items()
+                                             for item in (f"--{key}", str(value))]
     _, (model_args, data_args, training_args) = parse_recipe(argv)
     model, processor = load_model_and_processor(model_args, training_args)
     trainer = FinedeficsTrainer(model=model, args=training_args, train_dataset=load_training_dataset(data_args),
@@ -84,7 +85,8 @@ def synthetic_benchmark(tmp_path):
     from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
     data_dir = generate_benchmark(tmp_path / "synth", SynthConfig(num_genera=2, species_per_genus=3,
-                                  train_per_category=8, rare_train_per_category=3, test_per_category=2), progress=False)
+                                  train_per_category=8, rare_train_per_category=3, test_per_category=2),
+                                  progress=False)
     processor = build_tiny_processor(build_tiny_tokenizer(text_corpus(data_dir)))
     model_dir = tmp_path / "micro-synth"
     build_tiny_model(processor, preset="micro").save_pretrained(model_dir)
@@ -104,7 +106,8 @@ def test_tiny_recipe_stage_one_then_stage_two_losses_fall(tmp_path, synthetic_be
     for key in ("loss", "lm_loss", "loss_object_attribute", "loss_attribute_category", "loss_category_category"):
         first, last = _first_and_last(history, key)
         assert last < first, f"{key} did not fall: {first:.4f} -> {last:.4f}"
-    temperatures = [entry["temperature_object_attribute"] for entry in history if "temperature_object_attribute" in entry]
+    temperatures = [entry["temperature_object_attribute"] for entry in history
+                    if "temperature_object_attribute" in entry]
     assert temperatures[-1] != temperatures[0]  # the temperature is learned, not frozen
     assert all(entry.get("skipped_object_attribute", 0) == 0 for entry in history)
 
@@ -206,8 +209,8 @@ def test_stage2_overrides_are_typed_like_their_fields_from_recipe_and_command_li
     from finedefics_cli.commands.two_stage import recipe_parser, stage2_overrides
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"model_name_or_path": "m", "dataset_dir": "d", "use_cpu": True, "stage2_learning_rate": 2.0e-5,
-                                      "stage2_bf16": True, "stage2_report_to": None}))
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": "m", "dataset_dir": "d", "use_cpu": True,
+                                      "stage2_learning_rate": 2.0e-5, "stage2_bf16": True, "stage2_report_to": None}))
     *_, remaining = recipe_parser().parse_args_and_config(
         ["--config", str(recipe), "--stage2_max_steps=7", "--stage2_lr_scheduler_type", "constant"],
         return_remaining_strings=True)

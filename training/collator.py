@@ -130,8 +130,8 @@ class FinedeficsDataCollator:
         prompt_lengths = [len(ids) for ids in processor(text=prompts)["input_ids"]]
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
             raise ValueError(
-                f"a training sequence is {batch['input_ids'].shape[1]} tokens, more than max_length={self.max_length}; "
-                "raise max_length (truncation would cut image tokens)"
+                f"a training sequence is {batch['input_ids'].shape[1]} tokens, more than "
+                f"max_length={self.max_length}; raise max_length (truncation would cut image tokens)"
             )
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX

@@ -46,12 +46,14 @@ class FinedeficsTrainingConfig(SFTConfig):
             every negative.
     """
 
-    stage: int = field(default=1, metadata={"help": "1 = attribute contrastive + description tuning, 2 = recognition tuning"})
+    stage: int = field(default=1,
+                       metadata={"help": "1 = attribute contrastive + description tuning, 2 = recognition tuning"})
     object_attribute_weight: float = field(default=0.5, metadata={"help": "weight of the object-attribute term"})
     attribute_category_weight: float = field(default=0.5, metadata={"help": "weight of the attribute-category term"})
     category_category_weight: float = field(default=0.5, metadata={"help": "weight of the category-category term"})
     num_negatives: int = field(default=3, metadata={"help": "hard negatives per example"})
-    use_hard_negatives: bool = field(default=True, metadata={"help": "use hard negatives as extra contrastive columns"})
+    use_hard_negatives: bool = field(default=True,
+                                     metadata={"help": "use hard negatives as extra contrastive columns"})
     train_temperatures: bool = field(default=True, metadata={"help": "learn the temperatures in stage I"})
     init_temperature: float | None = field(default=None, metadata={"help": "reset the temperatures before training"})
     closed_set_ratio: float = field(default=0.5, metadata={"help": "share of multiple-choice questions in stage II"})
@@ -85,7 +87,8 @@ class FinedeficsTrainingConfig(SFTConfig):
         if not 0.0 <= self.closed_set_ratio <= 1.0:
             raise ValueError(f"closed_set_ratio must be in [0, 1], got {self.closed_set_ratio}")
         if self.multiple_choice_answer not in ("letter", "letter_name"):
-            raise ValueError(f"multiple_choice_answer must be 'letter' or 'letter_name', got {self.multiple_choice_answer!r}")
+            raise ValueError("multiple_choice_answer must be 'letter' or 'letter_name', got "
+                             f"{self.multiple_choice_answer!r}")
 
     @property
     def contrastive_weights(self) -> tuple[float, float, float]:

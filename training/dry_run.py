@@ -98,7 +98,8 @@ class Plan:
         lines.append("full precision (float32): " + (", ".join(self.full_precision) or "-"))
         lines.append("saved with the adapter: " + (", ".join(self.saved_with_adapter) or "- (full weights are saved)"))
         shape = self.shape
-        lines += ["", f"per-device step: {shape.rows} rows x {shape.sub_images} sub-image(s) of {shape.patches} patches; "
+        lines += ["",
+                  f"per-device step: {shape.rows} rows x {shape.sub_images} sub-image(s) of {shape.patches} patches; "
                       f"{shape.lm_tokens} decoder tokens per row"
                       + (f"; embedding pass {len(shape.embedding_rows)} rows" if shape.embedding_rows else ""),
                   "memory estimate per device (GiB):"]
@@ -353,7 +354,8 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
     per_chunk = FinedeficsConnector.sub_images_per_checkpoint(sub_images, shape.patches)
     if checkpointing and per_chunk is not None:
         # FinedeficsConnector keeps its inputs and recomputes one chunk of sub-images at a time.
-        connector = sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes + one_sub_image * per_chunk
+        connector = (sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes
+                     + one_sub_image * per_chunk)
     else:
         connector = one_sub_image * sub_images
     result = {"decoder activations": decoder_total, "logits and LM loss": logits, "connector activations": connector}
@@ -398,10 +400,12 @@ def step_shape(config, processor: dict, training_args, stage: int) -> tuple[Step
                       contrastive_texts=contrastive_texts)
     assumptions = [
         f"sub-images are padded to the batch's largest, {side} px ({patches} patch positions each, all of which "
-        f"the vision tower and connector process){'; image splitting gives 5 sub-images per image' if sub_images > 1 else ''}",
+        "the vision tower and connector process)"
+        f"{'; image splitting gives 5 sub-images per image' if sub_images > 1 else ''}",
         f"{shape.text_tokens} text tokens per row in the LM pass"
         + (f"; the embedding pass has {contrastive_texts} texts of {shape.contrastive_text_tokens} tokens per row "
-           "(description, name and each negative's description and name, before de-duplication)" if contrastive_texts else ""),
+           "(description, name and each negative's description and name, before de-duplication)"
+           if contrastive_texts else ""),
         "AdamW (two moments per trainable element, in its dtype); one process per device (DDP); "
         f"{OVERHEAD_GIB} GiB for the CUDA context and fragmentation",
         "activations measured on one layer of each kind at real width on CPU (sdpa attention), extrapolated",
@@ -430,7 +434,8 @@ def plan_stage(model_args, training_args, shape: StepShape | None = None) -> Pla
                              and ".original_module." not in n})
     saved = [] if model_args.tuning == "full" else ["LoRA weights"] + list(getattr(model.peft_config["default"],
                                                                                    "modules_to_save", None) or [])
-    return Plan(model=model_args.model_name_or_path, stage=stage, tuning=model_args.tuning, dtype=str(model_args.torch_dtype),
+    return Plan(model=model_args.model_name_or_path, stage=stage, tuning=model_args.tuning,
+                dtype=str(model_args.torch_dtype),
                 parameters=parameter_table(model), lora_modules=lora_modules(model), full_precision=full_precision,
                 saved_with_adapter=saved, shape=shape, memory_gib=memory,
                 assumptions=assumptions)

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMNS = ("category", "attribute", "question", "answer", "neg_categories", "neg_attributes")
 
 
-def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str = "tiny", noun: ObjectNoun | None = None,
+def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str = "tiny",
+               noun: ObjectNoun | None = None,
                image_size: int = 64, vocab_size: int = 2048, seed: int = 0, image_seq_len: int = 8,
                corpus: list[str] | None = None) -> Path:
     """Build and save a tiny model and processor whose tokenizer is trained on ``data_dirs``' texts.

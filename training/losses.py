@@ -309,7 +309,8 @@ class FinedeficsContrastiveLoss(nn.Module):
         # A zero that reaches every input, so a batch where a term cannot be formed still backpropagates into
         # every embedding and scale (DDP expects the same parameters to get gradients on every step).
         inputs = [getattr(batch, f.name) for f in fields(batch)] + list(logit_scales.values())
-        loss = sum(tensor.float().sum() for tensor in inputs if tensor is not None and tensor.is_floating_point()) * 0.0
+        loss = sum(tensor.float().sum() for tensor in inputs
+                   if tensor is not None and tensor.is_floating_point()) * 0.0
         for name, term in terms.items():
             loss = loss + self.weights[name] * term
         return ContrastiveOutput(loss=loss, terms=terms, skipped=skipped)

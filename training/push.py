@@ -104,7 +104,8 @@ def check_checkpoint(checkpoint: Path) -> list[str]:
         )
     for name in ("config.json", "generation_config.json"):
         if not (checkpoint / name).is_file():
-            raise FileNotFoundError(f"{checkpoint} has no {name}: not a complete checkpoint (save it with save_pretrained)")
+            raise FileNotFoundError(f"{checkpoint} has no {name}: not a complete checkpoint (save it with "
+                                    "save_pretrained)")
     if not any((checkpoint / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"{checkpoint} has no processor/tokenizer files: save the processor into it too")
     model_type = _read_json(checkpoint / "config.json").get("model_type")
@@ -186,7 +187,8 @@ def validate_staged(staging: Path) -> None:
 
     auto_map = {**_read_json(staging / "config.json")["auto_map"], **_staged_processor_auto_map(staging)}
     try:
-        classes = {name: get_class_from_dynamic_module(reference, str(staging)) for name, reference in auto_map.items()}
+        classes = {name: get_class_from_dynamic_module(reference, str(staging))
+                   for name, reference in auto_map.items()}
         config = classes["AutoConfig"].from_pretrained(staging)
     except Exception as error:  # any failure here means users of the repo could not load it
         raise ValueError(f"the staged folder {staging} does not load with its shipped code: {error}") from error

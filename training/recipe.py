@@ -40,7 +40,8 @@ MODULES_TO_SAVE = ["temperatures", "image_projection", "text_projection"]
 class ModelArguments:
     """Which model to train and how (full fine-tuning, LoRA or QLoRA)."""
 
-    model_name_or_path: str = field(default="HuggingFaceM4/idefics2-8b", metadata={"help": "Hub id or folder of the base model"})
+    model_name_or_path: str = field(default="HuggingFaceM4/idefics2-8b",
+                                    metadata={"help": "Hub id or folder of the base model"})
     tuning: str = field(default="lora", metadata={"help": "full, lora or qlora"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha"})
@@ -58,11 +59,17 @@ class ModelArguments:
 class DataArguments:
     """Where the training data comes from; each stage may have its own (the paper's stages use different data)."""
 
-    dataset_dir: str | None = field(default=None, metadata={"help": "folder from `finedefics data` (train/ test/ categories.json); "
-                                                                     "the data of both stages unless a stage has its own"})
-    stage1_dataset_dir: str | None = field(default=None, metadata={"help": "stage I's data (e.g. from pretrain.csv); default dataset_dir"})
-    stage2_dataset_dir: str | None = field(default=None, metadata={"help": "stage II's data (e.g. from finetune.csv); default dataset_dir"})
-    dataset_name: str | None = field(default=None, metadata={"help": "a `datasets` dataset already carrying Finedefics columns"})
+    dataset_dir: str | None = field(default=None,
+                                    metadata={"help": "folder from `finedefics data` (train/ test/ categories.json); "
+                                                      "the data of both stages unless a stage has its own"})
+    stage1_dataset_dir: str | None = field(default=None,
+                                           metadata={"help": "stage I's data (e.g. from pretrain.csv); default "
+                                                             "dataset_dir"})
+    stage2_dataset_dir: str | None = field(default=None,
+                                           metadata={"help": "stage II's data (e.g. from finetune.csv); default "
+                                                             "dataset_dir"})
+    dataset_name: str | None = field(default=None,
+                                     metadata={"help": "a `datasets` dataset already carrying Finedefics columns"})
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set (debugging)"})
 
@@ -283,7 +290,8 @@ def _without_quantization(config):
 
 
 def _checkpointing(training_args) -> bool:
-    return bool(getattr(training_args, "activation_checkpointing", False) or getattr(training_args, "gradient_checkpointing", False))
+    return bool(getattr(training_args, "activation_checkpointing", False)
+                or getattr(training_args, "gradient_checkpointing", False))
 
 
 def _is_quantised(model) -> bool:
@@ -349,7 +357,8 @@ def _load_dataset_dir(folder: Path, split: str):
 
 
 def _refuse_empty_saved_split(folder: Path, split: str) -> None:
-    """``save_to_disk`` writes a 0-row split with no data file, which ``load_from_disk`` fails on with an IndexError."""
+    """``save_to_disk`` writes a 0-row split with no data file, which ``load_from_disk`` fails on with an
+    IndexError."""
     state_file = folder / split / "state.json" if (folder / "dataset_dict.json").is_file() else folder / "state.json"
     try:
         data_files = json.loads(state_file.read_text(encoding="utf-8"))["_data_files"]

@@ -77,7 +77,8 @@ class FinedeficsTrainer(SFTTrainer):
             )
         plan = None
         if train_dataset is not None:
-            plan = describe_stage_data(train_dataset, args.stage, contrastive=getattr(data_collator, "contrastive", True))
+            plan = describe_stage_data(train_dataset, args.stage,
+                                       contrastive=getattr(data_collator, "contrastive", True))
         _record_noun(model, noun, plan)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
@@ -229,7 +230,8 @@ def check_training_columns(dataset, args: FinedeficsTrainingConfig) -> None:
     if missing:
         raise ValueError(
             f"stage {args.stage} training data lacks column(s) {missing} (has {sorted(columns)}). Stage I needs "
-            "attribute descriptions and hard negatives: build them with `finedefics data` or set use_hard_negatives=false."
+            "attribute descriptions and hard negatives: build them with `finedefics data` or set "
+            "use_hard_negatives=false."
         )
 
 
@@ -251,8 +253,9 @@ def describe_stage_data(dataset, stage: int, contrastive: bool = True) -> Counte
     name = STAGE_NAMES[stage]
     plan, untrainable = stage_plan(rows, stage)
     if untrainable:
-        raise ValueError(f"{name} training data: rows {_first(untrainable)} (0-based, {len(untrainable)} of {len(rows)}) "
-                         "have no question of their own and no category or no image: nothing can be asked about them")
+        raise ValueError(f"{name} training data: rows {_first(untrainable)} (0-based, {len(untrainable)} of "
+                         f"{len(rows)}) have no question of their own and no category or no image: nothing can be "
+                         "asked about them")
     if stage == 1 and contrastive:
         lacking = [i for i, row in enumerate(rows) if row["image"] is None or not row.get("category")]
         if lacking:
@@ -260,7 +263,8 @@ def describe_stage_data(dataset, stage: int, contrastive: bool = True) -> Counte
                              "have no image or no category (instruction rows); stage I's contrastive terms need both "
                              "on every row. Give stage I its own data (stage1_dataset_dir, e.g. from pretrain.csv) "
                              "and train instruction rows in stage II")
-    logger.info("%s will train %d rows: %s", name, len(rows), ", ".join(f"{n} {what}" for what, n in plan.most_common()))
+    logger.info("%s will train %d rows: %s", name, len(rows),
+                ", ".join(f"{n} {what}" for what, n in plan.most_common()))
     if stage == 2 and not any(is_recognition_treatment(what) for what in plan):
         logger.warning("\n%s\nSTAGE II DATA HOLD NO RECOGNITION QUESTION: none of its %d rows is an open-set or "
                        "multiple-choice question about an image, and none leaves the question to the trainer (a row "

@@ -20,7 +20,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="build and check training data (synthetic benchmark, CSV, CUB, options)",
+    parser = subparsers.add_parser("data",
+                                   help="build and check training data (synthetic benchmark, CSV, CUB, options)",
                                    description=__doc__.split("\n\n", 1)[1].replace("``", ""),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -37,15 +38,17 @@ def _register_synth(commands) -> None:
 
     defaults = SynthConfig()
     parser = commands.add_parser("synth", help="generate the synthetic fine-grained bird benchmark",
-                                 description="Generate the synthetic benchmark: train/ and test/ (imagefolder with metadata.jsonl), "
-                                             "categories.json, foci_test.json, train_reference.csv, README.md.")
+                                 description="Generate the synthetic benchmark: train/ and test/ (imagefolder with "
+                                             "metadata.jsonl), categories.json, foci_test.json, train_reference.csv, "
+                                             "README.md.")
     parser.add_argument("output", help="folder to create (must be new or empty, or use --overwrite)")
     for name, help_text in [("num_genera", "groups of similar species"), ("species_per_genus", "species per genus"),
                             ("train_per_category", "training images of a common species"),
                             ("rare_train_per_category", "training images of a rare species"),
                             ("validation_per_category", "validation images per species"),
                             ("test_per_category", "test images per species"), ("image_size", "pixels per side"),
-                            ("seed", "random seed (same seed, same bytes)"), ("num_negatives", "hard negatives per image")]:
+                            ("seed", "random seed (same seed, same bytes)"),
+                            ("num_negatives", "hard negatives per image")]:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(defaults, name),
                             help=f"{help_text} (default {getattr(defaults, name)})")
     parser.add_argument("--rare-fraction", type=float, default=defaults.rare_fraction,
@@ -64,14 +67,16 @@ def run_synth(args) -> int:
     config = SynthConfig(num_genera=args.num_genera, species_per_genus=args.species_per_genus,
                          train_per_category=args.train_per_category, rare_fraction=args.rare_fraction,
                          rare_train_per_category=args.rare_train_per_category,
-                         validation_per_category=args.validation_per_category, test_per_category=args.test_per_category,
+                         validation_per_category=args.validation_per_category,
+                         test_per_category=args.test_per_category,
                          image_size=args.image_size, seed=args.seed, num_negatives=args.num_negatives,
                          occlusion_prob=args.occlusion_prob)
     output = generate_benchmark(args.output, config, progress=not args.no_progress, overwrite=args.overwrite)
     categories = load_categories(output)
     rare = sum(c["is_rare"] for c in categories)
     print(f"{output}: {len(categories)} species ({rare} rare), {sum(c['n_train'] for c in categories)} train / "
-          f"{sum(c['n_validation'] for c in categories)} validation / {sum(c['n_test'] for c in categories)} test images")
+          f"{sum(c['n_validation'] for c in categories)} validation / "
+          f"{sum(c['n_test'] for c in categories)} test images")
     if args.preview:
         _write_preview(output, args.preview)
     return 0
@@ -108,8 +113,10 @@ def _register_csv(commands) -> None:
     parser.add_argument("--categories", metavar="FILE", action="append", default=[],
                         help="known category names an answer may name: a reference CSV (its category column, "
                              "e.g. pretrain.csv) or a text file with one name per line (repeatable)")
-    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of stopping at the first")
-    parser.add_argument("--keep-multi-image", action="store_true", help="keep two-image rows (skipped and counted by default)")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="skip and count bad rows instead of stopping at the first")
+    parser.add_argument("--keep-multi-image", action="store_true",
+                        help="keep two-image rows (skipped and counted by default)")
     parser.add_argument("--no-check-images", action="store_true", help="do not open every image while reading")
     parser.add_argument("--allow-images-outside-root", action="store_true",
                         help="read image paths that leave --image-root (absolute, or climbing out with '..'); "
@@ -219,7 +226,8 @@ def _register_options(commands) -> None:
     parser.add_argument("--model", help="Finedefics checkpoint for --miner text-embeddings")
     parser.add_argument("--num-options", type=int, default=4, help="options per question (default 4)")
     parser.add_argument("--image-root", help="write image paths relative to this folder (default: DATA)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds filler options for categories with too few negatives")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds filler options for categories with too few negatives")
     parser.set_defaults(func=run_options)
 
 

@@ -59,7 +59,8 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--write-card", action="store_true",
-                        help="also render the results into the checkpoint's README.md (merged with results already there)")
+                        help="also render the results into the checkpoint's README.md "
+                             "(merged with results already there)")
     parser.add_argument("--negatives", default="auto", metavar="auto|names|FILE",
                         help="wrong options for datasets without option files or per-row negatives: 'auto' mines "
                              "attributes where rows have them, else the model's text embeddings of the names; "
@@ -87,7 +88,8 @@ def run(args) -> int:
     if len(reports) > 1:
         summary = summarize_reports(reports)
         means = ", ".join(f"{mode} {100 * m['accuracy']:.2f}" for mode, m in summary["mean_accuracy"].items())
-        print(f"mean accuracy over {len(reports)} benchmarks: {means}; summary in {Path(args.output_dir) / 'report.json'}")
+        print(f"mean accuracy over {len(reports)} benchmarks: {means}; summary in "
+              f"{Path(args.output_dir) / 'report.json'}")
     if args.write_card:
         _write_card(args.model, reports)
     return 0

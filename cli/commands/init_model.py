@@ -31,7 +31,7 @@ def run(args) -> int:
     from finedefics_training.init_model import init_model
     from .data import noun_from_arguments
 
-    output = init_model(args.corpus, args.output, preset=args.preset, noun=noun_from_arguments(args), image_size=args.image_size,
-                        vocab_size=args.vocab_size, seed=args.seed)
+    output = init_model(args.corpus, args.output, preset=args.preset, noun=noun_from_arguments(args),
+                        image_size=args.image_size, vocab_size=args.vocab_size, seed=args.seed)
     print(f"starting model written to {output}")
     return 0

@@ -18,15 +18,18 @@ def register(subparsers) -> None:
     )
     parser.add_argument("checkpoint", help="merged checkpoint folder (config.json, *.safetensors, processor files)")
     parser.add_argument("--repo-id", required=True, help="target repo, USER/NAME or ORG/NAME (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo as private (no effect on an existing repo)")
+    parser.add_argument("--private", action="store_true",
+                        help="create the repo as private (no effect on an existing repo)")
     parser.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request against main instead of committing")
+    parser.add_argument("--create-pr", action="store_true",
+                        help="open a pull request against main instead of committing")
     parser.add_argument("--report", default=None, help="eval report: report.json or the folder holding it")
     parser.add_argument("--recipe", default=None, help="training recipe YAML to show in the model card")
     parser.add_argument("--base-model", default=None,
                         help="Hub id of the model it was trained from (default: the recipe's model_name_or_path)")
     parser.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN or the cached login)")
-    parser.add_argument("--commit-message", default=None, help="commit message (default: 'Upload Finedefics checkpoint')")
+    parser.add_argument("--commit-message", default=None,
+                        help="commit message (default: 'Upload Finedefics checkpoint')")
     parser.add_argument("--stage-only", metavar="DIR", default=None,
                         help="write the staged folder to DIR (must be empty) and upload nothing")
     parser.set_defaults(func=run)
@@ -35,7 +38,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from finedefics_training.push import DEFAULT_COMMIT_MESSAGE, check_target, push_to_hub, resolve_token, stage_for_hub, staged_files
+    from finedefics_training.push import (DEFAULT_COMMIT_MESSAGE, check_target, push_to_hub, resolve_token,
+                                          stage_for_hub, staged_files)
 
     stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True,
                  repo_id=args.repo_id)
@@ -50,7 +54,8 @@ def run(args) -> int:
         staging = stage_for_hub(args.checkpoint, tmp, **stage)
         try:
             result = push_to_hub(staging, args.repo_id, token=token, private=args.private, revision=args.revision,
-                                 create_pr=args.create_pr, commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE)
+                                 create_pr=args.create_pr,
+                                 commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE)
         except (ConnectionError, HfHubHTTPError) as error:  # the Hub failed us: not bad input, still one line
             print(f"finedefics push: error: {str(error).splitlines()[0]}", file=sys.stderr)
             return 1

@@ -8,9 +8,9 @@ DESCRIPTION = (
     "Stage I (attribute contrastive + description tuning), merge the adapter, then stage II "
     "(recognition tuning) from the merged stage I checkpoint. Outputs OUTPUT_DIR/stage1/final and "
     "OUTPUT_DIR/stage2/final. Each stage may have its own data: stage1_dataset_dir (e.g. from pretrain.csv) "
-    "and stage2_dataset_dir (e.g. from finetune.csv), both defaulting to dataset_dir. --dry-run prints both stages' plans and memory estimates without training. Other fields prefixed "
-    "with stage2_ (e.g. stage2_learning_rate, stage2_max_steps) override stage II only. Both stages' data are "
-    "summarised and checked before stage I starts."
+    "and stage2_dataset_dir (e.g. from finetune.csv), both defaulting to dataset_dir. --dry-run prints both stages' "
+    "plans and memory estimates without training. Other fields prefixed with stage2_ (e.g. stage2_learning_rate, "
+    "stage2_max_steps) override stage II only. Both stages' data are summarised and checked before stage I starts."
 )
 
 
@@ -78,7 +78,8 @@ def run(args) -> int:
     argv, dry_run = take_flag(args.recipe_args, "--dry-run")
     if dry_run:
         argv += ["--use_cpu", "true"]  # plan a GPU recipe on any machine: nothing runs on a device
-    *recipe, remaining = recipe_parser("finedefics two-stage").parse_args_and_config(argv, return_remaining_strings=True)
+    *recipe, remaining = recipe_parser("finedefics two-stage").parse_args_and_config(
+        argv, return_remaining_strings=True)
     model_args, data_args, training_args = recipe
     overrides = stage2_overrides(remaining)
     if dry_run:

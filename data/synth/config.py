@@ -47,16 +47,21 @@ class SynthConfig:
         # One sibling per changed (attribute, value); wing and breast colours lose one more value to the plumage.
         max_species = 1 + sum(len(ATTRIBUTES[a]) - 1 for a in SPECIES_ATTRIBUTES) - 2
         checks = [
-            (1 <= self.num_genera <= len(_GENUS_STEMS) * len(_GENUS_SUFFIXES), f"num_genera must be 1..{len(_GENUS_STEMS) * len(_GENUS_SUFFIXES)}"),
-            (2 <= self.species_per_genus <= max_species, f"species_per_genus must be 2..{max_species} (siblings are needed as hard negatives)"),
-            (self.train_per_category >= 1 and self.test_per_category >= 1, "train_per_category and test_per_category must be >= 1"),
+            (1 <= self.num_genera <= len(_GENUS_STEMS) * len(_GENUS_SUFFIXES),
+             f"num_genera must be 1..{len(_GENUS_STEMS) * len(_GENUS_SUFFIXES)}"),
+            (2 <= self.species_per_genus <= max_species,
+             f"species_per_genus must be 2..{max_species} (siblings are needed as hard negatives)"),
+            (self.train_per_category >= 1 and self.test_per_category >= 1,
+             "train_per_category and test_per_category must be >= 1"),
             (self.validation_per_category >= 0, "validation_per_category must be >= 0"),
             (0.0 <= self.rare_fraction < 1.0, "rare_fraction must be in [0, 1)"),
-            (1 <= self.rare_train_per_category <= self.train_per_category, "rare_train_per_category must be 1..train_per_category"),
+            (1 <= self.rare_train_per_category <= self.train_per_category,
+             "rare_train_per_category must be 1..train_per_category"),
             (32 <= self.image_size <= 1024, "image_size must be 32..1024"),
             (1 <= self.num_negatives < self.num_categories, "num_negatives must be 1..(number of categories - 1)"),
             (0.0 <= self.occlusion_prob <= 1.0, "occlusion_prob must be in [0, 1]"),
-            (len(self.noise_std) == 2 and 0 <= self.noise_std[0] <= self.noise_std[1], "noise_std must be (low, high) with 0 <= low <= high"),
+            (len(self.noise_std) == 2 and 0 <= self.noise_std[0] <= self.noise_std[1],
+             "noise_std must be (low, high) with 0 <= low <= high"),
         ]
         for ok, message in checks:
             if not ok:

@@ -42,7 +42,8 @@ def _body(build: str) -> np.ndarray:
 _HEAD = _ellipse(0.56, -0.30, 0.24, 0.24)
 _EYE = _ellipse(0.64, -0.30, 0.055, 0.055)
 _EYE_RING = _ellipse(0.64, -0.30, 0.11, 0.11)
-_CREST = np.array([[0.40, -0.44], [0.30, -0.78], [0.50, -0.50], [0.50, -0.84], [0.62, -0.52], [0.74, -0.70], [0.72, -0.42]])
+_CREST = np.array([[0.40, -0.44], [0.30, -0.78], [0.50, -0.50], [0.50, -0.84], [0.62, -0.52], [0.74, -0.70],
+                   [0.72, -0.42]])
 # Beaks are drawn large enough to tell apart at 64 px: a short stubby cone, a long thin spike, and a
 # hook that bends well below the gape.
 _BEAKS = {
@@ -57,7 +58,8 @@ _TAILS = {
 }
 _WING = _ellipse(-0.10, -0.06, 0.42, 0.20, angle=0.18)
 _WING_BARS = [np.array([[x, -0.24], [x - 0.06, 0.12]]) for x in (-0.34, -0.18, -0.02, 0.14)]
-_WING_SPOTS = [_ellipse(x, y, 0.06, 0.06) for x, y in ((-0.32, -0.08), (-0.14, -0.14), (-0.12, 0.02), (0.06, -0.08), (0.10, 0.04))]
+_WING_SPOTS = [_ellipse(x, y, 0.06, 0.06)
+               for x, y in ((-0.32, -0.08), (-0.14, -0.14), (-0.12, 0.02), (0.06, -0.08), (0.10, 0.04))]
 _LEGS = [np.array([[0.05, 0.25], [0.0, 0.55]]), np.array([[0.22, 0.22], [0.22, 0.55]])]
 
 
@@ -74,7 +76,8 @@ class _Pose:
         scale = size * 0.30 * rng.uniform(0.85, 1.10)
         c, s = math.cos(angle), math.sin(angle)
         self.matrix = np.array([[c, s], [-s, c]]) * scale
-        self.offset = np.array([size / 2 + rng.uniform(-0.07, 0.07) * size, size / 2 + rng.uniform(-0.04, 0.08) * size])
+        self.offset = np.array([size / 2 + rng.uniform(-0.07, 0.07) * size,
+                                size / 2 + rng.uniform(-0.04, 0.08) * size])
         self.scale = scale
 
     def __call__(self, points: np.ndarray) -> list[float]:
@@ -105,7 +108,8 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
     for _ in range(int(rng.integers(0, 4))):  # soft leaves behind the bird
         cx, cy = rng.uniform(0, size, 2)
         leaf = _ellipse(cx, cy, rng.uniform(2, 6), rng.uniform(1.5, 3), rng.uniform(0, np.pi))
-        draw.polygon(leaf.ravel().tolist(), fill=(int(rng.uniform(70, 120)), int(rng.uniform(110, 160)), int(rng.uniform(60, 100))))
+        draw.polygon(leaf.ravel().tolist(),
+                     fill=(int(rng.uniform(70, 120)), int(rng.uniform(110, 160)), int(rng.uniform(60, 100))))
 
 
 def _perch(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pose: _Pose, size: int) -> None:
@@ -176,7 +180,8 @@ def _draw_parts(canvas: _Canvas, attributes: dict[str, str], pose: _Pose, paint:
     canvas.mark("crest", pose(_occlusion_box(attributes, "crest")))
     for leg in _LEGS:
         canvas.line("background", pose(leg), fill=(70, 60, 50), width=1)
-    canvas.polygon("tail", pose(_TAILS[attributes["tail"]]), fill=tuple(int(v * 0.8) for v in plumage), outline=outline)
+    canvas.polygon("tail", pose(_TAILS[attributes["tail"]]), fill=tuple(int(v * 0.8) for v in plumage),
+                   outline=outline)
     canvas.polygon("body", pose(_body(attributes["build"])), fill=plumage, outline=outline)
     canvas.polygon("breast", pose(_breast(attributes["build"])), fill=paint[attributes["breast"]])
     wing = paint[attributes["wing_color"]]
@@ -223,14 +228,16 @@ def _occlusion_box(attributes: dict[str, str], part: str) -> np.ndarray:
 def _occlude(canvas: _Canvas, rng: np.random.Generator, attributes: dict[str, str], part: str, pose: _Pose) -> None:
     """A foreground leaf (a box that turns with the bird) over the part, so no trace of it shows."""
     leaf = (int(rng.uniform(30, 70)), int(rng.uniform(90, 130)), int(rng.uniform(30, 60)))
-    canvas.polygon("background", pose(_occlusion_box(attributes, part)), fill=leaf, outline=tuple(int(v * 0.6) for v in leaf))
+    canvas.polygon("background", pose(_occlusion_box(attributes, part)), fill=leaf,
+                   outline=tuple(int(v * 0.6) for v in leaf))
 
 
 def _add_noise(image: Image.Image, rng: np.random.Generator, noise_std: tuple[float, float]) -> Image.Image:
     std = rng.uniform(*noise_std)
     if std <= 0:
         return image
-    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0.0, std, size=(image.height, image.width, 3)).astype(np.float32)
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0.0, std,
+                                                              size=(image.height, image.width, 3)).astype(np.float32)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 

@@ -62,7 +62,8 @@ def load_synthetic_dataset(data_dir: str | Path):
     features = datasets.Features({
         "image": datasets.Image(), "category": datasets.Value("string"), "label": datasets.Value("int64"),
         "attribute": datasets.Value("string"), "attributes": datasets.Value("string"),
-        "neg_categories": datasets.List(datasets.Value("string")), "neg_attributes": datasets.List(datasets.Value("string")),
+        "neg_categories": datasets.List(datasets.Value("string")),
+        "neg_attributes": datasets.List(datasets.Value("string")),
         "genus": datasets.Value("string"), "is_rare": datasets.Value("bool"),
     })
     return datasets.load_dataset("imagefolder", data_dir=str(data_dir), features=features)

@@ -211,7 +211,8 @@ def build_categories(config: SynthConfig) -> list[dict]:
     """The benchmark's categories (sorted by name; ``label`` is the index), without image counts."""
     rng = np.random.default_rng([config.seed, 0xCA7])
     colours = ATTRIBUTES["plumage"]
-    plumages = [colours[i % len(colours)] for i in rng.permutation(max(len(colours), config.num_genera))[:config.num_genera]]
+    plumages = [colours[i % len(colours)]
+                for i in rng.permutation(max(len(colours), config.num_genera))[:config.num_genera]]
     categories, bases, crowded = [], [], 0
     for (genus, names), plumage in zip(_invent_names(rng, config.num_genera, config.species_per_genus), plumages):
         base, distance = _unique_base(rng, plumage, bases)
@@ -223,7 +224,8 @@ def build_categories(config: SynthConfig) -> list[dict]:
                                "description": describe(attributes), "siblings": [n for n in names if n != name]})
     if crowded:
         logger.warning("%d genera are fewer than %d part attributes away from another genus, so some species of other "
-                       "genera are as similar as siblings; lower num_genera for cleaner genera", crowded, MIN_GENUS_DISTANCE)
+                       "genera are as similar as siblings; lower num_genera for cleaner genera", crowded,
+                       MIN_GENUS_DISTANCE)
     categories.sort(key=lambda c: c["name"])
     rare = set(rng.permutation(len(categories))[:config.num_rare].tolist())
     for label, category in enumerate(categories):
@@ -243,7 +245,8 @@ def _unique_base(rng: np.random.Generator, plumage: str, bases: list[dict[str, s
     best, best_distance = None, -1
     for _ in range(2000):
         candidate = _genus_type_attributes(rng, plumage)
-        distance = min((sum(candidate[a] != b[a] for a in SPECIES_ATTRIBUTES) for b in bases), default=len(SPECIES_ATTRIBUTES))
+        distance = min((sum(candidate[a] != b[a] for a in SPECIES_ATTRIBUTES) for b in bases),
+                       default=len(SPECIES_ATTRIBUTES))
         if distance > best_distance:
             best, best_distance = candidate, distance
         if best_distance >= MIN_GENUS_DISTANCE:
@@ -261,4 +264,5 @@ def random_attributes(rng: np.random.Generator) -> dict[str, str]:
 def distinguishing_attributes(category: dict, categories: list[dict]) -> list[str]:
     """Attributes in which ``category`` differs from at least one sibling: what sets it apart in its genus."""
     siblings = [c for c in categories if c["genus"] == category["genus"] and c["name"] != category["name"]]
-    return [name for name in ATTRIBUTES if any(s["attributes"][name] != category["attributes"][name] for s in siblings)]
+    return [name for name in ATTRIBUTES
+            if any(s["attributes"][name] != category["attributes"][name] for s in siblings)]

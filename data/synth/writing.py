@@ -54,7 +54,8 @@ def _write_split(root: Path, split: str, categories: list[dict], config: SynthCo
             (folder / file_name).write_bytes(data)
             rows.append({"file_name": file_name, "category": category["name"], "label": category["label"],
                          "attribute": description, "attributes": json.dumps(visible, sort_keys=True),
-                         "neg_categories": negatives[category["name"]], "neg_attributes": neg_descriptions[category["name"]],
+                         "neg_categories": negatives[category["name"]],
+                         "neg_attributes": neg_descriptions[category["name"]],
                          "genus": category["genus"], "is_rare": category["is_rare"]})
             progress_bar.update(1)
     with open(folder / "metadata.jsonl", "w", encoding="utf-8") as handle:
@@ -102,7 +103,8 @@ def generate_benchmark(output_dir: str | Path, config: SynthConfig = SynthConfig
     try:
         seen_pixels: set = set()
         with tqdm(total=total, desc="drawing birds", unit="img", disable=not progress) as bar:
-            splits = {split: _write_split(staging, split, categories, config, negatives, neg_descriptions, seen_pixels, bar)
+            splits = {split: _write_split(staging, split, categories, config, negatives, neg_descriptions,
+                                          seen_pixels, bar)
                       for split in written_splits(config)}
         _write_extras(staging, categories, negatives, splits, config)
         lock.release()  # its file must not travel into the benchmark
@@ -183,7 +185,8 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if not overwrite:
         raise ValueError(f"{output_dir} exists and is not empty; choose a new folder or pass overwrite (--overwrite)")
     if not (output_dir / "categories.json").is_file():
-        raise ValueError(f"{output_dir} is not empty and is not a synthetic benchmark (no categories.json); refusing to delete it")
+        raise ValueError(f"{output_dir} is not empty and is not a synthetic benchmark (no categories.json); refusing "
+                         "to delete it")
 
 
 def _write_extras(root: Path, categories: list[dict], negatives: dict, splits: dict, config: SynthConfig) -> None:
@@ -212,7 +215,8 @@ REFERENCE_COLUMNS = ("question", "answer", "type", "image_path", "image_path_1",
                      "neg_attribute", "category", "neg_category")
 
 
-def write_reference_csv(path: str | Path, rows: list[dict], image_prefix: str = "", question: str | None = None) -> Path:
+def write_reference_csv(path: str | Path, rows: list[dict], image_prefix: str = "",
+                        question: str | None = None) -> Path:
     """Write records in the reference implementation's stage I CSV format.
 
     Each row asks for the image's attributes and answers with its description; negatives share one
@@ -226,6 +230,8 @@ def write_reference_csv(path: str | Path, rows: list[dict], image_prefix: str = 
         for row in rows:
             writer.writerow({"question": question, "answer": row["attribute"], "type": "single-image",
                              "image_path": image_prefix + row["file_name"], "image_path_1": "", "image_path_2": "",
-                             "attribute": row["attribute"], "neg_attribute": NEGATIVE_SEPARATOR.join(row["neg_attributes"]),
-                             "category": row["category"], "neg_category": NEGATIVE_SEPARATOR.join(row["neg_categories"])})
+                             "attribute": row["attribute"],
+                             "neg_attribute": NEGATIVE_SEPARATOR.join(row["neg_attributes"]),
+                             "category": row["category"],
+                             "neg_category": NEGATIVE_SEPARATOR.join(row["neg_categories"])})
     return Path(path)
