@@ -21,7 +21,8 @@ LOAD = textwrap.dedent(
     model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the species of the bird in the image?"}]}]
+    question = {"type": "text", "text": "What is the species of the bird in the image?"}
+    messages = [{"role": "user", "content": [{"type": "image"}, question]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=[[Image.new("RGB", (64, 64), "white")]], text=[prompt], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
@@ -80,7 +81,8 @@ def test_the_gap_has_a_value_per_seed_and_an_interval(demo_run):
     assert gap["ci95"][0] <= gap["mean"] <= gap["ci95"][1]
     # The per-seed gap is the difference of the two models' accuracies in that seed's table.
     table = {row["model"]: row for row in report["comparison_per_seed"]["1"]}
-    assert gap["per_seed"][1] == pytest.approx(table["finedefics"]["generate"] - table["instruction_tuning"]["generate"])
+    assert gap["per_seed"][1] == pytest.approx(
+        table["finedefics"]["generate"] - table["instruction_tuning"]["generate"])
     assert "finedefics - instruction_tuning, generate, rare" in report["gaps"]
     markdown = (output_dir / "report" / "report.md").read_text()
     assert "## The premise" in markdown and "## Finedefics minus instruction tuning" in markdown
@@ -161,6 +163,7 @@ def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     assert "carved from its training rows" in result.stderr
     report = _report(tmp_path / "out")
     assert report["premise"]["object_information_extraction"]["scored_by"] == "description words"
-    assert report["premise"]["object_information_extraction"]["question"] == "Describe the attributes of the car in the image."
+    extraction = report["premise"]["object_information_extraction"]
+    assert extraction["question"] == "Describe the attributes of the car in the image."
     assert report["premise"]["category_knowledge"]["categories"] == len(MODELS)
     assert report["models"]["base"]["protocol"]["query"] == "Which of these cars is shown in the image?"

@@ -27,7 +27,8 @@ def test_recall_counts_visible_values_and_restricts_to_given_keys():
 
 
 def test_description_words_drop_function_words():
-    assert description_words("A slender bird with a long thin beak.") == {w: w for w in ("slender", "long", "thin", "beak")}
+    words = ("slender", "long", "thin", "beak")
+    assert description_words("A slender bird with a long thin beak.") == {w: w for w in words}
 
 
 def test_paired_gap_mean_per_seed_and_interval():
@@ -140,8 +141,10 @@ def test_multiple_choice_in_text_puts_the_answer_at_every_letter(monkeypatch, re
         name = next(n for d, n in by_description.items() if d in question.lower())
         return next(letter for letter, option in options.items() if option == name)
 
-    monkeypatch.setattr(premise, "generate_answers", lambda model, processor, questions, *a, **k: [answer(q) for q in questions])
-    result = premise.multiple_choice_in_text(None, None, categories, negatives, ObjectNoun.of("bird"), rare={"Dunmere"})
+    monkeypatch.setattr(premise, "generate_answers",
+                        lambda model, processor, questions, *a, **k: [answer(q) for q in questions])
+    result = premise.multiple_choice_in_text(None, None, categories, negatives, ObjectNoun.of("bird"),
+                                             rare={"Dunmere"})
     assert result["questions"] == 5 * 4
     assert result["accuracy"] == pytest.approx(expected)
     if responder == "always A":

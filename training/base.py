@@ -121,7 +121,8 @@ class AttributeProbe(nn.Module):
         loss = None
         if labels is not None:
             # -100: the attribute is hidden in this image (occluded) and is not supervised.
-            loss = sum(nn.functional.cross_entropy(out, labels[:, i], ignore_index=-100) for i, out in enumerate(logits))
+            loss = sum(nn.functional.cross_entropy(out, labels[:, i], ignore_index=-100)
+                       for i, out in enumerate(logits))
         if patch_labels is not None:
             patches = outputs.last_hidden_state
             for i, head in enumerate(self.patch_heads):

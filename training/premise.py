@@ -75,8 +75,8 @@ def recall(stated: list[dict[str, str]], truths: list[dict[str, str]], keys: lis
 
 # ----------------------------------------------------------------------------- the premise
 def object_information_extraction(model, processor, rows: list[dict], categories: dict[str, dict],
-                                  parse: Callable[[str], dict] | None, noun: ObjectNoun, distinguishing: dict[str, list[str]],
-                                  batch_size: int = 32) -> dict:
+                                  parse: Callable[[str], dict] | None, noun: ObjectNoun,
+                                  distinguishing: dict[str, list[str]], batch_size: int = 32) -> dict:
     """Describe held-out images; score the answers against each image's visible attributes.
 
     ``rows`` carry ``image`` (PIL), ``category``, ``attribute`` (the reference description) and
@@ -129,7 +129,8 @@ def multiple_choice_in_text(model, processor, categories: list[dict], negatives:
             continue
         for position in range(len(others) + 1):
             options = others[:position] + [category["name"]] + others[position:]
-            questions.append(multiple_choice_prompt(reverse_knowledge_question(noun, category["description"]), options))
+            question = reverse_knowledge_question(noun, category["description"])
+            questions.append(multiple_choice_prompt(question, options))
             answers.append(LETTERS[position])
             is_rare.append(category["name"] in rare)
     replies = generate_answers(model, processor, questions, None, batch_size, max_new_tokens=4,

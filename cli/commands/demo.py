@@ -16,19 +16,21 @@ def register(subparsers) -> None:
             "OUTPUT_DIR/model (checkpoint + model card) and OUTPUT_DIR/report. Rerunning resumes where it stopped."
         ),
     )
-    parser.add_argument("--output-dir", default="finedefics-demo", help="where everything goes (default: ./finedefics-demo)")
+    parser.add_argument("--output-dir", default="finedefics-demo",
+                        help="where everything goes (default: ./finedefics-demo)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke test of every phase in about a minute (micro model; the premise is not expected to hold)")
+                        help="a smoke test of every phase in about a minute (micro model; the premise is not "
+                             "expected to hold)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
-                        help="training seeds of the variants; the mean, the spread and the gap's interval are reported "
-                             "(default: 0; the README's table uses --seeds 0 1 2)")
+                        help="training seeds of the variants; the mean, the spread and the gap's interval are "
+                             "reported (default: 0; the README's table uses --seeds 0 1 2)")
     parser.add_argument("--seed", type=int, default=None, help="a single training seed (same as --seeds SEED)")
     parser.add_argument("--data", metavar="DIR",
-                        help="run on a dataset folder from `finedefics data` (synth, csv, cub) instead of the embedded "
-                             "benchmark; the base model is built for it")
+                        help="run on a dataset folder from `finedefics data` (synth, csv, cub) instead of the "
+                             "embedded benchmark; the base model is built for it")
     parser.add_argument("--rebuild-base", action="store_true",
-                        help="build the base model instead of starting from the shipped one, and check that the result "
-                             "is bit for bit the shipped one")
+                        help="build the base model instead of starting from the shipped one, and check that the "
+                             "result is bit for bit the shipped one")
     parser.add_argument("--eval-split", default="test", choices=["test", "validation"],
                         help="split of the table: test (default) for results, validation while choosing settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

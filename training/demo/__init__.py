@@ -38,7 +38,9 @@ from .plan import (BASE_FIELDS, MAY_BE_ZERO, RATIOS, DemoPlan, apply_overrides, 
 from .run import VARIANTS, run_demo
 from .shipped_base import (BUILD_FILE, SHIPPED_BASE, copy_shipped_base, record_build, shipped_base_dir,
                            shipped_base_for, weights_digest)
-from .train import build_base, make_base_dataset, make_initial_model, pretrain_vision_phase, train_phase, train_variants
+from .train import (
+    build_base, make_base_dataset, make_initial_model, pretrain_vision_phase, train_phase, train_variants,
+)
 
 __all__ = [
     "BASE_FIELDS", "BUILD_FILE", "EVAL_MODES", "EVAL_OPTION_SEED", "MAY_BE_ZERO", "RATIOS", "SCORES_FILE",

@@ -40,8 +40,8 @@ class DemoPlan:
 
 
 BASE_FIELDS = ("synth", "preset", "image_seq_len", "base_seed", "pool_size", "vision_steps", "vision_batch_size",
-               "vision_learning_rate", "caption_images", "choice_images", "base_steps", "base_batch_size", "base_learning_rate",
-               "knowledge_repeats", "base_freeze_vision_tower")
+               "vision_learning_rate", "caption_images", "choice_images", "base_steps", "base_batch_size",
+               "base_learning_rate", "knowledge_repeats", "base_freeze_vision_tower")
 
 
 def default_plan() -> DemoPlan:

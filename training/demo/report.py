@@ -17,7 +17,8 @@ from pathlib import Path
 COLUMNS = [("generate", "generate"), ("likelihood", "likelihood"), ("embedding", "embedding (4-way)"),
            ("open_set", "open-set"), ("embedding_top1_all", "embedding top-1 (all)"),
            ("generate_rare", "generate rare"), ("generate_common", "generate common"),
-           ("likelihood_rare", "likelihood rare"), ("embedding_rare", "embedding rare"), ("open_set_rare", "open-set rare")]
+           ("likelihood_rare", "likelihood rare"), ("embedding_rare", "embedding rare"),
+           ("open_set_rare", "open-set rare")]
 GAP_MODES = ("generate", "likelihood", "embedding", "open_set")
 BOOTSTRAP_SAMPLES = 2000
 PREMISE_TARGETS = {"object values": 0.90, "distinguishing values": 0.80, "category knowledge": 0.90}
@@ -133,7 +134,8 @@ def premise_summary(premise: dict, base_scores: dict) -> dict:
         "multiple choice in text": (premise.get("multiple_choice_in_text") or {}).get("accuracy"),
         "4-way recognition (generate)": base_scores["modes"]["generate"]["accuracy"],
     }
-    summary["met"] = {key: summary[key] is not None and summary[key] >= target for key, target in PREMISE_TARGETS.items()}
+    summary["met"] = {key: summary[key] is not None and summary[key] >= target
+                      for key, target in PREMISE_TARGETS.items()}
     return summary
 
 
@@ -225,7 +227,8 @@ def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict,
         "plan": asdict(plan), "premise": {"summary": summary, **premise},
         "comparison": mean, "comparison_per_seed": per_seed, "gaps": gap_table,
         "models": {"base": _without_rows(base_scores),
-                   **{f"seed-{s}/{n}": _without_rows(v) for s, seed_scores in scores.items() for n, v in seed_scores.items()}},
+                   **{f"seed-{s}/{n}": _without_rows(v)
+                      for s, seed_scores in scores.items() for n, v in seed_scores.items()}},
         "phase_seconds": phases.state["done"], "training_curves": curves,
     }
     (report_dir / "report.json").write_text(json.dumps(payload, indent=2, default=str))

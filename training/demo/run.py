@@ -73,7 +73,8 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
         base = build_base(data, runs_dir, plan, phases)
         record_build(base, recipe, phases, rebuild_base)
 
-    premise = phases.run("premise (base model)", measure_premise, base, data, eval_split, plan, report_dir / "premise.json")
+    premise = phases.run("premise (base model)", measure_premise, base, data, eval_split, plan,
+                         report_dir / "premise.json")
     premise = premise or json.loads((report_dir / "premise.json").read_text())
     phases.run("evaluation: base", evaluate_models, {"base": base}, data, eval_split, report_dir, plan,
                desc="evaluating the base")

@@ -36,7 +36,8 @@ def pretrain_vision_phase(data, model_dir: Path, work_dir: Path, plan: DemoPlan)
     patch_size = FinedeficsConfig.from_pretrained(model_dir).vision_config.patch_size
     pool = attribute_pool(plan.pool_size, data.synth_config, patch_size=patch_size)
     accuracy = pretrain_vision(model_dir, work_dir, pool, ATTRIBUTES, plan.vision_steps, plan.vision_batch_size,
-                               plan.vision_learning_rate, plan.base_seed, progress=PhaseProgress("base: vision pre-training"))
+                               plan.vision_learning_rate, plan.base_seed,
+                               progress=PhaseProgress("base: vision pre-training"))
     (work_dir / "probe_accuracy.json").write_text(json.dumps(accuracy, indent=1))
     return accuracy
 
@@ -58,7 +59,8 @@ def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
         image_rows = [(image, describe, caption) for image, caption in zip(captions.images, captions.captions)]
         image_rows += description_choice_rows(choices, data.noun, seed=plan.base_seed)
     else:
-        image_rows = [(row["image"], describe, row["attribute"]) for row in data.splits["train"] if row.get("attribute")]
+        image_rows = [(row["image"], describe, row["attribute"])
+                      for row in data.splits["train"] if row.get("attribute")]
     descriptions = category_descriptions(data.splits["train"], data.categories)
     knowledge = knowledge_rows(descriptions, data.noun, plan.knowledge_repeats, data.negatives(), seed=plan.base_seed)
     datasets.DatasetDict({"train": base_dataset(image_rows, knowledge)}).save_to_disk(str(output_dir))
@@ -86,8 +88,8 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
     return runs_dir / "base" / "final"
 
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
-                learning_rate: float, seed: int, use_hard_negatives: bool = True, freeze_vision_tower: bool | None = None,
-                batch_size: int | None = None, desc: str = "training") -> Path:
+                learning_rate: float, seed: int, use_hard_negatives: bool = True,
+                freeze_vision_tower: bool | None = None, batch_size: int | None = None, desc: str = "training") -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
     from ..config import FinedeficsTrainingConfig
     from ..recipe import DataArguments, ModelArguments, run_stage
@@ -97,7 +99,8 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
     model_args = ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
                                 freeze_vision_tower=freeze_vision_tower)
     args = FinedeficsTrainingConfig(
-        output_dir=str(output_dir), stage=stage, max_steps=steps, per_device_train_batch_size=batch_size or plan.batch_size,
+        output_dir=str(output_dir), stage=stage, max_steps=steps,
+        per_device_train_batch_size=batch_size or plan.batch_size,
         learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
         weight_decay=0.01, logging_steps=max(1, min(10, steps // 10)), save_strategy="steps",
         save_steps=plan.save_steps, save_total_limit=1, report_to="none", seed=seed, data_seed=seed,
