@@ -83,9 +83,13 @@ class FinedeficsSmolVLMProcessor(FinedeficsProcessorMixin, SmolVLMProcessor):
         self.video_token = getattr(tokenizer, "video_token", "<video>")
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        # SmolVLMProcessor's override only adds the video processor's frame-sampling defaults (no video here).
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template=chat_template, **kwargs)
 
-inherit_conversion_mapping(FinedeficsIdefics3Config.model_type, Idefics3Config.model_type)
-inherit_conversion_mapping(FinedeficsSmolVLMConfig.model_type, SmolVLMConfig.model_type)
+
+inherit_conversion_mapping(FinedeficsIdefics3ForConditionalGeneration, Idefics3ForConditionalGeneration)
+inherit_conversion_mapping(FinedeficsSmolVLMForConditionalGeneration, SmolVLMForConditionalGeneration)
 
 __all__ = [
     "FinedeficsIdefics3Config", "FinedeficsIdefics3ForConditionalGeneration", "FinedeficsIdefics3Processor",

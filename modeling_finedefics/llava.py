@@ -25,6 +25,10 @@ class FinedeficsLlavaForConditionalGeneration(FinedeficsMultimodalMixin, LlavaFo
     image_input_names = ("pixel_values", "image_sizes")
     pixel_values_dims = (4,)
 
+    # transformers saves a stock LLaVA's LM head as ``language_model.lm_head`` and its conversion table maps it
+    # back only for the stock class itself (a subclass, even an empty one, loses it): name the rename here.
+    stock_key_mapping = {r"^language_model\.lm_head": "lm_head"}
+
     def __init__(self, config: FinedeficsLlavaConfig):
         super().__init__(config)
         self._add_alignment_modules(config)
@@ -38,6 +42,6 @@ class FinedeficsLlavaProcessor(FinedeficsProcessorMixin, LlavaProcessor):
     image_summary_prompt = "<image>"
 
 
-inherit_conversion_mapping(FinedeficsLlavaConfig.model_type, LlavaConfig.model_type)
+inherit_conversion_mapping(FinedeficsLlavaForConditionalGeneration, LlavaForConditionalGeneration)
 
 __all__ = ["FinedeficsLlavaConfig", "FinedeficsLlavaForConditionalGeneration", "FinedeficsLlavaProcessor"]

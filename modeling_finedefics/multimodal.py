@@ -45,6 +45,14 @@ class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):
     pixel_values_dims: tuple[int, ...] = (4,)
     per_token_input_names: tuple[str, ...] = ("mm_token_type_ids",)  # moved with the tokens when re-aligning rows
 
+    stock_key_mapping: dict[str, str] | None = None  # checkpoint renames the stock class gets and a subclass does not
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if cls.stock_key_mapping and kwargs.get("key_mapping") is None:
+            kwargs["key_mapping"] = dict(cls.stock_key_mapping)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     # ------------------------------------------------------------- embeddings
     def get_image_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                              mm_encoder_outputs: dict | None = None, **image_inputs) -> torch.Tensor:
@@ -164,17 +172,19 @@ class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):
                              "normalisation (a zero std gives inf)")
 
 
-def inherit_conversion_mapping(finedefics_model_type: str, stock_model_type: str) -> None:
-    """Give a Finedefics model type the stock type's checkpoint key conversions (transformers looks them up by
-    ``model_type``), so a stock checkpoint in any layout transformers reads for the stock class loads, and saves,
-    with the same keys under the Finedefics class."""
+def inherit_conversion_mapping(finedefics_class, stock_class) -> None:
+    """Give a Finedefics class the stock class's checkpoint key conversions (transformers looks them up by class
+    name, then by ``model_type``), so a stock checkpoint in the layout transformers writes and reads for the stock
+    class (often an older one: ``save_pretrained`` reverses the conversions) loads into the Finedefics class."""
     try:
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
     except ImportError:  # an older transformers without the registry
         return
-    mapping = get_checkpoint_conversion_mapping(stock_model_type)
-    if mapping is not None:
-        register_checkpoint_conversion_mapping(finedefics_model_type, mapping, overwrite=True)
+    for ours, theirs in ((finedefics_class.__name__, stock_class.__name__),
+                         (finedefics_class.config_class.model_type, stock_class.config_class.model_type)):
+        mapping = get_checkpoint_conversion_mapping(theirs)
+        if mapping is not None:
+            register_checkpoint_conversion_mapping(ours, mapping, overwrite=True)
 
 
 __all__ = ["FinedeficsMultimodalMixin", "inherit_conversion_mapping"]

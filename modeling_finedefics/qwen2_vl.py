@@ -90,8 +90,8 @@ class FinedeficsQwen2_5_VLProcessor(_FinedeficsQwenProcessorMixin, Qwen2_5_VLPro
     pass
 
 
-inherit_conversion_mapping(FinedeficsQwen2VLConfig.model_type, Qwen2VLConfig.model_type)
-inherit_conversion_mapping(FinedeficsQwen2_5_VLConfig.model_type, Qwen2_5_VLConfig.model_type)
+inherit_conversion_mapping(FinedeficsQwen2VLForConditionalGeneration, Qwen2VLForConditionalGeneration)
+inherit_conversion_mapping(FinedeficsQwen2_5_VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)
 
 __all__ = [
     "FinedeficsQwen2VLConfig", "FinedeficsQwen2VLForConditionalGeneration", "FinedeficsQwen2VLProcessor",

@@ -206,7 +206,9 @@ def tiny_family_config(family: str, processor, stock: bool = False, **overrides)
     tokenizer = processor.tokenizer
     config_class, config, _ = _BUILDERS[family](family, tokenizer, stock=False)
     if stock:
-        return config_class.__mro__[2](**config, **overrides)  # (FinedeficsAlignmentConfig, Stock) -> Stock
+        from .families import FAMILIES
+
+        return FAMILIES[family].stock_config(**config, **overrides)
     return config_class(**config, summary_token_id=tokenizer.eos_token_id, **overrides)
 
 
@@ -230,7 +232,11 @@ def build_tiny(family: str, corpus: list[str] | None = None, seed: int = 0, stoc
     config = tiny_family_config(family, processor, stock=stock, **overrides)
     torch.manual_seed(seed)
     model_class = FINEDEFICS_MODELS[family]
-    model = (model_class.__mro__[2] if stock else model_class)(config)
+    if stock:
+        from .families import FAMILIES
+
+        model_class = FAMILIES[family].stock_model
+    model = model_class(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model.eval(), processor
