@@ -1,18 +1,19 @@
-"""Finedefics configuration: the Idefics2 configuration plus the alignment settings.
+"""Finedefics configuration: the alignment settings every family adds, and the Idefics2 configuration with them.
 
 This file ships inside every Finedefics checkpoint (``trust_remote_code``); it imports nothing from
 the rest of the Finedefics repository.
 """
 
-from transformers import Idefics2Config
+from transformers import Idefics2Config, PreTrainedConfig
 
 
-class FinedeficsConfig(Idefics2Config):
-    r"""
-    Configuration of a [`FinedeficsForConditionalGeneration`]: an Idefics2 model (SigLIP vision encoder,
-    perceiver resampler, Mistral decoder) with the settings of attribute-augmented alignment.
+class FinedeficsAlignmentConfig(PreTrainedConfig):
+    """The alignment settings every Finedefics family adds to its stock configuration.
 
-    Args (in addition to [`Idefics2Config`]'s):
+    Not a model configuration of its own: each family's config is ``(FinedeficsAlignmentConfig, StockConfig)``
+    (transformers makes every config subclass a dataclass, so these fields join the stock ones).
+
+    Args:
         embed_dim (`int`, *optional*, defaults to 0):
             Output size of the optional linear projection heads applied to the pooled summary-token
             states. 0 means no heads: embeddings live in the decoder's hidden size.
@@ -34,8 +35,6 @@ class FinedeficsConfig(Idefics2Config):
             Its plural as used in the multiple-choice question ("birds", "aircraft").
     """
 
-    model_type = "finedefics"
-
     embed_dim: int = 0
     init_temperature: float = 0.07
     min_temperature: float = 0.01
@@ -47,14 +46,26 @@ class FinedeficsConfig(Idefics2Config):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.summary_token_id is None:
-            self.summary_token_id = self.text_config.eos_token_id
+            eos = getattr(self.get_text_config(), "eos_token_id", None)
+            self.summary_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        name = type(self).__name__
         if not 0 < self.min_temperature <= self.init_temperature <= self.max_temperature:
             raise ValueError(
-                "FinedeficsConfig needs 0 < min_temperature <= init_temperature <= max_temperature, got "
+                f"{name} needs 0 < min_temperature <= init_temperature <= max_temperature, got "
                 f"{self.min_temperature}, {self.init_temperature}, {self.max_temperature}"
             )
         if self.embed_dim < 0:
-            raise ValueError(f"FinedeficsConfig.embed_dim must be >= 0 (0 = no projection heads), got {self.embed_dim}")
+            raise ValueError(f"{name}.embed_dim must be >= 0 (0 = no projection heads), got {self.embed_dim}")
 
 
-__all__ = ["FinedeficsConfig"]
+class FinedeficsConfig(FinedeficsAlignmentConfig, Idefics2Config):
+    r"""
+    Configuration of a [`FinedeficsForConditionalGeneration`]: an Idefics2 model (SigLIP vision encoder,
+    perceiver resampler, Mistral decoder) with the settings of attribute-augmented alignment
+    (see [`FinedeficsAlignmentConfig`] for them).
+    """
+
+    model_type = "finedefics"
+
+
+__all__ = ["FinedeficsAlignmentConfig", "FinedeficsConfig"]

@@ -128,23 +128,24 @@ class FinedeficsClassificationOutput(ModelOutput):
     indices: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
+class FinedeficsAlignmentMixin:
+    """What Finedefics adds to a stock transformers image-text-to-text model, written once for every family.
 
-class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
-    """Idefics2 with Finedefics' global embeddings, projection heads and learnable temperatures.
-
-    ``forward`` and ``generate`` are Idefics2's, with clearer errors on mismatched image inputs.
+    Projection heads, learnable temperatures (float32 whatever the model's dtype), safetensors-only loading,
+    ``enable_input_require_grads`` that keeps a frozen vision tower out of the graph, text embeddings pooled
+    at the last real token of each row, ``embed_labels`` and ``classify``. A family class is
+    ``(FinedeficsAlignmentMixin or a subclass, StockForConditionalGeneration)``; it calls
+    ``self._add_alignment_modules(config)`` before ``post_init`` and says where its parts are:
+    ``_decoder`` (the text model run for embeddings), ``_vision_tower``, and how ``classify`` embeds images
+    (``_embed_images_for_classify``). Image embeddings are the family's own (``get_image_embeddings``).
     """
 
-    config_class = FinedeficsConfig
-    config: FinedeficsConfig
     # Loaded in float32 whatever the model's dtype: a bf16 logit scale of ~2.66 moves in steps of 0.0156,
     # so the ~2e-4 updates it gets would round away (and the heads feed float32 losses anyway).
     _keep_in_fp32_modules_strict = ["temperatures", "image_projection", "text_projection"]
 
-    def __init__(self, config: FinedeficsConfig):
-        super().__init__(config)
-        self.model.connector = FinedeficsConnector(config)
-        hidden_size = config.text_config.hidden_size
+    def _add_alignment_modules(self, config) -> None:
+        hidden_size = config.get_text_config().hidden_size
         if config.embed_dim > 0:
             self.image_projection = nn.Linear(hidden_size, config.embed_dim, bias=False)
             self.text_projection = nn.Linear(hidden_size, config.embed_dim, bias=False)
@@ -152,12 +153,26 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
             self.image_projection = None
             self.text_projection = None
         self.temperatures = FinedeficsTemperatures(config)
-        self.post_init()
 
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, FinedeficsTemperatures):
             module.reset_parameters(self.config.init_temperature)
+
+    # ------------------------------------------------------------- family parts
+    def _decoder(self) -> nn.Module:
+        """The decoder stack (no LM head) that embeddings are pooled from."""
+        return self.model.language_model
+
+    def _vision_tower(self) -> nn.Module:
+        return self.model.vision_model
+
+    def _vision_input_embeddings(self) -> nn.Module:
+        """The vision tower's first module: the hook that makes its output require grad sits on it."""
+        return self._vision_tower().get_input_embeddings()
+
+    def _embed_images_for_classify(self, images, processor) -> torch.Tensor:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -179,7 +194,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
     def _alignment_modules_to_float32(self, missing_keys) -> None:
         """Float32 for the modules of ``_keep_in_fp32_modules_strict`` that the checkpoint lacked.
 
-        transformers keeps the loaded ones in float32 but creates missing ones (a stock Idefics2 has no
+        transformers keeps the loaded ones in float32 but creates missing ones (a stock checkpoint has no
         temperatures) in the model's dtype; those are upcast and re-initialised at float32 precision.
         """
         for name in self._keep_in_fp32_modules_strict:
@@ -197,7 +212,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         (the default) that kept all its activations and back-propagated through its layers for nothing.
         The vision hook here asks for gradients only while some vision parameter trains.
         """
-        vision_model = self.model.vision_model
+        vision_model = self._vision_tower()
 
         def require_grads(module, inputs, output):
             output.requires_grad_(True)
@@ -208,9 +223,10 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
         self._require_grads_hooks = [
             self.get_input_embeddings().register_forward_hook(require_grads),
-            vision_model.get_input_embeddings().register_forward_hook(require_grads_if_vision_trains),
+            self._vision_input_embeddings().register_forward_hook(require_grads_if_vision_trains),
         ]
         self._require_grads_hook = self._require_grads_hooks[0]
+
 
     # --------------------------------------------------------------- embeddings
     @property
@@ -224,33 +240,6 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         """Clamped logit scales ``1 / tau``: keys ``object_attribute`` and ``attribute_category``."""
         return self.temperatures()
 
-    def get_image_embeddings(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
-        image_features: list[torch.Tensor] | torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """L2-normalised image embeddings ``(B, D)``: resampled image tokens + summary token through the decoder.
-
-        Args:
-            pixel_values: ``(B, n_images, 3, H, W)`` as the processor returns them (or ``(B, 3, H, W)``).
-            pixel_attention_mask: the processor's pixel mask, if any.
-            image_features: resampled image features already computed by a forward pass
-                (``outputs.image_outputs.pooler_output``, a per-sample list); when given, the vision
-                tower is not run again.
-        """
-        return self.get_embeddings(pixel_values, pixel_attention_mask, image_features=image_features).image_embeds
-
-    def get_image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
-                           **kwargs):
-        """Idefics2's vision tower + connector, after the image checks of ``forward``.
-
-        Its ``pooler_output`` (one ``(tokens, hidden)`` tensor per row) is what ``forward`` and ``generate``
-        take as ``mm_encoder_outputs={"image": output}`` and ``get_image_embeddings`` as ``image_features``:
-        encode a batch's images once and use them for generation, scoring and embeddings alike.
-        """
-        self._check_pixel_values(pixel_values, pixel_attention_mask)
-        return super().get_image_features(pixel_values, pixel_attention_mask, **kwargs)
 
     def get_text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised text embeddings ``(B, D)``, pooled at the last real token of each row.
@@ -260,59 +249,6 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         """
         return self.get_embeddings(input_ids=input_ids, attention_mask=attention_mask).text_embeds
 
-    def get_embeddings(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_features: list[torch.Tensor] | torch.Tensor | None = None,
-    ) -> FinedeficsEmbeddingOutput:
-        """Image and text embeddings in ONE decoder pass: image-summary rows and text rows share a batch.
-
-        This is what makes a contrastive training step cheap: descriptions, negatives, category names
-        and image summaries share the decoder calls (at most two, grouped by length to limit padding),
-        not one call per kind.
-        """
-        if pixel_values is not None and image_features is None:
-            image_features = self._image_features(pixel_values, pixel_attention_mask)
-        rows, masks = [], []
-        num_images = 0
-        if image_features is not None:
-            image_rows, image_mask = self._image_summary_rows(image_features)
-            rows.append(image_rows)
-            masks.append(image_mask)
-            num_images = image_rows.shape[0]
-        if input_ids is not None:
-            text_rows, text_mask = self._text_rows(input_ids, attention_mask)
-            rows.append(text_rows)
-            masks.append(text_mask)
-        if not rows:
-            raise ValueError("get_embeddings needs pixel_values, image_features or input_ids")
-        inputs_embeds, mask = _concat_right_padded(rows, masks)
-        pooled = self._pool_in_length_buckets(inputs_embeds, mask)
-        image_embeds = self._project(pooled[:num_images], self.image_projection) if num_images else None
-        text_embeds = self._project(pooled[num_images:], self.text_projection) if input_ids is not None else None
-        return FinedeficsEmbeddingOutput(image_embeds=image_embeds, text_embeds=text_embeds)
-
-    def _image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None):
-        self._check_pixel_values(pixel_values, pixel_attention_mask, allow_single_image=True)
-        if pixel_values.dim() == 4:
-            pixel_values = pixel_values.unsqueeze(1)
-            if pixel_attention_mask is not None:
-                pixel_attention_mask = pixel_attention_mask.unsqueeze(1)
-        outputs = self.model.get_image_features(pixel_values, pixel_attention_mask, return_dict=True)
-        return outputs.pooler_output
-
-    def _image_summary_rows(self, image_features) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per sample: its resampled image tokens followed by the summary token's input embedding."""
-        if isinstance(image_features, torch.Tensor):
-            image_features = list(image_features) if image_features.dim() == 3 else [image_features]
-        if any(features.shape[0] == 0 for features in image_features):
-            raise ValueError("every sample needs at least one real image to compute an image embedding")
-        summary = self._summary_embedding(image_features[0])
-        rows = [torch.cat([features.to(summary.dtype), summary], dim=0) for features in image_features]
-        return _right_pad(rows)
 
     def _text_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         if input_ids.dim() != 2 or input_ids.shape[0] == 0:
@@ -358,7 +294,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
 
     def _pool_summary(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Decoder hidden state at the last real position of each (right-padded) row."""
-        hidden = self.model.text_model(
+        hidden = self._decoder()(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False, return_dict=True
         ).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
@@ -370,6 +306,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         if projection is not None:
             pooled = projection(pooled.to(projection.weight.dtype))
         return F.normalize(pooled.float(), dim=-1).to(dtype)
+
 
     # ------------------------------------------------------------ classification
     @torch.no_grad()
@@ -398,7 +335,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
         Args:
             images: one PIL image or image file path, or a list of them.
             candidate_labels: the category names to choose from.
-            processor: the checkpoint's ``FinedeficsProcessor``.
+            processor: the checkpoint's Finedefics processor (of the model's family).
             top_k: how many labels to return per image.
 
         Returns:
@@ -413,16 +350,126 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
             # The processor's loader: file paths are opened with errors naming them, every mode becomes RGB,
             # and images too small to resize are refused, as everywhere else.
             images = [processor.load_image(image) for image in images]
-        image_inputs = processor.image_processor([[image] for image in images], return_tensors="pt")
-        image_inputs = image_inputs.to(self.device)
-        image_embeds = self.get_image_embeddings(
-            image_inputs["pixel_values"].to(self.dtype), image_inputs.get("pixel_attention_mask")
-        )
+        image_embeds = self._embed_images_for_classify(images, processor)
         label_embeds = self.embed_labels(candidate_labels, processor, batch_size=label_batch_size)
         logits = self.get_logit_scales()["attribute_category"] * image_embeds.float() @ label_embeds.float().T
         scores, indices = logits.softmax(dim=-1).topk(min(top_k, len(candidate_labels)), dim=-1)
         labels = [[candidate_labels[i] for i in row] for row in indices.tolist()]
         return FinedeficsClassificationOutput(labels=labels, scores=scores, indices=indices, logits=logits)
+
+
+class FinedeficsForConditionalGeneration(FinedeficsAlignmentMixin, Idefics2ForConditionalGeneration):
+    """Idefics2 with Finedefics' global embeddings, projection heads and learnable temperatures.
+
+    ``forward`` and ``generate`` are Idefics2's, with clearer errors on mismatched image inputs.
+    Image embeddings: the resampled image tokens (the connector's output, what the decoder sees for an
+    image) followed by the summary token's input embedding, through the decoder.
+    """
+
+    config_class = FinedeficsConfig
+    config: FinedeficsConfig
+
+    def __init__(self, config: FinedeficsConfig):
+        super().__init__(config)
+        self.model.connector = FinedeficsConnector(config)
+        self._add_alignment_modules(config)
+        self.post_init()
+
+    def _decoder(self) -> nn.Module:
+        return self.model.text_model
+
+    def _embed_images_for_classify(self, images, processor) -> torch.Tensor:
+        image_inputs = processor.image_processor([[image] for image in images], return_tensors="pt")
+        image_inputs = image_inputs.to(self.device)
+        return self.get_image_embeddings(
+            image_inputs["pixel_values"].to(self.dtype), image_inputs.get("pixel_attention_mask")
+        )
+
+    # --------------------------------------------------------------- embeddings
+    def get_image_embeddings(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        image_features: list[torch.Tensor] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised image embeddings ``(B, D)``: resampled image tokens + summary token through the decoder.
+
+        Args:
+            pixel_values: ``(B, n_images, 3, H, W)`` as the processor returns them (or ``(B, 3, H, W)``).
+            pixel_attention_mask: the processor's pixel mask, if any.
+            image_features: resampled image features already computed by a forward pass
+                (``outputs.image_outputs.pooler_output``, a per-sample list); when given, the vision
+                tower is not run again.
+        """
+        return self.get_embeddings(pixel_values, pixel_attention_mask, image_features=image_features).image_embeds
+
+    def get_image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
+                           **kwargs):
+        """Idefics2's vision tower + connector, after the image checks of ``forward``.
+
+        Its ``pooler_output`` (one ``(tokens, hidden)`` tensor per row) is what ``forward`` and ``generate``
+        take as ``mm_encoder_outputs={"image": output}`` and ``get_image_embeddings`` as ``image_features``:
+        encode a batch's images once and use them for generation, scoring and embeddings alike.
+        """
+        self._check_pixel_values(pixel_values, pixel_attention_mask)
+        return super().get_image_features(pixel_values, pixel_attention_mask, **kwargs)
+
+
+    def get_embeddings(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_features: list[torch.Tensor] | torch.Tensor | None = None,
+    ) -> FinedeficsEmbeddingOutput:
+        """Image and text embeddings in ONE decoder pass: image-summary rows and text rows share a batch.
+
+        This is what makes a contrastive training step cheap: descriptions, negatives, category names
+        and image summaries share the decoder calls (at most two, grouped by length to limit padding),
+        not one call per kind.
+        """
+        if pixel_values is not None and image_features is None:
+            image_features = self._image_features(pixel_values, pixel_attention_mask)
+        rows, masks = [], []
+        num_images = 0
+        if image_features is not None:
+            image_rows, image_mask = self._image_summary_rows(image_features)
+            rows.append(image_rows)
+            masks.append(image_mask)
+            num_images = image_rows.shape[0]
+        if input_ids is not None:
+            text_rows, text_mask = self._text_rows(input_ids, attention_mask)
+            rows.append(text_rows)
+            masks.append(text_mask)
+        if not rows:
+            raise ValueError("get_embeddings needs pixel_values, image_features or input_ids")
+        inputs_embeds, mask = _concat_right_padded(rows, masks)
+        pooled = self._pool_in_length_buckets(inputs_embeds, mask)
+        image_embeds = self._project(pooled[:num_images], self.image_projection) if num_images else None
+        text_embeds = self._project(pooled[num_images:], self.text_projection) if input_ids is not None else None
+        return FinedeficsEmbeddingOutput(image_embeds=image_embeds, text_embeds=text_embeds)
+
+
+    def _image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None):
+        self._check_pixel_values(pixel_values, pixel_attention_mask, allow_single_image=True)
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values.unsqueeze(1)
+            if pixel_attention_mask is not None:
+                pixel_attention_mask = pixel_attention_mask.unsqueeze(1)
+        outputs = self.model.get_image_features(pixel_values, pixel_attention_mask, return_dict=True)
+        return outputs.pooler_output
+
+    def _image_summary_rows(self, image_features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample: its resampled image tokens followed by the summary token's input embedding."""
+        if isinstance(image_features, torch.Tensor):
+            image_features = list(image_features) if image_features.dim() == 3 else [image_features]
+        if any(features.shape[0] == 0 for features in image_features):
+            raise ValueError("every sample needs at least one real image to compute an image embedding")
+        summary = self._summary_embedding(image_features[0])
+        rows = [torch.cat([features.to(summary.dtype), summary], dim=0) for features in image_features]
+        return _right_pad(rows)
+
 
     # -------------------------------------------------------------- generation
     def forward(
@@ -528,6 +575,7 @@ class FinedeficsForConditionalGeneration(Idefics2ForConditionalGeneration):
             )
 
 
+
 def _right_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(row.shape[0] for row in rows)
     padded = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
@@ -547,4 +595,4 @@ def _concat_right_padded(rows: list[torch.Tensor], masks: list[torch.Tensor]) ->
     return torch.cat(padded), torch.cat(padded_masks)
 
 
-__all__ = ["FinedeficsForConditionalGeneration", "FinedeficsTemperatures"]
+__all__ = ["FinedeficsAlignmentMixin", "FinedeficsForConditionalGeneration", "FinedeficsTemperatures"]

@@ -14,11 +14,13 @@ from PIL import Image, UnidentifiedImageError
 from transformers import BatchEncoding, Idefics2Processor
 
 
-class FinedeficsProcessor(Idefics2Processor):
-    """Idefics2's processor, unchanged for prompts and images, with ``tokenize_texts`` for embeddings.
+class FinedeficsProcessorMixin:
+    """What every Finedefics processor adds to its family's stock processor (written once for all families).
 
-    ``processor(images=..., text=...)`` and ``processor.apply_chat_template(...)`` behave as in
-    Idefics2. Images may be PIL images of any mode (converted to RGB) or file paths.
+    ``tokenize_texts`` (texts ending in the summary token, for ``get_text_embeddings``), ``load_image``
+    (paths and every PIL mode, checked, through ``read_image`` / ``checked_rgb``), and
+    ``image_embedding_inputs`` (what the family's ``get_image_embeddings`` takes). Prompts go through the
+    stock processor and its own chat template, unchanged.
     """
 
     def __call__(self, images=None, text=None, **kwargs):
@@ -85,8 +87,42 @@ class FinedeficsProcessor(Idefics2Processor):
                 raise ValueError(f"image file not found: {source}")
             return read_image(source, source)
         if not isinstance(image, Image.Image):
-            return image  # URLs and arrays go to Idefics2's own loading
+            return image  # URLs and arrays go to the stock processor's own loading
         return checked_rgb(image, "image")
+
+    # The text of an image-summary row before the processor expands it: the family's placeholder for one image
+    # as its chat template writes it. ``nested_images``: the processor wants one list of images per text.
+    image_summary_prompt = "<image>"
+    nested_images = False
+
+    def image_embedding_inputs(self, images, return_tensors: str = "pt"):
+        """The batch ``model.get_image_embeddings(**batch)`` takes for these images (one image per row).
+
+        Each row is the family's image placeholder, expanded by this processor exactly as in a prompt, followed
+        by the summary token, with no BOS; rows are right-padded, with the family's pixel inputs beside them.
+        """
+        images = images if isinstance(images, (list, tuple)) else [images]
+        if not images:
+            raise ValueError("image_embedding_inputs needs at least one image")
+        images = [self.load_image(image) for image in images]
+        texts = [self.image_summary_prompt + self.summary_token] * len(images)
+        return self(images=[[image] for image in images] if self.nested_images else images, text=texts,
+                    add_special_tokens=False, padding=True, padding_side="right", return_tensors=return_tensors)
+
+
+class FinedeficsProcessor(FinedeficsProcessorMixin, Idefics2Processor):
+    """Idefics2's processor, unchanged for prompts and images, with ``tokenize_texts`` for embeddings.
+
+    ``processor(images=..., text=...)`` and ``processor.apply_chat_template(...)`` behave as in
+    Idefics2. Images may be PIL images of any mode (converted to RGB) or file paths.
+    """
+
+    def image_embedding_inputs(self, images, return_tensors: str = "pt"):
+        """``pixel_values`` and ``pixel_attention_mask`` of one image per row (Idefics2 embeds image features
+        directly, no prompt)."""
+        images = images if isinstance(images, (list, tuple)) else [images]
+        images = [self.load_image(image) for image in images]
+        return self.image_processor([[image] for image in images], return_tensors=return_tensors)
 
 
 # --------------------------------------------------------------------- image files
@@ -148,4 +184,4 @@ def _wide_greyscale_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")  # uint8, two dimensions: mode L
 
 
-__all__ = ["FinedeficsProcessor", "MIN_IMAGE_SIDE", "check_image_size", "checked_rgb", "read_image"]
+__all__ = ["FinedeficsProcessor", "FinedeficsProcessorMixin", "MIN_IMAGE_SIDE", "check_image_size", "checked_rgb", "read_image"]

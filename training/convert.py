@@ -1,6 +1,6 @@
 """Convert checkpoints into the Finedefics layout.
 
-Two sources are understood:
+Three sources are understood:
 (a) a stock Idefics2 checkpoint folder, as ``Idefics2ForConditionalGeneration.save_pretrained`` writes it:
     the weights are kept as they are and fresh alignment parameters (temperatures at
     ``init_temperature``) are added;
@@ -9,7 +9,11 @@ Two sources are understood:
     map onto ``temperatures.object_attribute`` / ``temperatures.attribute_category``;
     ``model.ia_temp`` / ``model.ac_temp`` hold ``tau`` itself and are converted to ``log(1 / tau)``;
     ``model.vision_projector.*`` / ``model.text_projector.*`` were never used by the released code and are
-    dropped. Every key that is dropped or cannot be mapped is reported, never silently discarded.
+    dropped. Every key that is dropped or cannot be mapped is reported, never silently discarded;
+(c) a stock checkpoint of another supported family (Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, LLaVA; see
+    ``modeling_finedefics.families``), written by its transformers class: every tensor is kept under its own
+    name (any older key layout transformers renames for the stock class it renames for the Finedefics class
+    too), temperatures are added, and the config becomes the family's Finedefics config.
 
 Weights are rewritten shard by shard with safetensors (no pickle, one shard in memory at a time), so
 an 8B checkpoint converts on a machine without a GPU.
@@ -44,10 +48,11 @@ UNUSED_RELEASE_PREFIXES = ("model.vision_projector.", "model.text_projector.")
 KNOWN_IDEFICS2_PREFIXES = ("model.vision_model.", "model.connector.", "model.text_model.", "lm_head.")
 TEMPERATURE_KEYS = ("temperatures.object_attribute", "temperatures.attribute_category")
 MODEL_CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")
+IDEFICS2_MODEL_TYPES = ("idefics2", "finedefics")
 PROCESSOR_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja",
-    "added_tokens.json", "generation_config.json",
+    "added_tokens.json", "generation_config.json", "vocab.json", "merges.txt",
 )
 
 
@@ -57,6 +62,7 @@ class ConversionReport:
 
     source: str
     source_format: str = ""
+    family: str = "idefics2"
     kept: int = 0
     mapped: dict[str, str] = field(default_factory=dict)
     added: dict[str, float] = field(default_factory=dict)
@@ -64,7 +70,8 @@ class ConversionReport:
     unmapped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"converted {self.source} ({self.source_format}): kept {self.kept} Idefics2 tensors"]
+        kind = "Idefics2" if self.family == "idefics2" else f"stock {self.family}"
+        lines = [f"converted {self.source} ({self.source_format}): kept {self.kept} {kind} tensors"]
         lines += [f"  mapped  {old} -> {new}" for old, new in self.mapped.items()]
         lines += [f"  added   {key} = {value:.6g} (fresh)" for key, value in self.added.items()]
         lines += [f"  dropped {key}: {why}" for key, why in self.dropped.items()]
@@ -74,7 +81,8 @@ class ConversionReport:
 
 def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token_id: int | None = None,
                        init_temperature: float = 0.07, embed_dim: int = 0) -> ConversionReport:
-    """Convert a stock Idefics2 or a Finedefics-release checkpoint folder into a Finedefics checkpoint.
+    """Convert a stock checkpoint folder of a supported family (or the Finedefics release) into a Finedefics
+    checkpoint of the same family.
 
     Args:
         source: folder with ``config.json`` and safetensors weights.
@@ -90,23 +98,38 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
                                 else f"{source} is a file; expected a checkpoint folder")
     check_output_dir(output_dir)
     source, output_dir = Path(source), Path(output_dir)
-    config_dict = read_checkpoint_config(source)
+    config_dict, family = _source_config(source)
     weight_files = _weight_files(source)
     check_safetensors_files(weight_files)
     output_dir.mkdir(parents=True, exist_ok=True)
-    report = ConversionReport(source=str(source))
+    report = ConversionReport(source=str(source), family=family.name)
     index = _convert_shards(weight_files, output_dir, report)
     _add_missing_temperatures(index, output_dir, report, init_temperature)
     if embed_dim:
         raise NotImplementedError("fresh projection heads on conversion are not supported yet; convert with embed_dim=0")
-    report.source_format = "finedefics-release" if report.mapped or report.dropped else "idefics2"
+    if family.name == "idefics2":
+        report.source_format = "finedefics-release" if report.mapped or report.dropped else "idefics2"
+    else:
+        report.source_format = family.name
     _write_index(index, output_dir)
-    _write_config(config_dict, source, output_dir, summary_token_id, init_temperature)
-    _copy_processor_files(source, output_dir)
-    _copy_model_code(output_dir)
+    _write_config(config_dict, source, output_dir, summary_token_id, init_temperature, family)
+    _copy_processor_files(source, output_dir, family)
+    _copy_model_code(output_dir, family)
     (output_dir / "conversion_report.json").write_text(json.dumps(asdict(report), indent=2))
     logger.info("converted %s -> %s (%s)", source, output_dir, report.source_format)
     return report
+
+
+def _source_config(source: Path):
+    """The source's config dict and its family (a clear error for an unsupported ``model_type``)."""
+    from modeling_finedefics.families import FAMILIES, family_for_model_type
+
+    other_families = tuple(t for family in FAMILIES.values() if family.name != "idefics2"
+                           for t in (family.stock_model_type, family.model_type))
+    config_dict = read_checkpoint_config(source, supported=IDEFICS2_MODEL_TYPES + other_families)
+    model_type = config_dict["model_type"]
+    family = FAMILIES["idefics2"] if model_type in IDEFICS2_MODEL_TYPES else family_for_model_type(model_type)
+    return config_dict, family
 
 
 def _weight_files(source: Path) -> list[Path]:
@@ -144,8 +167,8 @@ def _convert_tensor(key: str, tensor: torch.Tensor, report: ConversionReport):
     if key.startswith(UNUSED_RELEASE_PREFIXES):
         report.dropped[key] = "projection head defined but never used by the released code"
         return None, None
-    if key.startswith(KNOWN_IDEFICS2_PREFIXES) or key in TEMPERATURE_KEYS:
-        report.kept += 1
+    if key.startswith(KNOWN_IDEFICS2_PREFIXES) or key in TEMPERATURE_KEYS or report.family != "idefics2":
+        report.kept += 1  # another family's stock keys are all kept as they are
         return key, tensor
     report.unmapped.append(key)
     return None, None
@@ -191,9 +214,7 @@ def _source_eos_id(source: Path) -> int | None:
 
 
 def _write_config(config_dict: dict, source: Path, output_dir: Path, summary_token_id: int | None,
-                  init_temperature: float) -> None:
-    from modeling_finedefics import FinedeficsConfig
-
+                  init_temperature: float, family) -> None:
     config_dict = dict(config_dict)
     for key in ("model_type", "auto_map", "architectures", "transformers_version"):
         config_dict.pop(key, None)
@@ -203,17 +224,22 @@ def _write_config(config_dict: dict, source: Path, output_dir: Path, summary_tok
         summary_token_id = config_dict.get("text_config", {}).get("eos_token_id")
         logger.warning("no tokenizer in %s: summary token = text_config.eos_token_id (%s)", source, summary_token_id)
     config_dict.update(summary_token_id=summary_token_id, init_temperature=init_temperature)
-    config = FinedeficsConfig(**config_dict)
-    config.architectures = ["FinedeficsForConditionalGeneration"]
+    config = family.config(**config_dict)
+    config.architectures = [family.model.__name__]
     config.auto_map = {
-        "AutoConfig": "configuration_finedefics.FinedeficsConfig",
-        "AutoModelForImageTextToText": "modeling_finedefics.FinedeficsForConditionalGeneration",
+        "AutoConfig": _class_reference(family.config),
+        "AutoModelForImageTextToText": _class_reference(family.model),
     }
     config.save_pretrained(output_dir)
 
 
-def _copy_processor_files(source: Path, output_dir: Path) -> None:
-    """Carry the tokenizer and image processor over, and point the processor at FinedeficsProcessor."""
+def _class_reference(cls) -> str:
+    """``module_file.ClassName`` as ``auto_map`` names a class in the checkpoint's code files."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def _copy_processor_files(source: Path, output_dir: Path, family) -> None:
+    """Carry the tokenizer and image processor over, and point the processor at the family's Finedefics one."""
     copied = [name for name in PROCESSOR_FILES if (source / name).is_file()]
     for name in copied:
         shutil.copy2(source / name, output_dir / name)
@@ -222,14 +248,17 @@ def _copy_processor_files(source: Path, output_dir: Path) -> None:
         return
     processor_config = output_dir / "processor_config.json"
     payload = json.loads(processor_config.read_text()) if processor_config.is_file() else {}
-    payload["processor_class"] = "FinedeficsProcessor"
-    payload["auto_map"] = {"AutoProcessor": "processing_finedefics.FinedeficsProcessor"}
+    payload["processor_class"] = family.processor.__name__
+    payload["auto_map"] = {"AutoProcessor": _class_reference(family.processor)}
     processor_config.write_text(json.dumps(payload, indent=2))
 
 
-def _copy_model_code(output_dir: Path) -> None:
+def _copy_model_code(output_dir: Path, family) -> None:
     import modeling_finedefics
 
     package_dir = Path(modeling_finedefics.__file__).parent
-    for name in MODEL_CODE_FILES:
+    names = list(MODEL_CODE_FILES)
+    if family.name != "idefics2":  # the family's own file and the mechanism it shares (modeling_finedefics/multimodal.py)
+        names += ["multimodal.py", f"{family.code_module}.py"]
+    for name in names:
         shutil.copy2(package_dir / name, output_dir / name)
