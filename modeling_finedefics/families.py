@@ -12,8 +12,6 @@ Not shipped inside checkpoints (nothing there imports it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable
 
 from transformers import (
     Idefics2Config,

@@ -187,7 +187,8 @@ class FinedeficsAlignmentMixin:
                     "Finedefics loads safetensors only (pickled .bin files are never loaded)."
                 )
         wants_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                      **kwargs)
         model._alignment_modules_to_float32(loading_info["missing_keys"])
         return (model, loading_info) if wants_loading_info else model
 
@@ -252,12 +253,14 @@ class FinedeficsAlignmentMixin:
 
     def _text_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         if input_ids.dim() != 2 or input_ids.shape[0] == 0:
-            raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+            raise ValueError("input_ids must be a non-empty (batch, length) tensor, got shape "
+                             f"{tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         max_positions = self.config.text_config.max_position_embeddings
         if input_ids.shape[1] > max_positions:
-            raise ValueError(f"text of {input_ids.shape[1]} tokens is longer than the model's maximum of {max_positions}")
+            raise ValueError(f"text of {input_ids.shape[1]} tokens is longer than the model's maximum of "
+                             f"{max_positions}")
         if (attention_mask.sum(dim=1) == 0).any():
             raise ValueError("a text row has no real token (empty text); embeddings need at least the summary token")
         inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -544,7 +547,8 @@ class FinedeficsForConditionalGeneration(FinedeficsAlignmentMixin, Idefics2ForCo
         generations; one ``isfinite`` reduction per batch is cheap next to the vision tower.
         """
         channels = self.config.vision_config.num_channels
-        layouts = "(batch, n_images, 3, height, width)" + (" or (batch, 3, height, width)" if allow_single_image else "")
+        layouts = "(batch, n_images, 3, height, width)"
+        layouts += " or (batch, 3, height, width)" if allow_single_image else ""
         dims = (4, 5) if allow_single_image else (5,)
         shape = tuple(pixel_values.shape)
         if pixel_values.dim() not in dims or shape[-3] != channels:

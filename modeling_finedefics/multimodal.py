@@ -78,7 +78,8 @@ class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):
             raise ValueError("get_embeddings needs image_inputs or input_ids")
         image_embeds = text_embeds = None
         if image_inputs is not None:
-            image_embeds = self._project(self._pool_image_rows(image_inputs, mm_encoder_outputs), self.image_projection)
+            pooled_images = self._pool_image_rows(image_inputs, mm_encoder_outputs)
+            image_embeds = self._project(pooled_images, self.image_projection)
         if input_ids is not None:
             rows, mask = self._text_rows(input_ids, attention_mask)
             text_embeds = self._project(self._pool_in_length_buckets(rows, mask), self.text_projection)
@@ -108,8 +109,9 @@ class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         image_tokens = (input_ids == self.config.image_token_id).sum(dim=1)
         if (image_tokens == 0).any() or (input_ids[rows, last] != self.summary_token_id).any():
-            raise ValueError("each image-summary row must hold its image's placeholder tokens and end with the summary "
-                             f"token (id {self.summary_token_id}); build them with processor.image_embedding_inputs")
+            raise ValueError("each image-summary row must hold its image's placeholder tokens and end with the "
+                             f"summary token (id {self.summary_token_id}); build them with "
+                             "processor.image_embedding_inputs")
         if mm_encoder_outputs is not None:
             inputs.pop("pixel_values", None)
             inputs["mm_encoder_outputs"] = dict(mm_encoder_outputs)  # the base model fills in missing entries
@@ -165,7 +167,8 @@ class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Clear errors for pixels of the wrong layout and for NaN / inf pixels (which would give NaN losses)."""
         if pixel_values.dim() not in self.pixel_values_dims:
-            raise ValueError(f"{type(self).__name__} takes pixel_values with {' or '.join(map(str, self.pixel_values_dims))} "
+            dims = " or ".join(map(str, self.pixel_values_dims))
+            raise ValueError(f"{type(self).__name__} takes pixel_values with {dims} "
                              f"dimensions as its processor returns them, got shape {tuple(pixel_values.shape)}")
         if torch.is_floating_point(pixel_values) and not torch.isfinite(pixel_values).all():
             raise ValueError("pixel_values hold NaN or inf values; check the images and the image processor's "
@@ -177,7 +180,10 @@ def inherit_conversion_mapping(finedefics_class, stock_class) -> None:
     name, then by ``model_type``), so a stock checkpoint in the layout transformers writes and reads for the stock
     class (often an older one: ``save_pretrained`` reverses the conversions) loads into the Finedefics class."""
     try:
-        from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
     except ImportError:  # an older transformers without the registry
         return
     for ours, theirs in ((finedefics_class.__name__, stock_class.__name__),

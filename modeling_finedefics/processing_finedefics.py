@@ -154,7 +154,8 @@ def read_image(file, source: str) -> Image.Image:
 def check_image_size(size: tuple[int, int], source: str) -> None:
     """Refuse an image smaller than ``MIN_IMAGE_SIDE`` pixels per side (the image processor cannot resize it)."""
     if min(size) < MIN_IMAGE_SIDE:
-        raise ValueError(f"{source} is {size[0]}x{size[1]} pixels; images need at least {MIN_IMAGE_SIDE} pixels per side")
+        raise ValueError(f"{source} is {size[0]}x{size[1]} pixels; images need at least {MIN_IMAGE_SIDE} pixels "
+                         "per side")
 
 
 def checked_rgb(image: Image.Image, source: str) -> Image.Image:
@@ -184,4 +185,7 @@ def _wide_greyscale_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")  # uint8, two dimensions: mode L
 
 
-__all__ = ["FinedeficsProcessor", "FinedeficsProcessorMixin", "MIN_IMAGE_SIDE", "check_image_size", "checked_rgb", "read_image"]
+__all__ = [
+    "FinedeficsProcessor", "FinedeficsProcessorMixin", "MIN_IMAGE_SIDE", "check_image_size", "checked_rgb",
+    "read_image",
+]

@@ -77,8 +77,9 @@ class _FinedeficsQwenProcessorMixin(FinedeficsProcessorMixin):
         kwargs.pop("video_processor", None)
         self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
         self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
-        self.image_token_id = getattr(tokenizer, "image_token_id", None) or tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(self.video_token)
+        convert = tokenizer.convert_tokens_to_ids
+        self.image_token_id = getattr(tokenizer, "image_token_id", None) or convert(self.image_token)
+        self.video_token_id = getattr(tokenizer, "video_token_id", None) or convert(self.video_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 

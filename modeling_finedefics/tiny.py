@@ -34,7 +34,8 @@ CHAT_TEMPLATE = (
 # Words any instruction-tuned recognition model sees, so a tiny tokenizer covers the prompts.
 BASE_CORPUS = [
     "User: What is the species of the bird in the image? Assistant: The bird is a",
-    "Which of these birds is shown in the image? Choices: A. B. C. D. Answer with the letter from the given choices directly.",
+    "Which of these birds is shown in the image? Choices: A. B. C. D. "
+    "Answer with the letter from the given choices directly.",
     "Describe the attributes of the object in the image. The object has a, an, the, with, and, of, its, is, it.",
     "Answer: A B C D E. a b c d e. 0 1 2 3 4 5 6 7 8 9 . , : ; ! ? ' \" ( ) - _ /",
 ]

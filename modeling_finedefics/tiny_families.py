@@ -69,7 +69,8 @@ CHAT_TEMPLATES = {
     ),
     # llava-hf/llava-1.5-7b-hf's template: "USER: <image>\n... ASSISTANT:".
     "llava": (
-        "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
         "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
         "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
         "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
@@ -80,7 +81,8 @@ CHAT_TEMPLATES["qwen2_5_vl"] = CHAT_TEMPLATES["qwen2_vl"]
 # bos / eos / pad / unk and the extra special tokens of each family's real tokenizer.
 TOKENS = {
     "idefics3": dict(bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<pad>", unk="<unk>",
-                     extra=["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", *ROW_COL_TOKENS]),
+                     extra=["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>",
+                            *ROW_COL_TOKENS]),
     "smolvlm": dict(bos="<|im_start|>", eos="<end_of_utterance>", pad="<|im_end|>", unk="<unk>",
                     extra=["<fake_token_around_image>", "<image>", "<global-img>", *ROW_COL_TOKENS]),
     "qwen2_vl": dict(bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None,
@@ -105,7 +107,8 @@ def build_family_tokenizer(family: str, corpus: list[str] | None = None, vocab_s
     if spec["bos"] is not None:
         bos_id = backend.token_to_id(spec["bos"])
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B", special_tokens=[(spec["bos"], bos_id)])
+            single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",
+            special_tokens=[(spec["bos"], bos_id)])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=spec["bos"], eos_token=spec["eos"], unk_token=spec["unk"],
         pad_token=spec["pad"], model_max_length=model_max_length,
@@ -161,7 +164,8 @@ def _qwen_like(family, tokenizer, stock):
         vision.update(mlp_ratio=2)
         config_class, processor_class = FinedeficsQwen2VLConfig, FinedeficsQwen2VLProcessor
     else:
-        vision.update(intermediate_size=64, out_hidden_size=64, window_size=2 * patch * merge, fullatt_block_indexes=[0])
+        vision.update(intermediate_size=64, out_hidden_size=64, window_size=2 * patch * merge,
+                      fullatt_block_indexes=[0])
         vision.pop("embed_dim")
         vision["hidden_size"] = 32
         config_class = FinedeficsQwen2_5_VLConfig
@@ -171,7 +175,8 @@ def _qwen_like(family, tokenizer, stock):
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     config = dict(vision_config=vision, text_config=text, **ids)
     # The stock Qwen processors need a video processor (torchvision): the images-only Finedefics one, same prompts.
-    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATES[family])
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                chat_template=CHAT_TEMPLATES[family])
     return config_class, config, processor
 
 

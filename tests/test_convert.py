@@ -33,8 +33,9 @@ def stock_idefics2(tmp_path, tiny_processor):
     folder = tmp_path / "idefics2"
     model.save_pretrained(folder)
     processor = tiny_processor
-    Idefics2Processor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-                      image_seq_len=processor.image_seq_len, chat_template=processor.chat_template).save_pretrained(folder)
+    stock_processor = Idefics2Processor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                                        image_seq_len=processor.image_seq_len, chat_template=processor.chat_template)
+    stock_processor.save_pretrained(folder)
     return folder, model
 
 
@@ -94,7 +95,8 @@ def test_stock_idefics2_converts_with_fresh_alignment_parameters(stock_idefics2,
     assert report["source_format"] == "idefics2" and not report["dropped"] and not report["unmapped"]
 
 
-def test_release_layout_carries_temperatures_and_reports_every_dropped_key(stock_idefics2, tmp_path, tiny_processor, capsys):
+def test_release_layout_carries_temperatures_and_reports_every_dropped_key(stock_idefics2, tmp_path, tiny_processor,
+                                                                           capsys):
     source, stock_model = stock_idefics2
     release = _release_layout(source, tmp_path, {
         "model.ia_logit_scale": torch.tensor(math.log(1 / 0.03)),
@@ -124,7 +126,8 @@ def test_release_layout_carries_temperatures_and_reports_every_dropped_key(stock
 
 def test_release_temperature_keys_are_converted_from_tau(stock_idefics2, tmp_path):
     source, _ = stock_idefics2
-    release = _release_layout(source, tmp_path, {"model.ia_temp": torch.tensor(0.02), "model.ac_temp": torch.tensor(0.1)})
+    release = _release_layout(source, tmp_path,
+                              {"model.ia_temp": torch.tensor(0.02), "model.ac_temp": torch.tensor(0.1)})
     output = tmp_path / "converted"
     assert main(["convert", str(release), str(output)]) == 0
     scales = AutoModelForImageTextToText.from_pretrained(output, trust_remote_code=True).get_logit_scales()

@@ -112,7 +112,8 @@ def test_save_then_load_in_fresh_process_is_identical(saved_checkpoint, tmp_path
 def test_saved_folder_carries_code_and_auto_map(saved_checkpoint):
     config = json.loads((saved_checkpoint / "config.json").read_text())
     assert config["model_type"] == "finedefics"
-    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_finedefics.FinedeficsForConditionalGeneration"
+    expected = "modeling_finedefics.FinedeficsForConditionalGeneration"
+    assert config["auto_map"]["AutoModelForImageTextToText"] == expected
     assert config["auto_map"]["AutoConfig"] == "configuration_finedefics.FinedeficsConfig"
     processor_config = json.loads((saved_checkpoint / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_finedefics.FinedeficsProcessor"

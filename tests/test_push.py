@@ -190,7 +190,8 @@ def test_results_already_in_the_checkpoint_card_are_kept(checkpoint, tmp_path):
     from finedefics_training.push import stage_for_hub
 
     evaluated = copy_checkpoint(checkpoint, tmp_path / "evaluated")
-    car_report = {**REPORT, "benchmark": "car-196", "modes": {"generate": {**REPORT["modes"]["generate"], "accuracy": 0.8}}}
+    car_report = {**REPORT, "benchmark": "car-196",
+                  "modes": {"generate": {**REPORT["modes"]["generate"], "accuracy": 0.8}}}
     write_model_card(evaluated, car_report, base_model="me/base")  # what `finedefics eval` leaves in the folder
 
     staged = stage_for_hub(evaluated, tmp_path / "staged", report=REPORT)

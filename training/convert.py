@@ -106,7 +106,8 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
     index = _convert_shards(weight_files, output_dir, report)
     _add_missing_temperatures(index, output_dir, report, init_temperature)
     if embed_dim:
-        raise NotImplementedError("fresh projection heads on conversion are not supported yet; convert with embed_dim=0")
+        raise NotImplementedError("fresh projection heads on conversion are not supported yet; "
+                                  "convert with embed_dim=0")
     if family.name == "idefics2":
         report.source_format = "finedefics-release" if report.mapped or report.dropped else "idefics2"
     else:
@@ -258,7 +259,8 @@ def _copy_model_code(output_dir: Path, family) -> None:
 
     package_dir = Path(modeling_finedefics.__file__).parent
     names = list(MODEL_CODE_FILES)
-    if family.name != "idefics2":  # the family's own file and the mechanism it shares (modeling_finedefics/multimodal.py)
+    # The family's own file and the mechanism it shares (modeling_finedefics/multimodal.py).
+    if family.name != "idefics2":
         names += ["multimodal.py", f"{family.code_module}.py"]
     for name in names:
         shutil.copy2(package_dir / name, output_dir / name)

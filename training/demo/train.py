@@ -89,7 +89,8 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
 
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
                 learning_rate: float, seed: int, use_hard_negatives: bool = True,
-                freeze_vision_tower: bool | None = None, batch_size: int | None = None, desc: str = "training") -> Path:
+                freeze_vision_tower: bool | None = None, batch_size: int | None = None,
+                desc: str = "training") -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
     from ..config import FinedeficsTrainingConfig
     from ..recipe import DataArguments, ModelArguments, run_stage
