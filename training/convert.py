@@ -254,13 +254,18 @@ def _copy_processor_files(source: Path, output_dir: Path, family) -> None:
     processor_config.write_text(json.dumps(payload, indent=2))
 
 
+def model_code_files(family) -> list[str]:
+    """The code files a Finedefics checkpoint of ``family`` ships for ``trust_remote_code``: the three shared
+    Idefics2 files, plus the mechanism the other families share (``multimodal.py``) and the family's own file."""
+    names = list(MODEL_CODE_FILES)
+    if family.name != "idefics2":
+        names += ["multimodal.py", f"{family.code_module}.py"]
+    return names
+
+
 def _copy_model_code(output_dir: Path, family) -> None:
     import modeling_finedefics
 
     package_dir = Path(modeling_finedefics.__file__).parent
-    names = list(MODEL_CODE_FILES)
-    # The family's own file and the mechanism it shares (modeling_finedefics/multimodal.py).
-    if family.name != "idefics2":
-        names += ["multimodal.py", f"{family.code_module}.py"]
-    for name in names:
+    for name in model_code_files(family):
         shutil.copy2(package_dir / name, output_dir / name)

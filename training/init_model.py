@@ -1,12 +1,16 @@
 """A starting model for your own data on a CPU: a tiny Finedefics model with a tokenizer trained on the data.
 
     finedefics init-model --preset micro --corpus runs/pretrain-data --corpus runs/finetune-data runs/init
+    finedefics init-model --family qwen2_5_vl --corpus runs/finetune-data runs/init-qwen
 
 The tokenizer (byte-level BPE, trained offline) learns the words of the data: category names and their
 negatives, attribute descriptions, questions and answers, and the questions training and evaluation
 ask about the data's objects (``finedefics_data.prompts``, with the data's noun). The model is built by
 ``modeling_finedefics.tiny`` (``micro`` ~1M or ``tiny`` ~4M parameters, the architecture of
-Idefics2-8B) with random weights and records the noun in its config. It knows nothing yet: it makes
+Idefics2-8B) with random weights and records the noun in its config. ``family`` picks another model family
+(``modeling_finedefics.families.FAMILIES``: idefics3, smolvlm, qwen2_vl, qwen2_5_vl, llava), built by
+``FAMILIES[family].build_tiny`` (~1M parameters, that family's tokenizer special tokens, chat template and
+image processor); its size, image size and vocabulary size are fixed by that builder. It knows nothing yet: it makes
 the whole pipeline (two-stage -> eval -> push) runnable on a CPU for any dataset, not a good model.
 """
 
@@ -25,28 +29,45 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMNS = ("category", "attribute", "question", "answer", "neg_categories", "neg_attributes")
 
 
-def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str = "tiny",
+def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str | None = None,
                noun: ObjectNoun | None = None,
-               image_size: int = 64, vocab_size: int = 2048, seed: int = 0, image_seq_len: int = 8,
-               corpus: list[str] | None = None) -> Path:
+               image_size: int | None = None, vocab_size: int | None = None, seed: int = 0,
+               image_seq_len: int | None = None, corpus: list[str] | None = None, family: str = "idefics2") -> Path:
     """Build and save a tiny model and processor whose tokenizer is trained on ``data_dirs``' texts.
 
     ``noun`` defaults to the first noun the data folders declare (``finedefics data csv --noun``).
     ``corpus`` replaces the texts read from the data (the synthetic benchmark has its own:
-    ``data.synth.text_corpus``). Returns the output folder (a checkpoint ``finedefics train`` /
-    ``two-stage`` start from).
+    ``data.synth.text_corpus``). ``family`` is a key of ``modeling_finedefics.families.FAMILIES``; Idefics2
+    (the default) takes ``preset`` (default tiny), ``image_size`` (64), ``vocab_size`` (2048) and
+    ``image_seq_len`` (8); the other families have one tiny size and refuse those. Returns the output folder
+    (a checkpoint ``finedefics train`` / ``two-stage`` start from).
     """
-    from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+    from modeling_finedefics.families import FAMILIES
 
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} exists and is not empty; choose a new folder")
     noun = noun or _data_noun(data_dirs)
     texts, names = data_texts(data_dirs)
     corpus = (corpus or texts) + question_texts(noun or DEFAULT_NOUN, names)
-    processor = build_tiny_processor(build_tiny_tokenizer(corpus, vocab_size=vocab_size), image_size=image_size,
-                                     image_seq_len=image_seq_len)
-    model = build_tiny_model(processor, preset=preset, seed=seed)
+    if family == "idefics2":
+        from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+
+        preset = preset or "tiny"
+        processor = build_tiny_processor(build_tiny_tokenizer(corpus, vocab_size=vocab_size or 2048),
+                                         image_size=image_size or 64, image_seq_len=image_seq_len or 8)
+        model = build_tiny_model(processor, preset=preset, seed=seed)
+    else:
+        fixed = {"preset": preset if preset not in (None, "micro") else None, "image_size": image_size,
+                 "vocab_size": vocab_size, "image_seq_len": image_seq_len}
+        given = [name for name, value in fixed.items() if value is not None]
+        if given:
+            raise ValueError(f"the tiny {family} model has one size (~1M parameters, preset micro) and fixes its "
+                             f"image and vocabulary sizes; {', '.join(given)} apply to the idefics2 family only")
+        preset = "micro"
+        model, processor = FAMILIES[family].build_tiny(corpus=corpus, seed=seed)
     if noun is not None:
         for field_name, value in noun.config_fields().items():
             setattr(model.config, field_name, value)
@@ -55,7 +76,7 @@ def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str 
                        DEFAULT_NOUN.singular)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    logger.info("%s model (%.2fM parameters, %d-token vocabulary from %d texts) written to %s", preset,
+    logger.info("%s %s model (%.2fM parameters, %d-token vocabulary from %d texts) written to %s", family, preset,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(processor.tokenizer), len(corpus), output_dir)
     return output_dir
 

@@ -5,8 +5,11 @@
     push_to_hub(staged, "me/finedefics-8b", private=True)
 
 Staging copies only what a user of the repo needs (config with ``auto_map``, safetensors weights,
-generation config, processor/tokenizer files, the three model code files) and writes the model card
-as ``README.md``, so the folder that is uploaded is exactly the folder that was checked. Uploading
+generation config, processor/tokenizer files, the model code files) and writes the model card
+as ``README.md``, so the folder that is uploaded is exactly the folder that was checked. Every model family
+(``modeling_finedefics.families``) is staged: its family is read from the checkpoint's ``model_type``, its code
+files are the three shared Idefics2 files plus, for the other families, ``multimodal.py`` and the family's own
+module (``finedefics_training.convert.model_code_files``), and ``auto_map`` points at the family's classes. Uploading
 goes through ``huggingface_hub.HfApi`` and honours ``HF_ENDPOINT``.
 """
 
@@ -24,7 +27,7 @@ from .checkpoints import check_safetensors_files
 
 logger = logging.getLogger(__name__)
 
-CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")
+CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")  # Idefics2's
 CONFIG_AUTO_MAP = {
     "AutoConfig": "configuration_finedefics.FinedeficsConfig",
     "AutoModelForImageTextToText": "modeling_finedefics.FinedeficsForConditionalGeneration",
@@ -72,12 +75,41 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
 
 
 def _copy_checkpoint_files(checkpoint: Path, staging: Path, weight_files: list[str]) -> None:
-    _write_json(staging / "config.json", _with_auto_map(_read_json(checkpoint / "config.json"), CONFIG_AUTO_MAP))
+    config = _read_json(checkpoint / "config.json")
+    family = checkpoint_family(config)
+    _write_json(staging / "config.json", _with_auto_map(config, config_auto_map(family)))
     shutil.copy2(checkpoint / "generation_config.json", staging / "generation_config.json")
     for name in weight_files:
         _link_or_copy(checkpoint / name, staging / name)
-    _stage_processor_files(checkpoint, staging)
-    _stage_code_files(checkpoint, staging)
+    _stage_processor_files(checkpoint, staging, family)
+    _stage_code_files(checkpoint, staging, family)
+
+
+def checkpoint_family(config: dict):
+    """The Finedefics family (``modeling_finedefics.families.Family``) of a checkpoint's config dict."""
+    from modeling_finedefics.families import family_for_model_type
+
+    return family_for_model_type(config.get("model_type"))
+
+
+def config_auto_map(family) -> dict:
+    """The ``auto_map`` of a Finedefics config of ``family``: its config and model classes in its code files."""
+    if family.name == "idefics2":
+        return dict(CONFIG_AUTO_MAP)
+    return {"AutoConfig": _class_reference(family.config),
+            "AutoModelForImageTextToText": _class_reference(family.model)}
+
+
+def processor_auto_map(family) -> dict:
+    if family.name == "idefics2":
+        return dict(PROCESSOR_AUTO_MAP)
+    return {"AutoProcessor": _class_reference(family.processor)}
+
+
+def _class_reference(cls) -> str:
+    from .convert import _class_reference as reference
+
+    return reference(cls)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -109,13 +141,21 @@ def check_checkpoint(checkpoint: Path) -> list[str]:
     if not any((checkpoint / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"{checkpoint} has no processor/tokenizer files: save the processor into it too")
     model_type = _read_json(checkpoint / "config.json").get("model_type")
-    if model_type != "finedefics":
-        raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}, not 'finedefics': "
-                         "convert it first with `finedefics convert`")
+    if model_type not in finedefics_model_types():
+        raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}, not a Finedefics one "
+                         f"({', '.join(map(repr, finedefics_model_types()))}): convert it first with "
+                         "`finedefics convert`")
     weight_files = _safetensors_weight_files(checkpoint)
     # A file cut short would otherwise be staged and uploaded as it is.
     check_safetensors_files([checkpoint / name for name in weight_files if name.endswith(".safetensors")])
     return weight_files
+
+
+def finedefics_model_types() -> tuple[str, ...]:
+    """The ``model_type`` of every family's Finedefics config ("finedefics" for Idefics2)."""
+    from modeling_finedefics.families import FAMILIES
+
+    return tuple(family.model_type for family in FAMILIES.values())
 
 
 def _safetensors_weight_files(checkpoint: Path) -> list[str]:
@@ -149,23 +189,25 @@ def _empty_staging_dir(staging_dir: str | Path, checkpoint: Path) -> Path:
     return staging
 
 
-def _stage_processor_files(checkpoint: Path, staging: Path) -> None:
+def _stage_processor_files(checkpoint: Path, staging: Path, family) -> None:
     for name in PROCESSOR_FILES:
         if not (checkpoint / name).is_file():
             continue
         if name in ("processor_config.json", "tokenizer_config.json"):
-            # Without ``auto_map`` AutoProcessor(trust_remote_code=True) would not find FinedeficsProcessor.
-            _write_json(staging / name, _with_auto_map(_read_json(checkpoint / name), PROCESSOR_AUTO_MAP))
+            # Without ``auto_map`` AutoProcessor(trust_remote_code=True) would not find the family's processor.
+            _write_json(staging / name, _with_auto_map(_read_json(checkpoint / name), processor_auto_map(family)))
         else:
             shutil.copy2(checkpoint / name, staging / name)
 
 
-def _stage_code_files(checkpoint: Path, staging: Path) -> None:
+def _stage_code_files(checkpoint: Path, staging: Path, family) -> None:
     """The checkpoint's own code files (they match its weights), else those of the installed package."""
     import modeling_finedefics
 
+    from .convert import model_code_files
+
     package_dir = Path(modeling_finedefics.__file__).parent
-    for name in CODE_FILES:
+    for name in model_code_files(family):
         source = checkpoint / name if (checkpoint / name).is_file() else package_dir / name
         if source.parent == package_dir:
             logger.info("%s: not in the checkpoint, copied from the installed modeling_finedefics", name)
@@ -192,7 +234,7 @@ def validate_staged(staging: Path) -> None:
         config = classes["AutoConfig"].from_pretrained(staging)
     except Exception as error:  # any failure here means users of the repo could not load it
         raise ValueError(f"the staged folder {staging} does not load with its shipped code: {error}") from error
-    if config.model_type != "finedefics":
+    if config.model_type not in finedefics_model_types():
         raise ValueError(f"the staged folder loads as {config.model_type!r}, not a Finedefics config")
     logger.info("staged code files import: %s", ", ".join(sorted(auto_map.values())))
 

@@ -31,6 +31,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_LORA_TARGETS = (
     r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
+# The decoder's attention and MLP projections (Llama / Qwen2 / Mistral names) of the other families, anchored at
+# the decoder: their vision towers use some of the same names (SigLIP's and CLIP's q_proj / k_proj / v_proj,
+# Qwen2.5-VL's vision gate_proj / up_proj / down_proj), and neither the tower nor the projector (Idefics3's
+# modality projection, Qwen's patch merger, LLaVA's multi_modal_projector) is matched: they stay frozen.
+_DECODER_LORA_TARGETS = (r"model\.{decoder}\.layers\.\d+\.(self_attn|mlp)\."
+                         r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+LORA_TARGETS = {
+    "idefics2": DEFAULT_LORA_TARGETS,
+    "idefics3": _DECODER_LORA_TARGETS.format(decoder="text_model"),        # Llama 3 decoder
+    "smolvlm": _DECODER_LORA_TARGETS.format(decoder="text_model"),         # SmolLM2 (Llama) decoder
+    "qwen2_vl": _DECODER_LORA_TARGETS.format(decoder="language_model"),    # Qwen2 decoder
+    "qwen2_5_vl": _DECODER_LORA_TARGETS.format(decoder="language_model"),  # Qwen2.5 decoder
+    "llava": _DECODER_LORA_TARGETS.format(decoder="language_model"),       # Llama 2 (Vicuna) decoder
+}
 # Kept in full precision under QLoRA and trained/saved with the adapter.
 NOT_QUANTISED = ["lm_head", "image_projection", "text_projection", "temperatures"]
 MODULES_TO_SAVE = ["temperatures", "image_projection", "text_projection"]
@@ -46,8 +60,10 @@ class ModelArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.2, metadata={"help": "LoRA dropout"})
-    lora_target_modules: str = field(default=DEFAULT_LORA_TARGETS, metadata={"help": "regex of modules that get LoRA"})
-    freeze_vision_tower: bool = field(default=True, metadata={"help": "keep the SigLIP encoder frozen (full tuning)"})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "regex of modules that get LoRA (default: the model family's decoder "
+                                        "projections, LORA_TARGETS; Idefics2's also the connector's)"})
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "keep the vision encoder frozen (full tuning)"})
     torch_dtype: str = field(default="auto", metadata={"help": "float32, bfloat16, float16 or auto"})
 
     def __post_init__(self):
@@ -92,43 +108,113 @@ class DataArguments:
 def load_model_and_processor(model_args: ModelArguments, training_args: FinedeficsTrainingConfig):
     """The model (wrapped with PEFT for LoRA/QLoRA) and its processor.
 
-    A Finedefics checkpoint loads through the locally registered classes; a stock Idefics2 checkpoint
-    (such as ``HuggingFaceM4/idefics2-8b``) is loaded into the Finedefics classes with fresh alignment
-    parameters and the tokenizer's EOS as summary token (``finedefics convert`` does the same offline).
+    ``model_name_or_path`` is a checkpoint of any family of ``modeling_finedefics.families.FAMILIES``. A
+    Finedefics checkpoint loads through the locally registered classes; a stock checkpoint (such as
+    ``HuggingFaceM4/idefics2-8b`` or ``Qwen/Qwen2.5-VL-7B-Instruct``) is loaded into its family's Finedefics
+    classes with fresh alignment parameters and the tokenizer's EOS as summary token (``finedefics convert``
+    does the same offline).
     """
-    from modeling_finedefics import FinedeficsConfig, FinedeficsForConditionalGeneration, FinedeficsProcessor
-    from transformers import AutoConfig, AutoProcessor
-
-    from .checkpoints import SUPPORTED_MODEL_TYPES, check_model_source, check_vocabulary
+    from .checkpoints import check_vocabulary
 
     path = model_args.model_name_or_path
     remote = training_args.trust_remote_code
     check_model_source(path)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
-    if not isinstance(processor, FinedeficsProcessor):
-        processor = FinedeficsProcessor(
-            image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-            image_seq_len=processor.image_seq_len, chat_template=processor.chat_template,
-        )
-    config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:  # a Hub model (local folders were checked above)
-        raise ValueError(f"{path}: model_type is {config.model_type!r}; supported: "
-                         f"{', '.join(map(repr, SUPPORTED_MODEL_TYPES))}")
-    if config.model_type != FinedeficsConfig.model_type:
+    config, family = model_config(path, remote)
+    processor = load_family_processor(path, family, remote)
+    if config.model_type != family.model_type:
         logger.info("%s is a %s checkpoint: adding fresh Finedefics alignment parameters", path, config.model_type)
-        config = as_finedefics_config(config, processor.tokenizer.eos_token_id)
+        config = as_finedefics_config(config, processor.tokenizer.eos_token_id, family)
     kwargs = {"config": config, "dtype": _dtype(model_args.torch_dtype)}
     if model_args.tuning == "qlora":
         kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
-    model = FinedeficsForConditionalGeneration.from_pretrained(path, **kwargs)
+    model = family.model.from_pretrained(path, **kwargs)
     check_vocabulary(model, processor.tokenizer, path)
     if _zero3_without_quantisation(model_args, training_args):
         _one_dtype_for_zero3(model)
     if model_args.tuning == "full":
         if model_args.freeze_vision_tower:
-            model.model.vision_model.requires_grad_(False)
+            vision_tower(model).requires_grad_(False)
         return model, processor
     return apply_lora(model, model_args, training_args), processor
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """Every stock and Finedefics ``model_type`` a recipe may start from (all families)."""
+    from modeling_finedefics.families import FAMILIES
+
+    return tuple(t for family in FAMILIES.values() for t in (family.model_type, family.stock_model_type))
+
+
+def check_model_source(name_or_path: str) -> None:
+    """``finedefics_eval.loading.check_model_source`` for checkpoints of every family: a local folder's
+    ``model_type`` must be one a family knows and its safetensors weights readable; Hub ids are checked there."""
+    from .checkpoints import check_model_source as check_idefics2_or_hub_source
+    from .checkpoints import check_safetensors_files, read_checkpoint_config
+
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        check_idefics2_or_hub_source(name_or_path)
+        return
+    read_checkpoint_config(folder, supported=supported_model_types())
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map")
+        check_safetensors_files([folder / name for name in sorted(set(weight_map.values()))])
+    elif (folder / "model.safetensors").is_file():
+        check_safetensors_files([folder / "model.safetensors"])
+
+
+def model_config(path: str, trust_remote_code: bool = False):
+    """``(config, family)`` of a stock or Finedefics checkpoint; another architecture is a clear error."""
+    from modeling_finedefics.families import family_for_model_type
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        family = family_for_model_type(config.model_type)
+    except ValueError as error:  # a Hub model (local folders were checked before)
+        raise ValueError(f"{path}: {error}") from None
+    return config, family
+
+
+def load_family_processor(path: str, family, trust_remote_code: bool = False):
+    """The family's Finedefics processor for a stock or Finedefics checkpoint.
+
+    Idefics2: ``AutoProcessor``, re-wrapped as ``FinedeficsProcessor`` when stock. The other families load
+    straight into their Finedefics processor class, which takes the stock tokenizer and image processor files
+    (their stock processors may need torchvision for video, which image recognition does not use)."""
+    if family.name != "idefics2":
+        return family.processor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from modeling_finedefics import FinedeficsProcessor
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not isinstance(processor, FinedeficsProcessor):
+        processor = FinedeficsProcessor(
+            image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+            image_seq_len=processor.image_seq_len, chat_template=processor.chat_template,
+        )
+    return processor
+
+
+def vision_tower(model):
+    """The vision encoder of a Finedefics model of any family (under PEFT's wrapping too)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return model._vision_tower()
+
+
+def lora_targets(model_args: ModelArguments, family_name: str) -> str:
+    """The recipe's ``lora_target_modules``, else the family's default (``LORA_TARGETS``)."""
+    return model_args.lora_target_modules or LORA_TARGETS[family_name]
+
+
+def model_family_name(model) -> str:
+    from modeling_finedefics.families import family_for_model_type
+
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return family_for_model_type(model.config.model_type).name
 
 
 def qlora_quantization_config(compute_dtype):
@@ -153,7 +239,8 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
         modules_to_save = [name for name in MODULES_TO_SAVE if getattr(model, name, None) is not None]
         config = LoraConfig(
             r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
+            target_modules=lora_targets(model_args, model_family_name(model)), modules_to_save=modules_to_save,
+            task_type="CAUSAL_LM",
         )
         # ZeRO-3 gathers parameters into buffers of one dtype: LoRA weights upcast to float32 beside a bf16
         # base fail its first optimizer step. Its optimizer keeps float32 master weights of every trainable
@@ -163,11 +250,19 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
     return model
 
 
-def as_finedefics_config(config, summary_token_id: int | None):
-    """A stock Idefics2 config as a FinedeficsConfig with default alignment settings (fresh temperatures)."""
-    from modeling_finedefics import FinedeficsConfig
+def as_finedefics_config(config, summary_token_id: int | None, family=None):
+    """A stock config (Idefics2 unless ``family`` says otherwise) as its family's Finedefics config with default
+    alignment settings (fresh temperatures)."""
+    if family is None or family.name == "idefics2":
+        from modeling_finedefics import FinedeficsConfig
 
-    return FinedeficsConfig(**{**config.to_dict(), "model_type": None, "summary_token_id": summary_token_id})
+        return FinedeficsConfig(**{**config.to_dict(), "model_type": None, "summary_token_id": summary_token_id})
+    values = config.to_dict()
+    for key in ("model_type", "auto_map", "architectures", "transformers_version"):
+        values.pop(key, None)  # as the converter writes it (training/convert.py)
+    finedefics = family.config(**values, summary_token_id=summary_token_id)
+    finedefics.architectures = [family.model.__name__]
+    return finedefics
 
 
 def _zero3_without_quantisation(model_args: ModelArguments, training_args) -> bool:
@@ -176,7 +271,7 @@ def _zero3_without_quantisation(model_args: ModelArguments, training_args) -> bo
 
 def _one_dtype_for_zero3(model) -> None:
     """The float32 alignment modules (temperatures, heads) in the model's dtype, for ZeRO-3's one-dtype buffers."""
-    dtype = model.model.text_model.embed_tokens.weight.dtype
+    dtype = model.get_input_embeddings().weight.dtype
     for name in model._keep_in_fp32_modules_strict:
         module = getattr(model, name, None)
         if module is not None:
@@ -231,8 +326,17 @@ def merge_saved_adapter(adapter_dir: str | Path, dtype=None):
     from peft import PeftConfig, PeftModel
 
     base_path = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
-    config = _without_quantization(FinedeficsConfig.from_pretrained(base_path))
-    base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=config, dtype=dtype or torch.float32)
+    base_config, family = model_config(base_path)
+    if family.name == "idefics2":
+        config = _without_quantization(FinedeficsConfig.from_pretrained(base_path))
+        base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=config,
+                                                                  dtype=dtype or torch.float32)
+    else:
+        if base_config.model_type != family.model_type:  # a stock base: its tokenizer's EOS, as in training
+            eos = load_family_processor(base_path, family).tokenizer.eos_token_id
+            base_config = as_finedefics_config(base_config, eos, family)
+        base = family.model.from_pretrained(base_path, config=_without_quantization(base_config),
+                                            dtype=dtype or torch.float32)
     with _peft_checkpointing_deprecations():
         return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 

@@ -1,4 +1,5 @@
-"""``finedefics convert SOURCE OUTPUT``: a stock Idefics2 or Finedefics-release folder -> a Finedefics checkpoint."""
+"""``finedefics convert SOURCE OUTPUT``: a stock checkpoint of a supported family (Idefics2, Idefics3, SmolVLM,
+Qwen2-VL, Qwen2.5-VL, LLaVA) or the Finedefics-release folder -> a Finedefics checkpoint of the same family."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert an Idefics2 or Finedefics-release checkpoint folder into a Finedefics checkpoint",
+        help="convert a stock checkpoint folder (Idefics2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, LLaVA) or the "
+             "Finedefics release into a Finedefics checkpoint",
         description=(
-            "Convert a stock Idefics2 checkpoint (fresh alignment parameters are added) or the official "
-            "Finedefics release layout (temperatures carried over, unused projectors dropped). Every dropped "
-            "or unmapped key is listed; the report is also written to OUTPUT/conversion_report.json."
+            "Convert a stock checkpoint of a supported family (Idefics2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL or "
+            "LLaVA: its weights are kept and fresh alignment parameters are added; the output is that family's "
+            "Finedefics checkpoint, with its code files) or the official Finedefics release layout (Idefics2: "
+            "temperatures carried over, unused projectors dropped). Every dropped or unmapped key is listed; the "
+            "report is also written to OUTPUT/conversion_report.json."
         ),
     )
     parser.add_argument("source", help="checkpoint folder with config.json and .safetensors weights")

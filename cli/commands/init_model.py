@@ -1,6 +1,12 @@
-"""``finedefics init-model --preset tiny|micro --corpus DATA_DIR OUT``: a tiny starting model for your own data."""
+"""``finedefics init-model [--family NAME] [--preset tiny|micro] --corpus DATA_DIR OUT``: a tiny starting model for
+your own data, of any model family."""
 
 from __future__ import annotations
+
+
+# The keys of modeling_finedefics.families.FAMILIES, written out so that `finedefics --help` imports no torch;
+# tests/test_family_plumbing.py checks they are the same.
+FAMILY_NAMES = ["idefics2", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "llava"]
 
 
 def register(subparsers) -> None:
@@ -8,7 +14,8 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "init-model", help="build a tiny model and a tokenizer trained on your data's texts (CPU pipeline runs)",
-        description="Build a tiny Finedefics model (random weights, the architecture of Idefics2-8B) and a tokenizer "
+        description="Build a tiny Finedefics model (random weights; the architecture of Idefics2-8B, or of another "
+                    "family with --family) and a tokenizer "
                     "trained offline on the texts of the data folders (category names, descriptions, questions and "
                     "answers, and the questions training and evaluation ask with the data's noun). The noun is "
                     "stored in the model's config. A starting point to run the whole pipeline on a CPU, not a "
@@ -18,11 +25,15 @@ def register(subparsers) -> None:
     parser.add_argument("--corpus", metavar="DATA_DIR", action="append", required=True,
                         help="a `finedefics data` folder whose texts train the tokenizer (repeat for several, "
                              "e.g. the stage I and stage II data)")
-    parser.add_argument("--preset", choices=["micro", "tiny"], default="tiny",
-                        help="micro (~1M parameters, tests) or tiny (~4M, the CPU demo); default tiny")
+    parser.add_argument("--family", choices=FAMILY_NAMES, default="idefics2",
+                        help="model family (default idefics2); the others have one tiny size (~1M parameters) with "
+                             "their own image and vocabulary sizes")
+    parser.add_argument("--preset", choices=["micro", "tiny"], default=None,
+                        help="micro (~1M parameters, tests) or tiny (~4M, the CPU demo); default tiny (idefics2)")
     add_noun_arguments(parser, "default: the noun the data folders record")
-    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
-    parser.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary size (default 2048)")
+    parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (idefics2; default 64)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="tokenizer vocabulary size (idefics2; default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.set_defaults(func=run)
 
@@ -32,6 +43,7 @@ def run(args) -> int:
     from .data import noun_from_arguments
 
     output = init_model(args.corpus, args.output, preset=args.preset, noun=noun_from_arguments(args),
-                        image_size=args.image_size, vocab_size=args.vocab_size, seed=args.seed)
+                        image_size=args.image_size, vocab_size=args.vocab_size, seed=args.seed,
+                        family=args.family)
     print(f"starting model written to {output}")
     return 0

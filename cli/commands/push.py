@@ -10,8 +10,9 @@ def register(subparsers) -> None:
         "push",
         help="upload a merged checkpoint, its processor, code files and model card to a Hugging Face Hub repo",
         description=(
-            "Stage CHECKPOINT (a merged Finedefics checkpoint with safetensors weights, e.g. a stage output's "
-            "final/ folder) with a model card filled from the eval report and training recipe, then upload it "
+            "Stage CHECKPOINT (a merged Finedefics checkpoint of any model family with safetensors weights, e.g. a "
+            "stage output's final/ folder; its family's code files and auto_map come along) with a "
+            "model card filled from the eval report and training recipe, then upload it "
             "with huggingface_hub. The token comes from --token, HF_TOKEN or `hf auth login`; the Hub from "
             "HF_ENDPOINT (default https://huggingface.co)."
         ),
