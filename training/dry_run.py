@@ -12,6 +12,10 @@ recipe's dtype and trainability, and the tensors autograd keeps for backward are
 storage once, parameters excluded); the count is extrapolated to the step's token count from two or
 three sizes. What the step holds follows the recipe: with activation checkpointing each layer keeps
 its input and one layer at a time is recomputed; without, every layer keeps everything.
+Every model family is planned (``modeling_finedefics.families``): its Finedefics class is built from the
+config, the vision tower / projector / decoder are found under the family's own names, and a step's image
+tokens follow the family's processor (Idefics2's resampler and splitting, Idefics3's pixel shuffle and
+splitting, Qwen's 2x2 patch merge at an assumed image side, LLaVA's one token per patch).
 The estimate leaves out the CUDA context and allocator fragmentation (``OVERHEAD_GIB`` is added for
 those) and the data a step reads; ``benchmarks/bench_dry_run.py`` compares it with a measured step.
 """
@@ -29,7 +33,14 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-KNOWN_CONFIGS = {"HuggingFaceM4/idefics2-8b": Path(__file__).with_name("model_configs") / "idefics2-8b.json"}
+_MODEL_CONFIGS = Path(__file__).with_name("model_configs")
+KNOWN_CONFIGS = {  # written from the published configs (model_configs/README.md), not downloaded
+    "HuggingFaceM4/idefics2-8b": _MODEL_CONFIGS / "idefics2-8b.json",
+    "HuggingFaceTB/SmolVLM-Instruct": _MODEL_CONFIGS / "smolvlm-instruct.json",
+    "Qwen/Qwen2.5-VL-7B-Instruct": _MODEL_CONFIGS / "qwen2.5-vl-7b-instruct.json",
+    "llava-hf/llava-1.5-7b-hf": _MODEL_CONFIGS / "llava-1.5-7b.json",
+}
+PLAN_IMAGE_SIDE = 448  # Qwen keeps images near their own size: the side a step's images are assumed to have
 GPU_SIZES_GIB = (24, 40, 80)
 OVERHEAD_GIB = 1.5  # CUDA context, cuBLAS workspaces and allocator fragmentation on one device
 GIB = 2**30
@@ -112,15 +123,17 @@ class Plan:
 
 # ----------------------------------------------------------------------------- model
 def plan_config(path: str, trust_remote_code: bool = False):
-    """(FinedeficsConfig, processor numbers) from a local folder, the Hub cache, or a shipped config."""
-    from modeling_finedefics import FinedeficsConfig
-    from transformers import AutoConfig, Idefics2Config
+    """(Finedefics config of the model's family, processor numbers) from a local folder, the Hub cache, or a
+    shipped config."""
+    from modeling_finedefics.families import family_for_model_type
+    from transformers import AutoConfig
 
     from .recipe import as_finedefics_config
 
     if path in KNOWN_CONFIGS and not os.path.isdir(path):
         shipped = json.loads(KNOWN_CONFIGS[path].read_text())
-        config, processor = Idefics2Config(**shipped["config"]), shipped["processor"]
+        stock_config = family_for_model_type(shipped["config"]["model_type"]).stock_config
+        config, processor = stock_config(**shipped["config"]), shipped["processor"]
     elif os.path.isdir(path):
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         processor = _local_processor_numbers(Path(path))
@@ -128,9 +141,17 @@ def plan_config(path: str, trust_remote_code: bool = False):
         known = ", ".join(KNOWN_CONFIGS)
         raise ValueError(f"--dry-run needs the model's config: {path!r} is not a local folder nor a model with a "
                          f"shipped config ({known})")
-    if config.model_type != FinedeficsConfig.model_type:
-        config = as_finedefics_config(config, processor.get("eos_token_id"))
+    family = family_for_model_type(config.model_type)
+    if config.model_type != family.model_type:
+        config = as_finedefics_config(config, processor.get("eos_token_id"), family)
     return config, processor
+
+
+def config_family(config):
+    """The ``modeling_finedefics.families.Family`` of a Finedefics config."""
+    from modeling_finedefics.families import family_for_model_type
+
+    return family_for_model_type(config.model_type)
 
 
 def _local_processor_numbers(folder: Path) -> dict:
@@ -141,18 +162,24 @@ def _local_processor_numbers(folder: Path) -> dict:
             numbers["do_image_splitting"] = values.get("do_image_splitting", numbers["do_image_splitting"])
             numbers["image_seq_len"] = values.get("image_seq_len", numbers["image_seq_len"])
             numbers["longest_edge"] = (values.get("size") or {}).get("longest_edge", numbers["longest_edge"])
+            # The other families' image settings (transformers 5 nests the image processor's in processor_config)
+            for values in (values, values.get("image_processor") or {}):
+                numbers["splitting"] = values.get("do_image_splitting", numbers.get("splitting"))
+                numbers["split_longest_edge"] = (values.get("size") or {}).get("longest_edge",
+                                                                                numbers.get("split_longest_edge"))
+                numbers["max_image_size"] = (values.get("max_image_size") or {}).get(
+                    "longest_edge", numbers.get("max_image_size"))
+                numbers["max_pixels"] = values.get("max_pixels", numbers.get("max_pixels"))
     return numbers
 
 
 def build_meta_model(config, model_args, training_args):
     """The model as a run would train it, on the meta device: (model, names of 4-bit Linear layers)."""
-    from modeling_finedefics import FinedeficsForConditionalGeneration
-
-    from .recipe import NOT_QUANTISED, apply_lora
+    from .recipe import NOT_QUANTISED, apply_lora, vision_tower
 
     dtype = _model_dtype(model_args)
     with torch.device("meta"):
-        model = FinedeficsForConditionalGeneration(config).to(dtype)
+        model = config_family(config).model(config).to(dtype)
     model._alignment_modules_to_float32([f"{name}." for name in model._keep_in_fp32_modules_strict])
     quantised = set()
     if model_args.tuning == "qlora":
@@ -164,15 +191,17 @@ def build_meta_model(config, model_args, training_args):
                 parameter.data = parameter.data.float()
     if model_args.tuning == "full":
         if model_args.freeze_vision_tower:
-            model.model.vision_model.requires_grad_(False)
+            vision_tower(model).requires_grad_(False)
         return model, quantised
     lora_args = copy.copy(model_args)
     lora_args.tuning = "lora"  # PEFT's wrapping; 4-bit layers cannot be built on the meta device
     return apply_lora(model, lora_args, training_args), quantised
 
 
-PARTS = (("vision tower", "vision_model"), ("perceiver resampler", "perceiver_resampler"),
-         ("modality projection", "modality_projection"), ("decoder", "text_model"), ("lm_head", "lm_head"),
+PARTS = (("multimodal projector", ("visual.merger", "multi_modal_projector")),  # Qwen's merger, LLaVA's MLP
+         ("vision tower", ("vision_model", "visual", "vision_tower")), ("perceiver resampler", "perceiver_resampler"),
+         ("modality projection", "modality_projection"), ("decoder", ("text_model", "language_model")),
+         ("lm_head", "lm_head"),
          ("alignment (temperatures, heads)", ("temperatures", "image_projection", "text_projection")))
 
 
@@ -293,8 +322,13 @@ def decoder_layer_bytes(model, config, dtype, sizes=(8, 16, 32)):
     from transformers.models.mistral.modeling_mistral import MistralRotaryEmbedding
 
     core = _core(model)
-    layer = _materialise(core.model.text_model.layers[0], dtype)
-    rotary = MistralRotaryEmbedding(config.text_config)
+    if config_family(config).name == "idefics2":
+        layer = _materialise(core.model.text_model.layers[0], dtype)
+        rotary = MistralRotaryEmbedding(config.text_config)
+    else:  # the decoder's own rotary embedding (Qwen's 3-D mrope takes 1-D text positions on all three axes)
+        decoder = core._decoder()
+        layer = _materialise(decoder.layers[0], dtype)
+        rotary = type(decoder.rotary_emb)(config=config.text_config)
 
     def inputs(tokens):
         hidden = torch.randn(1, tokens, config.text_config.hidden_size, dtype=dtype, requires_grad=True)
@@ -307,7 +341,13 @@ def decoder_layer_bytes(model, config, dtype, sizes=(8, 16, 32)):
 
 def vision_layer_bytes(model, config, dtype, sizes=(16, 32, 64)):
     core = _core(model)
-    layer = _materialise(core.model.vision_model.encoder.layers[0], dtype)
+    family = config_family(config).name
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"the dry run cannot estimate a trained {family} vision tower's activations (its blocks "
+                         "take packed patches with cu_seqlens and 2-D rotary positions); keep "
+                         "freeze_vision_tower: true or use LoRA for a plan")
+    tower = core._vision_tower()
+    layer = _materialise((tower.encoder if hasattr(tower, "encoder") else tower.vision_model.encoder).layers[0], dtype)
 
     def inputs(patches):
         return (torch.randn(1, patches, config.vision_config.hidden_size, dtype=dtype, requires_grad=True),), \
@@ -319,6 +359,8 @@ def vision_layer_bytes(model, config, dtype, sizes=(16, 32, 64)):
 def connector_bytes(model, config, dtype, sizes=(16, 32, 64)):
     """Saved bytes of the connector (modality projection + perceiver) for one sub-image of P patches."""
     core = _core(model)
+    if config_family(config).name != "idefics2":
+        return projector_bytes(model, config, dtype)
     connector = _materialise(core.model.connector, dtype)
 
     def inputs(patches):
@@ -328,6 +370,31 @@ def connector_bytes(model, config, dtype, sizes=(16, 32, 64)):
         return (features,), {"attention_mask": torch.ones(1, patches, dtype=torch.long)}
 
     return _saved_bytes(connector, inputs, sizes)
+
+
+def projector_bytes(model, config, dtype):
+    """Saved bytes of another family's image projector for one image (sub-image) of P patches: Idefics3's
+    connector (pixel shuffle + linear: P must be a square of a multiple of its scale factor), Qwen's patch merger
+    (2-D patches, 4 per token), LLaVA's two-layer MLP."""
+    core = _core(model)
+    family = config_family(config).name
+    tower_trains = any(p.requires_grad for p in core._vision_tower().parameters())
+    hidden = config.vision_config.hidden_size
+    if family in ("idefics3", "smolvlm"):
+        module, sizes = core.model.connector, [(config.scale_factor * k) ** 2 for k in (2, 3, 4)]
+        shape = lambda patches: (1, patches, hidden)  # noqa: E731
+    elif family in ("qwen2_vl", "qwen2_5_vl"):
+        module, sizes = core.model.visual.merger, [16, 32, 64]
+        shape = lambda patches: (patches, getattr(config.vision_config, "embed_dim", None) or hidden)  # noqa: E731
+    else:
+        module, sizes = core.model.multi_modal_projector, [16, 32, 64]
+        shape = lambda patches: (1, patches, hidden)  # noqa: E731
+    module = _materialise(module, dtype)
+
+    def inputs(patches):
+        return (torch.randn(*shape(patches), dtype=dtype, requires_grad=tower_trains),), {}
+
+    return _saved_bytes(module, inputs, sizes)
 
 
 def activation_bytes(model, config, shape: StepShape, model_args, training_args) -> dict[str, float]:
@@ -351,7 +418,8 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
     from modeling_finedefics.modeling_finedefics import FinedeficsConnector
 
     one_sub_image = connector_bytes(model, config, dtype)(shape.patches)
-    per_chunk = FinedeficsConnector.sub_images_per_checkpoint(sub_images, shape.patches)
+    per_chunk = (FinedeficsConnector.sub_images_per_checkpoint(sub_images, shape.patches)
+                 if config_family(config).name == "idefics2" else None)  # only Idefics2's connector checkpoints
     if checkpointing and per_chunk is not None:
         # FinedeficsConnector keeps its inputs and recomputes one chunk of sub-images at a time.
         connector = (sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes
@@ -359,7 +427,7 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
     else:
         connector = one_sub_image * sub_images
     result = {"decoder activations": decoder_total, "logits and LM loss": logits, "connector activations": connector}
-    if any(p.requires_grad for p in _core(model).model.vision_model.parameters()):
+    if any(p.requires_grad for p in _core(model)._vision_tower().parameters()):
         vision = vision_layer_bytes(model, config, dtype)(shape.patches) * sub_images
         layers, hidden = config.vision_config.num_hidden_layers, config.vision_config.hidden_size
         result["vision tower activations"] = (
@@ -388,6 +456,8 @@ def _core(model):
 
 # ---------------------------------------------------------------------- plan
 def step_shape(config, processor: dict, training_args, stage: int) -> tuple[StepShape, list[str]]:
+    if config_family(config).name != "idefics2":
+        return family_step_shape(config, processor, training_args, stage)
     vision = config.vision_config
     side = processor.get("longest_edge") or vision.image_size
     side = min(side, vision.image_size)
@@ -405,6 +475,54 @@ def step_shape(config, processor: dict, training_args, stage: int) -> tuple[Step
         f"{shape.text_tokens} text tokens per row in the LM pass"
         + (f"; the embedding pass has {contrastive_texts} texts of {shape.contrastive_text_tokens} tokens per row "
            "(description, name and each negative's description and name, before de-duplication)"
+           if contrastive_texts else ""),
+        "AdamW (two moments per trainable element, in its dtype); one process per device (DDP); "
+        f"{OVERHEAD_GIB} GiB for the CUDA context and fragmentation",
+        "activations measured on one layer of each kind at real width on CPU (sdpa attention), extrapolated",
+    ]
+    return shape, assumptions
+
+
+def family_step_shape(config, processor: dict, training_args, stage: int) -> tuple[StepShape, list[str]]:
+    """The step shape of a family other than Idefics2, from its config and processor numbers."""
+    family = config_family(config).name
+    vision = config.vision_config
+    if family in ("idefics3", "smolvlm"):
+        side = vision.image_size
+        patches = (side // vision.patch_size) ** 2
+        image_tokens = patches // config.scale_factor**2
+        splitting = processor.get("do_image_splitting") or processor.get("splitting")
+        longest = processor.get("longest_edge") if processor.get("max_image_size") else None
+        longest = longest or processor.get("split_longest_edge")
+        grid = (longest or side) // (processor.get("max_image_size") or side)
+        sub_images = grid * grid + 1 if splitting and grid > 1 else 1
+        image_note = (f"images split into at most {grid}x{grid} sub-images of {side} px plus the global image "
+                      f"({sub_images} per image), {patches} patches and {image_tokens} tokens (pixel shuffle "
+                      f"{config.scale_factor}) each" if sub_images > 1 else
+                      f"one {side} px image, {patches} patches, {image_tokens} tokens (pixel shuffle)")
+    elif family in ("qwen2_vl", "qwen2_5_vl"):
+        unit = vision.patch_size * vision.spatial_merge_size
+        max_side = int((processor.get("max_pixels") or PLAN_IMAGE_SIDE**2) ** 0.5)
+        side = max(unit, min(processor.get("plan_image_side") or PLAN_IMAGE_SIDE, max_side) // unit * unit)
+        patches = (side // vision.patch_size) ** 2
+        image_tokens = patches // vision.spatial_merge_size**2
+        sub_images = 1
+        image_note = (f"images of {side}x{side} px (Qwen keeps each image near its own size: an assumption), "
+                      f"{patches} patches, {image_tokens} tokens after the 2x2 merge")
+    else:  # llava
+        side = vision.image_size
+        patches = (side // vision.patch_size) ** 2
+        image_tokens, sub_images = patches, 1
+        image_note = f"one {side} px image, {patches} patch tokens (the CLS token dropped)"
+    negatives = training_args.num_negatives if training_args.use_hard_negatives else 0
+    contrastive_texts = 2 * (1 + negatives) if stage == 1 else 0
+    shape = StepShape(rows=training_args.per_device_train_batch_size, sub_images=sub_images, patches=patches,
+                      image_tokens=image_tokens, contrastive_texts=contrastive_texts)
+    assumptions = [
+        f"{family}: {image_note}",
+        f"{shape.text_tokens} text tokens per row in the LM pass"
+        + (f"; the embedding pass has {contrastive_texts} texts of {shape.contrastive_text_tokens} tokens per row "
+           "and one image-summary row per image (its image tokens and the summary token)"
            if contrastive_texts else ""),
         "AdamW (two moments per trainable element, in its dtype); one process per device (DDP); "
         f"{OVERHEAD_GIB} GiB for the CUDA context and fragmentation",
