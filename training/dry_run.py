@@ -148,9 +148,13 @@ def plan_config(path: str, trust_remote_code: bool = False):
 
 
 def config_family(config):
-    """The ``modeling_finedefics.families.Family`` of a Finedefics config."""
-    from modeling_finedefics.families import family_for_model_type
+    """The ``modeling_finedefics.families.Family`` of a Finedefics config, by its class (a stock Idefics2 config
+    converted by ``as_finedefics_config`` carries no ``model_type`` of its own)."""
+    from modeling_finedefics.families import FAMILIES, family_for_model_type
 
+    for family in FAMILIES.values():
+        if type(config) is family.config:
+            return family
     return family_for_model_type(config.model_type)
 
 

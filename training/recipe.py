@@ -211,10 +211,18 @@ def lora_targets(model_args: ModelArguments, family_name: str) -> str:
 
 
 def model_family_name(model) -> str:
-    from modeling_finedefics.families import family_for_model_type
+    """The family of a Finedefics model, by its class (a stock Idefics2 config converted by
+    ``as_finedefics_config`` carries no ``model_type`` of its own)."""
+    from modeling_finedefics.families import FAMILIES
 
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return family_for_model_type(model.config.model_type).name
+    for family in FAMILIES.values():
+        if type(model) is family.model:
+            return family.name
+    for family in FAMILIES.values():
+        if isinstance(model, family.model):
+            return family.name
+    raise ValueError(f"{type(model).__name__} is not the Finedefics model of any family")
 
 
 def qlora_quantization_config(compute_dtype):
