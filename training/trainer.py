@@ -55,9 +55,9 @@ class FinedeficsTrainer(SFTTrainer):
     """Instruction tuning with Finedefics' attribute-augmented contrastive alignment.
 
     Args:
-        model: a ``FinedeficsForConditionalGeneration`` (or a PEFT model wrapping one).
+        model: a Finedefics model of any family (``modeling_finedefics.families``), or a PEFT model wrapping one.
         args: a [`FinedeficsTrainingConfig`].
-        processing_class: the model's ``FinedeficsProcessor`` (required: it builds the chat prompts).
+        processing_class: the model's Finedefics processor, of its family (required: it builds the chat prompts).
         data_collator: defaults to a [`FinedeficsDataCollator`] for ``args.stage``.
         Other arguments are [`SFTTrainer`]'s.
     """
@@ -99,7 +99,7 @@ class FinedeficsTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------ set-up
     def _core_model(self, model=None):
-        """The FinedeficsForConditionalGeneration under any DDP / PEFT wrapping."""
+        """The Finedefics model (of any family) under any DDP / PEFT wrapping."""
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
