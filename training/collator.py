@@ -15,11 +15,21 @@ and may hold an explicit ``question`` and ``answer``. What each kind of row is a
 The question texts come from ``finedefics_data.prompts``, the same module the evaluation builds its
 prompts with, for the objects' noun the collator is given.
 
-Only answer tokens are supervised: prompt, image and padding positions get label -100.
+Every model family (``modeling_finedefics.families``) is built the same way: the prompt is the processor's
+own chat template, the images go to the processor in the layout it takes (one list per row for Idefics2,
+Idefics3 and SmolVLM; one flat list for Qwen2-VL, Qwen2.5-VL and LLaVA, whose pixels are never stacked by
+row), and where a template closes no turn after the answer (LLaVA's) the answer ends with EOS.
+
+Only answer tokens are supervised: prompt, image and padding positions get label -100. The answer is what
+follows the family's generation prompt ("Assistant:", "<|im_start|>assistant", "ASSISTANT:"), checked
+token by token against the processed row.
 
 For stage I the collator also tokenises, in ONE padded batch, every distinct text the contrastive
 terms need (descriptions, negative descriptions, category names, negative names), and returns index
-tensors into it, so the trainer embeds them all in a single decoder pass.
+tensors into it, so the trainer embeds them all in a single decoder pass. For every family but Idefics2 it
+also returns the image-summary rows of the batch's images (``summary_input_ids`` /
+``summary_attention_mask``, from ``processor.image_embedding_inputs``), which the model's forward turns
+into the contrastive image embeddings with the vision features of the same pass.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from transformers import Idefics2Processor, Idefics3Processor, SmolVLMProcessor
 
 from finedefics_data.prompts import (
     DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_answer, multiple_choice_prompt,
@@ -95,6 +106,8 @@ class FinedeficsDataCollator:
         batch = self._tokenize_conversations(examples, conversations)
         if self.stage == 1 and self.contrastive:
             batch.update(self._contrastive_texts(examples))
+            if uses_image_summary_rows(self.processor):
+                batch.update(self._image_summary_rows(examples, batch))
         return batch
 
     # ------------------------------------------------------------ instructions
@@ -116,29 +129,43 @@ class FinedeficsDataCollator:
 
     def _tokenize_conversations(self, examples: list[dict], conversations: list[tuple[str, str]]) -> dict:
         processor = self.processor
+        eos = processor.tokenizer.eos_token
         prompts, full_texts = [], []
         for example, (question, answer) in zip(examples, conversations):
             image_part = [{"type": "image"}] if example.get("image") is not None else []
             user = {"role": "user", "content": image_part + [{"type": "text", "text": question}]}
             assistant = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
             prompts.append(processor.apply_chat_template([user], add_generation_prompt=True))
-            full_texts.append(processor.apply_chat_template([user, assistant]).rstrip("\n"))
-        images = [[example["image"]] if example.get("image") is not None else [] for example in examples]
-        if not any(images):
-            images = None  # a batch of text-only rows (the image processor cannot take zero images)
-        batch = processor(images=images, text=full_texts, return_tensors="pt", padding=True, padding_side="right")
-        prompt_lengths = [len(ids) for ids in processor(text=prompts)["input_ids"]]
+            full = processor.apply_chat_template([user, assistant]).rstrip("\n")
+            if eos and full.rstrip().endswith(answer.rstrip()):
+                # The template closes no turn after the answer (LLaVA's "ASSISTANT: answer "): end it with EOS, as
+                # the family's own training data does, so the model learns to stop where generation stops.
+                full = full.rstrip() + eos
+            full_texts.append(full)
+        batch = processor(images=_processor_images(processor, examples), text=full_texts, return_tensors="pt",
+                          padding=True, padding_side="right")
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
             raise ValueError(
                 f"a training sequence is {batch['input_ids'].shape[1]} tokens, more than "
                 f"max_length={self.max_length}; raise max_length (truncation would cut image tokens)"
             )
-        labels = batch["input_ids"].clone()
-        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
-        for row, length in enumerate(prompt_lengths):
-            labels[row, :length] = IGNORE_INDEX  # prompt and image tokens are never supervised
-        batch["labels"] = labels
+        batch["labels"] = _answer_labels(processor.tokenizer, prompts, full_texts, batch)
         return dict(batch)
+
+    def _image_summary_rows(self, examples: list[dict], batch: dict) -> dict[str, torch.Tensor]:
+        """Stage I's image-summary rows (``processor.image_embedding_inputs``) of the batch's images, in order.
+
+        Families other than Idefics2 embed an image as its expanded placeholder + summary token through their
+        multimodal base model; the model's forward runs them beside the prompts, reusing the prompts' vision
+        features (the vision tower runs once), so the rows must stand for the same images in the same order.
+        """
+        summary = self.processor.image_embedding_inputs([example["image"] for example in examples])
+        for name, value in summary.items():
+            if name in batch and not name.endswith(("input_ids", "attention_mask", "mm_token_type_ids")):
+                if not torch.equal(value, batch[name]):
+                    raise ValueError(f"the image-summary rows' {name} differ from the prompts' (the processor does "
+                                     "not encode an image the same way twice): the forward could not reuse them")
+        return {"summary_input_ids": summary["input_ids"], "summary_attention_mask": summary["attention_mask"]}
 
     # ------------------------------------------------------- contrastive texts
     def _contrastive_texts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -172,6 +199,54 @@ class FinedeficsDataCollator:
             "neg_category_index": torch.tensor(neg_category_index, dtype=torch.long).reshape(len(examples), k),
             "neg_category_ids": torch.tensor(neg_category_ids, dtype=torch.long).reshape(len(examples), k),
         }
+
+
+def uses_image_summary_rows(processor) -> bool:
+    """Whether the model embeds images from image-summary rows that the batch must carry (every family but
+    Idefics2, whose forward builds its summary rows from the resampled image features itself)."""
+    return not isinstance(processor, Idefics2Processor) and hasattr(processor, "image_embedding_inputs")
+
+
+def wants_nested_images(processor) -> bool:
+    """Idefics2, Idefics3 and SmolVLM processors take one list of images per text; Qwen and LLaVA a flat list."""
+    return isinstance(processor, (Idefics2Processor, Idefics3Processor, SmolVLMProcessor)) or bool(
+        getattr(processor, "nested_images", False))
+
+
+def _processor_images(processor, examples: list[dict]):
+    """The rows' images in the layout the family's processor takes, or None for a batch of text-only rows."""
+    if wants_nested_images(processor):
+        images = [[example["image"]] if example.get("image") is not None else [] for example in examples]
+        return images if any(images) else None  # the image processor cannot take zero images
+    images = [example["image"] for example in examples if example.get("image") is not None]
+    return images or None  # matched to the texts' placeholders in order (text-only rows have none)
+
+
+def _answer_labels(tokenizer, prompts: list[str], full_texts: list[str], batch) -> torch.Tensor:
+    """Labels that supervise each row's answer tokens only (what follows its prompt), -100 elsewhere.
+
+    The answer is the part of the chat-formatted row after the generation prompt, whatever the family's
+    assistant prefix ("Assistant:", "<|im_start|>assistant\\n", "ASSISTANT:"). Its tokens are counted on the
+    text before image expansion (which only touches the prompt) and are the last real tokens of the
+    processed row; both facts are checked, so a template whose prompt does not tokenise as a prefix of
+    prompt + answer is an error rather than a silently shifted mask.
+    """
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    full_ids = tokenizer(full_texts)["input_ids"]
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for row, (prompt, full) in enumerate(zip(prompt_ids, full_ids)):
+        if full[: len(prompt)] != prompt or len(full) == len(prompt):
+            raise ValueError(f"row {row}: the chat template's prompt {prompts[row][-40:]!r} does not tokenise as a "
+                             "prefix of the prompt + answer, so the answer tokens cannot be told apart")
+        answer = torch.tensor(full[len(prompt):], dtype=input_ids.dtype)
+        real = attention_mask[row].nonzero().flatten()
+        positions = real[len(real) - len(answer):]
+        if len(real) < len(answer) or not torch.equal(input_ids[row, positions], answer):
+            raise ValueError(f"row {row}: the processor's tokens do not end with the answer's tokens "
+                             f"({full_texts[row][-40:]!r}); the answer mask would be wrong")
+        labels[row, positions] = answer  # prompt, image and padding tokens are never supervised
+    return labels
 
 
 def _check_contrastive_rows(examples: list[dict]) -> None:

@@ -7,8 +7,12 @@
 the collator); over an optimiser step it weighs every answer token alike, however the step is split into
 accumulated micro-batches and ranks (``num_items_in_batch``, as in ``Trainer``). The contrastive terms
 are computed from ONE extra decoder pass inside the model's forward: the image summaries reuse the
-resampled image features of the main pass (the vision tower runs once), and every text of the step
-(descriptions, negative descriptions, category names, negative names) shares that pass. Each
+image features of the main pass (the vision tower runs once), and every text of the step
+(descriptions, negative descriptions, category names, negative names) shares that pass. Every model
+family trains this way: Idefics2 builds its image-summary rows from its resampled features; the other
+families (Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, LLaVA) take the rows the collator builds with
+``processor.image_embedding_inputs`` (``summary_input_ids``), run through their base model with the
+main pass's vision features. Each
 micro-batch's terms cover the global batch of all ranks (gathered with gradients, see ``losses.py``)
 and are averaged over accumulated micro-batches.
 Every term, the temperatures and how often a term had to be skipped are logged each step.
@@ -41,6 +45,8 @@ CONTRASTIVE_KEYS = (
     "contrastive_input_ids", "contrastive_attention_mask", "attribute_index", "category_index", "category_ids",
     "neg_attribute_index", "neg_category_index", "neg_category_ids",
 )
+# Image-summary rows of the batch's images (every family but Idefics2; see the collator): model inputs of stage I.
+SUMMARY_KEYS = ("summary_input_ids", "summary_attention_mask")
 STAGE_ONE_COLUMNS = ("image", "category", "attribute")
 NEGATIVE_COLUMNS = ("neg_categories", "neg_attributes")
 
@@ -49,9 +55,9 @@ class FinedeficsTrainer(SFTTrainer):
     """Instruction tuning with Finedefics' attribute-augmented contrastive alignment.
 
     Args:
-        model: a ``FinedeficsForConditionalGeneration`` (or a PEFT model wrapping one).
+        model: a Finedefics model of any family (``modeling_finedefics.families``), or a PEFT model wrapping one.
         args: a [`FinedeficsTrainingConfig`].
-        processing_class: the model's ``FinedeficsProcessor`` (required: it builds the chat prompts).
+        processing_class: the model's Finedefics processor, of its family (required: it builds the chat prompts).
         data_collator: defaults to a [`FinedeficsDataCollator`] for ``args.stage``.
         Other arguments are [`SFTTrainer`]'s.
     """
@@ -93,7 +99,7 @@ class FinedeficsTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------ set-up
     def _core_model(self, model=None):
-        """The FinedeficsForConditionalGeneration under any DDP / PEFT wrapping."""
+        """The Finedefics model (of any family) under any DDP / PEFT wrapping."""
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -111,12 +117,15 @@ class FinedeficsTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         contrastive_inputs = {key: inputs.pop(key) for key in CONTRASTIVE_KEYS if key in inputs}
+        summary_inputs = {key: inputs.pop(key) for key in SUMMARY_KEYS if key in inputs}
         labels = inputs.pop("labels")
         stage_one = self.args.stage == 1 and bool(contrastive_inputs)
         if stage_one:
-            # Texts are embedded inside the model's forward (one call for DDP), reusing its image features.
+            # Texts are embedded inside the model's forward (one call for DDP), reusing its image features; the
+            # families that embed images from image-summary rows get those rows too (same images, same order).
             inputs["contrastive_input_ids"] = contrastive_inputs["contrastive_input_ids"]
             inputs["contrastive_attention_mask"] = contrastive_inputs["contrastive_attention_mask"]
+            inputs.update(summary_inputs)
         # No fused LM head: the contrastive terms need the forward's embeddings.
         outputs = model(**inputs, use_cache=False)
         nll_sum, answer_tokens, token_accuracy = answer_token_nll(outputs.logits, labels)
@@ -144,6 +153,11 @@ class FinedeficsTrainer(SFTTrainer):
         return loss
 
     def _contrastive_step(self, mode: str, outputs, contrastive_inputs: dict) -> torch.Tensor:
+        if outputs.image_embeds is None:
+            raise ValueError(
+                f"{type(self._core_model()).__name__} returned no image embeddings: it embeds images from "
+                "image-summary rows, which stage I batches must carry (summary_input_ids / summary_attention_mask, "
+                "built by FinedeficsDataCollator from processor.image_embedding_inputs)")
         batch = build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive_inputs)
         scales = outputs.logit_scales
         result = self.contrastive_loss(batch, scales)
