@@ -121,12 +121,23 @@ def _to_model(inputs, model):
     return inputs
 
 
+def special_tokens_option(processor, prompts: list[str]) -> dict:
+    """``add_special_tokens=False`` when the chat template already wrote the BOS token (Idefics3's and SmolVLM's
+    templates start with it), else nothing: the rule of the processor's own ``apply_chat_template(tokenize=True)``
+    (and so of the ``image-text-to-text`` pipeline), so that no prompt starts with two BOS tokens."""
+    bos = processor.tokenizer.bos_token
+    if bos is not None and prompts and all(prompt.startswith(bos) for prompt in prompts):
+        return {"add_special_tokens": False}
+    return {}
+
+
 def encode_prompts(model, processor, images: list | None, texts: list[str]):
     """Processor inputs for image + text prompts (text only when ``images`` is None), left-padded (so every
     prompt ends at the last column); the images in the layout of the model's family."""
     images = processor_images(model_family(model), images) if images is not None else None
-    inputs = processor(images=images, text=chat_prompts(processor, texts, with_image=images is not None),
-                       return_tensors="pt", padding=True, padding_side="left")
+    prompts = chat_prompts(processor, texts, with_image=images is not None)
+    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left",
+                       **special_tokens_option(processor, prompts))
     return _to_model(inputs, model)
 
 
@@ -272,11 +283,13 @@ class SharedBatch:
 
         def compute():
             prompts = chat_prompts(self.processor, texts, with_image=self.images is not None)
+            options = special_tokens_option(self.processor, prompts)
             if self.images is None or self.shares_image_features:
-                encoded = self.processor(text=prompts, return_tensors="pt", padding=True, padding_side="left")
+                encoded = self.processor(text=prompts, return_tensors="pt", padding=True, padding_side="left",
+                                         **options)
                 return encoded.to(self.model.device)
             encoded = self.processor(images=processor_images(self.family, self.images), text=prompts,
-                                     return_tensors="pt", padding=True, padding_side="left")
+                                     return_tensors="pt", padding=True, padding_side="left", **options)
             return _to_model(encoded, self.model)
         return self._piece(_texts_key("prompts", texts), compute)
 
@@ -549,5 +562,5 @@ def build_scorers(model, processor, benchmark, modes, max_new_tokens: int = FOCI
 __all__ = [
     "ANSWER_FORMATS", "EmbeddingScorer", "GenerateScorer", "LikelihoodScorer", "MC_MODES", "MODES", "OpenSetScorer",
     "PreparedExample", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts",
-    "model_family", "prepare_examples", "processor_images",
+    "model_family", "prepare_examples", "processor_images", "special_tokens_option",
 ]
