@@ -131,6 +131,20 @@ def special_tokens_option(processor, prompts: list[str]) -> dict:
     return {}
 
 
+def mrope_deltas(model, inputs) -> torch.Tensor | None:
+    """``(batch, 1)`` offsets of Qwen's text positions after its images (the image grid's largest position + 1
+    minus the real tokens so far), as ``get_rope_index`` computes them for ``generate``; None for 1-D rotary
+    families and text-only prompts. A continuation token ``t`` after a prompt of ``n`` real tokens is then at
+    position ``n + t + delta`` on all three axes."""
+    if model_family(model) not in MROPE_FAMILIES or inputs.get("image_grid_thw") is None:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
+    _, deltas = base.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                          image_grid_thw=inputs["image_grid_thw"],
+                                          attention_mask=inputs["attention_mask"])
+    return deltas
+
+
 def encode_prompts(model, processor, images: list | None, texts: list[str]):
     """Processor inputs for image + text prompts (text only when ``images`` is None), left-padded (so every
     prompt ends at the last column); the images in the layout of the model's family."""
@@ -401,7 +415,7 @@ class LikelihoodScorer:
         num_options = len(continuations[0])
         flat = [ids for row in continuations for ids in row]
         later = self._later_token_scores(outputs.cache, prefix["attention_mask"], flat, num_options,
-                                         getattr(outputs, "rope_deltas", None))
+                                         mrope_deltas(self.model, prefix))
         return self._first_token_scores(outputs.logits[:, -1].float(), continuations) + later.view(len(items),
                                                                                                    num_options)
 
