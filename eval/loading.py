@@ -9,14 +9,33 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPES = ("finedefics", "idefics2")
+
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+@functools.cache
+def supported_model_types() -> tuple[str, ...]:
+    """Every family's Finedefics and stock model_type (``modeling_finedefics.families``), Idefics2's first.
+
+    Also readable as ``SUPPORTED_MODEL_TYPES``; computed on first use, as it imports every family's classes.
+    """
+    from modeling_finedefics.families import FAMILIES
+
+    return tuple(dict.fromkeys(model_type for family in FAMILIES.values()
+                               for model_type in (family.model_type, family.stock_model_type)))
+
+
+def __getattr__(name: str):
+    if name == "SUPPORTED_MODEL_TYPES":  # lazily: `finedefics --help` and the checks before loading stay light
+        return supported_model_types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_model_source(name_or_path: str) -> None:
@@ -74,12 +93,14 @@ def check_checkpoint_folder(folder: str | Path) -> dict:
     return config
 
 
-def read_checkpoint_config(folder: Path, supported: tuple[str, ...] = SUPPORTED_MODEL_TYPES) -> dict:
+def read_checkpoint_config(folder: Path, supported: tuple[str, ...] | None = None) -> dict:
     """``folder/config.json`` as a dict; a missing or broken file or another architecture is a clear error.
 
-    Another architecture (``llava``, ...) would otherwise load into the Idefics2 classes and fail
-    minutes later, mid-training, with "image tokens and images do not match".
+    ``supported`` defaults to every family's model types (``supported_model_types``). An architecture of no
+    family would otherwise load into the wrong classes and fail minutes later, mid-training, with "image
+    tokens and images do not match".
     """
+    supported = supported_model_types() if supported is None else supported
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder: {config_file} is missing")
@@ -144,18 +165,25 @@ def check_vocabulary(model, tokenizer, source: str) -> None:
 
 
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
-    """A Finedefics model (eval mode, on ``device``) and its processor; ``auto`` picks cuda/bfloat16 when present."""
-    import torch
+    """A Finedefics model (eval mode, on ``device``) and its processor; ``auto`` picks cuda/bfloat16 when present.
 
-    from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
+    The checkpoint's ``model_type`` picks the family (``modeling_finedefics.families``): a Finedefics checkpoint
+    of any family, or a stock one (``qwen2_vl``, ``llava``, ...), loads into that family's Finedefics classes.
+    """
+    import torch
+    from transformers import PretrainedConfig
+
+    from modeling_finedefics.families import family_for_model_type
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     check_model_source(name_or_path)
-    model = FinedeficsForConditionalGeneration.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
-    processor = FinedeficsProcessor.from_pretrained(name_or_path)
+    config, _ = PretrainedConfig.get_config_dict(name_or_path)
+    family = family_for_model_type(config.get("model_type"))
+    model = family.model.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    processor = family.processor.from_pretrained(name_or_path)
     check_vocabulary(model, processor.tokenizer, name_or_path)
     return model.to(device).eval(), processor
 

@@ -39,8 +39,8 @@ def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, b
     """Score ``benchmark`` with each of ``modes`` and return the report dict.
 
     Args:
-        model: a ``FinedeficsForConditionalGeneration`` (put in eval mode here).
-        processor: its ``FinedeficsProcessor``.
+        model: a Finedefics model of any family (``modeling_finedefics.families``; put in eval mode here).
+        processor: its Finedefics processor (of the same family).
         benchmark: a :class:`~finedefics_eval.benchmarks.Benchmark`.
         modes: any of ``generate``, ``likelihood``, ``embedding``, ``open_set``.
         seed: seeds the option order (the same for every mode); recorded in the report.

@@ -10,10 +10,12 @@
 
       score(option) = sum_t log p(answer_t | image, prompt, answer_<t)
 
-  The answer is what the chat template writes after "Assistant:" (the turn stage II trains):
+  The answer is what the processor's chat template writes after its generation prompt ("Assistant:",
+  "<|im_start|>assistant\\n", "ASSISTANT:" depending on the family; the turn stage II trains):
   ``"letter"`` (default) scores the letter token alone (" B"), the very token FOCI's rule reads, so
   the prefill's last logits already hold all four scores; ``"letter_name"`` (" B. Laysan
-  Albatross<end_of_utterance>") and ``"name"`` score the whole turn up to its end token, which
+  Albatross<end_of_utterance>") and ``"name"`` score the whole turn up to its end token (where the
+  template writes one: LLaVA-1.5's closes a turn with a space, so there the answer text alone), which
   takes the cached second pass. Sums favour short answers; with ``"letter"`` all have one token.
 - ``embedding``: zero-shot, no decoding. Cosine similarity between ``get_image_embeddings`` and the
   category-name embeddings (computed once per benchmark): the best of the 4 options, and top-1 /
@@ -21,10 +23,15 @@
 - ``open_set``: the model is asked to name the object; the answer is right when it equals the label
   after normalisation (case, underscores, punctuation, a leading article).
 
+Every family of ``modeling_finedefics.families`` is scored the same way: images go to the processor in
+the family's layout (nested for Idefics2/Idefics3/SmolVLM, flat for Qwen/LLaVA), prompts through its own
+chat template, embeddings through ``processor.image_embedding_inputs`` (Idefics2: shared vision features).
+
 Every scorer takes a batch of PIL images and :class:`PreparedExample` items and returns one
 FOCI-format prediction record per item (see ``foci.prediction_record``). Given a :class:`SharedBatch`
-(``shared=``), scorers of the same batch encode its images once and the letter likelihood reads
-``generate``'s prefill instead of running its own.
+(``shared=``), scorers of the same batch encode its images once (Idefics2; the other families once per
+prompt set and once for the embeddings) and the letter likelihood reads ``generate``'s prefill instead of
+running its own.
 """
 
 from __future__ import annotations
@@ -88,16 +95,73 @@ def chat_prompts(processor, texts: list[str], with_image: bool = True) -> list[s
     ]
 
 
-def encode_prompts(model, processor, images: list | None, texts: list[str]):
-    """Processor inputs for image + text prompts (text only when ``images`` is None), left-padded (so every
-    prompt ends at the last column)."""
-    inputs = processor(images=[[image] for image in images] if images is not None else None,
-                       text=chat_prompts(processor, texts, with_image=images is not None),
-                       return_tensors="pt", padding=True, padding_side="left")
+def model_family(model) -> str:
+    """The Finedefics family name of ``model`` ("idefics2", "qwen2_vl", ...), from its config's model_type."""
+    from modeling_finedefics.families import family_for_model_type
+
+    return family_for_model_type(model.config.model_type).name
+
+
+# Families whose processors take one list of images per text ([[image], ...]); the others take a flat list.
+NESTED_IMAGE_FAMILIES = ("idefics2", "idefics3", "smolvlm")
+# Families with 3-D rotary positions (mrope): the model computes its own prompt positions from image_grid_thw.
+MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def processor_images(family: str, images: list) -> list:
+    """``images`` (one per prompt) in the layout ``family``'s processor takes them."""
+    return [[image] for image in images] if family in NESTED_IMAGE_FAMILIES else list(images)
+
+
+def _to_model(inputs, model):
+    """Processor output on the model's device, floating pixels in the model's dtype (Qwen's grids stay integers)."""
     inputs = inputs.to(model.device)
-    if images is not None:
+    if inputs.get("pixel_values") is not None and torch.is_floating_point(inputs["pixel_values"]):
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     return inputs
+
+
+def special_tokens_option(processor, prompts: list[str]) -> dict:
+    """``add_special_tokens=False`` when the chat template already wrote the BOS token (Idefics3's and SmolVLM's
+    templates start with it), else nothing: the rule of the processor's own ``apply_chat_template(tokenize=True)``
+    (and so of the ``image-text-to-text`` pipeline), so that no prompt starts with two BOS tokens."""
+    bos = processor.tokenizer.bos_token
+    if bos is not None and prompts and all(prompt.startswith(bos) for prompt in prompts):
+        return {"add_special_tokens": False}
+    return {}
+
+
+def mrope_deltas(model, inputs) -> torch.Tensor | None:
+    """``(batch, 1)`` offsets of Qwen's text positions after its images (the image grid's largest position + 1
+    minus the real tokens so far), as ``get_rope_index`` computes them for ``generate``; None for 1-D rotary
+    families and text-only prompts. A continuation token ``t`` after a prompt of ``n`` real tokens is then at
+    position ``n + t + delta`` on all three axes."""
+    if model_family(model) not in MROPE_FAMILIES or inputs.get("image_grid_thw") is None:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
+    _, deltas = base.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                          image_grid_thw=inputs["image_grid_thw"],
+                                          attention_mask=inputs["attention_mask"])
+    return deltas
+
+
+def encode_prompts(model, processor, images: list | None, texts: list[str]):
+    """Processor inputs for image + text prompts (text only when ``images`` is None), left-padded (so every
+    prompt ends at the last column); the images in the layout of the model's family."""
+    images = processor_images(model_family(model), images) if images is not None else None
+    prompts = chat_prompts(processor, texts, with_image=images is not None)
+    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left",
+                       **special_tokens_option(processor, prompts))
+    return _to_model(inputs, model)
+
+
+def prefill_positions(model, attention_mask: torch.Tensor) -> dict:
+    """The ``position_ids`` argument of a prefill as ``generate`` computes them: counted over real tokens for
+    1-D rotary families; none for mrope families (Qwen), whose model derives its 3-D positions from the
+    image grids and ``mm_token_type_ids``, as its ``generate`` does."""
+    if model_family(model) in MROPE_FAMILIES:
+        return {}
+    return {"position_ids": position_ids_from_mask(attention_mask)}
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -138,11 +202,19 @@ class SharedBatch:
     together run, minus the repeats. Shared, in order of cost on a real model:
 
     - ``image_features``: the vision tower + connector (``mm_encoder_outputs`` of ``forward`` and
-      ``generate``; ``image_features=`` of ``get_image_embeddings``);
+      ``generate``; ``image_features=`` of ``get_image_embeddings``). Idefics2 only: its prompts hold a
+      fixed number of image tokens, so they are tokenised without the images and the features of the batch
+      serve every prompt and the image embeddings alike. The other families (Idefics3, SmolVLM, Qwen2-VL,
+      Qwen2.5-VL, LLaVA) expand their image placeholders from the images themselves (Idefics3's splitting,
+      Qwen's grids and mrope), and their image embeddings run the images through the base model in the
+      family's own token sequence: each prompt set and the image embeddings run the vision tower themselves;
     - ``prompt_logits``: the next-token logits after a prompt. ``generate`` reads them at its prefill;
       with ``keep_prompt_logits`` they are kept, and the letter-likelihood score reads them instead of
-      running the same prefill again (the prompts are the same: the FOCI text in the chat template);
-    - ``pixels`` (the image processor) and ``prompts`` (the tokenised chat prompts).
+      running the same prefill again (the prompts are the same: the FOCI text in the chat template). Every
+      family;
+    - ``pixels`` (the image processor; Idefics2), ``prompts`` (the tokenised chat prompts; for the other
+      families the processor's whole output, pixels included) and ``embedding_inputs`` (the other families'
+      ``processor.image_embedding_inputs``).
 
     ``seconds`` holds what each piece took and ``used`` the pieces read since the last
     :meth:`start_use`, so that every mode can be charged all the shared work it relied on.
@@ -154,6 +226,18 @@ class SharedBatch:
         self.seconds: dict = {}
         self.used: set = set()
         self._results: dict = {}
+        self._family: str | None = None
+
+    @property
+    def family(self) -> str:
+        if self._family is None:
+            self._family = model_family(self.model)
+        return self._family
+
+    @property
+    def shares_image_features(self) -> bool:
+        """Whether the vision features are computed once and reused by every mode (Idefics2; see the class)."""
+        return self.family == "idefics2"
 
     def start_use(self) -> None:
         self.used = set()
@@ -168,8 +252,14 @@ class SharedBatch:
         self.used.add(key)
         return self._results[key]
 
+    def _require_shared_features(self, piece: str) -> None:
+        if not self.shares_image_features:
+            raise ValueError(f"SharedBatch.{piece} is Idefics2's (shared vision features); a {self.family} model "
+                             "takes its pixels with the prompts (model_inputs) or from embedding_inputs")
+
     def pixels(self):
         """The image processor's output for the batch (one image per row), on the model's device and dtype."""
+        self._require_shared_features("pixels")
 
         def compute():
             images = self.images
@@ -191,19 +281,37 @@ class SharedBatch:
                                                      return_dict=True)
         return self._piece("image_features", compute)
 
+    def embedding_inputs(self):
+        """``processor.image_embedding_inputs`` of the batch (families other than Idefics2), on the model's device."""
+
+        def compute():
+            return _to_model(self.processor.image_embedding_inputs(list(self.images)), self.model)
+        return self._piece("embedding_inputs", compute)
+
     def prompts(self, texts: list[str]):
-        """Tokenised chat prompts, left-padded; the image placeholders expanded as the processor expands them."""
+        """Tokenised chat prompts, left-padded; the image placeholders expanded as the processor expands them.
+
+        Idefics2: the text alone (its expansion does not depend on the image). Other families: the processor's
+        output for the images and prompts together, pixel inputs included.
+        """
 
         def compute():
             prompts = chat_prompts(self.processor, texts, with_image=self.images is not None)
-            encoded = self.processor(text=prompts, return_tensors="pt", padding=True, padding_side="left")
-            return encoded.to(self.model.device)
+            options = special_tokens_option(self.processor, prompts)
+            if self.images is None or self.shares_image_features:
+                encoded = self.processor(text=prompts, return_tensors="pt", padding=True, padding_side="left",
+                                         **options)
+                return encoded.to(self.model.device)
+            encoded = self.processor(images=processor_images(self.family, self.images), text=prompts,
+                                     return_tensors="pt", padding=True, padding_side="left", **options)
+            return _to_model(encoded, self.model)
         return self._piece(_texts_key("prompts", texts), compute)
 
     def model_inputs(self, texts: list[str]) -> dict:
-        """``forward`` / ``generate`` inputs: the prompts plus the shared image features (never the pixels)."""
+        """``forward`` / ``generate`` inputs: the prompts plus the shared image features (Idefics2, never the
+        pixels) or the family's pixel inputs."""
         inputs = dict(self.prompts(texts))
-        if self.images is not None:
+        if self.images is not None and self.shares_image_features:
             # A fresh dict per call: forward writes into the one it is given.
             inputs["mm_encoder_outputs"] = {"image": self.image_features()}
         return inputs
@@ -217,7 +325,7 @@ class SharedBatch:
         inputs = self.model_inputs(texts)
 
         def compute():
-            outputs = self.model(**inputs, position_ids=position_ids_from_mask(inputs["attention_mask"]),
+            outputs = self.model(**inputs, **prefill_positions(self.model, inputs["attention_mask"]),
                                  use_cache=False, logits_to_keep=1)
             return outputs.logits[:, -1].float()
         return self._piece(_texts_key("prompt_logits", texts), compute)
@@ -302,11 +410,12 @@ class LikelihoodScorer:
             # its own when generate already ran on these prompts.
             return self._first_token_scores(shared.prompt_logits(texts), continuations)
         prefix = shared.model_inputs(texts)
-        outputs = self.model(**prefix, position_ids=position_ids_from_mask(prefix["attention_mask"]),
+        outputs = self.model(**prefix, **prefill_positions(self.model, prefix["attention_mask"]),
                              use_cache=True, logits_to_keep=1)
         num_options = len(continuations[0])
         flat = [ids for row in continuations for ids in row]
-        later = self._later_token_scores(outputs.cache, prefix["attention_mask"], flat, num_options)
+        later = self._later_token_scores(outputs.cache, prefix["attention_mask"], flat, num_options,
+                                         mrope_deltas(self.model, prefix))
         return self._first_token_scores(outputs.logits[:, -1].float(), continuations) + later.view(len(items),
                                                                                                    num_options)
 
@@ -318,10 +427,12 @@ class LikelihoodScorer:
         return first.gather(1, first_ids)
 
     def _later_token_scores(self, cache, prefix_mask: torch.Tensor, continuations: list[list[int]],
-                            num_options: int) -> torch.Tensor:
+                            num_options: int, rope_deltas: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities of every continuation token after the first, all options in one forward.
 
-        The prefill cache is repeated per option, so the image and prompt are never encoded again.
+        The prefill cache is repeated per option, so the image and prompt are never encoded again. Positions
+        continue after each prompt's real tokens; with ``rope_deltas`` (Qwen's mrope: text after an image
+        continues from the image grid's largest position + 1) shifted by them, as ``generate`` shifts them.
         """
         device = prefix_mask.device
         length = max(len(ids) for ids in continuations) - 1
@@ -335,13 +446,16 @@ class LikelihoodScorer:
         cache.batch_repeat_interleave(num_options)
         prefix_mask = prefix_mask.repeat_interleave(num_options, dim=0)
         positions = prefix_mask.sum(dim=1, keepdim=True) + torch.arange(length, device=device)
+        if rope_deltas is not None:
+            positions = positions + rope_deltas.to(device).repeat_interleave(num_options, dim=0)
         logits = self.model(input_ids=inputs, attention_mask=torch.cat([prefix_mask, real], dim=1),
                             position_ids=positions, cache=cache, use_cache=True).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets.clamp(min=0).unsqueeze(-1))
         return (log_probs.squeeze(-1) * real).sum(dim=1)
 
     def continuation_ids(self, letter: str, option: str) -> list[int]:
-        """Token ids of the assistant's answer after "Assistant:", as the chat template writes it.
+        """Token ids of the assistant's answer after the generation prompt ("Assistant:", "ASSISTANT:",
+        "<|im_start|>assistant\\n", ...), as the processor's chat template writes it.
 
         Tokenised in context (the generation prompt followed by the answer) so that a tokenizer
         that merges across the boundary is caught rather than silently mis-scored.
@@ -360,9 +474,12 @@ class LikelihoodScorer:
         if not full.startswith(prompt):
             raise ValueError("the chat template's assistant turn does not extend its generation prompt; "
                              "likelihood scoring cannot locate the answer")
-        context = prompt.rsplit("\n", 1)[-1]
-        if self.with_end_of_turn:  # up to the end-of-turn token; the template's trailing newline is no answer
-            continuation = full[len(prompt):].rstrip("\n")
+        # The generation prompt's last line, its own line break included (Qwen's ends in one).
+        context = prompt[prompt.rstrip("\n").rfind("\n") + 1:]
+        if self.with_end_of_turn:
+            # Up to the end-of-turn token; the template's trailing whitespace (a newline, or LLaVA's space: its
+            # template closes a turn with no end token) is no answer.
+            continuation = full[len(prompt):].rstrip()
         else:
             continuation = full[len(prompt):full.index(answer, len(prompt)) + len(answer)]
         context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -388,7 +505,10 @@ class EmbeddingScorer:
     def similarities(self, images: list, shared: SharedBatch | None = None) -> torch.Tensor:
         """``(batch, categories)`` cosine similarities of the images to every category name."""
         shared = shared or SharedBatch(self.model, self.processor, images)
-        image_embeds = self.model.get_image_embeddings(image_features=shared.image_features().pooler_output)
+        if shared.shares_image_features:
+            image_embeds = self.model.get_image_embeddings(image_features=shared.image_features().pooler_output)
+        else:  # the family's image-summary rows through its base model, pixels included
+            image_embeds = self.model.get_image_embeddings(**shared.embedding_inputs())
         return image_embeds.float() @ self.category_embeds.T
 
     def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
@@ -456,5 +576,5 @@ def build_scorers(model, processor, benchmark, modes, max_new_tokens: int = FOCI
 __all__ = [
     "ANSWER_FORMATS", "EmbeddingScorer", "GenerateScorer", "LikelihoodScorer", "MC_MODES", "MODES", "OpenSetScorer",
     "PreparedExample", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts",
-    "prepare_examples",
+    "model_family", "prepare_examples", "processor_images", "special_tokens_option",
 ]

@@ -27,6 +27,8 @@ nothing from the rest of the Finedefics repository.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .modeling_finedefics import FinedeficsAlignmentMixin, FinedeficsEmbeddingOutput
@@ -46,6 +48,10 @@ class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):
     per_token_input_names: tuple[str, ...] = ("mm_token_type_ids",)  # moved with the tokens when re-aligning rows
 
     stock_key_mapping: dict[str, str] | None = None  # checkpoint renames the stock class gets and a subclass does not
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _expose_stock_forward_signature(cls)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -173,6 +179,39 @@ class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):
         if torch.is_floating_point(pixel_values) and not torch.isfinite(pixel_values).all():
             raise ValueError("pixel_values hold NaN or inf values; check the images and the image processor's "
                              "normalisation (a zero std gives inf)")
+
+
+def _expose_stock_forward_signature(cls) -> None:
+    """Give a family class a ``forward`` whose signature lists the stock ``forward``'s arguments too.
+
+    ``FinedeficsMultimodalMixin.forward`` passes the stock arguments (``pixel_values``, ``position_ids``,
+    ``image_grid_thw``, ...) through ``**kwargs``; but ``generate`` reads ``forward``'s signature to decide
+    whether to compute left-padding-aware ``position_ids`` (Qwen: its 3-D ones), to pass ``logits_to_keep`` and
+    to encode images before the prefill, and refuses keyword arguments it does not list ("not used by the
+    model"), and the Trainer drops dataset columns it does not list. The class gets a thin wrapper around the
+    mixin's ``forward`` (same behaviour) with the stock parameters followed by the Finedefics ones.
+    """
+    mixin_forward = FinedeficsMultimodalMixin.forward
+    if getattr(cls, "forward", None) is not mixin_forward:
+        return  # a family that defines its own forward, or already wrapped
+    stock_forward = next((vars(base)["forward"] for base in cls.__mro__
+                          if "forward" in vars(base) and not issubclass(base, FinedeficsMultimodalMixin)), None)
+    if stock_forward is None:
+        return  # a mixin between FinedeficsMultimodalMixin and the stock class (``_FinedeficsQwenMixin``)
+    stock = inspect.signature(stock_forward).parameters
+    ours = inspect.signature(mixin_forward).parameters
+    parameters = [p for p in stock.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    parameters += [p.replace(kind=p.KEYWORD_ONLY) for name, p in ours.items()
+                   if name not in stock and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"]
+    parameters.append(ours["kwargs"])
+
+    def forward(self, *args, **kwargs):
+        return mixin_forward(self, *args, **kwargs)
+
+    forward.__signature__ = inspect.Signature(parameters)
+    forward.__doc__, forward.__name__, forward.__qualname__ = (mixin_forward.__doc__, "forward",
+                                                                f"{cls.__qualname__}.forward")
+    cls.forward = forward
 
 
 def inherit_conversion_mapping(finedefics_class, stock_class) -> None:
