@@ -102,15 +102,8 @@ def model_family(model) -> str:
     return family_for_model_type(model.config.model_type).name
 
 
-# Families whose processors take one list of images per text ([[image], ...]); the others take a flat list.
-NESTED_IMAGE_FAMILIES = ("idefics2", "idefics3", "smolvlm")
 # Families with 3-D rotary positions (mrope): the model computes its own prompt positions from image_grid_thw.
 MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
-
-
-def processor_images(family: str, images: list) -> list:
-    """``images`` (one per prompt) in the layout ``family``'s processor takes them."""
-    return [[image] for image in images] if family in NESTED_IMAGE_FAMILIES else list(images)
 
 
 def _to_model(inputs, model):
@@ -119,16 +112,6 @@ def _to_model(inputs, model):
     if inputs.get("pixel_values") is not None and torch.is_floating_point(inputs["pixel_values"]):
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     return inputs
-
-
-def special_tokens_option(processor, prompts: list[str]) -> dict:
-    """``add_special_tokens=False`` when the chat template already wrote the BOS token (Idefics3's and SmolVLM's
-    templates start with it), else nothing: the rule of the processor's own ``apply_chat_template(tokenize=True)``
-    (and so of the ``image-text-to-text`` pipeline), so that no prompt starts with two BOS tokens."""
-    bos = processor.tokenizer.bos_token
-    if bos is not None and prompts and all(prompt.startswith(bos) for prompt in prompts):
-        return {"add_special_tokens": False}
-    return {}
 
 
 def mrope_deltas(model, inputs) -> torch.Tensor | None:
@@ -148,10 +131,10 @@ def mrope_deltas(model, inputs) -> torch.Tensor | None:
 def encode_prompts(model, processor, images: list | None, texts: list[str]):
     """Processor inputs for image + text prompts (text only when ``images`` is None), left-padded (so every
     prompt ends at the last column); the images in the layout of the model's family."""
-    images = processor_images(model_family(model), images) if images is not None else None
     prompts = chat_prompts(processor, texts, with_image=images is not None)
+    images = processor.images_per_text(images) if images is not None else None
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True, padding_side="left",
-                       **special_tokens_option(processor, prompts))
+                       **processor.chat_text_kwargs(prompts))
     return _to_model(inputs, model)
 
 
@@ -297,12 +280,12 @@ class SharedBatch:
 
         def compute():
             prompts = chat_prompts(self.processor, texts, with_image=self.images is not None)
-            options = special_tokens_option(self.processor, prompts)
+            options = self.processor.chat_text_kwargs(prompts)
             if self.images is None or self.shares_image_features:
                 encoded = self.processor(text=prompts, return_tensors="pt", padding=True, padding_side="left",
                                          **options)
                 return encoded.to(self.model.device)
-            encoded = self.processor(images=processor_images(self.family, self.images), text=prompts,
+            encoded = self.processor(images=self.processor.images_per_text(self.images), text=prompts,
                                      return_tensors="pt", padding=True, padding_side="left", **options)
             return _to_model(encoded, self.model)
         return self._piece(_texts_key("prompts", texts), compute)
@@ -576,5 +559,5 @@ def build_scorers(model, processor, benchmark, modes, max_new_tokens: int = FOCI
 __all__ = [
     "ANSWER_FORMATS", "EmbeddingScorer", "GenerateScorer", "LikelihoodScorer", "MC_MODES", "MODES", "OpenSetScorer",
     "PreparedExample", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts",
-    "model_family", "prepare_examples", "processor_images", "special_tokens_option",
+    "model_family", "prepare_examples",
 ]

@@ -106,8 +106,28 @@ class FinedeficsProcessorMixin:
             raise ValueError("image_embedding_inputs needs at least one image")
         images = [self.load_image(image) for image in images]
         texts = [self.image_summary_prompt + self.summary_token] * len(images)
-        return self(images=[[image] for image in images] if self.nested_images else images, text=texts,
+        return self(images=self.images_per_text(images), text=texts,
                     add_special_tokens=False, padding=True, padding_side="right", return_tensors=return_tensors)
+
+    # Training and evaluation both encode chat prompts through these two, so they ask byte for byte the same.
+    def images_per_text(self, images: list):
+        """A batch's images (one image or None per text) in the layout this processor takes: one list per text
+        (``nested_images``: Idefics2, Idefics3, SmolVLM) or a flat list matched to the placeholders in order
+        (Qwen, LLaVA); None when no text has an image (the image processor cannot take zero images)."""
+        if self.nested_images:
+            nested = [[image] if image is not None else [] for image in images]
+            return nested if any(nested) else None
+        flat = [image for image in images if image is not None]
+        return flat or None
+
+    def chat_text_kwargs(self, texts: list[str]) -> dict:
+        """``add_special_tokens=False`` when the chat template already wrote the BOS token (Idefics3's and
+        SmolVLM's templates start with it), else nothing: the rule of the processor's own
+        ``apply_chat_template(tokenize=True)`` (and so of the pipeline), so no prompt starts with two BOS."""
+        bos = self.tokenizer.bos_token
+        if bos is not None and texts and all(text.startswith(bos) for text in texts):
+            return {"add_special_tokens": False}
+        return {}
 
 
 class FinedeficsProcessor(FinedeficsProcessorMixin, Idefics2Processor):
@@ -116,6 +136,8 @@ class FinedeficsProcessor(FinedeficsProcessorMixin, Idefics2Processor):
     ``processor(images=..., text=...)`` and ``processor.apply_chat_template(...)`` behave as in
     Idefics2. Images may be PIL images of any mode (converted to RGB) or file paths.
     """
+
+    nested_images = True
 
     def image_embedding_inputs(self, images, return_tensors: str = "pt"):
         """``pixel_values`` and ``pixel_attention_mask`` of one image per row (Idefics2 embeds image features

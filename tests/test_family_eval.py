@@ -12,7 +12,7 @@ from eval_helpers import BIRDS, small_synthetic_benchmark
 from finedefics_eval.foci import CHOICE_LETTERS, OptionExample, foci_query
 from finedefics_eval.scoring import (
     EmbeddingScorer, GenerateScorer, LikelihoodScorer, OpenSetScorer, SharedBatch, chat_prompts, encode_prompts,
-    prepare_examples, processor_images, special_tokens_option,
+    prepare_examples,
 )
 from modeling_finedefics.families import FAMILIES
 
@@ -116,8 +116,8 @@ def test_likelihood_scores_are_the_models_summed_log_probabilities(family_model)
             start = len(prompt_ids)
             for column, (letter, option) in enumerate(zip(CHOICE_LETTERS, item.shown_options)):
                 full = prompt + answer_text(letter, option)  # tokenised with the prompt in one piece
-                inputs = processor(images=processor_images(family, [image]), text=[full], return_tensors="pt",
-                                   **special_tokens_option(processor, [full]))
+                inputs = processor(images=processor.images_per_text([image]), text=[full], return_tensors="pt",
+                                   **processor.chat_text_kwargs([full]))
                 ids = inputs["input_ids"][0]
                 assert torch.equal(ids[:start], prompt_ids)
                 assert processor.tokenizer.decode(ids[start]).strip() == letter  # the letter is a token of its own

@@ -248,3 +248,28 @@ def test_left_or_right_padding_gives_the_same_contrastive_embeddings(family):
     with torch.no_grad():
         changed = model(**{key: other[key] for key in keys if key in other}, use_cache=False).image_embeds
     assert not torch.allclose(changed, outputs["right"].image_embeds, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_training_asks_evaluation_question_token_for_token(family):
+    """A stage II multiple-choice row's prompt tokens (image placeholders expanded, BOS rule included) are the
+    tokens `finedefics eval` sends for the same image and options: one BOS where the template writes it."""
+    from finedefics_data.prompts import LETTERS, multiple_choice_prompt, multiple_choice_query
+    from finedefics_eval.scoring import encode_prompts
+
+    model, processor = _build(family)
+    row = _rows(1)[0]
+    collator = FinedeficsDataCollator(processor, stage=2, closed_set_ratio=1.0, num_negatives=3, seed=0)
+    batch = collator([row])
+    first_answer = int((batch["labels"][0] != IGNORE_INDEX).nonzero()[0])
+    trained = batch["input_ids"][0, :first_answer].tolist()
+    # The options in the order the collator showed them, read back from its prompt.
+    shown = processor.tokenizer.decode(trained)
+    options = sorted([row["category"], *row["neg_categories"][:3]], key=shown.index)
+    asked = encode_prompts(model, processor, [row["image"]],
+                           [multiple_choice_prompt(multiple_choice_query(DEFAULT_NOUN), options)])
+    asked_ids = asked["input_ids"][0][asked["attention_mask"][0].bool()].tolist()
+    assert trained == asked_ids
+    bos = processor.tokenizer.bos_token_id
+    assert bos is None or trained[:2] != [bos, bos]
+    assert LETTERS[options.index(row["category"])] in _supervised(processor, batch, 0)

@@ -40,7 +40,7 @@ import random
 from dataclasses import dataclass
 
 import torch
-from transformers import Idefics2Processor, Idefics3Processor, SmolVLMProcessor
+from transformers import Idefics2Processor
 
 from finedefics_data.prompts import (
     DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_answer, multiple_choice_prompt,
@@ -142,14 +142,15 @@ class FinedeficsDataCollator:
                 # the family's own training data does, so the model learns to stop where generation stops.
                 full = full.rstrip() + eos
             full_texts.append(full)
-        batch = processor(images=_processor_images(processor, examples), text=full_texts, return_tensors="pt",
-                          padding=True, padding_side="right")
+        images = processor.images_per_text([example.get("image") for example in examples])
+        batch = processor(images=images, text=full_texts, return_tensors="pt", padding=True, padding_side="right",
+                          **processor.chat_text_kwargs(full_texts))
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
             raise ValueError(
                 f"a training sequence is {batch['input_ids'].shape[1]} tokens, more than "
                 f"max_length={self.max_length}; raise max_length (truncation would cut image tokens)"
             )
-        batch["labels"] = _answer_labels(processor.tokenizer, prompts, full_texts, batch)
+        batch["labels"] = _answer_labels(processor, prompts, full_texts, batch)
         return dict(batch)
 
     def _image_summary_rows(self, examples: list[dict], batch: dict) -> dict[str, torch.Tensor]:
@@ -207,22 +208,7 @@ def uses_image_summary_rows(processor) -> bool:
     return not isinstance(processor, Idefics2Processor) and hasattr(processor, "image_embedding_inputs")
 
 
-def wants_nested_images(processor) -> bool:
-    """Idefics2, Idefics3 and SmolVLM processors take one list of images per text; Qwen and LLaVA a flat list."""
-    return isinstance(processor, (Idefics2Processor, Idefics3Processor, SmolVLMProcessor)) or bool(
-        getattr(processor, "nested_images", False))
-
-
-def _processor_images(processor, examples: list[dict]):
-    """The rows' images in the layout the family's processor takes, or None for a batch of text-only rows."""
-    if wants_nested_images(processor):
-        images = [[example["image"]] if example.get("image") is not None else [] for example in examples]
-        return images if any(images) else None  # the image processor cannot take zero images
-    images = [example["image"] for example in examples if example.get("image") is not None]
-    return images or None  # matched to the texts' placeholders in order (text-only rows have none)
-
-
-def _answer_labels(tokenizer, prompts: list[str], full_texts: list[str], batch) -> torch.Tensor:
+def _answer_labels(processor, prompts: list[str], full_texts: list[str], batch) -> torch.Tensor:
     """Labels that supervise each row's answer tokens only (what follows its prompt), -100 elsewhere.
 
     The answer is the part of the chat-formatted row after the generation prompt, whatever the family's
@@ -231,8 +217,9 @@ def _answer_labels(tokenizer, prompts: list[str], full_texts: list[str], batch) 
     processed row; both facts are checked, so a template whose prompt does not tokenise as a prefix of
     prompt + answer is an error rather than a silently shifted mask.
     """
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    full_ids = tokenizer(full_texts)["input_ids"]
+    tokenizer = processor.tokenizer
+    prompt_ids = tokenizer(prompts, **processor.chat_text_kwargs(prompts))["input_ids"]
+    full_ids = tokenizer(full_texts, **processor.chat_text_kwargs(full_texts))["input_ids"]
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row, (prompt, full) in enumerate(zip(prompt_ids, full_ids)):
