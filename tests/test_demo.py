@@ -167,3 +167,42 @@ def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     assert extraction["question"] == "Describe the attributes of the car in the image."
     assert report["premise"]["category_knowledge"]["categories"] == len(MODELS)
     assert report["models"]["base"]["protocol"]["query"] == "Which of these cars is shown in the image?"
+
+
+LOAD_ANY_FAMILY = textwrap.dedent(
+    """
+    import sys
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    folder = sys.argv[1]
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    image = Image.new("RGB", (64, 64), "white")
+    print("EMBEDDING", tuple(model.get_image_embeddings(**processor.image_embedding_inputs([image])).shape))
+    print("TYPE", model.config.model_type)
+    """
+)
+
+
+@pytest.mark.parametrize("backbone", ["idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "llava"])
+def test_demo_runs_the_experiment_on_every_other_backbone(backbone, tmp_path):
+    """`--backbone`: the same phases on a tiny model of another family; the exported checkpoint is that family's."""
+    output_dir = tmp_path / "out"
+    result = _demo(output_dir, "--backbone", backbone)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"no vision pre-training for the {backbone} backbone" in result.stderr
+    report = _report(output_dir)
+    assert {row["model"] for row in report["comparison"]} == MODELS
+    config = json.loads((output_dir / "runs" / "base" / "final" / "config.json").read_text())
+    assert config["model_type"] == f"finedefics_{backbone}"
+    loaded = subprocess.run([sys.executable, "-c", LOAD_ANY_FAMILY, str(output_dir / "model")], capture_output=True,
+                            text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert f"TYPE finedefics_{backbone}" in loaded.stdout and "EMBEDDING (1, " in loaded.stdout
+
+
+def test_an_unknown_backbone_is_refused_before_anything_runs(tmp_path):
+    result = _demo(tmp_path / "out", "--backbone", "gpt2")
+    assert result.returncode == 2 and "backbone must be a model family" in result.stderr
+    assert not (tmp_path / "out" / "data").exists()

@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     parser.add_argument("--rebuild-base", action="store_true",
                         help="build the base model instead of starting from the shipped one, and check that the "
                              "result is bit for bit the shipped one")
+    parser.add_argument("--backbone", default=None, metavar="FAMILY",
+                        help="model family of the miniature: idefics2 (default; its base ships with the package), "
+                             "idefics3, smolvlm, qwen2_vl, qwen2_5_vl or llava (the base is built: no vision "
+                             "pre-training, so the premise is not expected to hold)")
     parser.add_argument("--eval-split", default="test", choices=["test", "validation"],
                         help="split of the table: test (default) for results, validation while choosing settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -47,6 +51,8 @@ def run(args) -> int:
         if not sep:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
+    if args.backbone is not None:
+        overrides["backbone"] = args.backbone
     if args.seed is not None and args.seeds is not None:
         raise ValueError("give --seed or --seeds, not both")
     seeds = tuple(args.seeds or ([args.seed] if args.seed is not None else [0]))

@@ -19,13 +19,11 @@ def evaluate_models(models: dict[str, Path], data, split: str, report_dir: Path,
     from tqdm.auto import tqdm
 
     from finedefics_eval import evaluate_model, write_report
-    from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
 
     benchmark = data.benchmark(split)
     reports = {}
     for name, folder in tqdm(models.items(), desc=desc, unit="model", leave=False):
-        model = FinedeficsForConditionalGeneration.from_pretrained(folder).eval()
-        processor = FinedeficsProcessor.from_pretrained(folder)
+        model, processor = load_demo_model(folder)
         report = evaluate_model(model, processor, benchmark, modes=EVAL_MODES, seed=EVAL_OPTION_SEED,
                                 batch_size=plan.eval_batch_size, model_name=name, progress=False)
         write_report(dict(report), report_dir / name)
@@ -40,18 +38,22 @@ def evaluate_models(models: dict[str, Path], data, split: str, report_dir: Path,
     return reports
 
 
+def load_demo_model(folder: Path):
+    """A demo checkpoint of any backbone, with its family's classes, in float32 on the CPU (the demo's device)."""
+    from finedefics_eval.loading import load_model
+
+    return load_model(str(folder), device="cpu", dtype="float32")
+
+
 def load_scores(report_dir: Path, names) -> dict:
     return {name: json.loads((report_dir / name / SCORES_FILE).read_text()) for name in names}
 
 
 def measure_premise(base: Path, data, split: str, plan: DemoPlan, path: Path) -> dict:
     """Object information extraction and category knowledge of the base model (see ``premise.py``)."""
-    from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
-
     from ..premise import category_knowledge, multiple_choice_in_text, object_information_extraction
 
-    model = FinedeficsForConditionalGeneration.from_pretrained(base).eval()
-    processor = FinedeficsProcessor.from_pretrained(base)
+    model, processor = load_demo_model(base)
     rows = data.spread_rows(split, plan.premise_images)
     premise = {
         "split": split,

@@ -13,6 +13,7 @@ class DemoPlan:
     equal those recorded with the shipped base starts from it instead of building one.
     """
 
+    backbone: str = "idefics2"  # a model family (modeling_finedefics.families); the shipped base is Idefics2's
     synth: dict = field(default_factory=dict)
     preset: str = "tiny"
     image_seq_len: int = 8
@@ -39,9 +40,9 @@ class DemoPlan:
     save_steps: int = 100
 
 
-BASE_FIELDS = ("synth", "preset", "image_seq_len", "base_seed", "pool_size", "vision_steps", "vision_batch_size",
-               "vision_learning_rate", "caption_images", "choice_images", "base_steps", "base_batch_size",
-               "base_learning_rate", "knowledge_repeats", "base_freeze_vision_tower")
+BASE_FIELDS = ("backbone", "synth", "preset", "image_seq_len", "base_seed", "pool_size", "vision_steps",
+               "vision_batch_size", "vision_learning_rate", "caption_images", "choice_images", "base_steps",
+               "base_batch_size", "base_learning_rate", "knowledge_repeats", "base_freeze_vision_tower")
 
 
 def default_plan() -> DemoPlan:
@@ -96,6 +97,11 @@ def check_plan_value(key: str, value) -> None:
         raise ValueError(f"demo setting {key} must be a string, got {value!r}")
     if kind == "dict" and not isinstance(value, dict):
         raise ValueError(f"demo setting {key} must be a mapping, got {value!r}")
+    if key == "backbone":
+        from modeling_finedefics.families import FAMILIES
+
+        if value not in FAMILIES:
+            raise ValueError(f"demo setting backbone must be a model family ({', '.join(FAMILIES)}), got {value!r}")
     if kind == "int" and value < (0 if key in MAY_BE_ZERO else 1):
         raise ValueError(f"demo setting {key} must be at least {0 if key in MAY_BE_ZERO else 1}, got {value}")
     if kind == "float" and key in RATIOS and not 0 <= value <= 1:

@@ -23,6 +23,10 @@ def make_initial_model(data, model_dir: Path, plan: DemoPlan) -> None:
     corpus = data.text_corpus() if data.synth_config is not None else None
     if model_dir.exists():
         shutil.rmtree(model_dir)  # left by an interrupted run (the phase was not recorded as done)
+    if plan.backbone != "idefics2":  # the other families' tiny models have one size (see init_model)
+        init_model([data.training_dir], model_dir, noun=data.noun, seed=plan.base_seed, corpus=corpus,
+                   family=plan.backbone)
+        return
     init_model([data.training_dir], model_dir, preset=plan.preset, noun=data.noun, image_size=data.image_size,
                seed=plan.base_seed, image_seq_len=plan.image_seq_len, corpus=corpus)
 
@@ -72,8 +76,13 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
     """Initial model -> vision pre-training (with a pool) -> captioning + knowledge stage; returns final/."""
     initial = runs_dir / "base-initial"
     phases.run("base: initial model", make_initial_model, data, initial, plan)
-    if data.synth_config is not None:
+    if data.synth_config is not None and plan.backbone == "idefics2":
         phases.run("base: vision pre-training", pretrain_vision_phase, data, initial, runs_dir / "base-vision", plan)
+    elif data.synth_config is not None:
+        # The attribute pre-training trains Idefics2's vision tower and perceiver resampler through a probe
+        # written for them; other backbones start captioning from their random vision tower.
+        logger.info("base: no vision pre-training for the %s backbone (written for Idefics2's resampler): "
+                    "the premise is not expected to hold", plan.backbone)
     phases.run("base: captioning + knowledge data", make_base_dataset, data, runs_dir / "base-data", plan)
     # The trainer warns that these rows hold no recognition question: for a base stage that is the point.
     trainer_logger = logging.getLogger("finedefics_training.trainer")
