@@ -201,11 +201,13 @@ def test_missing_local_looking_model_folder_is_named_when_online_too(missing, tm
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_checkpoint_of_another_architecture_is_refused_at_load(command, tmp_path, micro_checkpoint, toy_dataset_dir,
                                                               capsys):
-    checkpoint = _copy(micro_checkpoint, tmp_path, "llava")
+    # PaliGemma is an image-text-to-text model of no Finedefics family.
+    checkpoint = _copy(micro_checkpoint, tmp_path, "paligemma")
     config = json.loads((checkpoint / "config.json").read_text())
-    (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
+    (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "paligemma"}))
     error = _fails(_command(command, tmp_path, checkpoint, toy_dataset_dir), capsys)
-    assert f"{checkpoint / 'config.json'}: model_type is 'llava'; supported: 'finedefics', 'idefics2'" in error
+    assert f"{checkpoint / 'config.json'}: model_type is 'paligemma'; supported: 'finedefics', 'idefics2'" in error
+    assert all(f"'{model_type}'" in error for model_type in ("finedefics_qwen2_5_vl", "qwen2_5_vl", "llava"))
 
 
 def test_unknown_benchmark_name_lists_the_known_ones(tmp_path, micro_checkpoint, capsys):
