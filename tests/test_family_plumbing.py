@@ -372,3 +372,47 @@ def test_dry_run_of_a_local_checkpoint_of_every_family(stock, tmp_path):
         assert plan.parameters["decoder"][1] > 0 and plan.total_gib > 0, family
         assert plan.shape.image_tokens > 0 and plan.shape.patches > 0, family
         shutil.rmtree(folder)
+
+
+LOAD_MERGED = textwrap.dedent(
+    """
+    import sys
+    from transformers import AutoModelForImageTextToText
+    model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    print("TYPE", model.config.model_type)
+    """
+)
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILY_NAMES if name != "idefics2"])
+def test_two_stage_lora_trains_merges_and_reloads_every_family(family, tmp_path, toy_dataset_dir):
+    """`finedefics two-stage` with LoRA on a tiny model of the family: each stage's adapter is merged into a
+    plain checkpoint of the family (no LoRA keys) whose decoder projections moved, loadable as remote code."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from finedefics_cli import main
+
+    model, processor = _tiny(family)
+    base = _save(model, processor, tmp_path / "base")
+    recipe = tmp_path / "two-stage.yaml"
+    recipe.write_text(yaml.safe_dump(dict(
+        model_name_or_path=str(base), dataset_dir=str(toy_dataset_dir), output_dir=str(tmp_path / "run"),
+        tuning="lora", max_steps=2, stage2_max_steps=2, per_device_train_batch_size=4, learning_rate=5e-2,
+        num_negatives=2, save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
+        disable_tqdm=True, torch_dtype="float32")))
+    assert main(["two-stage", "--config", str(recipe)]) == 0
+    before = load_file(base / "model.safetensors")
+    for stage in ("stage1", "stage2"):
+        final = tmp_path / "run" / stage / "final"
+        weights = load_file(final / "model.safetensors")
+        assert not any("lora_" in key or "modules_to_save" in key or "base_layer" in key for key in weights)
+        assert set(weights) == set(before)
+        projections = [key for key in before if re.search(r"layers\.\d+\.self_attn\.q_proj\.weight$", key)
+                       and "visual" not in key and "vision" not in key]
+        assert projections and any(not torch.equal(weights[key], before[key]) for key in projections)
+        loaded = subprocess.run([sys.executable, "-c", LOAD_MERGED, str(final)], capture_output=True, text=True,
+                                cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        assert f"TYPE finedefics_{family}" in loaded.stdout
