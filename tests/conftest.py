@@ -96,3 +96,25 @@ def micro_checkpoint(tmp_path):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+HUB_TOKEN = "hf_test_token"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A fake Hub on 127.0.0.1 (``fake_hub.FakeHub``); huggingface_hub pointed at it, online, no Xet, no token in
+    the environment (tests pass ``HUB_TOKEN`` where one is needed)."""
+    from huggingface_hub import constants
+
+    from fake_hub import FakeHub
+
+    with FakeHub(token=HUB_TOKEN) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield fake

@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import HUB_TOKEN
 import modeling_finedefics  # noqa: F401  (registers the Auto classes; marks them so save_pretrained writes code)
-from fake_hub import FakeHub
 from modeling_finedefics.families import FAMILIES
 
 FAMILY_NAMES = list(FAMILIES)
 RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
 CORPUS = ["a small bird with a red crown, a short conical beak and barred brown wings",
           "Velmoran Thistlewing", "Ashcombe Reedhopper", "What is the species of the bird in the image?"]
-TOKEN = "hf_test_token"
 TEMPERATURES = {"temperatures.object_attribute", "temperatures.attribute_category"}
 RARE_NAME = "Zyxqorbantel"  # in the data only: a tokenizer trained on the data's texts knows it as a unit
 
@@ -223,26 +222,11 @@ def test_push_refuses_a_stock_checkpoint_of_another_family(tmp_path):
         stage_for_hub(stock, tmp_path / "staged")
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    from huggingface_hub import constants
-
-    with FakeHub(token=TOKEN) as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        yield fake
-
-
 def test_push_uploads_every_family_staged_folder_to_the_fake_hub(staged_families, hub):
     from finedefics_training.push import push_to_hub, staged_files
 
     for family, staged in staged_families[0].items():
-        push_to_hub(staged, f"tester/finedefics-{family.replace('_', '-')}", token=TOKEN)
+        push_to_hub(staged, f"tester/finedefics-{family.replace('_', '-')}", token=HUB_TOKEN)
     assert len(hub.commits) == len(FAMILY_NAMES)
     for commit, (family, staged) in zip(hub.commits, staged_families[0].items()):
         assert set(commit.files) == set(staged_files(staged)), family

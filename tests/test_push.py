@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fake_hub import FakeHub
+from conftest import HUB_TOKEN
 
-TOKEN = "hf_test_token"
+
 # The shape `finedefics eval` writes to report.json (finedefics_eval.runner.evaluate_model), two scoring modes.
 REPORT = {
     "model": "runs/finedefics/stage2/final", "benchmark": "bird-200", "split": "test", "seed": 0,
@@ -63,22 +63,6 @@ def staged(checkpoint, tmp_path):
     from finedefics_training.push import stage_for_hub
 
     return stage_for_hub(checkpoint, tmp_path / "staged", report=REPORT, recipe=RECIPE_YAML)
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """A fake Hub on 127.0.0.1; huggingface_hub pointed at it, online, no Xet, no token in the environment."""
-    from huggingface_hub import constants
-
-    with FakeHub(token=TOKEN) as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        yield fake
 
 
 # ----------------------------------------------------------------------------- staging
@@ -231,7 +215,7 @@ def test_a_non_empty_staging_folder_is_refused(checkpoint, tmp_path):
 def test_push_sends_every_staged_file_to_a_private_repo(staged, hub):
     from finedefics_training.push import push_to_hub
 
-    result = push_to_hub(staged, "tester/finedefics-micro", token=TOKEN, private=True)
+    result = push_to_hub(staged, "tester/finedefics-micro", token=HUB_TOKEN, private=True)
 
     create = next(r for r in hub.requests if r.path == "/api/repos/create")
     assert create.json() == {"name": "finedefics-micro", "organization": "tester", "visibility": "private"}
@@ -249,7 +233,7 @@ def test_push_sends_every_staged_file_to_a_private_repo(staged, hub):
 def test_push_to_a_new_branch_creates_it_and_a_token_from_the_environment_works(staged, hub, monkeypatch):
     from finedefics_training.push import push_to_hub
 
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     push_to_hub(staged, "tester/finedefics-micro", revision="experiment-1")
     push_to_hub(staged, "tester/finedefics-micro", revision="experiment-1")  # existing repo and branch are fine
 
@@ -261,7 +245,7 @@ def test_push_to_a_new_branch_creates_it_and_a_token_from_the_environment_works(
 def test_create_pr_reaches_the_server_and_returns_the_pr_url(staged, hub):
     from finedefics_training.push import push_to_hub
 
-    result = push_to_hub(staged, "tester/finedefics-micro", token=TOKEN, create_pr=True)
+    result = push_to_hub(staged, "tester/finedefics-micro", token=HUB_TOKEN, create_pr=True)
 
     (commit,) = hub.commits
     assert commit.create_pr and commit.revision == "main"
@@ -294,7 +278,7 @@ def test_unreachable_endpoint_fails_fast_naming_it(staged, hub, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT", 2)
     started = time.monotonic()
     with pytest.raises(ConnectionError, match=f"cannot reach the Hub endpoint {endpoint}"):
-        push_to_hub(staged, "tester/finedefics-micro", token=TOKEN)
+        push_to_hub(staged, "tester/finedefics-micro", token=HUB_TOKEN)
     assert time.monotonic() - started < 5
 
 
@@ -305,7 +289,7 @@ def test_offline_mode_is_a_clear_error(staged, hub, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
-        push_to_hub(staged, "tester/finedefics-micro", token=TOKEN)
+        push_to_hub(staged, "tester/finedefics-micro", token=HUB_TOKEN)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -316,7 +300,7 @@ def test_bad_targets_are_refused(staged, kwargs, message):
     from finedefics_training.push import push_to_hub
 
     with pytest.raises(ValueError, match=message):
-        push_to_hub(staged, token=TOKEN, **kwargs)
+        push_to_hub(staged, token=HUB_TOKEN, **kwargs)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -324,7 +308,7 @@ def test_cli_push_stages_and_uploads(checkpoint, hub, tmp_path, capsys):
     from finedefics_cli import main
 
     (tmp_path / "recipe.yaml").write_text(RECIPE_YAML)
-    code = main(["push", str(checkpoint), "--repo-id", "tester/cli", "--token", TOKEN, "--private",
+    code = main(["push", str(checkpoint), "--repo-id", "tester/cli", "--token", HUB_TOKEN, "--private",
                  "--recipe", str(tmp_path / "recipe.yaml"), "--create-pr"])
 
     assert code == 0
@@ -350,11 +334,11 @@ def test_cli_reports_bad_input_and_unreachable_hub_in_one_line(checkpoint, hub, 
 
     adapter = copy_checkpoint(checkpoint, tmp_path / "adapter")
     (adapter / "adapter_config.json").write_text("{}")
-    assert main(["push", str(adapter), "--repo-id", "tester/cli", "--token", TOKEN]) == 2
+    assert main(["push", str(adapter), "--repo-id", "tester/cli", "--token", HUB_TOKEN]) == 2
     assert main(["push", str(checkpoint), "--repo-id", "tester/cli"]) == 2  # no token
     endpoint = closed_port_endpoint()
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    assert main(["push", str(checkpoint), "--repo-id", "tester/cli", "--token", TOKEN]) == 1
+    assert main(["push", str(checkpoint), "--repo-id", "tester/cli", "--token", HUB_TOKEN]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("finedefics push: error:") for line in errors)
     assert "merge" in errors[0] and "hf auth login" in errors[1] and endpoint in errors[2]
