@@ -101,6 +101,8 @@ def test_the_commands_mode_choices_are_the_scorers_modes_and_help_needs_no_torch
     mode_action = next(action for action in eval_parser._actions if action.dest == "mode")
     assert tuple(mode_action.choices) == MODES
     # Why the modes live in the torch-free prompts module: `finedefics --help` must not load torch.
-    probe = "import sys, finedefics_cli; finedefics_cli.build_parser(); print('torch' in sys.modules)"
+    # The model checks every command runs first are as light (the family registry loads only when a check needs it).
+    probe = ("import sys, finedefics_cli, finedefics_training.checkpoints, finedefics_eval.loading; "
+             "finedefics_cli.build_parser(); print('torch' in sys.modules)")
     assert (subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
             .stdout.strip() == "False")

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 from finedefics_eval.loading import (  # noqa: F401  (re-exported: training's model checks are evaluation's)
-    SUPPORTED_MODEL_TYPES,
     check_checkpoint_folder,
     check_model_source,
     check_safetensors_files,
@@ -24,6 +23,15 @@ from finedefics_eval.loading import (  # noqa: F401  (re-exported: training's mo
 )
 
 logger = logging.getLogger(__name__)
+
+
+def __getattr__(name: str):
+    # Re-exported lazily, as finedefics_eval.loading computes it: it imports every model family's classes.
+    if name == "SUPPORTED_MODEL_TYPES":
+        from finedefics_eval.loading import supported_model_types
+
+        return supported_model_types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 CHECKPOINT_FOLDER = re.compile(r"^checkpoint-(\d+)$")
 # Trainer._save_checkpoint writes the weights, then the optimizer, scheduler and RNG states, and
