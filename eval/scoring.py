@@ -96,10 +96,10 @@ def chat_prompts(processor, texts: list[str], with_image: bool = True) -> list[s
 
 
 def model_family(model) -> str:
-    """The Finedefics family name of ``model`` ("idefics2", "qwen2_vl", ...), from its config's model_type."""
-    from modeling_finedefics.families import family_for_model_type
+    """The Finedefics family name of ``model`` ("idefics2", "qwen2_vl", ...)."""
+    from modeling_finedefics.families import family_of
 
-    return family_for_model_type(model.config.model_type).name
+    return family_of(model).name
 
 
 # Families with 3-D rotary positions (mrope): the model computes its own prompt positions from image_grid_thw.

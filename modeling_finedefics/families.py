@@ -93,9 +93,22 @@ def family_for_model_type(model_type: str) -> Family:
     raise ValueError(f"no Finedefics family for model_type {model_type!r}; supported: {', '.join(known)}")
 
 
+def family_of(model) -> Family:
+    """The family of a model, PEFT-wrapped or not: by its config's ``model_type`` (Finedefics or stock), else by
+    its class (a stock Idefics2 config converted in memory carries no ``model_type`` of its own)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(model.config, "model_type", None)
+    if model_type:
+        return family_for_model_type(model_type)
+    for family in FAMILIES.values():
+        if isinstance(model, family.model):
+            return family
+    raise ValueError(f"{type(model).__name__} is not a model of any Finedefics family")
+
+
 def finedefics_config_class(model_type: str) -> type:
     """The Finedefics config class for a stock or Finedefics model_type (what the converter needs)."""
     return family_for_model_type(model_type).config
 
 
-__all__ = ["FAMILIES", "Family", "family_for_model_type", "finedefics_config_class"]
+__all__ = ["FAMILIES", "Family", "family_for_model_type", "family_of", "finedefics_config_class"]

@@ -114,7 +114,7 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
     classes with fresh alignment parameters and the tokenizer's EOS as summary token (``finedefics convert``
     does the same offline).
     """
-    from .checkpoints import check_vocabulary
+    from .checkpoints import check_model_source, check_vocabulary
 
     path = model_args.model_name_or_path
     remote = training_args.trust_remote_code
@@ -136,34 +136,6 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
             vision_tower(model).requires_grad_(False)
         return model, processor
     return apply_lora(model, model_args, training_args), processor
-
-
-def supported_model_types() -> tuple[str, ...]:
-    """Every stock and Finedefics ``model_type`` a recipe may start from (all families)."""
-    from modeling_finedefics.families import FAMILIES
-
-    return tuple(t for family in FAMILIES.values() for t in (family.model_type, family.stock_model_type))
-
-
-def check_model_source(name_or_path: str) -> None:
-    """``finedefics_eval.loading.check_model_source`` for checkpoints of every family: a local folder's
-    ``model_type`` must be one a family knows and its safetensors weights readable; Hub ids are checked there."""
-    from .checkpoints import check_model_source as check_idefics2_or_hub_source
-    from .checkpoints import check_safetensors_files, read_checkpoint_config
-
-    folder = Path(name_or_path).expanduser()
-    if not folder.is_dir():
-        check_idefics2_or_hub_source(name_or_path)
-        return
-    read_checkpoint_config(folder, supported=supported_model_types())
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no weight_map")
-        check_safetensors_files([folder / name for name in sorted(set(weight_map.values()))])
-    elif (folder / "model.safetensors").is_file():
-        check_safetensors_files([folder / "model.safetensors"])
 
 
 def model_config(path: str, trust_remote_code: bool = False):
@@ -210,21 +182,6 @@ def lora_targets(model_args: ModelArguments, family_name: str) -> str:
     return model_args.lora_target_modules or LORA_TARGETS[family_name]
 
 
-def model_family_name(model) -> str:
-    """The family of a Finedefics model, by its class (a stock Idefics2 config converted by
-    ``as_finedefics_config`` carries no ``model_type`` of its own)."""
-    from modeling_finedefics.families import FAMILIES
-
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for family in FAMILIES.values():
-        if type(model) is family.model:
-            return family.name
-    for family in FAMILIES.values():
-        if isinstance(model, family.model):
-            return family.name
-    raise ValueError(f"{type(model).__name__} is not the Finedefics model of any family")
-
-
 def qlora_quantization_config(compute_dtype):
     from transformers import BitsAndBytesConfig
 
@@ -241,13 +198,15 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
     """Wrap with LoRA; temperatures and projection heads train in full and are saved with the adapter."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from modeling_finedefics.families import family_of
+
     with _peft_checkpointing_deprecations():
         if model_args.tuning == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing(training_args))
         modules_to_save = [name for name in MODULES_TO_SAVE if getattr(model, name, None) is not None]
         config = LoraConfig(
             r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-            target_modules=lora_targets(model_args, model_family_name(model)), modules_to_save=modules_to_save,
+            target_modules=lora_targets(model_args, family_of(model).name), modules_to_save=modules_to_save,
             task_type="CAUSAL_LM",
         )
         # ZeRO-3 gathers parameters into buffers of one dtype: LoRA weights upcast to float32 beside a bf16
