@@ -47,9 +47,14 @@ def parse_recipe(argv: list[str], prog: str = "finedefics train"):
     return parser, parser.parse_args_and_config(argv)
 
 
-def take_flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
-    """``argv`` without ``flag`` (a switch the recipe parser does not know), and whether it was there."""
-    return [item for item in argv if item != flag], flag in argv
+def take_dry_run(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``--dry-run`` (a switch the recipe parser does not know), and whether it was there.
+
+    A dry run plans a GPU recipe on any machine (nothing runs on a device), so it parses with ``use_cpu``.
+    """
+    dry_run = "--dry-run" in argv
+    argv = [item for item in argv if item != "--dry-run"]
+    return (argv + ["--use_cpu", "true"] if dry_run else argv), dry_run
 
 
 def run(args) -> int:
@@ -58,9 +63,7 @@ def run(args) -> int:
     if args.help:
         print_recipe_help("finedefics train", DESCRIPTION)
         return 0
-    argv, dry_run = take_flag(args.recipe_args, "--dry-run")
-    if dry_run:
-        argv += ["--use_cpu", "true"]  # plan a GPU recipe on any machine: nothing runs on a device
+    argv, dry_run = take_dry_run(args.recipe_args)
     _, (model_args, data_args, training_args) = parse_recipe(argv)
     if dry_run:
         from finedefics_training.dry_run import print_plan

@@ -70,14 +70,12 @@ def run(args) -> int:
 
     from finedefics_training.recipe import run_two_stage
 
-    from .train import print_recipe_help, take_flag
+    from .train import print_recipe_help, take_dry_run
 
     if args.help:
         print_recipe_help("finedefics two-stage", DESCRIPTION)
         return 0
-    argv, dry_run = take_flag(args.recipe_args, "--dry-run")
-    if dry_run:
-        argv += ["--use_cpu", "true"]  # plan a GPU recipe on any machine: nothing runs on a device
+    argv, dry_run = take_dry_run(args.recipe_args)
     *recipe, remaining = recipe_parser("finedefics two-stage").parse_args_and_config(
         argv, return_remaining_strings=True)
     model_args, data_args, training_args = recipe
