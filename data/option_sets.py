@@ -69,7 +69,14 @@ def mine_negatives(miner: str, records: list[dict], k: int, confusion_file: str 
 
 def read_confusion_file(path: Path) -> tuple[list[list[float]], list[str]]:
     """A confusion matrix and its names from FOCI results (``predictions``) or ``{"names", "matrix"}``."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    if not path.is_file():
+        raise FileNotFoundError(f"--confusion file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected FOCI results ('predictions') or {{'names', 'matrix'}}")
     if "matrix" in data and "names" in data:
         return data["matrix"], data["names"]
     if "predictions" in data:

@@ -187,3 +187,17 @@ def test_options_cli_on_a_synthetic_benchmark(tmp_path):
     siblings = {c["name"]: set(c["siblings"]) for c in json.loads((bench / "categories.json").read_text())}
     assert all(set(e["options"][1:3]) == siblings[k] for k, v in mined.items() for e in v)  # 2 siblings first
     assert main(["data", "options", str(bench), "--output", str(out), "--miner", "confusion"]) == 2
+
+
+def test_a_confusion_file_that_is_not_json_or_not_an_object_is_a_named_error(tmp_path):
+    from finedefics_data.option_sets import read_confusion_file
+
+    broken = tmp_path / "confusion.json"
+    broken.write_text('{"names": ["a", "b"], "matrix": [[1, 0]')
+    with pytest.raises(ValueError, match=f"{broken} is not valid JSON"):
+        read_confusion_file(broken)
+    broken.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"expected FOCI results"):
+        read_confusion_file(broken)
+    with pytest.raises(FileNotFoundError, match="--confusion file not found"):
+        read_confusion_file(tmp_path / "missing.json")
