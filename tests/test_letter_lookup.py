@@ -1,8 +1,10 @@
 """The letter-lookup probe (benchmarks/letter_lookup.py) asks what it says and scores the letter it asks for."""
 
 import importlib.util
+import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import REPO_ROOT
 
@@ -50,3 +52,32 @@ def test_accuracy_reads_the_logits_that_predict_the_letter(tiny_processor):
     assert probe.accuracy(NextTokenOracle(), questions, [batch]) == 1.0
     shifted = dict(batch, answer_at=batch["answer_at"] + 1)  # one position late: reads the end of the turn
     assert probe.accuracy(NextTokenOracle(), questions, [shifted]) < 1.0
+
+
+def _predictions(folder, mode, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"predictions-{mode}.json").write_text(json.dumps({"predictions": rows}))
+
+
+def test_answer_agreement_compares_each_letter_with_the_models_own_name(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("answer_agreement",
+                                                  REPO_ROOT / "benchmarks" / "answer_agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(image, predicted, raw, correct="Ash"):
+        return {"image": image, "predicted": predicted, "predicted_raw": raw, "correct": correct}
+
+    model = tmp_path / "seed-0" / "finedefics"
+    # named right twice, of which the letter is right once; the letter agrees with the name on images 1 and 3
+    _predictions(model, "generate", [row("1", "Ash", "A"), row("2", "Cor", "C"), row("3", "Dun", "D")])
+    _predictions(model, "open_set", [row("1", "Ash", "Ash"), row("2", "Ash", "Ash"), row("3", "Dun", "Dun")])
+    result = module.main([str(tmp_path)])["seed-0/finedefics"]
+    assert result["agreement"] == pytest.approx(2 / 3)
+    assert result["letter_right_when_name_right"] == pytest.approx(1 / 2)
+    assert result["letters"] == {"A": 1, "C": 1, "D": 1}
+    assert "| finedefics | 1 | 66.7 | 50.0 |" in capsys.readouterr().out
+
+    _predictions(model, "open_set", [row("2", "Ash", "Ash"), row("1", "Ash", "Ash"), row("3", "Dun", "Dun")])
+    with pytest.raises(ValueError, match="same images"):
+        module.main([str(tmp_path)])
