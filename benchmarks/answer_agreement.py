@@ -18,9 +18,10 @@ from collections import Counter
 from pathlib import Path
 
 
-def agreement(generate: list[dict], open_set: list[dict]) -> dict:
+def agreement(generate: list[dict], open_set: list[dict], folder: Path | str = "") -> dict:
     if [row["image"] for row in generate] != [row["image"] for row in open_set]:
-        raise ValueError("the generate and open-set prediction files do not list the same images in the same order")
+        raise ValueError(f"{folder}: predictions-generate.json and predictions-open_set.json do not list the same "
+                         "images in the same order")
     named = [row["predicted"] == row["correct"] for row in open_set]
     lettered = [row["predicted"] == row["correct"] for row in generate]
     both = sum(n and m for n, m in zip(named, lettered))
@@ -30,6 +31,11 @@ def agreement(generate: list[dict], open_set: list[dict]) -> dict:
         "letter_right_when_name_right": both / sum(named) if any(named) else None,
         "letters": dict(sorted(Counter((row["predicted_raw"].strip() or "?")[:1] for row in generate).items())),
     }
+
+
+def _mean_percent(rows: list[dict], key: str) -> str:
+    values = [row[key] for row in rows if row[key] is not None]
+    return f"{100 * statistics.mean(values):.1f}" if values else "-"
 
 
 def model_folders(report: Path) -> list[Path]:
@@ -50,21 +56,19 @@ def main(argv: list[str] | None = None) -> dict:
     for folder in folders:
         read = [json.loads((folder / f"predictions-{mode}.json").read_text())["predictions"]
                 for mode in ("generate", "open_set")]
-        results[str(folder.relative_to(args.report))] = agreement(*read)
+        results[str(folder.relative_to(args.report))] = agreement(*read, folder=folder)
     by_variant: dict[str, list[dict]] = {}
     for name, result in results.items():
         by_variant.setdefault(name.split("/")[-1], []).append(result)
     print("| model | seeds | agreement (%) | letter right when name right (%) | letters answered |")
     print("|---|---|---|---|---|")
     for variant, rows in by_variant.items():
-        def mean(key):
-            values = [row[key] for row in rows if row[key] is not None]
-            return f"{100 * statistics.mean(values):.1f}" if values else "-"
         letters = Counter()
         for row in rows:
             letters.update(row["letters"])
         shown = ", ".join(f"{letter} {count}" for letter, count in sorted(letters.items()))
-        print(f"| {variant} | {len(rows)} | {mean('agreement')} | {mean('letter_right_when_name_right')} | {shown} |")
+        print(f"| {variant} | {len(rows)} | {_mean_percent(rows, 'agreement')} | "
+              f"{_mean_percent(rows, 'letter_right_when_name_right')} | {shown} |")
     return results
 
 

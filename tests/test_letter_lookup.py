@@ -79,5 +79,5 @@ def test_answer_agreement_compares_each_letter_with_the_models_own_name(tmp_path
     assert "| finedefics | 1 | 66.7 | 50.0 |" in capsys.readouterr().out
 
     _predictions(model, "open_set", [row("2", "Ash", "Ash"), row("1", "Ash", "Ash"), row("3", "Dun", "Dun")])
-    with pytest.raises(ValueError, match="same images"):
+    with pytest.raises(ValueError, match="finedefics: .* do not list the same images"):
         module.main([str(tmp_path)])
