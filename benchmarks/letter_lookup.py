@@ -24,9 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finedefics_data.prompts import LETTERS, multiple_choice_prompt
-
-QUERY = "Which of these is {option}?"  # a probe's question, not a training or evaluation one
+from finedefics_data.prompts import LETTERS, lookup_choice_query, multiple_choice_prompt
 
 
 def option_vocabulary(tokenizer) -> list[int]:
@@ -68,7 +66,7 @@ class LookupQuestions:
             options.add(self.tokenizer.decode(words).strip())
         options = list(options)
         right = int(rng.integers(4))
-        question = multiple_choice_prompt(QUERY.format(option=options[right]), options)
+        question = multiple_choice_prompt(lookup_choice_query(options[right]), options)
         prompt = self.tokenizer(self._chat(question, None))["input_ids"]
         full = self.tokenizer(self._chat(question, LETTERS[right]))["input_ids"]
         if full[:len(prompt)] != prompt:

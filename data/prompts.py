@@ -31,6 +31,7 @@ MULTIPLE_CHOICE_QUERY = "Which of these {plural} is shown in the image?"  # FOCI
 KNOWLEDGE_QUESTION = "What does {article} {name} look like?"  # category knowledge, asked in text (demo base, premise)
 REVERSE_KNOWLEDGE_QUESTION = "Which {singular} is {description}?"  # the same knowledge, the other way round
 DESCRIPTION_CHOICE_QUERY = "Which description matches the {singular} in the image?"  # demo base: multiple choice
+LOOKUP_CHOICE_QUERY = "Which of these is {option}?"  # demo base: find the option the question names (text only)
 CHOICES_HEADER = "\nChoices:\n"
 # How a multiple choice is answered: FOCI's rule reads the first character, so every style starts with the letter
 # except "name" (scored by the likelihood mode only).
@@ -110,6 +111,12 @@ def description_choice_query(noun: ObjectNoun) -> str:
     return DESCRIPTION_CHOICE_QUERY.format(singular=noun.singular)
 
 
+def lookup_choice_query(option: str) -> str:
+    """The query of a multiple choice that names its answer ("Which of these is Ardran Thistledart?"): the demo
+    base learns to find an option and write its letter with it, and ``benchmarks/letter_lookup.py`` probes it."""
+    return LOOKUP_CHOICE_QUERY.format(option=option)
+
+
 def open_set_question(noun: ObjectNoun) -> str:
     """The open-set recognition question (stage II and the ``open_set`` evaluation)."""
     return OPEN_SET_QUESTION.format(singular=noun.singular)
@@ -174,7 +181,8 @@ def answer_letter(answer: str) -> str | None:
 
 __all__ = [
     "ANSWER_INSTRUCTION", "CHOICES_HEADER", "CHOICE_LETTERS", "DEFAULT_NOUN", "DESCRIBE_INSTRUCTION",
-    "DESCRIPTION_CHOICE_QUERY", "MULTIPLE_CHOICE_ANSWERS", "description_choice_query", "multiple_choice_answer",
+    "DESCRIPTION_CHOICE_QUERY", "LOOKUP_CHOICE_QUERY", "MULTIPLE_CHOICE_ANSWERS", "description_choice_query",
+    "lookup_choice_query", "multiple_choice_answer",
     "KNOWLEDGE_QUESTION", "LETTERS", "MULTIPLE_CHOICE_QUERY", "OPEN_SET_QUESTION", "REVERSE_KNOWLEDGE_QUESTION",
     "ObjectNoun", "answer_letter", "describe_instruction", "english_plural", "knowledge_question",
     "reverse_knowledge_question", "multiple_choice_options", "multiple_choice_prompt", "multiple_choice_query",

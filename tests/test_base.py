@@ -64,3 +64,60 @@ def test_the_shipped_base_is_the_default_plans_and_its_weights_match_the_record(
     build = json.loads((folder / demo.BUILD_FILE).read_text())
     assert demo.weights_digest(folder) == build["sha256"]
     assert FinedeficsConfig.from_pretrained(folder).object_noun == "bird"
+
+
+def _synthetic_categories():
+    from finedefics_data.synth import build_categories
+
+    categories = build_categories(SynthConfig())
+    negatives = {c["name"]: list(c["siblings"]) for c in categories}
+    return categories, negatives
+
+
+def test_category_choices_are_foci_prompts_over_siblings_answered_by_the_right_letter():
+    from finedefics_data.prompts import ObjectNoun, multiple_choice_options
+    from finedefics_data.synth import parse_description
+    from finedefics_training.base import category_choice_rows
+
+    categories, negatives = _synthetic_categories()
+    by_name = {c["name"]: c for c in categories}
+    rows = category_choice_rows(categories, negatives, ObjectNoun.of("bird"), 400, seed=0, lookup_share=0.5)
+    assert len(rows) == 400 and rows == category_choice_rows(categories, negatives, ObjectNoun.of("bird"), 400)
+    named = described = 0
+    for row in rows:
+        options = multiple_choice_options(row["question"])
+        assert options[row["answer"]] == row["category"]  # the answer letter points at the row's category
+        assert set(options.values()) == {row["category"], *negatives[row["category"]][:3]}
+        stem = row["question"].split("\n")[0]
+        if stem == f"Which of these is {row['category']}?":
+            named += 1
+        else:  # a description of the category: every attribute it states is the category's
+            described += 1
+            stated = parse_description(stem)
+            assert stated and all(by_name[row["category"]]["attributes"][k] == v for k, v in stated.items())
+    assert 150 < named < 250 and described == 400 - named
+    assert {row["answer"] for row in rows} == set("ABCD")
+    assert any(by_name[row["category"]]["is_rare"] for row in rows)  # rare categories are asked too
+
+
+def test_the_premise_asks_with_a_wording_the_choice_rows_never_use():
+    from finedefics_data.prompts import ObjectNoun, reverse_knowledge_question
+    from finedefics_training.base import category_choice_rows, held_out_description
+
+    categories, negatives = _synthetic_categories()
+    rows = category_choice_rows(categories, negatives, ObjectNoun.of("bird"), 2000, seed=3, lookup_share=0.0)
+    stems = {row["question"].split("\n")[0] for row in rows}
+    held_out = {reverse_knowledge_question(ObjectNoun.of("bird"), held_out_description(c)) for c in categories}
+    assert not stems & held_out
+    assert held_out_description(categories[0]) == held_out_description(dict(categories[0]))  # seeded by name
+
+
+def test_word_lookups_name_their_answer():
+    from finedefics_data.prompts import multiple_choice_options
+    from finedefics_training.base import word_lookup_rows
+
+    rows = word_lookup_rows(["alder", "brook", "cress", "fen", "heath", "marsh"], 50, seed=1)
+    for row in rows:
+        options = multiple_choice_options(row["question"])
+        assert len(options) == 4 and row["question"].startswith(f"Which of these is {options[row['answer']]}?")
+    assert len({row["answer"] for row in rows}) == 4

@@ -138,8 +138,13 @@ def test_demo_runs_on_another_dataset(tmp_path):
     data = generate_benchmark(tmp_path / "other", SynthConfig(num_genera=3, species_per_genus=4, train_per_category=12,
                                                              rare_train_per_category=2, validation_per_category=2,
                                                              test_per_category=4, seed=5), progress=False)
-    result = _demo(tmp_path / "out", "--data", str(data), "--eval-split", "validation")
+    # The base's multiple choice in text (off in the shipped plans) runs as phases of its own when asked for.
+    result = _demo(tmp_path / "out", "--data", str(data), "--eval-split", "validation",
+                   "--set", "lookup_steps=3", "--set", "choice_steps=3")
     assert result.returncode == 0, result.stderr[-4000:]
+    done = json.loads((tmp_path / "out" / "state.json").read_text())["done"]
+    assert {f"base: multiple choice in text ({name})" for name in ("word lookup", "category choice")} <= set(done)
+    assert (tmp_path / "out" / "runs" / "base-lookup" / "final").is_dir()
     report = _report(tmp_path / "out")
     assert report["data"] == str(data) and report["split"] == "validation"
     assert report["premise"]["category_knowledge"]["categories"] == 12

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from finedefics_data.prompts import (
-    LETTERS, ObjectNoun, description_choice_query, knowledge_question, multiple_choice_prompt,
+    LETTERS, ObjectNoun, description_choice_query, knowledge_question, lookup_choice_query, multiple_choice_prompt,
     reverse_knowledge_question,
 )
 
@@ -277,6 +277,81 @@ def description_choice_rows(pool: PoolImages, noun: ObjectNoun, seed: int = 0) -
     return rows
 
 
+# ----------------------------------------------------------------------------- multiple choice in text
+# Description wordings the base's multiple choices are asked with; the premise asks with the one left out
+# (``HELD_OUT_TEMPLATE``), so its "multiple choice in text" row measures questions the base never saw.
+CHOICE_TEMPLATES = (0, 1, 2, 3)
+HELD_OUT_TEMPLATE = 4
+
+
+def option_words(tokenizer) -> list[str]:
+    """Words the tokenizer holds as one token (a leading space and at least three letters): generic options."""
+    words = {token[1:] for token in tokenizer.get_vocab() if token.startswith("Ġ") and len(token) > 3}
+    return sorted(word for word in words if word.isalpha())
+
+
+def word_lookup_rows(words: list[str], count: int, seed: int = 0) -> list[dict]:
+    """Text-only multiple choices among four words, the question naming one ("Which of these is fen?"):
+    the bare skill of finding an option and writing its letter, with no category anywhere."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 0x100C])
+    rows = []
+    for _ in range(count):
+        options = [words[i] for i in rng.choice(len(words), 4, replace=False)]
+        right = int(rng.integers(4))
+        rows.append({"category": "", "question": multiple_choice_prompt(lookup_choice_query(options[right]), options),
+                     "answer": LETTERS[right]})
+    return rows
+
+
+def category_choice_rows(categories: list[dict], negatives: dict[str, list[str]], noun: ObjectNoun, count: int,
+                         seed: int = 0, lookup_share: float = 0.5) -> list[dict]:
+    """Text-only multiple choices among a category and its hard negatives, in FOCI's layout: a ``lookup_share``
+    of them name the category ("Which of these is Ardran Thistledart?"), the others describe it ("Which bird is
+    a slender bird with ...?"), worded with one of ``CHOICE_TEMPLATES`` (details in a random order) when the
+    category has attributes, else with its description. Rare categories are asked as often as the others:
+    their names were read, not seen. Categories without hard negatives are skipped."""
+    import numpy as np
+
+    from finedefics_data.synth import describe
+
+    rng = np.random.default_rng([seed, 0xC401])
+    askable = [c for c in categories if [n for n in negatives.get(c["name"], []) if n != c["name"]]]
+    rows = []
+    for _ in range(count if askable else 0):
+        category = askable[int(rng.integers(len(askable)))]
+        others = [n for n in negatives[category["name"]] if n != category["name"]][:3]
+        options = [others[i] for i in rng.permutation(len(others))]
+        right = int(rng.integers(len(options) + 1))
+        options.insert(right, category["name"])
+        if rng.random() < lookup_share:
+            query = lookup_choice_query(category["name"])
+        else:
+            wording = CHOICE_TEMPLATES[int(rng.integers(len(CHOICE_TEMPLATES)))]
+            text = describe(category["attributes"], wording, rng) if category.get("attributes") \
+                else category["description"]
+            query = reverse_knowledge_question(noun, text)
+        rows.append({"category": category["name"], "question": multiple_choice_prompt(query, options),
+                     "answer": LETTERS[right]})
+    return rows
+
+
+def held_out_description(category: dict) -> str:
+    """How the premise words a category in its multiple choice: a template the base never saw as a choice stem
+    (details in a fixed shuffled order), or the category's description when it has no attributes."""
+    import zlib
+
+    import numpy as np
+
+    from finedefics_data.synth import describe
+
+    if not category.get("attributes"):
+        return category["description"]
+    rng = np.random.default_rng([zlib.crc32(category["name"].encode("utf-8")), 0x4E1D])
+    return describe(category["attributes"], HELD_OUT_TEMPLATE, rng)
+
+
 def base_dataset(image_rows: list[tuple], text_rows: list[dict]):
     """One ``datasets`` table: image rows ``(image, question, answer)`` + text-only rows (``category``,
     ``question``, ``answer``)."""
@@ -291,5 +366,6 @@ def base_dataset(image_rows: list[tuple], text_rows: list[dict]):
     return table.add_column("example_id", list(range(len(table))))
 
 
-__all__ = ["AttributeProbe", "PoolImages", "attribute_pool", "base_dataset", "category_descriptions",
-           "description_choice_rows", "knowledge_rows", "patch_targets", "pretrain_vision"]
+__all__ = ["AttributeProbe", "PoolImages", "attribute_pool", "base_dataset", "category_choice_rows",
+           "category_descriptions", "description_choice_rows", "held_out_description", "knowledge_rows",
+           "option_words", "patch_targets", "pretrain_vision", "word_lookup_rows"]

@@ -121,7 +121,10 @@ def category_knowledge(model, processor, categories: list[dict], parse: Callable
 def multiple_choice_in_text(model, processor, categories: list[dict], negatives: dict[str, list[str]],
                             noun: ObjectNoun, rare: set[str], batch_size: int = 32) -> dict:
     """Text-only 4-way questions "which category has this description?", options = the category and its hard
-    negatives; each category is asked once with the answer at every letter, so a letter prior scores chance."""
+    negatives; each category is asked once with the answer at every letter, so a letter prior scores chance.
+    The description is worded as the base never saw it in a multiple choice (``base.held_out_description``)."""
+    from .base import held_out_description
+
     questions, answers, is_rare = [], [], []
     for category in categories:
         others = [name for name in negatives.get(category["name"], []) if name != category["name"]][:3]
@@ -129,7 +132,7 @@ def multiple_choice_in_text(model, processor, categories: list[dict], negatives:
             continue
         for position in range(len(others) + 1):
             options = others[:position] + [category["name"]] + others[position:]
-            question = reverse_knowledge_question(noun, category["description"])
+            question = reverse_knowledge_question(noun, held_out_description(category))
             questions.append(multiple_choice_prompt(question, options))
             answers.append(LETTERS[position])
             is_rare.append(category["name"] in rare)

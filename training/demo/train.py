@@ -72,8 +72,32 @@ def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
                 len(image_rows), len(knowledge))
 
 
+def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: Path) -> None:
+    """Text-only multiple choice in FOCI's layout: word lookups (``lookup/``), then the categories named or
+    described among their hard negatives, with the knowledge rows replayed (``choice/``)."""
+    import datasets
+
+    from modeling_finedefics import FinedeficsProcessor
+
+    from ..base import (base_dataset, category_choice_rows, category_descriptions, knowledge_rows, option_words,
+                        word_lookup_rows)
+
+    words = option_words(FinedeficsProcessor.from_pretrained(tokenizer_dir).tokenizer)
+    lookups = word_lookup_rows(words, plan.lookup_steps * plan.choice_batch_size, seed=plan.base_seed)
+    choices = category_choice_rows(data.categories, data.negatives(), data.noun,
+                                   plan.choice_steps * plan.choice_batch_size, seed=plan.base_seed,
+                                   lookup_share=plan.choice_lookup_share)
+    descriptions = category_descriptions(data.splits["train"], data.categories)
+    replay = knowledge_rows(descriptions, data.noun, plan.knowledge_repeats, data.negatives(), seed=plan.base_seed + 1)
+    for name, rows in (("lookup", lookups), ("choice", choices + replay)):
+        datasets.DatasetDict({"train": base_dataset([], rows)}).save_to_disk(str(output_dir / name))
+    logger.info("base multiple-choice data: %d word lookups, %d category choices (%d words as options) + %d "
+                "knowledge rows replayed", len(lookups), len(choices), len(words), len(replay))
+
+
 def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
-    """Initial model -> vision pre-training (with a pool) -> captioning + knowledge stage; returns final/."""
+    """Initial model -> vision pre-training (with a pool) -> captioning + knowledge stage -> multiple choice in
+    text (word lookups, then categories); returns final/."""
     initial = runs_dir / "base-initial"
     phases.run("base: initial model", make_initial_model, data, initial, plan)
     if data.synth_config is not None and plan.backbone == "idefics2":
@@ -88,19 +112,39 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
     trainer_logger = logging.getLogger("finedefics_training.trainer")
     level, trainer_logger.level = trainer_logger.level, logging.ERROR
     try:
-        phases.run("base: captioning + knowledge", train_phase, initial, runs_dir / "base-data", runs_dir / "base",
-                   plan, stage=2, steps=plan.base_steps, learning_rate=plan.base_learning_rate, seed=plan.base_seed,
-                   batch_size=plan.base_batch_size, freeze_vision_tower=plan.base_freeze_vision_tower,
-                   desc="base: captioning + knowledge")
+        phases.run("base: captioning + knowledge", train_phase, initial, runs_dir / "base-data",
+                   runs_dir / "base-caption", plan, stage=2, steps=plan.base_steps,
+                   learning_rate=plan.base_learning_rate, seed=plan.base_seed, batch_size=plan.base_batch_size,
+                   freeze_vision_tower=plan.base_freeze_vision_tower, desc="base: captioning + knowledge")
+        model = runs_dir / "base-caption" / "final"
+        if plan.lookup_steps or plan.choice_steps:
+            phases.run("base: multiple-choice data", make_choice_datasets, data, runs_dir / "base-choice-data", plan,
+                       model)
+        choice = dict(plan=plan, stage=2, learning_rate=plan.choice_learning_rate, seed=plan.base_seed,
+                      batch_size=plan.choice_batch_size, freeze_vision_tower=plan.base_freeze_vision_tower,
+                      float32=True)
+        for name, steps, output in (("word lookup", plan.lookup_steps, runs_dir / "base-lookup"),
+                                    ("category choice", plan.choice_steps, runs_dir / "base")):
+            if steps:
+                data_dir = runs_dir / "base-choice-data" / ("lookup" if output.name == "base-lookup" else "choice")
+                phases.run(f"base: multiple choice in text ({name})", train_phase, model, data_dir, output,
+                           steps=steps, desc=f"base: multiple choice ({name})", **choice)
+                model = output / "final"
     finally:
         trainer_logger.setLevel(level)
+    if model != runs_dir / "base" / "final":  # no category-choice steps: the last stage trained is the base
+        shutil.copytree(model, runs_dir / "base" / "final", dirs_exist_ok=True)
     return runs_dir / "base" / "final"
 
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
                 learning_rate: float, seed: int, use_hard_negatives: bool = True,
                 freeze_vision_tower: bool | None = None, batch_size: int | None = None,
-                desc: str = "training") -> Path:
-    """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
+                desc: str = "training", float32: bool = False) -> Path:
+    """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/.
+
+    ``float32``: no bf16 autocast and no activation checkpointing (TRL's defaults), which on this CPU make a
+    step of short text-only rows many times slower; the phases built before it keep the defaults, so a
+    rebuild reproduces them bit for bit."""
     from ..config import FinedeficsTrainingConfig
     from ..recipe import DataArguments, ModelArguments, run_stage
 
@@ -116,6 +160,7 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
         save_steps=plan.save_steps, save_total_limit=1, report_to="none", seed=seed, data_seed=seed,
         use_cpu=True, dataloader_num_workers=0, use_hard_negatives=use_hard_negatives, num_negatives=3,
         closed_set_ratio=plan.closed_set_ratio,
+        **(dict(bf16=False, activation_checkpointing=False, gradient_checkpointing=False) if float32 else {}),
     )
     return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
 
