@@ -152,3 +152,42 @@ def test_image_cache_is_bounded_in_decoded_bytes(tiny_processor, tmp_path, monke
         collator([dict(row)])
     images = collator._caches.images
     assert images.bytes <= 2 * 64 * 64 * 3 and 0 < len(images) < 9  # 9 of the rows' images are decoded files
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_demo_settings_train_the_same_losses_and_weights_as_the_former_ones(stage, micro_checkpoint, toy_dataset_dir,
+                                                                           tmp_path):
+    """The demo's phases now run without activation checkpointing and with the collator's caches: every step's loss
+    and the trained weights are those of the former settings (checkpointing on, no caches), bf16 autocast as in the
+    demo (TRL's default)."""
+    from dataclasses import replace
+
+    from finedefics_training.demo.plan import quick_plan
+    from finedefics_training.demo.train import demo_model_arguments, demo_training_config
+    from finedefics_training.recipe import DataArguments, load_model_and_processor, load_training_dataset
+    from finedefics_training.trainer import FinedeficsTrainer
+
+    plan = quick_plan()
+    assert demo_training_config(tmp_path, plan, stage=stage, steps=4, learning_rate=1e-3, seed=0) \
+        .activation_checkpointing is False
+
+    def train(former: bool):
+        args = demo_training_config(tmp_path / f"out-{former}", plan, stage=stage, steps=4, learning_rate=1e-2, seed=0,
+                                    batch_size=4, logging_steps=1, save_strategy="no", disable_tqdm=True,
+                                    object_noun="bird", **({"activation_checkpointing": True} if former else {}))
+        assert args.bf16  # the demo's autocast, kept
+        data_args = DataArguments(dataset_dir=str(toy_dataset_dir))
+        model, processor = load_model_and_processor(demo_model_arguments(micro_checkpoint, plan), args)
+        trainer = FinedeficsTrainer(model=model, args=args, train_dataset=load_training_dataset(data_args),
+                                    processing_class=processor)
+        if former:
+            trainer.data_collator = replace(trainer.data_collator, cache=False)
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return losses, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    former_losses, former_weights = train(former=True)
+    losses, weights = train(former=False)
+    assert len(losses) == 4 and losses == former_losses
+    assert weights.keys() == former_weights.keys()
+    assert all(torch.equal(weights[name], former_weights[name]) for name in weights)

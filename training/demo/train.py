@@ -101,23 +101,45 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
                 freeze_vision_tower: bool | None = None, batch_size: int | None = None,
                 desc: str = "training") -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
-    from ..config import FinedeficsTrainingConfig
-    from ..recipe import DataArguments, ModelArguments, run_stage
+    from ..recipe import DataArguments, run_stage
+
+    model_args = demo_model_arguments(model_dir, plan, freeze_vision_tower)
+    args = demo_training_config(output_dir, plan, stage=stage, steps=steps, learning_rate=learning_rate, seed=seed,
+                                use_hard_negatives=use_hard_negatives, batch_size=batch_size)
+    return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
+
+
+def demo_model_arguments(model_dir: Path, plan: DemoPlan, freeze_vision_tower: bool | None = None):
+    """The demo's model settings: full fine-tuning in float32, the vision tower frozen unless the plan says not."""
+    from ..recipe import ModelArguments
 
     if freeze_vision_tower is None:
         freeze_vision_tower = plan.freeze_vision_tower
-    model_args = ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
-                                freeze_vision_tower=freeze_vision_tower)
-    args = FinedeficsTrainingConfig(
+    return ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
+                          freeze_vision_tower=freeze_vision_tower)
+
+
+def demo_training_config(output_dir: Path, plan: DemoPlan, stage: int, steps: int, learning_rate: float, seed: int,
+                         use_hard_negatives: bool = True, batch_size: int | None = None, **overrides):
+    """The training settings of one demo phase (``overrides``: other ``FinedeficsTrainingConfig`` fields, as
+    ``benchmarks/bench_demo_step.py`` sets them to time the former settings).
+
+    No activation checkpointing: the tiny model's activations take tens of MiB, and recomputing every decoder
+    layer's forward during backward cost a tenth of each step for no memory worth saving. The losses and weights
+    are the same with or without it (recomputation runs the same operations on the same inputs).
+    """
+    from ..config import FinedeficsTrainingConfig
+
+    settings = dict(
         output_dir=str(output_dir), stage=stage, max_steps=steps,
         per_device_train_batch_size=batch_size or plan.batch_size,
         learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
         weight_decay=0.01, logging_steps=max(1, min(10, steps // 10)), save_strategy="steps",
         save_steps=plan.save_steps, save_total_limit=1, report_to="none", seed=seed, data_seed=seed,
         use_cpu=True, dataloader_num_workers=0, use_hard_negatives=use_hard_negatives, num_negatives=3,
-        closed_set_ratio=plan.closed_set_ratio,
+        closed_set_ratio=plan.closed_set_ratio, activation_checkpointing=False,
     )
-    return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
+    return FinedeficsTrainingConfig(**{**settings, **overrides})
 
 
 def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases) -> dict:
