@@ -91,6 +91,8 @@ def step_timer(name: str, turns: Turns, times: list[float]):
 
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
+            print(f"stage {args.stage}, {name}, step {state.global_step}: {1000 * times[-1]:.0f} ms", file=sys.stderr,
+                  flush=True)
             turns.pass_on(name)
             turns.wait(name)
             self.start = time.perf_counter()
