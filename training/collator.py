@@ -24,6 +24,14 @@ Only answer tokens are supervised: prompt, image and padding positions get label
 follows the family's generation prompt ("Assistant:", "<|im_start|>assistant", "ASSISTANT:"), checked
 token by token against the processed row.
 
+Work that gives the same result every time it is repeated is cached, keyed by content, in memory bounded
+per collator (``cache=True``, the default; ``cache=False`` is the uncached path, kept for the benchmark
+``benchmarks/bench_demo_step.py`` and the test that both give the same batches tensor for tensor): decoded
+images (keyed by a hash of the file's bytes), rendered chat templates (keyed by the template, the question,
+the answer and whether the row has an image), the answer-mask tokenisation (keyed by the text) and the
+contrastive texts' tokens (keyed by the text). The processor call that pads the batch and expands the image
+tokens runs every step, as do every random choice.
+
 For stage I the collator also tokenises, in ONE padded batch, every distinct text the contrastive
 terms need (descriptions, negative descriptions, category names, negative names), and returns index
 tensors into it, so the trainer embeds them all in a single decoder pass. For every family but Idefics2 it
@@ -36,7 +44,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +91,9 @@ class FinedeficsDataCollator:
         seed: seeds the per-example choice of question and option order.
         max_length: prompts longer than this raise an error rather than being truncated (truncation
             would cut image tokens).
+        contrastive: stage I builds the contrastive text batch (False: the LM inputs only).
+        cache: keep decoded images, rendered chat templates and tokenised texts in bounded, content-keyed
+            memory caches (the batches are the same either way; False is the uncached path).
     """
 
     processor: object
@@ -92,14 +105,17 @@ class FinedeficsDataCollator:
     seed: int = 0
     max_length: int | None = None
     contrastive: bool = True
+    cache: bool = True
 
     def __post_init__(self):
         if isinstance(self.noun, str):
             self.noun = ObjectNoun.of(self.noun)
+        self._caches = CollatorCaches() if self.cache else None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        images = self._caches.images if self._caches is not None else None
         for row, example in enumerate(examples):
-            _check_example(example, row, self.processor)
+            _check_example(example, row, self.processor, images)
         if self.stage == 1 and self.contrastive:
             _check_contrastive_rows(examples)
         conversations = [self._conversation(example, row) for row, example in enumerate(examples)]
@@ -132,15 +148,14 @@ class FinedeficsDataCollator:
         eos = processor.tokenizer.eos_token
         prompts, full_texts = [], []
         for example, (question, answer) in zip(examples, conversations):
-            image_part = [{"type": "image"}] if example.get("image") is not None else []
-            user = {"role": "user", "content": image_part + [{"type": "text", "text": question}]}
-            assistant = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
-            prompts.append(processor.apply_chat_template([user], add_generation_prompt=True))
-            full = processor.apply_chat_template([user, assistant]).rstrip("\n")
-            if eos and full.rstrip().endswith(answer.rstrip()):
-                # The template closes no turn after the answer (LLaVA's "ASSISTANT: answer "): end it with EOS, as
-                # the family's own training data does, so the model learns to stop where generation stops.
-                full = full.rstrip() + eos
+            has_image = example.get("image") is not None
+            if self._caches is None:
+                prompt, full = _chat_texts(processor, eos, has_image, question, answer)
+            else:
+                key = (processor.chat_template, eos, has_image, question, answer)
+                prompt, full = self._caches.chat.get_or_make(
+                    key, lambda: _chat_texts(processor, eos, has_image, question, answer))
+            prompts.append(prompt)
             full_texts.append(full)
         images = processor.images_per_text([example.get("image") for example in examples])
         batch = processor(images=images, text=full_texts, return_tensors="pt", padding=True, padding_side="right",
@@ -150,7 +165,8 @@ class FinedeficsDataCollator:
                 f"a training sequence is {batch['input_ids'].shape[1]} tokens, more than "
                 f"max_length={self.max_length}; raise max_length (truncation would cut image tokens)"
             )
-        batch["labels"] = _answer_labels(processor, prompts, full_texts, batch)
+        tokens = self._caches.tokens if self._caches is not None else None
+        batch["labels"] = _answer_labels(processor, prompts, full_texts, batch, tokens)
         return dict(batch)
 
     def _image_summary_rows(self, examples: list[dict], batch: dict) -> dict[str, torch.Tensor]:
@@ -189,7 +205,7 @@ class FinedeficsDataCollator:
             neg_category_index.append(_pad([index_of(n) for n in names], k))
             neg_category_ids.append(_pad([stable_category_id(n) for n in names], k))
             neg_attribute_index.append(_pad([index_of(d) for d in descriptions], k))
-        encoded = self.processor.tokenize_texts(list(texts), padding_side="right")
+        encoded = self._tokenize_texts(list(texts))
         return {
             "contrastive_input_ids": encoded["input_ids"],
             "contrastive_attention_mask": encoded["attention_mask"],
@@ -202,13 +218,109 @@ class FinedeficsDataCollator:
         }
 
 
+    def _tokenize_texts(self, texts: list[str]):
+        """``processor.tokenize_texts(texts, padding_side="right")``. Cached: a step whose texts were all seen before
+        pads their stored rows as ``tokenize_texts`` pads them; any other step calls ``tokenize_texts`` itself
+        (which checks every text, with its own errors) and stores its rows."""
+        processor = self.processor
+        if self._caches is None:
+            return processor.tokenize_texts(texts, padding_side="right")
+        cache = self._caches.contrastive_rows
+        keys = [(id(processor.tokenizer), text) for text in texts]
+        if not all(key in cache for key in keys):
+            encoded = processor.tokenize_texts(texts, padding_side="right")
+            for key, ids, mask in zip(keys, encoded["input_ids"], encoded["attention_mask"]):
+                cache.put(key, ids[mask.bool()].tolist())
+            return encoded
+        rows = [cache.get(key) for key in keys]
+        return processor.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt", padding_side="right")
+
+
+def _chat_texts(processor, eos: str | None, has_image: bool, question: str, answer: str) -> tuple[str, str]:
+    """(prompt with the generation prompt, prompt + answer) of one row, in the processor's chat template."""
+    image_part = [{"type": "image"}] if has_image else []
+    user = {"role": "user", "content": image_part + [{"type": "text", "text": question}]}
+    assistant = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
+    prompt = processor.apply_chat_template([user], add_generation_prompt=True)
+    full = processor.apply_chat_template([user, assistant]).rstrip("\n")
+    if eos and full.rstrip().endswith(answer.rstrip()):
+        # The template closes no turn after the answer (LLaVA's "ASSISTANT: answer "): end it with EOS, as
+        # the family's own training data does, so the model learns to stop where generation stops.
+        full = full.rstrip() + eos
+    return prompt, full
+
+
+class BoundedCache:
+    """A least-recently-used mapping holding at most ``max_entries`` values and ``max_bytes`` of them (as
+    ``size`` measures each); a value larger than the whole budget is returned but not kept."""
+
+    def __init__(self, max_entries: int, max_bytes: int | None = None, size=None):
+        self.max_entries, self.max_bytes, self.size = max_entries, max_bytes, size
+        self._values: OrderedDict = OrderedDict()
+        self._sizes: dict = {}
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key) -> bool:
+        return key in self._values
+
+    def get(self, key):
+        self.hits += 1
+        self._values.move_to_end(key)
+        return self._values[key]
+
+    def put(self, key, value) -> None:
+        nbytes = self.size(value) if self.size is not None else 0
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            return
+        if key in self._values:
+            self.bytes -= self._sizes[key]
+        self._values[key] = value
+        self._values.move_to_end(key)
+        self._sizes[key] = nbytes
+        self.bytes += nbytes
+        while len(self._values) > self.max_entries or (self.max_bytes is not None and self.bytes > self.max_bytes):
+            old, _ = self._values.popitem(last=False)
+            self.bytes -= self._sizes.pop(old)
+
+    def get_or_make(self, key, make):
+        if key in self._values:
+            return self.get(key)
+        self.misses += 1
+        value = make()  # raises for a bad input, which is then not cached
+        self.put(key, value)
+        return value
+
+
+def _image_bytes(image) -> int:
+    return image.width * image.height * len(image.getbands())
+
+
+class CollatorCaches:
+    """The collator's content-keyed caches (see the module docstring); sizes are per collator."""
+
+    IMAGE_BYTES = 256 * 2**20  # decoded pixels kept (4096 RGB images of 64 px take 48 MiB)
+    IMAGE_ENTRIES = 65536
+    TEXT_ENTRIES = 65536
+
+    def __init__(self):
+        self.images = BoundedCache(self.IMAGE_ENTRIES, self.IMAGE_BYTES, size=_image_bytes)
+        self.chat = BoundedCache(self.TEXT_ENTRIES)
+        self.tokens = BoundedCache(self.TEXT_ENTRIES)
+        self.contrastive_rows = BoundedCache(self.TEXT_ENTRIES)
+
+
 def uses_image_summary_rows(processor) -> bool:
     """Whether the model embeds images from image-summary rows that the batch must carry (every family but
     Idefics2, whose forward builds its summary rows from the resampled image features itself)."""
     return not isinstance(processor, Idefics2Processor) and hasattr(processor, "image_embedding_inputs")
 
 
-def _answer_labels(processor, prompts: list[str], full_texts: list[str], batch) -> torch.Tensor:
+def _answer_labels(processor, prompts: list[str], full_texts: list[str], batch,
+                   cache: BoundedCache | None = None) -> torch.Tensor:
     """Labels that supervise each row's answer tokens only (what follows its prompt), -100 elsewhere.
 
     The answer is the part of the chat-formatted row after the generation prompt, whatever the family's
@@ -218,8 +330,8 @@ def _answer_labels(processor, prompts: list[str], full_texts: list[str], batch) 
     prompt + answer is an error rather than a silently shifted mask.
     """
     tokenizer = processor.tokenizer
-    prompt_ids = tokenizer(prompts, **processor.chat_text_kwargs(prompts))["input_ids"]
-    full_ids = tokenizer(full_texts, **processor.chat_text_kwargs(full_texts))["input_ids"]
+    prompt_ids = _token_ids(tokenizer, prompts, processor.chat_text_kwargs(prompts), cache)
+    full_ids = _token_ids(tokenizer, full_texts, processor.chat_text_kwargs(full_texts), cache)
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row, (prompt, full) in enumerate(zip(prompt_ids, full_ids)):
@@ -234,6 +346,22 @@ def _answer_labels(processor, prompts: list[str], full_texts: list[str], batch) 
                              f"({full_texts[row][-40:]!r}); the answer mask would be wrong")
         labels[row, positions] = answer  # prompt, image and padding tokens are never supervised
     return labels
+
+
+def _token_ids(tokenizer, texts: list[str], kwargs: dict, cache: BoundedCache | None) -> list[list[int]]:
+    """``tokenizer(texts, **kwargs)["input_ids"]`` (no padding: each text's ids depend on that text alone); with a
+    cache, the texts not seen before are tokenised in one call."""
+    if cache is None:
+        return tokenizer(texts, **kwargs)["input_ids"]
+    flags = tuple(sorted(kwargs.items()))
+    keys = [(id(tokenizer), flags, text) for text in texts]
+    known = {key: cache.get(key) for key in dict.fromkeys(keys) if key in cache}
+    missing = list(dict.fromkeys(text for key, text in zip(keys, texts) if key not in known))
+    if missing:
+        for text, ids in zip(missing, tokenizer(missing, **kwargs)["input_ids"]):
+            known[(id(tokenizer), flags, text)] = ids
+            cache.put((id(tokenizer), flags, text), ids)
+    return [known[key] for key in keys]
 
 
 def _check_contrastive_rows(examples: list[dict]) -> None:
@@ -253,7 +381,7 @@ def _where(example: dict, row: int) -> str:
     return f"example {example.get('example_id', row)}"
 
 
-def _check_example(example: dict, row: int, processor) -> None:
+def _check_example(example: dict, row: int, processor, images: BoundedCache | None = None) -> None:
     where = _where(example, row)
     category = example.get("category")
     if example.get("question") and not example.get("answer"):
@@ -268,13 +396,31 @@ def _check_example(example: dict, row: int, processor) -> None:
         # A path, or a dataset's undecoded image: open it now (with the processor's loader) so that a bad file
         # is reported with its name and row.
         try:
-            example["image"] = _open_image(example["image"], processor)
+            example["image"] = _open_image(example["image"], processor, images)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from error
 
 
-def _open_image(image: str | dict, processor):
-    """A file path, or a ``datasets`` image cell ``{"bytes", "path"}`` (see ``load_training_dataset``), as RGB."""
+def _open_image(image: str | dict, processor, cache: BoundedCache | None = None):
+    """A file path, or a ``datasets`` image cell ``{"bytes", "path"}`` (see ``load_training_dataset``), as RGB.
+
+    With a cache, a file whose bytes were decoded before is not decoded again (the key is a hash of its bytes, so
+    a changed file is decoded afresh); the caller gets its own copy of the image.
+    """
+    if cache is None:
+        return _decode_image(image, processor)
+    data = image.get("bytes") if isinstance(image, dict) else None
+    if data is None:
+        path = image if isinstance(image, str) else image.get("path")
+        if not path or not os.path.isfile(path):
+            return _decode_image(image, processor)  # the uncached path's error
+        with open(path, "rb") as file:
+            data = file.read()
+    key = hashlib.blake2b(data, digest_size=20).digest()
+    return cache.get_or_make(key, lambda: _decode_image(image, processor)).copy()
+
+
+def _decode_image(image: str | dict, processor):
     if isinstance(image, str):
         return processor.load_image(image)
     data, path = image.get("bytes"), image.get("path")

@@ -29,6 +29,7 @@ class DemoPlan:
     base_learning_rate: float = 1e-3
     knowledge_repeats: int = 20
     base_freeze_vision_tower: bool = True
+    base_bf16: bool = True  # the captioning stage of the shipped base trained under bf16 autocast (TRL's default)
     # Multiple choice in text (word lookups, then categories named or described among their siblings): off in the
     # shipped base. Measured so far (README, "multiple choice in text"): it does not leave chance at these sizes.
     lookup_steps: int = 0
@@ -49,7 +50,7 @@ class DemoPlan:
 
 BASE_FIELDS = ("backbone", "synth", "preset", "image_seq_len", "base_seed", "pool_size", "vision_steps",
                "vision_batch_size", "vision_learning_rate", "caption_images", "choice_images", "base_steps",
-               "base_batch_size", "base_learning_rate", "knowledge_repeats", "base_freeze_vision_tower",
+               "base_batch_size", "base_learning_rate", "knowledge_repeats", "base_freeze_vision_tower", "base_bf16",
                "lookup_steps", "choice_steps", "choice_batch_size", "choice_learning_rate", "choice_lookup_share")
 
 
@@ -64,7 +65,7 @@ def quick_plan() -> DemoPlan:
                    validation_per_category=2, test_per_category=6),
         preset="micro", pool_size=1200, vision_steps=60, vision_batch_size=32, caption_images=400, choice_images=200,
         base_steps=120,
-        base_batch_size=8, knowledge_repeats=2, choice_batch_size=8,
+        base_batch_size=8, knowledge_repeats=2, base_bf16=False, choice_batch_size=8,
         stage1_steps=40, stage2_steps=40, batch_size=8, eval_batch_size=16,
         premise_images=24, save_steps=50,
     )

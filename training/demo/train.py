@@ -115,14 +115,14 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
         phases.run("base: captioning + knowledge", train_phase, initial, runs_dir / "base-data",
                    runs_dir / "base-caption", plan, stage=2, steps=plan.base_steps,
                    learning_rate=plan.base_learning_rate, seed=plan.base_seed, batch_size=plan.base_batch_size,
-                   freeze_vision_tower=plan.base_freeze_vision_tower, desc="base: captioning + knowledge")
+                   freeze_vision_tower=plan.base_freeze_vision_tower, desc="base: captioning + knowledge",
+                   bf16=plan.base_bf16)
         model = runs_dir / "base-caption" / "final"
         if plan.lookup_steps or plan.choice_steps:
             phases.run("base: multiple-choice data", make_choice_datasets, data, runs_dir / "base-choice-data", plan,
                        model)
         choice = dict(plan=plan, stage=2, learning_rate=plan.choice_learning_rate, seed=plan.base_seed,
-                      batch_size=plan.choice_batch_size, freeze_vision_tower=plan.base_freeze_vision_tower,
-                      float32=True)
+                      batch_size=plan.choice_batch_size, freeze_vision_tower=plan.base_freeze_vision_tower)
         for name, steps, output in (("word lookup", plan.lookup_steps, runs_dir / "base-lookup"),
                                     ("category choice", plan.choice_steps, runs_dir / "base")):
             if steps:
@@ -139,30 +139,54 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
                 learning_rate: float, seed: int, use_hard_negatives: bool = True,
                 freeze_vision_tower: bool | None = None, batch_size: int | None = None,
-                desc: str = "training", float32: bool = False) -> Path:
+                desc: str = "training", bf16: bool = False) -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/.
 
-    ``float32``: no bf16 autocast and no activation checkpointing (TRL's defaults), which on this CPU make a
-    step of short text-only rows many times slower; the phases built before it keep the defaults, so a
-    rebuild reproduces them bit for bit."""
-    from ..config import FinedeficsTrainingConfig
-    from ..recipe import DataArguments, ModelArguments, run_stage
+    ``bf16``: train under bf16 autocast (TRL's default), as the shipped base's captioning stage was built; on a
+    CPU without native bf16 it makes a step many times slower, so every other phase trains in float32.
+    """
+    from ..recipe import DataArguments, run_stage
+
+    model_args = demo_model_arguments(model_dir, plan, freeze_vision_tower)
+    args = demo_training_config(output_dir, plan, stage=stage, steps=steps, learning_rate=learning_rate, seed=seed,
+                                use_hard_negatives=use_hard_negatives, batch_size=batch_size, bf16=bf16)
+    return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
+
+
+def demo_model_arguments(model_dir: Path, plan: DemoPlan, freeze_vision_tower: bool | None = None):
+    """The demo's model settings: full fine-tuning in float32, the vision tower frozen unless the plan says not."""
+    from ..recipe import ModelArguments
 
     if freeze_vision_tower is None:
         freeze_vision_tower = plan.freeze_vision_tower
-    model_args = ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
-                                freeze_vision_tower=freeze_vision_tower)
-    args = FinedeficsTrainingConfig(
+    return ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
+                          freeze_vision_tower=freeze_vision_tower)
+
+
+def demo_training_config(output_dir: Path, plan: DemoPlan, stage: int, steps: int, learning_rate: float, seed: int,
+                         use_hard_negatives: bool = True, batch_size: int | None = None, bf16: bool = False,
+                         **overrides):
+    """The training settings of one demo phase (``overrides``: other ``FinedeficsTrainingConfig`` fields, as
+    ``benchmarks/bench_demo_step.py`` sets them to time the former settings).
+
+    float32 unless ``bf16``: TRL's default bf16 autocast runs a matrix product of the LM head's size 8x slower on
+    a CPU without native bf16 (AVX2 only), which made a demo step 7-40x slower (``benchmarks/bench_demo_step.py``).
+    No activation checkpointing: the tiny model's activations take tens of MiB, and recomputing every decoder
+    layer's forward during backward cost a tenth of each step for no memory worth saving. The losses and weights
+    are the same with or without it (recomputation runs the same operations on the same inputs).
+    """
+    from ..config import FinedeficsTrainingConfig
+
+    settings = dict(
         output_dir=str(output_dir), stage=stage, max_steps=steps,
         per_device_train_batch_size=batch_size or plan.batch_size,
         learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
         weight_decay=0.01, logging_steps=max(1, min(10, steps // 10)), save_strategy="steps",
         save_steps=plan.save_steps, save_total_limit=1, report_to="none", seed=seed, data_seed=seed,
         use_cpu=True, dataloader_num_workers=0, use_hard_negatives=use_hard_negatives, num_negatives=3,
-        closed_set_ratio=plan.closed_set_ratio,
-        **(dict(bf16=False, activation_checkpointing=False, gradient_checkpointing=False) if float32 else {}),
+        closed_set_ratio=plan.closed_set_ratio, activation_checkpointing=False, bf16=bf16,
     )
-    return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
+    return FinedeficsTrainingConfig(**{**settings, **overrides})
 
 
 def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases) -> dict:
