@@ -1,5 +1,5 @@
 """The demo's training phases: the base model built from scratch (when the shipped one does not fit),
-and the three variants trained from it at equal optimizer steps."""
+and the variants (``variants.VARIANTS``) trained from it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .phases import PhaseProgress, Phases
 from .plan import DemoPlan
+from .variants import DEFAULT_VARIANTS, VARIANTS
 
 # One logger for the whole demo, as when it was one module: the console lines keep their
 # "finedefics_training.demo:" prefix.
@@ -99,8 +100,10 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
                 learning_rate: float, seed: int, use_hard_negatives: bool = True,
                 freeze_vision_tower: bool | None = None, batch_size: int | None = None,
-                desc: str = "training") -> Path:
-    """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/."""
+                desc: str = "training", settings: dict | None = None) -> Path:
+    """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/.
+
+    ``settings``: further ``FinedeficsTrainingConfig`` fields (a variant's ablation switches and weights)."""
     from ..config import FinedeficsTrainingConfig
     from ..recipe import DataArguments, ModelArguments, run_stage
 
@@ -108,7 +111,7 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
         freeze_vision_tower = plan.freeze_vision_tower
     model_args = ModelArguments(model_name_or_path=str(model_dir), tuning="full", torch_dtype="float32",
                                 freeze_vision_tower=freeze_vision_tower)
-    args = FinedeficsTrainingConfig(
+    fields = dict(
         output_dir=str(output_dir), stage=stage, max_steps=steps,
         per_device_train_batch_size=batch_size or plan.batch_size,
         learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
@@ -117,27 +120,26 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
         use_cpu=True, dataloader_num_workers=0, use_hard_negatives=use_hard_negatives, num_negatives=3,
         closed_set_ratio=plan.closed_set_ratio,
     )
+    args = FinedeficsTrainingConfig(**{**fields, **(settings or {})})
     return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
 
 
-def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases) -> dict:
-    """The three variants from ``base`` at equal optimizer steps; returns {variant: (final dir, stage dirs)}."""
+def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases,
+                   variants=DEFAULT_VARIANTS) -> dict:
+    """The named variants (``variants.VARIANTS``) from ``base``; returns {variant: (final dir, stage dirs)}.
+
+    Each stage is one phase (``seed N: <phase>``); a variant's later stage starts from its previous stage."""
     prefix = f"seed {seed}: "
-    stage1 = dict(stage=1, steps=plan.stage1_steps, learning_rate=plan.learning_rate, seed=seed)
-    stage2 = dict(stage=2, steps=plan.stage2_steps, learning_rate=plan.learning_rate, seed=seed)
     run = runs_dir / f"seed-{seed}"
-    steps = [
-        ("finedefics stage I", base, run / "finedefics-1", dict(stage1)),
-        ("finedefics stage II", run / "finedefics-1" / "final", run / "finedefics-2", dict(stage2)),
-        ("instruction tuning", base, run / "instruction-tuning",
-         dict(stage2, steps=plan.stage1_steps + plan.stage2_steps)),
-        ("no hard negatives stage I", base, run / "no-hn-1", dict(stage1, use_hard_negatives=False)),
-        ("no hard negatives stage II", run / "no-hn-1" / "final", run / "no-hn-2", dict(stage2)),
-    ]
-    for name, source, output, kwargs in steps:
-        phases.run(prefix + name, train_phase, source, data_dir, output, plan, desc=prefix + name, **kwargs)
-    return {
-        "finedefics": (run / "finedefics-2" / "final", [run / "finedefics-1", run / "finedefics-2"]),
-        "instruction_tuning": (run / "instruction-tuning" / "final", [run / "instruction-tuning"]),
-        "no_hard_negatives": (run / "no-hn-2" / "final", [run / "no-hn-1", run / "no-hn-2"]),
-    }
+    trained = {}
+    for name in variants:
+        source, stage_dirs = base, []
+        for stage in VARIANTS[name].stages:
+            output = run / stage.folder
+            phases.run(prefix + stage.phase, train_phase, source, data_dir, output, plan, stage=stage.stage,
+                       steps=stage.steps_of(plan), learning_rate=plan.learning_rate, seed=seed,
+                       desc=prefix + stage.phase, settings=dict(stage.settings))
+            source = output / "final"
+            stage_dirs.append(output)
+        trained[name] = (source, stage_dirs)
+    return trained
