@@ -187,3 +187,85 @@ def test_training_and_evaluation_ask_the_same_questions_byte_for_byte(tmp_path, 
         evaluated = tiny_processor(images=[[example["image"]]],
                                    text=chat_prompts(tiny_processor, [evaluated_question]), return_tensors="pt")
         assert torch.equal(batch["input_ids"][0, :prompt_length], evaluated["input_ids"][0])
+
+
+# ---------------------------------------------------------------- the ablation switches
+def _asked(processor, batch, rows):
+    """Per row: "describe", "open-set" or "multiple choice", read from the prompt and the supervised answer."""
+    kinds = []
+    for row in range(rows):
+        prompt = _prompt_text(processor, batch, row)
+        if "Describe the" in prompt:  # the instruction, or a description row's own question
+            kinds.append("describe")
+        elif "Choices:" in prompt:
+            kinds.append("multiple choice")
+        else:
+            assert "What is the species of the object in the image?" in prompt, prompt
+            kinds.append("open-set")
+    return kinds
+
+
+def _contrastive_texts(processor, batch):
+    return set(processor.tokenizer.batch_decode(batch["contrastive_input_ids"], skip_special_tokens=True))
+
+
+def test_without_attribute_descriptions_stage_one_names_every_row_and_embeds_no_description(tiny_processor):
+    described = {**_example(3), "question": "Describe the car in the picture.",
+                 "answer": "a small bird with a red crown"}
+    rows = [_example(0), _example(1, category="Corvel Tit"), _example(2, attribute=""), described]
+    collator = FinedeficsDataCollator(tiny_processor, stage=1, use_attribute_descriptions=False)
+    batch = collator(rows)
+    # Every row, the description row with its own question included, is asked to name the bird.
+    assert _asked(tiny_processor, batch, 4) == ["open-set"] * 4
+    assert [_supervised_text(tiny_processor, batch, i) for i in range(4)] == \
+        [f" {row['category']}<end_of_utterance>" for row in rows]
+    # No description or negative description enters the contrastive batch; names and negative names do.
+    texts = _contrastive_texts(tiny_processor, batch)
+    assert texts == {"Velmoran Thistlewing", "Corvel Tit", "Velmoran Ashwing", "Ashcombe Reedhopper"}
+    assert batch["attribute_index"].tolist() == [-1] * 4
+    assert (batch["neg_attribute_index"] == -1).all() and batch["neg_attribute_index"].shape == (4, 3)
+    assert (batch["neg_category_index"] >= 0).all()
+    # With descriptions (the default) the same rows are described and their descriptions embedded.
+    default = FinedeficsDataCollator(tiny_processor, stage=1)(rows)
+    assert _asked(tiny_processor, default, 4) == ["describe", "describe", "open-set", "describe"]
+    assert "a small bird with a red crown" in _contrastive_texts(tiny_processor, default)
+    assert torch.equal(collator(rows)["input_ids"], batch["input_ids"])  # deterministic
+
+
+def test_stage_one_recognition_ratio_asks_a_seeded_share_recognition_questions(tiny_processor):
+    import random
+
+    rows = [_example(i) for i in range(24)]
+    collator = FinedeficsDataCollator(tiny_processor, stage=1, stage1_recognition_ratio=0.5, closed_set_ratio=0.5,
+                                      seed=7)
+    batch = collator(rows)
+    asked = _asked(tiny_processor, batch, 24)
+    # The choice is the per-example seeded draw: the same rows every call, whatever the batch order.
+    chosen = [random.Random(f"7:{i}:Velmoran Thistlewing").random() < 0.5 for i in range(24)]
+    assert [kind != "describe" for kind in asked] == chosen
+    assert {"describe", "open-set", "multiple choice"} <= set(asked)
+    assert torch.equal(collator(rows)["input_ids"], batch["input_ids"])
+    again = FinedeficsDataCollator(tiny_processor, stage=1, stage1_recognition_ratio=0.5, closed_set_ratio=0.5, seed=7)
+    assert torch.equal(again(rows)["input_ids"], batch["input_ids"])
+    reversed_kinds = _asked(tiny_processor, again(rows[::-1]), 24)[::-1]
+    assert reversed_kinds == asked
+    # Multiple-choice answers name the row's category by its letter; open-set answers name it.
+    for row, kind in enumerate(asked):
+        answer = _supervised_text(tiny_processor, batch, row).removesuffix("<end_of_utterance>").strip()
+        if kind == "multiple choice":
+            assert f"{answer}. Velmoran Thistlewing" in _prompt_text(tiny_processor, batch, row)
+        elif kind == "open-set":
+            assert answer == "Velmoran Thistlewing"
+    # The contrastive terms still train on every row, with its description.
+    plain = FinedeficsDataCollator(tiny_processor, stage=1, seed=7)(rows)
+    for key in ("contrastive_input_ids", "attribute_index", "category_index", "neg_attribute_index",
+                "neg_category_index"):
+        assert torch.equal(batch[key], plain[key]), key
+    assert (batch["attribute_index"] >= 0).all()
+    assert set(_asked(tiny_processor, plain, 24)) == {"describe"}
+    everyone = FinedeficsDataCollator(tiny_processor, stage=1, stage1_recognition_ratio=1.0, closed_set_ratio=0.0)
+    assert set(_asked(tiny_processor, everyone(rows), 24)) == {"open-set"}
+    # Stage II is unchanged by the stage I switch.
+    stage_two = [FinedeficsDataCollator(tiny_processor, stage=2, seed=7, stage1_recognition_ratio=ratio)(rows)
+                 for ratio in (0.0, 0.5)]
+    assert torch.equal(stage_two[0]["input_ids"], stage_two[1]["input_ids"])

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from conftest import toy_rows
 from finedefics_training.collator import IGNORE_INDEX, FinedeficsDataCollator, stable_category_id
 from finedefics_training.losses import (
+    CONTRASTIVE_TERMS,
     TERMS,
     ContrastiveBatch,
     FinedeficsContrastiveLoss,
     attribute_category_loss,
     category_category_loss,
     object_attribute_loss,
+    object_category_loss,
 )
 from finedefics_training.trainer import build_contrastive_batch, causal_lm_loss
 
@@ -115,6 +117,107 @@ def test_category_category_targets_each_rows_own_category(batch):
     assert value != pytest.approx(reference_bug, rel=1e-3)
 
 
+def _object_category_by_hand(batch, scale, nce=_nce):
+    v, c, nc = batch.image_embeds, batch.category_embeds, batch.neg_category_embeds
+    # image -> name, every row: c1 / c0 are duplicates of rows 0 / 1; row 1's second negative is padding and
+    # row 2's second negative is its own category (id 9): both masked.
+    image_to_name = [nce(v[0], c[0], [c[2], nc[0, 0], nc[0, 1]], scale), nce(v[1], c[1], [c[2], nc[1, 0]], scale),
+                     nce(v[2], c[2], [c[0], c[1], nc[2, 0]], scale)]
+    # name -> image: in-batch images only, the duplicate's image masked.
+    name_to_image = [nce(c[0], v[0], [v[2]], scale), nce(c[1], v[1], [v[2]], scale),
+                     nce(c[2], v[2], [v[0], v[1]], scale)]
+    return 0.5 * (_mean(image_to_name) + _mean(name_to_image))
+
+
+def _torch_nce(query, target, others, scale):
+    """``_nce`` with torch operations, so that autograd gives the hand formula's gradient."""
+    logits = torch.stack([scale * (query @ target)] + [scale * (query @ other) for other in others])
+    return -(logits[0] - torch.logsumexp(logits, dim=0))
+
+
+def test_object_category_by_hand(batch):
+    expected = _object_category_by_hand(batch, SCALE)
+    assert object_category_loss(batch, torch.tensor(SCALE)).item() == pytest.approx(expected, rel=1e-5)
+    # It reads no description: removing them all leaves it unchanged.
+    no_descriptions = replace(batch, attribute_mask=torch.zeros(3, dtype=torch.bool))
+    assert object_category_loss(no_descriptions, torch.tensor(SCALE)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_object_category_gradient_is_the_hand_formulas(batch):
+    names = ("image_embeds", "category_embeds", "neg_category_embeds")
+    leaves = {name: getattr(batch, name).clone().requires_grad_(True) for name in names}
+    scale = torch.tensor(SCALE, requires_grad=True)
+    loss = object_category_loss(replace(batch, **leaves), scale)
+    got = torch.autograd.grad(loss, [*leaves.values(), scale])
+    hand_leaves = {name: getattr(batch, name).clone().requires_grad_(True) for name in names}
+    hand_scale = torch.tensor(SCALE, requires_grad=True)
+    hand = _object_category_by_hand(replace(batch, **hand_leaves), hand_scale, nce=_torch_nce)
+    expected = torch.autograd.grad(hand, [*hand_leaves.values(), hand_scale])
+    for name, a, b in zip([*names, "scale"], got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert got[2][1, 1].abs().sum() == 0 and got[2][2, 1].abs().sum() == 0  # masked negatives get no gradient
+    assert got[2][0, 0].abs().sum() > 0
+
+
+def test_terms_are_weighted_by_name_and_a_zero_weight_term_is_not_computed(batch):
+    scales = {"object_attribute": torch.tensor(2.0), "attribute_category": torch.tensor(3.5)}
+    # The "without attribute descriptions" ablation's terms: object-category (object-attribute scale)
+    # + category-category.
+    output = FinedeficsContrastiveLoss(weights={"object_category": 0.5, "category_category": 0.25})(batch, scales)
+    assert set(output.terms) == {"object_category", "category_category"} and output.skipped == []
+    expected = 0.5 * _object_category_by_hand(batch, 2.0) + 0.25 * _category_category_by_hand(batch, 3.5)
+    assert output.loss.item() == pytest.approx(expected, rel=1e-5)
+    # A term of weight 0 is neither computed nor reported; the registry's own order does not matter.
+    zero = FinedeficsContrastiveLoss(weights={"category_category": 0.0, "object_category": 1.0})
+    assert zero.active_terms == ["object_category"]
+    only = zero(batch, {"object_attribute": torch.tensor(2.0)})  # no text-text scale needed
+    assert set(only.terms) == {"object_category"}
+    assert only.loss.item() == pytest.approx(_object_category_by_hand(batch, 2.0), rel=1e-5)
+    # The default weights are the paper's three terms; the registry adds object_category.
+    assert FinedeficsContrastiveLoss().active_terms == list(TERMS)
+    assert set(CONTRASTIVE_TERMS) == {*TERMS, "object_category"}
+    assert CONTRASTIVE_TERMS["object_category"].scale == "object_attribute"
+    with pytest.raises(ValueError, match="unknown contrastive term.*object_atribute"):
+        FinedeficsContrastiveLoss(weights={"object_atribute": 0.5})
+
+
+@pytest.mark.parametrize("name", ["all_same_category", "all_same_category_with_negatives",
+                                  "all_same_category_negatives_padded", "no_attributes", "all_negatives_padded",
+                                  "single_row", "single_row_with_negatives", "float16", "bfloat16"])
+def test_object_category_on_awkward_batches_is_never_nan(name):
+    fields, _ = _awkward_batches()[name]
+    # It needs no description; it cannot be formed where every non-target column is masked.
+    cannot = {"all_same_category", "all_same_category_negatives_padded", "single_row"}
+    dtype = getattr(torch, name, torch.float32)
+    fields = {k: (v.to(dtype).requires_grad_(True) if v.is_floating_point() else v) for k, v in fields.items()}
+    scales = {"object_attribute": torch.tensor(14.0, dtype=dtype, requires_grad=True)}
+    output = FinedeficsContrastiveLoss(weights={"object_category": 1.0})(ContrastiveBatch(**fields), scales)
+    assert output.skipped == (["object_category"] if name in cannot else [])
+    assert set(output.terms) == (set() if name in cannot else {"object_category"})
+    assert output.loss.dtype == torch.float32 and torch.isfinite(output.loss)
+    output.loss.backward()
+    assert all(torch.isfinite(v.grad).all() for v in fields.values() if v.is_floating_point())
+    assert torch.isfinite(scales["object_attribute"].grad)
+
+
+def test_training_config_reads_weights_by_term_name():
+    from finedefics_training.config import FinedeficsTrainingConfig
+
+    def config(**fields):
+        return FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, **fields)
+
+    assert config().contrastive_weights == {"object_attribute": 0.5, "attribute_category": 0.5,
+                                            "category_category": 0.5, "object_category": 0.0}
+    ablation = config(use_attribute_descriptions=False, object_category_weight=0.5)
+    # Without descriptions the terms that need them cannot be formed: they weigh 0 whatever their fields say.
+    assert ablation.contrastive_weights == {"object_attribute": 0.0, "attribute_category": 0.0,
+                                            "category_category": 0.5, "object_category": 0.5}
+    assert FinedeficsContrastiveLoss(weights=ablation.contrastive_weights).active_terms == \
+        ["category_category", "object_category"]
+    with pytest.raises(ValueError, match="stage1_recognition_ratio"):
+        config(stage1_recognition_ratio=1.5)
+
+
 def _duplicate_batch(category_ids):
     """Four rows of categories A, A, B, C: the two A images differ but share one name and one description."""
     name_a, description_a = _unit([1, 0.2, 0, 0])[0], _unit([0.9, 0, 0.3, 0])[0]
@@ -139,11 +242,13 @@ def _hand_loss(loss_name, batch, ids):
         return 0.5 * (direction(v, a) + direction(a, v))
     if loss_name == "attribute_category":
         return 0.5 * (direction(a, c) + direction(c, a))
+    if loss_name == "object_category":
+        return 0.5 * (direction(v, c) + direction(c, v))
     return direction(c, c)
 
 
 LOSSES = {"object_attribute": object_attribute_loss, "attribute_category": attribute_category_loss,
-          "category_category": category_category_loss}
+          "category_category": category_category_loss, "object_category": object_category_loss}
 
 
 @pytest.mark.parametrize("loss_name", list(LOSSES))

@@ -11,6 +11,10 @@ and may hold an explicit ``question`` and ``answer``. What each kind of row is a
   description fall back to the open-set name question, so no row is dropped).
 - Stage II instructions: open-set ("What is the species of the car in the image?" -> name) and
   closed-set multiple choice whose wrong options are the row's hard negatives, in a seeded order.
+- Ablation switches: ``use_attribute_descriptions=False`` treats every row as having no description (stage I
+  asks it the open-set name question, description rows included, and no description text enters the
+  contrastive batch); ``stage1_recognition_ratio`` asks that share of stage I's description rows (chosen
+  per example, seeded) a stage II recognition question instead.
 
 The question texts come from ``finedefics_data.prompts``, the same module the evaluation builds its
 prompts with, for the objects' noun the collator is given.
@@ -89,6 +93,9 @@ class FinedeficsDataCollator:
         noun: what the objects are called in the instructions: an ``ObjectNoun`` ("car"/"cars") or a
             singular word whose plural follows the regular English rule.
         seed: seeds the per-example choice of question and option order.
+        use_attribute_descriptions: False treats every row as having no attribute description (an ablation).
+        stage1_recognition_ratio: share of stage I rows asked a stage II recognition question instead of the
+            description instruction (chosen per example with the seeded per-example randomness).
         max_length: prompts longer than this raise an error rather than being truncated (truncation
             would cut image tokens).
         contrastive: stage I builds the contrastive text batch (False: the LM inputs only).
@@ -106,6 +113,8 @@ class FinedeficsDataCollator:
     max_length: int | None = None
     contrastive: bool = True
     cache: bool = True
+    use_attribute_descriptions: bool = True
+    stage1_recognition_ratio: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.noun, str):
@@ -129,13 +138,17 @@ class FinedeficsDataCollator:
     # ------------------------------------------------------------ instructions
     def _conversation(self, example: dict, row: int) -> tuple[str, str]:
         """(user text, assistant answer) for one example (``data/kinds.py`` says which rows keep their own)."""
-        if example.get("question") and not (self.stage == 2 and row_kind(example) == DESCRIPTION):
-            return example["question"], example["answer"]  # an explicit question, trained as given
-        if self.stage == 1 and example.get("attribute"):
-            return describe_instruction(self.noun), example["attribute"]
         rng = _example_rng(self.seed, example, row)
+        # Stage II asks recognition questions; stage I asks a seeded share of its rows the same (single stage).
+        recognition = self.stage == 2 or (self.stage1_recognition_ratio > 0
+                                          and rng.random() < self.stage1_recognition_ratio)
+        description = example.get("attribute") if self.use_attribute_descriptions else None
+        if example.get("question") and not (row_kind(example) == DESCRIPTION and (recognition or not description)):
+            return example["question"], example["answer"]  # an explicit question, trained as given
+        if not recognition and description:
+            return describe_instruction(self.noun), description
         negatives = [n for n in (example.get("neg_categories") or []) if n != example["category"]]
-        if self.stage == 2 and negatives and rng.random() < self.closed_set_ratio:
+        if recognition and negatives and rng.random() < self.closed_set_ratio:
             options = [example["category"]] + negatives[: self.num_negatives]
             rng.shuffle(options)
             prompt = multiple_choice_prompt(multiple_choice_query(self.noun), options)
@@ -197,11 +210,11 @@ class FinedeficsDataCollator:
         attribute_index, category_index, category_ids = [], [], []
         neg_attribute_index, neg_category_index, neg_category_ids = [], [], []
         for example in examples:
-            attribute_index.append(index_of(example.get("attribute")))
+            attribute_index.append(index_of(example.get("attribute") if self.use_attribute_descriptions else None))
             category_index.append(index_of(example["category"]))
             category_ids.append(stable_category_id(example["category"]))
             names = list(example.get("neg_categories") or [])[:k]
-            descriptions = list(example.get("neg_attributes") or [])[:k]
+            descriptions = list(example.get("neg_attributes") or [])[:k] if self.use_attribute_descriptions else []
             neg_category_index.append(_pad([index_of(n) for n in names], k))
             neg_category_ids.append(_pad([stable_category_id(n) for n in names], k))
             neg_attribute_index.append(_pad([index_of(d) for d in descriptions], k))

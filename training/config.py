@@ -21,7 +21,23 @@ class FinedeficsTrainingConfig(SFTConfig):
             1: instruction tuning on attribute descriptions + the three attribute contrastive terms.
             2: classification-centred instruction tuning (LM loss only).
         object_attribute_weight, attribute_category_weight, category_category_weight (`float`, defaults to 0.5):
-            Weights of the contrastive terms in ``L = L_lm + w_oa L_oa + w_ac L_ac + w_cc L_cc``.
+            Weights of the paper's contrastive terms in ``L = L_lm + w_oa L_oa + w_ac L_ac + w_cc L_cc (+ w_oc L_oc)``.
+        object_category_weight (`float`, defaults to 0.0):
+            Weight of the object-category term ``L_oc`` (image <-> category name, the image side also seeing the
+            negative names; not one of the paper's terms). Every term is read by name, ``<term>_weight`` for each
+            term of ``finedefics_training.losses.CONTRASTIVE_TERMS``; a term of weight 0 is not computed.
+        use_attribute_descriptions (`bool`, defaults to `True`):
+            False trains as if the data had no attribute descriptions (the paper's "without attribute
+            descriptions" ablation): every row is treated as having none, so stage I asks it the open-set naming
+            question (description rows with their own question included), no description or negative
+            description enters the contrastive batch, and the terms that need descriptions (object-attribute,
+            attribute-category) cannot be formed and are not used, whatever their weights. The ablation is stage I
+            with ``object_category_weight`` and ``category_category_weight`` only.
+        stage1_recognition_ratio (`float`, defaults to 0.0):
+            In stage I, the share of rows (chosen per example with the collator's seeded per-example randomness,
+            the same choice every epoch) asked stage II's recognition questions (open-set, or multiple choice as
+            per ``closed_set_ratio``) instead of the description instruction; the contrastive terms still train
+            on every row. The paper's "single stage" ablation is stage I with 0.5 for the steps of both stages.
         num_negatives (`int`, defaults to 3):
             Hard negatives per example, for the contrastive terms and the multiple-choice questions.
         use_hard_negatives (`bool`, defaults to `True`):
@@ -51,6 +67,12 @@ class FinedeficsTrainingConfig(SFTConfig):
     object_attribute_weight: float = field(default=0.5, metadata={"help": "weight of the object-attribute term"})
     attribute_category_weight: float = field(default=0.5, metadata={"help": "weight of the attribute-category term"})
     category_category_weight: float = field(default=0.5, metadata={"help": "weight of the category-category term"})
+    object_category_weight: float = field(default=0.0, metadata={
+        "help": "weight of the object-category term (image <-> name; not one of the paper's terms)"})
+    use_attribute_descriptions: bool = field(default=True, metadata={
+        "help": "false = train as if the data had no attribute descriptions (an ablation)"})
+    stage1_recognition_ratio: float = field(default=0.0, metadata={
+        "help": "share of stage I rows asked stage II's recognition questions instead of the description instruction"})
     num_negatives: int = field(default=3, metadata={"help": "hard negatives per example"})
     use_hard_negatives: bool = field(default=True,
                                      metadata={"help": "use hard negatives as extra contrastive columns"})
@@ -86,10 +108,17 @@ class FinedeficsTrainingConfig(SFTConfig):
             raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
         if not 0.0 <= self.closed_set_ratio <= 1.0:
             raise ValueError(f"closed_set_ratio must be in [0, 1], got {self.closed_set_ratio}")
+        if not 0.0 <= self.stage1_recognition_ratio <= 1.0:
+            raise ValueError(f"stage1_recognition_ratio must be in [0, 1], got {self.stage1_recognition_ratio}")
         if self.multiple_choice_answer not in ("letter", "letter_name"):
             raise ValueError("multiple_choice_answer must be 'letter' or 'letter_name', got "
                              f"{self.multiple_choice_answer!r}")
 
     @property
-    def contrastive_weights(self) -> tuple[float, float, float]:
-        return (self.object_attribute_weight, self.attribute_category_weight, self.category_category_weight)
+    def contrastive_weights(self) -> dict[str, float]:
+        """``{term name: weight}`` for every registered contrastive term (``<term>_weight``); without attribute
+        descriptions, the terms that need them weigh 0 (they cannot be formed)."""
+        from .losses import CONTRASTIVE_TERMS
+
+        return {name: 0.0 if term.needs_descriptions and not self.use_attribute_descriptions
+                else float(getattr(self, f"{name}_weight")) for name, term in CONTRASTIVE_TERMS.items()}

@@ -1,5 +1,5 @@
-r"""The three attribute contrastive terms of Finedefics stage I, with hard negatives, duplicate masking
-and an open_clip-style cross-rank gather.
+r"""The contrastive terms of Finedefics stage I (the paper's three attribute terms and an object-category
+term for ablations), with hard negatives, duplicate masking and an open_clip-style cross-rank gather.
 
 Notation: row ``i`` of a batch has an image embedding ``v_i``, its attribute-description embedding
 ``a_i`` (absent for some rows), its category-name embedding ``c_i``, and ``K`` hard negatives: names
@@ -21,6 +21,16 @@ the k-th name). All embeddings are L2-normalised, ``s = 1 / tau`` is a learnable
 
       L_cc = mean_i InfoNCE(c_i, {c_j} u {c_i^k}, c_i)
 
+- object-category (image <-> name, no description involved; the image side also sees the row's negative
+  names). Not one of the paper's terms (its weight defaults to 0): the "without attribute descriptions"
+  ablation aligns images with names directly through it:
+
+      L_oc = 1/2 [ mean_i InfoNCE(v_i, {c_j} u {c_i^k}, c_i) + mean_i InfoNCE(c_i, {v_j}, v_i) ]
+
+The terms are a registry, ``CONTRASTIVE_TERMS`` (name -> the scale it uses, whether it needs descriptions,
+its pair builder), and weights are given by name: ``L = sum_t w_t L_t`` over the terms of non-zero weight;
+a term of weight 0 is not computed. ``TERMS`` are the paper's three (weights 0.5 each).
+
 The means run over the rows whose target exists (a row without a description has no ``a_i``).
 Masking (logit -inf before the softmax):
 - duplicates: for ``j != i`` with the same category id (two images of one species) column ``j`` is
@@ -28,8 +38,9 @@ Masking (logit -inf before the softmax):
 - a hard negative whose category id equals the row's own id, padded negatives, absent descriptions.
 A row whose only live column is its target contributes a finite 0. A direction with no live
 non-target column anywhere in the batch "cannot be formed": a symmetric term then uses its other
-direction alone, and a term with neither is skipped and reported, never NaN. ``L_oa`` uses the
-object-attribute scale; ``L_ac`` and ``L_cc`` (both text-text) share the attribute-category scale.
+direction alone, and a term with neither is skipped and reported, never NaN. ``L_oa`` and ``L_oc``
+(image-text) use the object-attribute scale; ``L_ac`` and ``L_cc`` (both text-text) share the
+attribute-category scale.
 Everything is computed in float32 whatever the input dtype. The scales are clamped by the model
 that owns them; the loss takes them as given.
 
@@ -45,6 +56,7 @@ averaging, embeddings get ``1 / world_size`` of that gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -53,6 +65,7 @@ import torch.distributed.nn.functional as dist_functional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The paper's three terms, in the order of a positional weights tuple (``weights=(w_oa, w_ac, w_cc)``).
 TERMS = ("object_attribute", "attribute_category", "category_category")
 NEGATIVE_FIELDS = {"attribute": ("neg_attribute_embeds", "neg_attribute_mask"),
                    "category": ("neg_category_embeds", "neg_category_mask", "neg_category_ids")}
@@ -181,6 +194,54 @@ def category_category_loss(batch: ContrastiveBatch, logit_scale: Tensor) -> Tens
                     query_valid=everyone, key_valid=everyone, extra_keys=neg_names, extra_mask=neg_mask)
 
 
+def object_category_loss(batch: ContrastiveBatch, logit_scale: Tensor) -> Tensor | None:
+    """``L_oc``: image <-> its category name; the image side also sees the row's negative names."""
+    everyone = torch.ones_like(batch.attribute_mask, dtype=torch.bool)
+    neg_names, neg_mask = _negatives(batch, "category")
+    image_to_name = info_nce(batch.image_embeds, batch.category_embeds, logit_scale, batch.category_ids,
+                             query_valid=everyone, key_valid=everyone, extra_keys=neg_names, extra_mask=neg_mask)
+    name_to_image = info_nce(batch.category_embeds, batch.image_embeds, logit_scale, batch.category_ids,
+                             query_valid=everyone, key_valid=everyone)
+    return _symmetric(image_to_name, name_to_image)
+
+
+@dataclass(frozen=True)
+class ContrastiveTerm:
+    """One named term: the logit scale it takes, whether it needs attribute descriptions, and its pair builder
+    (``loss(batch, logit_scale) -> Tensor | None``, None when the batch cannot form it)."""
+
+    name: str
+    scale: str  # key of ``logit_scales``: "object_attribute" (image-text) or "attribute_category" (text-text)
+    needs_descriptions: bool
+    loss: Callable[[ContrastiveBatch, Tensor], Tensor | None]
+
+
+CONTRASTIVE_TERMS: dict[str, ContrastiveTerm] = {term.name: term for term in (
+    ContrastiveTerm("object_attribute", "object_attribute", True, object_attribute_loss),
+    ContrastiveTerm("attribute_category", "attribute_category", True, attribute_category_loss),
+    ContrastiveTerm("category_category", "attribute_category", False, category_category_loss),
+    ContrastiveTerm("object_category", "object_attribute", False, object_category_loss),
+)}
+
+
+def term_weights(weights) -> dict[str, float]:
+    """``{name: weight}`` from a mapping (unknown names are an error; absent terms weigh 0) or, as before the
+    registry, a sequence of the weights of ``TERMS`` in their order."""
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(CONTRASTIVE_TERMS))
+        if unknown:
+            raise ValueError(f"weights name unknown contrastive term(s) {unknown}; "
+                             f"known: {', '.join(CONTRASTIVE_TERMS)}")
+        named = {name: float(weight) for name, weight in weights.items()}
+    else:
+        weights = tuple(weights)
+        if len(weights) != len(TERMS):
+            raise ValueError(f"weights must give {len(TERMS)} values for {', '.join(TERMS)} (or be a mapping from "
+                             f"term names), got {weights}")
+        named = dict(zip(TERMS, map(float, weights)))
+    return {name: named.get(name, 0.0) for name in CONTRASTIVE_TERMS}
+
+
 def without_hard_negatives(batch: ContrastiveBatch) -> ContrastiveBatch:
     """The same batch with in-batch negatives only (the "no hard negatives" ablation)."""
     return replace(batch, **{f.name: None for f in fields(batch) if f.name.startswith("neg_")})
@@ -261,28 +322,35 @@ def gather_batch(batch: ContrastiveBatch, rank: int, world_size: int, with_grad:
 
 
 class FinedeficsContrastiveLoss(nn.Module):
-    """``w_oa L_oa + w_ac L_ac + w_cc L_cc`` over the (gathered) batch; terms that cannot be formed are skipped.
+    """``sum_t w_t L_t`` over the terms of non-zero weight, on the (gathered) batch; terms that cannot be formed
+    are skipped.
 
     Args:
-        weights: ``(w_oa, w_ac, w_cc)``; the paper uses 0.5 each.
+        weights: ``{term name: weight}`` over ``CONTRASTIVE_TERMS`` (absent terms weigh 0), or the weights of
+            ``TERMS`` in order, ``(w_oa, w_ac, w_cc)``; the paper uses 0.5 each. A term of weight 0 is not
+            computed (nor reported).
         gather_with_grad: gather other ranks' embeddings with gradients (see the module docstring).
         rank, world_size: default to ``torch.distributed``'s when it is initialised, else 0 and 1.
         use_hard_negatives: False drops the hard-negative columns (in-batch negatives only).
 
-    ``forward(batch, logit_scales)`` takes ``logit_scales["object_attribute"]`` for ``L_oa`` and
-    ``logit_scales["attribute_category"]`` for ``L_ac`` and ``L_cc``; it returns a ``ContrastiveOutput``.
+    ``forward(batch, logit_scales)`` takes ``logit_scales[term.scale]`` for each computed term
+    (``"object_attribute"`` for ``L_oa`` and ``L_oc``, ``"attribute_category"`` for ``L_ac`` and ``L_cc``);
+    it returns a ``ContrastiveOutput``.
     """
 
     def __init__(self, weights=(0.5, 0.5, 0.5), gather_with_grad: bool = True, rank: int | None = None,
                  world_size: int | None = None, use_hard_negatives: bool = True):
         super().__init__()
-        if len(weights) != len(TERMS):
-            raise ValueError(f"weights must give {len(TERMS)} values for {', '.join(TERMS)}, got {tuple(weights)}")
-        self.weights = dict(zip(TERMS, weights))
+        self.weights = term_weights(weights)
         self.gather_with_grad = gather_with_grad
         self.rank = rank
         self.world_size = world_size
         self.use_hard_negatives = use_hard_negatives
+
+    @property
+    def active_terms(self) -> list[str]:
+        """The terms this loss computes: those of non-zero weight, in registry order."""
+        return [name for name, weight in self.weights.items() if weight != 0]
 
     def _distributed(self) -> tuple[int, int]:
         initialised = dist.is_available() and dist.is_initialized()
@@ -291,7 +359,7 @@ class FinedeficsContrastiveLoss(nn.Module):
         return rank, world_size
 
     def forward(self, batch: ContrastiveBatch, logit_scales: dict[str, Tensor]) -> ContrastiveOutput:
-        missing = {"object_attribute", "attribute_category"} - set(logit_scales)
+        missing = {CONTRASTIVE_TERMS[name].scale for name in self.active_terms} - set(logit_scales)
         if missing:
             raise ValueError(f"logit_scales lacks {sorted(missing)}; got keys {sorted(logit_scales)}")
         if not self.use_hard_negatives:
@@ -299,11 +367,8 @@ class FinedeficsContrastiveLoss(nn.Module):
         rank, world_size = self._distributed()
         if world_size > 1:
             batch = gather_batch(batch, rank, world_size, with_grad=self.gather_with_grad)
-        candidates = {
-            "object_attribute": object_attribute_loss(batch, logit_scales["object_attribute"]),
-            "attribute_category": attribute_category_loss(batch, logit_scales["attribute_category"]),
-            "category_category": category_category_loss(batch, logit_scales["attribute_category"]),
-        }
+        candidates = {name: CONTRASTIVE_TERMS[name].loss(batch, logit_scales[CONTRASTIVE_TERMS[name].scale])
+                      for name in self.active_terms}
         terms = {name: term for name, term in candidates.items() if term is not None}
         skipped = [name for name, term in candidates.items() if term is None]
         # A zero that reaches every input, so a batch where a term cannot be formed still backpropagates into

@@ -1,7 +1,9 @@
 """``FinedeficsTrainer``: TRL's ``SFTTrainer`` plus the attribute contrastive terms of Finedefics stage I.
 
-    loss = L_lm + w_oa * L_oa + w_ac * L_ac + w_cc * L_cc          (stage I)
-    loss = L_lm                                                    (stage II)
+    loss = L_lm + w_oa * L_oa + w_ac * L_ac + w_cc * L_cc (+ w_oc * L_oc)    (stage I)
+    loss = L_lm                                                              (stage II)
+
+(each term by name, ``<term>_weight`` in the config; a term of weight 0 is not computed).
 
 ``L_lm`` is the next-token loss on answer tokens only (prompt, image and padding tokens are masked by
 the collator); over an optimiser step it weighs every answer token alike, however the step is split into
@@ -37,7 +39,7 @@ from finedefics_data.prompts import DEFAULT_NOUN, ObjectNoun
 from .collator import IGNORE_INDEX, FinedeficsDataCollator
 from .config import FinedeficsTrainingConfig
 from finedefics_data.kinds import ASKED_BY_TRAINER, is_recognition_treatment, stage_plan
-from .losses import TERMS, ContrastiveBatch, FinedeficsContrastiveLoss
+from .losses import CONTRASTIVE_TERMS, ContrastiveBatch, FinedeficsContrastiveLoss
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ class FinedeficsTrainer(SFTTrainer):
                 processor=processing_class, stage=args.stage, num_negatives=args.num_negatives,
                 closed_set_ratio=args.closed_set_ratio, multiple_choice_answer=args.multiple_choice_answer,
                 noun=noun or DEFAULT_NOUN, seed=args.seed,
-                max_length=args.max_length,
+                max_length=args.max_length, use_attribute_descriptions=args.use_attribute_descriptions,
+                stage1_recognition_ratio=args.stage1_recognition_ratio,
             )
         plan = None
         if train_dataset is not None:
@@ -95,6 +98,11 @@ class FinedeficsTrainer(SFTTrainer):
             weights=args.contrastive_weights, gather_with_grad=args.gather_with_grad,
             use_hard_negatives=args.use_hard_negatives,
         )
+        unusable = [name for name, term in CONTRASTIVE_TERMS.items() if term.needs_descriptions
+                    and getattr(args, f"{name}_weight") and not args.use_attribute_descriptions]
+        if args.stage == 1 and unusable:
+            logger.warning("use_attribute_descriptions is off: the %s term(s) need descriptions and are not used "
+                           "(their weights are ignored)", ", ".join(unusable))
         self._prepare_temperatures()
 
     # ------------------------------------------------------------------ set-up
@@ -161,7 +169,7 @@ class FinedeficsTrainer(SFTTrainer):
         batch = build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive_inputs)
         scales = outputs.logit_scales
         result = self.contrastive_loss(batch, scales)
-        for name in TERMS:
+        for name in self.contrastive_loss.active_terms:  # by name: each computed term, formed or skipped
             if name in result.terms:
                 self._log_metric(mode, f"loss_{name}", result.terms[name])
             self._log_metric(mode, f"skipped_{name}", torch.tensor(float(name in result.skipped)))
@@ -240,6 +248,8 @@ def check_training_columns(dataset, args: FinedeficsTrainingConfig) -> None:
     required = [] if "question" in columns else ["image", "category"]
     if args.stage == 1:
         required = list(STAGE_ONE_COLUMNS) + (list(NEGATIVE_COLUMNS) if args.use_hard_negatives else [])
+        if not args.use_attribute_descriptions:  # the descriptions are not read
+            required = [column for column in required if column not in ("attribute", "neg_attributes")]
     missing = [column for column in required if column not in columns]
     if missing:
         raise ValueError(

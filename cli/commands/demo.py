@@ -11,9 +11,10 @@ def register(subparsers) -> None:
             "Generate the synthetic fine-grained benchmark (or use --data DIR), take the base model that stands "
             "in for Idefics2 (shipped with the package for the default benchmark; built otherwise), measure its "
             "premise (it describes what it sees and knows every category in words, yet cannot name them), train "
-            "Finedefics (stage I + II) and the ablations (stage II only; no hard negatives) with the same steps "
-            "and data for each seed, evaluate all in three scoring modes and open-set naming, and write "
-            "OUTPUT_DIR/model (checkpoint + model card) and OUTPUT_DIR/report. Rerunning resumes where it stopped."
+            "Finedefics (stage I + II) and the instruction-tuning baseline (stage II only, at equal total steps and "
+            "at equal stage II steps) on the same data for each seed (--ablations adds the paper's ablations), "
+            "evaluate all in three scoring modes and open-set naming, and write OUTPUT_DIR/model (checkpoint + "
+            "model card) and OUTPUT_DIR/report. Rerunning resumes where it stopped."
         ),
     )
     parser.add_argument("--output-dir", default="finedefics-demo",
@@ -37,6 +38,14 @@ def register(subparsers) -> None:
                              "pre-training, so the premise is not expected to hold)")
     parser.add_argument("--eval-split", default="test", choices=["test", "validation"],
                         help="split of the table: test (default) for results, validation while choosing settings")
+    variants = parser.add_mutually_exclusive_group()
+    variants.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                          help="the variants to train and compare (finedefics always runs): finedefics, "
+                               "instruction_tuning (stage II only, equal total steps), instruction_tuning_stage2 "
+                               "(stage II only, equal stage II steps), no_hard_negatives, no_attribute_descriptions, "
+                               "single_stage (default: the first three)")
+    variants.add_argument("--ablations", action="store_true",
+                          help="all six variants: the paper's ablation table in miniature")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a field of the demo plan for an experiment, e.g. --set stage1_steps=600")
     parser.set_defaults(func=run)
@@ -58,8 +67,11 @@ def run(args) -> int:
     seeds = tuple(args.seeds or ([args.seed] if args.seed is not None else [0]))
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds has repeated values: {list(seeds)}")
+    from finedefics_training.demo.variants import ABLATION_VARIANTS
+
+    variants = ABLATION_VARIANTS if args.ablations else args.variants
     table = run_demo(args.output_dir, quick=args.quick, seeds=seeds, overrides=overrides, data_dir=args.data,
-                     rebuild_base=args.rebuild_base, eval_split=args.eval_split)
+                     rebuild_base=args.rebuild_base, eval_split=args.eval_split, variants=variants)
     print(f"\nFinedefics demo: accuracy (%) on the held-out {args.eval_split} split"
           + (f", mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else "") + "\n")
     print(table)

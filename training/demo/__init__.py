@@ -6,22 +6,26 @@
    a category from its image (``finedefics_training.base``). The default benchmark's base ships with the package
    (``demo_base/``, rebuilt bit for bit by ``--rebuild-base``); other data get one built on the spot.
 3. **Premise**: measured on held-out images, not assumed (``finedefics_training.premise``).
-4. **Variants**, from the same base, with the same data and the same number of optimizer steps, for
-   each seed:
+4. **Variants** (``variants.VARIANTS``), from the same base, with the same data, for each seed; by default
    - ``finedefics``: stage I (attribute contrastive + description tuning), then stage II;
-   - ``instruction_tuning``: stage II only (the paper's baseline);
-   - ``no_hard_negatives``: stage I with in-batch negatives only, then stage II.
+   - ``instruction_tuning``: stage II only for the steps of both stages (equal total optimizer steps);
+   - ``instruction_tuning_stage2``: stage II only for stage II's steps (equal stage II steps, the paper's);
+   and with ``--ablations`` also ``no_hard_negatives`` (stage I with in-batch negatives only),
+   ``no_attribute_descriptions`` (stage I without descriptions) and ``single_stage`` (one stage I run, half
+   its rows asked recognition questions).
 5. **Evaluation** of the base and every variant in the three scoring modes and open-set naming, with
    the rare-category slice; the same questions in the same option order for every model and seed.
-6. **Report** (``report``): premise, per-seed and mean tables, the Finedefics - baseline gap
-   with its spread over seeds and its 95% interval over test images, training curves; and ``model/``,
+6. **Report** (``report``): premise, per-seed and mean tables, the Finedefics - baseline and
+   Finedefics - ablation gaps with their spread over seeds and 95% intervals over test images, the ablation
+   table, the share of stage I's in-batch negatives that are siblings, training curves; and ``model/``,
    the Finedefics checkpoint of the first seed with its model card.
 
 Every phase records its completion in ``state.json``; a rerun skips finished phases, and a training
 phase interrupted mid-way resumes from its last Trainer checkpoint.
 
 Modules: ``plan`` (the sizes of a run, ``--set``), ``phases`` (the phase runner), ``shipped_base`` (the
-base model shipped in ``training/demo_base/``), ``train`` (building the base, training the variants),
+base model shipped in ``training/demo_base/``), ``variants`` (the variant registry), ``train`` (building the
+base, training the variants), ``siblings`` (sibling share of in-batch negatives),
 ``evaluation`` (scores, premise, export), ``data`` (the data a run uses), ``report`` (tables, gaps,
 curves), ``run`` (``run_demo``); ``finedefics_training.demo_data`` and ``.demo_report`` are the old
 names of ``data`` and ``report``, kept as aliases. The names below were those of the

@@ -46,11 +46,27 @@ class DemoData:
         if not folder.is_dir():
             raise FileNotFoundError(f"demo data folder not found: {folder} (make one with `finedefics data ...`)")
         if (folder / "categories.json").is_file():
-            return cls._synthetic(folder)
-        if (folder / "dataset_dict.json").is_file():
-            return cls._saved(folder, prepared_dir)
-        raise ValueError(f"{folder} is neither a synthetic benchmark (categories.json) nor a `finedefics data` "
-                         "dataset folder (dataset_dict.json)")
+            data = cls._synthetic(folder)
+        elif (folder / "dataset_dict.json").is_file():
+            data = cls._saved(folder, prepared_dir)
+        else:
+            raise ValueError(f"{folder} is neither a synthetic benchmark (categories.json) nor a `finedefics data` "
+                             "dataset folder (dataset_dict.json)")
+        data.check_validation_split()
+        return data
+
+    def check_validation_split(self) -> None:
+        """The demo's settings are chosen on a validation split: refuse data without one (before any training)."""
+        validation = self.splits.get("validation")
+        if validation is not None and len(validation) > 0:
+            return
+        state = "an empty validation split" if validation is not None else \
+            f"no validation split (has {', '.join(sorted(self.splits))})"
+        fix = ("regenerate it with `finedefics data synth` (version 2 draws validation images; "
+               "validation_per_category must be at least 1)" if self.synth_config is not None else
+               "give every category at least two training rows, so that validation rows can be carved from them")
+        raise ValueError(f"demo data folder {self.source} has {state}: the demo needs one for choosing settings "
+                         f"without looking at the test split; {fix}")
 
     @classmethod
     def _synthetic(cls, folder: Path) -> "DemoData":

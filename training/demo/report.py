@@ -1,9 +1,12 @@
-"""The demo's report: the premise, per-seed and mean accuracy tables, the gap to the baseline, curves.
+"""The demo's report: the premise, per-seed and mean accuracy tables, the gaps, the ablation table, curves.
 
-The gap between Finedefics and instruction tuning is given three ways: its mean over the training
-seeds, its spread over them (each seed's gap), and a 95% interval over test images (a paired
-bootstrap of the seed-averaged per-image difference: every model answers the same questions in the
-same option order, so the comparison is paired).
+Every gap is Finedefics minus another variant that ran: the instruction-tuning baselines (equal total
+optimizer steps; equal stage II steps, the paper's protocol) and the ablations (no hard negatives, no
+attribute descriptions, single stage), each labelled with its protocol. A gap is given three ways: its
+mean over the training seeds, its spread over them (each seed's gap), and a 95% interval over test
+images (a paired bootstrap of the seed-averaged per-image difference: every model answers the same
+questions in the same option order, so the comparison is paired). The report also gives the share of
+stage I's in-batch negatives that are siblings (``siblings.py``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
+from .variants import ABLATION_TABLE_ORDER, VARIANTS, describe_variant
+
 COLUMNS = [("generate", "generate"), ("likelihood", "likelihood"), ("embedding", "embedding (4-way)"),
            ("open_set", "open-set"), ("embedding_top1_all", "embedding top-1 (all)"),
            ("generate_rare", "generate rare"), ("generate_common", "generate common"),
            ("likelihood_rare", "likelihood rare"), ("embedding_rare", "embedding rare"),
            ("open_set_rare", "open-set rare")]
 GAP_MODES = ("generate", "likelihood", "embedding", "open_set")
+ABLATION_COLUMNS = [("generate", "generate"), ("likelihood", "likelihood"), ("embedding", "embedding"),
+                    ("open_set", "open-set"), ("generate_rare", "generate rare")]
 BOOTSTRAP_SAMPLES = 2000
 PREMISE_TARGETS = {"object values": 0.90, "distinguishing values": 0.80, "category knowledge": 0.90}
 
@@ -56,12 +63,12 @@ def mean_rows(per_seed: dict[int, list[dict]]) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict], with_std: bool = False) -> str:
-    headers = ["model"] + [title for _, title in COLUMNS]
+def markdown_table(rows: list[dict], with_std: bool = False, columns=COLUMNS) -> str:
+    headers = ["model"] + [title for _, title in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [row["model"]]
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             value = row.get(key)
             if value is None:
                 cells.append("-")
@@ -98,28 +105,57 @@ def paired_gap(scores: dict, model: str, baseline: str, mode: str, rows: list[bo
             "seeds": seeds}
 
 
+def compared_variants(names) -> list[str]:
+    """The variants Finedefics is compared with, of those in ``names``: baselines first, then ablations."""
+    return [name for name, variant in VARIANTS.items() if variant.kind != "method" and name in names]
+
+
 def gaps(scores: dict) -> dict:
-    """Finedefics and no-hard-negatives minus instruction tuning, all questions and rare ones, per mode."""
+    """Finedefics minus each other variant that ran (baselines and ablations), all questions and rare ones, per
+    mode; each entry names its protocol."""
     first = scores[min(scores)]
-    rare_rows = first["instruction_tuning"]["rare_rows"]
+    rare_rows = first["finedefics"]["rare_rows"]
     result = {}
-    for model in ("finedefics", "no_hard_negatives"):
+    for other in compared_variants(first):
+        label = {"protocol": VARIANTS[other].protocol, "kind": VARIANTS[other].kind}
         for mode in GAP_MODES:
-            result[f"{model} - instruction_tuning, {mode}"] = paired_gap(scores, model, "instruction_tuning", mode)
+            result[f"finedefics - {other}, {mode}"] = {**paired_gap(scores, "finedefics", other, mode), **label}
             if any(rare_rows):
-                result[f"{model} - instruction_tuning, {mode}, rare"] = paired_gap(
-                    scores, model, "instruction_tuning", mode, rows=rare_rows)
+                result[f"finedefics - {other}, {mode}, rare"] = {
+                    **paired_gap(scores, "finedefics", other, mode, rows=rare_rows), **label}
     return result
 
 
 def gap_lines(gap_table: dict) -> list[str]:
-    lines = ["| comparison | mean gap | per seed | 95% interval (test images) |", "|---|---|---|---|"]
+    lines = ["| comparison | protocol | mean gap | per seed | 95% interval (test images) |", "|---|---|---|---|---|"]
     for name, gap in gap_table.items():
         if not gap.get("n"):
             continue
         per_seed = ", ".join(f"{100 * g:+.1f}" for g in gap["per_seed"])
         low, high = gap["ci95"]
-        lines.append(f"| {name} | {100 * gap['mean']:+.1f} | {per_seed} | [{100 * low:+.1f}, {100 * high:+.1f}] |")
+        lines.append(f"| {name} | {gap.get('protocol', '')} | {100 * gap['mean']:+.1f} | {per_seed} | "
+                     f"[{100 * low:+.1f}, {100 * high:+.1f}] |")
+    return lines
+
+
+def ablation_rows(mean: list[dict]) -> list[dict]:
+    """The paper's ablation table: Finedefics, its ablations and instruction tuning only, of the variants that ran."""
+    by_name = {row["model"]: row for row in mean}
+    return [{**by_name[name], "model": VARIANTS[name].title, "variant": name}
+            for name in ABLATION_TABLE_ORDER if name in by_name]
+
+
+def sibling_lines(measured: dict) -> list[str]:
+    """One line per seed: the share of stage I's in-batch negatives that are siblings."""
+    lines = []
+    for seed, m in measured.items():
+        if m.get("share") is None:
+            continue
+        chance = f"; {100 * m['chance']:.1f}% for pairs of training rows at random" if m.get("chance") is not None \
+            else ""
+        lines.append(f"In-batch negatives that are siblings ({m['relation']}) in the stage I batches the training "
+                     f"sampler draws (seed {seed}, {m['batches']} batches of {m['batch_size']}): "
+                     f"{100 * m['share']:.1f}% of {m['pairs']} (row, other-category row) pairs{chance}.")
     return lines
 
 
@@ -173,6 +209,7 @@ def training_curves(runs: dict[str, list[Path]], path: Path) -> dict:
 
     keys = ["lm_loss", "loss_object_attribute", "loss_attribute_category", "loss_category_category"]
     curves = {name: _history(folders) for name, folders in runs.items()}
+    keys += [key for key in ("loss_object_category",) if any(key in e for h in curves.values() for e in h)]
     colours = {name: f"C{i}" for i, name in enumerate(curves)}  # one colour per variant in every panel
     figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
     for axis, key in zip(axes, keys):
@@ -180,17 +217,21 @@ def training_curves(runs: dict[str, list[Path]], path: Path) -> dict:
             points = [(entry["step"], entry[key]) for entry in history if key in entry]
             if points:
                 axis.plot(*zip(*points), label=name, linewidth=1.2, color=colours[name],
-                          linestyle="--" if name == "no_hard_negatives" else "-")
+                          linestyle=_line(name))
         axis.set_title(key.replace("loss_", "").replace("_", "-"))
         axis.set_xlabel("optimizer step")
         axis.set_yscale("log")
-    handles = [plt.Line2D([], [], color=colours[name], linestyle="--" if name == "no_hard_negatives" else "-")
-               for name in curves]
+    handles = [plt.Line2D([], [], color=colours[name], linestyle=_line(name)) for name in curves]
     axes[0].legend(handles, list(curves), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return curves
+
+
+def _line(name: str) -> str:
+    """Ablations dashed, the rest solid."""
+    return "--" if name in VARIANTS and VARIANTS[name].kind == "ablation" else "-"
 
 
 def _history(stage_dirs: list[Path]) -> list[dict]:
@@ -206,7 +247,7 @@ def _history(stage_dirs: list[Path]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the report
 def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict, plan, phases, data,
-                      split: str) -> str:
+                      split: str, sibling_negatives: dict | None = None) -> str:
     """report.json + report.md; returns the markdown table printed at the end of the demo."""
     base_scores = scores.pop("base")
     per_seed = {seed: [model_row("base", base_scores)] + [model_row(name, seed_scores[name]) for name in seed_scores]
@@ -215,6 +256,7 @@ def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict,
     several = len(per_seed) > 1
     table = markdown_table(mean, with_std=several)
     gap_table = gaps(scores)
+    ablation = ablation_rows(mean)
     summary = premise_summary(premise, base_scores)
     first = min(runs)
     curves = training_curves(runs[first], report_dir / "training_curves.png")
@@ -225,7 +267,10 @@ def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict,
                             "knows in text what each category looks like; it was never taught to name a category "
                             "from an image. Every variant starts from it."),
         "plan": asdict(plan), "premise": {"summary": summary, **premise},
-        "comparison": mean, "comparison_per_seed": per_seed, "gaps": gap_table,
+        "variants": {name: {"stages": describe_variant(name, plan), "comparison": VARIANTS[name].comparison}
+                     for name in scores[min(scores)]},
+        "comparison": mean, "comparison_per_seed": per_seed, "gaps": gap_table, "ablations": ablation,
+        "in_batch_sibling_negatives": sibling_negatives or {},
         "models": {"base": _without_rows(base_scores),
                    **{f"seed-{s}/{n}": _without_rows(v)
                       for s, seed_scores in scores.items() for n, v in seed_scores.items()}},
@@ -233,7 +278,7 @@ def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict,
     }
     (report_dir / "report.json").write_text(json.dumps(payload, indent=2, default=str))
     (report_dir / "report.md").write_text(_markdown(payload, table, per_seed, gap_table, premise, summary, plan, data,
-                                                    split))
+                                                    split, ablation))
     return table
 
 
@@ -241,22 +286,31 @@ def _without_rows(scores: dict) -> dict:
     return {k: v for k, v in scores.items() if k not in ("correct", "rare_rows")}
 
 
-def _markdown(payload, table, per_seed, gap_table, premise, summary, plan, data, split) -> str:
-    steps = f"{plan.stage1_steps} stage I + {plan.stage2_steps} stage II"
+def _markdown(payload, table, per_seed, gap_table, premise, summary, plan, data, split, ablation) -> str:
     seeds = ", ".join(map(str, sorted(per_seed)))
+    several = len(per_seed) > 1
     lines = [
         "# Finedefics demo report", "",
         f"Data: `{data.source}` ({split} split). Training seeds: {seeds}. Every variant starts from the same base "
-        f"model and takes the same number of optimizer steps ({steps}; the instruction-tuning baseline runs "
-        f"{plan.stage1_steps + plan.stage2_steps} stage II steps) on the same training images.", "",
+        f"model and trains on the same training images, {plan.batch_size} rows per optimizer step:", "",
+        *[f"- **{name}**: {variant['stages']}" + ("" if variant["comparison"] == "-" else f"; {variant['comparison']}")
+          for name, variant in payload["variants"].items()], "",
         payload["base_model_note"], "",
         "## The premise", "", *premise_lines(premise, summary), "",
         "## Accuracy (%)", "",
         "4-way multiple choice with hard-negative options unless noted; *rare* = categories with few training images."
         + (" Mean ± standard deviation over the seeds." if len(per_seed) > 1 else ""), "", table, "",
-        "## Finedefics minus instruction tuning (points)", "", *gap_lines(gap_table), "",
-        "![training curves](training_curves.png)", "",
+        "## Finedefics minus instruction tuning and ablations (points)", "",
+        "Protocols: *equal total steps* = as many optimizer steps as Finedefics' two stages together; *equal stage "
+        "II steps* = the paper's protocol, Finedefics being stage I + the baseline's stage II; *same schedule* = "
+        "Finedefics' two stages with one component removed.", "", *gap_lines(gap_table), "",
     ]
+    if len(ablation) > 1:
+        lines += ["## Ablations (%)", "", "The paper's ablation table in miniature (4-way multiple choice; open-set "
+                  "naming)." + (" Mean ± standard deviation over the seeds." if several else ""), "",
+                  markdown_table(ablation, with_std=several, columns=ABLATION_COLUMNS), ""]
+    lines += [*sibling_lines(payload["in_batch_sibling_negatives"]), "",
+              "![training curves](training_curves.png)", ""]
     if len(per_seed) > 1:
         lines += ["## Per seed", ""]
         for seed, rows in per_seed.items():

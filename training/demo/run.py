@@ -7,14 +7,17 @@ import logging
 from pathlib import Path
 
 from .data import DemoData, make_data
-from .evaluation import evaluate_models, export_model, load_scores, measure_premise
+from .evaluation import SCORES_FILE, evaluate_models, export_model, load_scores, measure_premise
 from .phases import Phases
 from .plan import apply_overrides, base_recipe, default_plan, quick_plan
 from .report import write_demo_report
 from .shipped_base import copy_shipped_base, record_build, shipped_base_for
+from .siblings import measure_sibling_negatives
 from .train import build_base, train_variants
+from .variants import VARIANTS as VARIANT_REGISTRY
+from .variants import resolve_variants
 
-VARIANTS = ("finedefics", "instruction_tuning", "no_hard_negatives")
+VARIANTS = tuple(VARIANT_REGISTRY)  # every variant's name (``variants.VARIANTS`` has their stages)
 
 
 def _quiet_libraries() -> None:
@@ -33,7 +36,8 @@ def _quiet_libraries() -> None:
 
 
 def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...] = (0,), overrides: dict | None = None,
-             data_dir: str | Path | None = None, rebuild_base: bool = False, eval_split: str = "test") -> str:
+             data_dir: str | Path | None = None, rebuild_base: bool = False, eval_split: str = "test",
+             variants=None) -> str:
     """Run the whole demo into ``output_dir`` and return the comparison table (markdown).
 
     Args:
@@ -45,10 +49,12 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
         rebuild_base: build the base model even when the shipped one fits, and say whether the
             result is bit for bit the shipped one.
         eval_split: ``test`` for the final table, ``validation`` while choosing settings.
+        variants: names from ``variants.VARIANTS`` (default ``DEFAULT_VARIANTS``; ``finedefics`` always runs).
     """
     from ..checkpoints import check_output_dir
 
     plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
+    variants = resolve_variants(variants)  # an unknown name fails here, before anything runs
     check_output_dir(output_dir)
     _quiet_libraries()
     output_dir = Path(output_dir)
@@ -78,15 +84,21 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
     premise = premise or json.loads((report_dir / "premise.json").read_text())
     phases.run("evaluation: base", evaluate_models, {"base": base}, data, eval_split, report_dir, plan,
                desc="evaluating the base")
-    runs, scores = {}, load_scores(report_dir, ["base"])
+    runs, scores, siblings = {}, load_scores(report_dir, ["base"]), {}
     for seed in seeds:
-        variants = train_variants(base, data.training_dir, runs_dir, plan, seed, phases)
+        trained = train_variants(base, data.training_dir, runs_dir, plan, seed, phases, variants)
         seed_dir = report_dir / f"seed-{seed}"
-        phases.run(f"seed {seed}: evaluation", evaluate_models, {k: v[0] for k, v in variants.items()}, data,
-                   eval_split, seed_dir, plan, desc=f"seed {seed}: evaluating")
-        runs[seed] = {name: stage_dirs for name, (_, stage_dirs) in variants.items()}
-        scores[seed] = load_scores(seed_dir, VARIANTS)
-    table = write_demo_report(report_dir, premise, scores, runs, plan, phases, data, eval_split)
+        legacy = phases.done(f"seed {seed}: evaluation")  # the one evaluation phase of runs before the registry
+        for name, (final, _) in trained.items():  # one phase per variant: adding variants later evaluates only them
+            if legacy and (seed_dir / name / SCORES_FILE).is_file():
+                continue
+            phases.run(f"seed {seed}: evaluation: {name}", evaluate_models, {name: final}, data, eval_split,
+                       seed_dir, plan, desc=f"seed {seed}: evaluating {name}")
+        runs[seed] = {name: stage_dirs for name, (_, stage_dirs) in trained.items()}
+        scores[seed] = load_scores(seed_dir, variants)
+        siblings[seed] = measure_sibling_negatives(data, plan, seed)
+    table = write_demo_report(report_dir, premise, scores, runs, plan, phases, data, eval_split,
+                              sibling_negatives=siblings)
     first = seeds[0]
     phases.run("export model", export_model, runs_dir / f"seed-{first}" / "finedefics-2" / "final",
                output_dir / "model", report_dir / f"seed-{first}")

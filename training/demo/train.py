@@ -1,5 +1,5 @@
 """The demo's training phases: the base model built from scratch (when the shipped one does not fit),
-and the three variants trained from it at equal optimizer steps."""
+and the variants (``variants.VARIANTS``) trained from it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .phases import PhaseProgress, Phases
 from .plan import DemoPlan
+from .variants import DEFAULT_VARIANTS, VARIANTS
 
 # One logger for the whole demo, as when it was one module: the console lines keep their
 # "finedefics_training.demo:" prefix.
@@ -139,9 +140,10 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
                 learning_rate: float, seed: int, use_hard_negatives: bool = True,
                 freeze_vision_tower: bool | None = None, batch_size: int | None = None,
-                desc: str = "training", bf16: bool = False) -> Path:
+                desc: str = "training", bf16: bool = False, settings: dict | None = None) -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/.
 
+    ``settings``: further ``FinedeficsTrainingConfig`` fields (a variant's ablation switches and weights).
     ``bf16``: train under bf16 autocast (TRL's default), as the shipped base's captioning stage was built; on a
     CPU without native bf16 it makes a step many times slower, so every other phase trains in float32.
     """
@@ -149,7 +151,8 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
 
     model_args = demo_model_arguments(model_dir, plan, freeze_vision_tower)
     args = demo_training_config(output_dir, plan, stage=stage, steps=steps, learning_rate=learning_rate, seed=seed,
-                                use_hard_negatives=use_hard_negatives, batch_size=batch_size, bf16=bf16)
+                                use_hard_negatives=use_hard_negatives, batch_size=batch_size, bf16=bf16,
+                                **(settings or {}))
     return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
 
 
@@ -189,24 +192,22 @@ def demo_training_config(output_dir: Path, plan: DemoPlan, stage: int, steps: in
     return FinedeficsTrainingConfig(**{**settings, **overrides})
 
 
-def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases) -> dict:
-    """The three variants from ``base`` at equal optimizer steps; returns {variant: (final dir, stage dirs)}."""
+def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases,
+                   variants=DEFAULT_VARIANTS) -> dict:
+    """The named variants (``variants.VARIANTS``) from ``base``; returns {variant: (final dir, stage dirs)}.
+
+    Each stage is one phase (``seed N: <phase>``); a variant's later stage starts from its previous stage."""
     prefix = f"seed {seed}: "
-    stage1 = dict(stage=1, steps=plan.stage1_steps, learning_rate=plan.learning_rate, seed=seed)
-    stage2 = dict(stage=2, steps=plan.stage2_steps, learning_rate=plan.learning_rate, seed=seed)
     run = runs_dir / f"seed-{seed}"
-    steps = [
-        ("finedefics stage I", base, run / "finedefics-1", dict(stage1)),
-        ("finedefics stage II", run / "finedefics-1" / "final", run / "finedefics-2", dict(stage2)),
-        ("instruction tuning", base, run / "instruction-tuning",
-         dict(stage2, steps=plan.stage1_steps + plan.stage2_steps)),
-        ("no hard negatives stage I", base, run / "no-hn-1", dict(stage1, use_hard_negatives=False)),
-        ("no hard negatives stage II", run / "no-hn-1" / "final", run / "no-hn-2", dict(stage2)),
-    ]
-    for name, source, output, kwargs in steps:
-        phases.run(prefix + name, train_phase, source, data_dir, output, plan, desc=prefix + name, **kwargs)
-    return {
-        "finedefics": (run / "finedefics-2" / "final", [run / "finedefics-1", run / "finedefics-2"]),
-        "instruction_tuning": (run / "instruction-tuning" / "final", [run / "instruction-tuning"]),
-        "no_hard_negatives": (run / "no-hn-2" / "final", [run / "no-hn-1", run / "no-hn-2"]),
-    }
+    trained = {}
+    for name in variants:
+        source, stage_dirs = base, []
+        for stage in VARIANTS[name].stages:
+            output = run / stage.folder
+            phases.run(prefix + stage.phase, train_phase, source, data_dir, output, plan, stage=stage.stage,
+                       steps=stage.steps_of(plan), learning_rate=plan.learning_rate, seed=seed,
+                       desc=prefix + stage.phase, settings=dict(stage.settings))
+            source = output / "final"
+            stage_dirs.append(output)
+        trained[name] = (source, stage_dirs)
+    return trained
