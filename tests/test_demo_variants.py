@@ -77,6 +77,26 @@ def test_train_variants_chains_stages_records_phases_and_resumes(tmp_path, monke
     assert calls[0][4] == {"use_hard_negatives": False}
 
 
+def test_a_phase_trains_with_its_variants_settings_over_the_demo_defaults(tmp_path, monkeypatch):
+    """Every variant's settings (including use_hard_negatives, which train_phase also takes) reach the training
+    config: an ablation must never run as plain Finedefics, or crash on a duplicated field."""
+    from finedefics_training import recipe
+    from finedefics_training.demo import train
+    from finedefics_training.demo.variants import VARIANTS
+
+    seen = []
+    monkeypatch.setattr(recipe, "run_stage", lambda model_args, data_args, args, progress=None: seen.append(args))
+    plan = quick_plan()
+    for name in ABLATION_VARIANTS:
+        for stage in VARIANTS[name].stages:
+            train.train_phase(tmp_path / "base", tmp_path / "data", tmp_path / name, plan, stage=stage.stage,
+                              steps=3, learning_rate=1e-3, seed=0, settings=stage.settings)
+            args = seen[-1]
+            assert all(getattr(args, key) == value for key, value in stage.settings.items()), (name, stage.phase)
+            assert args.bf16 is False and args.max_steps == 3 and args.stage == stage.stage
+    assert seen and not all(args.use_hard_negatives for args in seen)  # no_hard_negatives' stage I turned it off
+
+
 # ----------------------------------------------------------------------------- bad input
 def _main(*args):
     from finedefics_cli import main

@@ -150,9 +150,9 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
     from ..recipe import DataArguments, run_stage
 
     model_args = demo_model_arguments(model_dir, plan, freeze_vision_tower)
+    fields = {"use_hard_negatives": use_hard_negatives, "batch_size": batch_size, "bf16": bf16, **(settings or {})}
     args = demo_training_config(output_dir, plan, stage=stage, steps=steps, learning_rate=learning_rate, seed=seed,
-                                use_hard_negatives=use_hard_negatives, batch_size=batch_size, bf16=bf16,
-                                **(settings or {}))
+                                **fields)
     return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
 
 
