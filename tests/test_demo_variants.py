@@ -129,9 +129,18 @@ def test_data_without_a_validation_split_is_refused_before_training(tmp_path, ca
         test_per_category=1), progress=False)
     with pytest.raises(ValueError, match=f"demo data folder {folder} has no validation split"):
         DemoData.open(folder, tmp_path / "prepared")
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    levels = {name: logging.getLogger(name).level for name in ("finedefics_training.recipe", "finedefics_eval")}
+    verbosity = hf_logging.get_verbosity()
     assert _main("--quick", "--output-dir", str(tmp_path / "out"), "--data", str(folder)) == 2
     assert f"{folder} has no validation split (has test, train)" in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()  # no phase ran: no base, no training
+    # The demo quiets the libraries while it runs and gives the caller its logging back, even on an error.
+    assert {name: logging.getLogger(name).level for name in levels} == levels
+    assert hf_logging.get_verbosity() == verbosity
 
 
 # ----------------------------------------------------------------------------- siblings

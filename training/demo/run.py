@@ -20,19 +20,39 @@ from .variants import resolve_variants
 VARIANTS = tuple(VARIANT_REGISTRY)  # every variant's name (``variants.VARIANTS`` has their stages)
 
 
-def _quiet_libraries() -> None:
-    """The demo prints one line per phase and one progress bar: silence the libraries' own chatter."""
+def _quiet_libraries():
+    """The demo prints one line per phase and one progress bar: silence the libraries' own chatter.
+
+    Returns a function that restores every level and switch changed here, so that calling ``run_demo`` from a
+    notebook or a test leaves the caller's logging as it found it."""
     import datasets
     from transformers.utils import logging as hf_logging
 
+    hf_verbosity, hf_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    datasets_verbosity, datasets_bars = datasets.logging.get_verbosity(), datasets.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # weight loading / saving bars
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    for name in ("finedefics_training.recipe", "finedefics_training.trainer", "finedefics_data",
-                 "finedefics_training.base", "finedefics_eval", "modeling_finedefics"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional CPU kernels it cannot find; no QLoRA here
+    levels = {name: logging.WARNING for name in ("finedefics_training.recipe", "finedefics_training.trainer",
+                                                 "finedefics_data", "finedefics_training.base", "finedefics_eval",
+                                                 "modeling_finedefics")}
+    levels["bitsandbytes"] = logging.ERROR  # optional CPU kernels it cannot find; no QLoRA here
+    former = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+    def restore() -> None:
+        for name, level in former.items():
+            logging.getLogger(name).setLevel(level)
+        hf_logging.set_verbosity(hf_verbosity)
+        datasets.logging.set_verbosity(datasets_verbosity)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+        if datasets_bars:
+            datasets.enable_progress_bars()
+
+    return restore
 
 
 def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...] = (0,), overrides: dict | None = None,
@@ -56,50 +76,53 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
     plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
     variants = resolve_variants(variants)  # an unknown name fails here, before anything runs
     check_output_dir(output_dir)
-    _quiet_libraries()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    phases = Phases(output_dir)
-    runs_dir, report_dir = output_dir / "runs", output_dir / "report"
-    report_dir.mkdir(exist_ok=True)
+    restore_logging = _quiet_libraries()
+    try:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        phases = Phases(output_dir)
+        runs_dir, report_dir = output_dir / "runs", output_dir / "report"
+        report_dir.mkdir(exist_ok=True)
 
-    if data_dir is None:
-        data_dir = output_dir / "data"
-        phases.run("benchmark", make_data, data_dir, plan)
-    data = DemoData.open(Path(data_dir), output_dir / "data-prepared")
-    if eval_split not in data.splits:
-        raise ValueError(f"{data_dir} has no {eval_split!r} split to evaluate on (has {sorted(data.splits)})")
+        if data_dir is None:
+            data_dir = output_dir / "data"
+            phases.run("benchmark", make_data, data_dir, plan)
+        data = DemoData.open(Path(data_dir), output_dir / "data-prepared")
+        if eval_split not in data.splits:
+            raise ValueError(f"{data_dir} has no {eval_split!r} split to evaluate on (has {sorted(data.splits)})")
 
-    recipe = base_recipe(plan, data.identity())
-    shipped = None if rebuild_base else shipped_base_for(recipe)
-    if shipped is not None:
-        phases.run("base model (shipped)", copy_shipped_base, shipped, runs_dir / "base" / "final")
-        base = runs_dir / "base" / "final"
-    else:
-        base = build_base(data, runs_dir, plan, phases)
-        record_build(base, recipe, phases, rebuild_base)
+        recipe = base_recipe(plan, data.identity())
+        shipped = None if rebuild_base else shipped_base_for(recipe)
+        if shipped is not None:
+            phases.run("base model (shipped)", copy_shipped_base, shipped, runs_dir / "base" / "final")
+            base = runs_dir / "base" / "final"
+        else:
+            base = build_base(data, runs_dir, plan, phases)
+            record_build(base, recipe, phases, rebuild_base)
 
-    premise = phases.run("premise (base model)", measure_premise, base, data, eval_split, plan,
-                         report_dir / "premise.json")
-    premise = premise or json.loads((report_dir / "premise.json").read_text())
-    phases.run("evaluation: base", evaluate_models, {"base": base}, data, eval_split, report_dir, plan,
-               desc="evaluating the base")
-    runs, scores, siblings = {}, load_scores(report_dir, ["base"]), {}
-    for seed in seeds:
-        trained = train_variants(base, data.training_dir, runs_dir, plan, seed, phases, variants)
-        seed_dir = report_dir / f"seed-{seed}"
-        legacy = phases.done(f"seed {seed}: evaluation")  # the one evaluation phase of runs before the registry
-        for name, (final, _) in trained.items():  # one phase per variant: adding variants later evaluates only them
-            if legacy and (seed_dir / name / SCORES_FILE).is_file():
-                continue
-            phases.run(f"seed {seed}: evaluation: {name}", evaluate_models, {name: final}, data, eval_split,
-                       seed_dir, plan, desc=f"seed {seed}: evaluating {name}")
-        runs[seed] = {name: stage_dirs for name, (_, stage_dirs) in trained.items()}
-        scores[seed] = load_scores(seed_dir, variants)
-        siblings[seed] = measure_sibling_negatives(data, plan, seed)
-    table = write_demo_report(report_dir, premise, scores, runs, plan, phases, data, eval_split,
-                              sibling_negatives=siblings)
-    first = seeds[0]
-    phases.run("export model", export_model, runs_dir / f"seed-{first}" / "finedefics-2" / "final",
-               output_dir / "model", report_dir / f"seed-{first}")
-    return table
+        premise = phases.run("premise (base model)", measure_premise, base, data, eval_split, plan,
+                             report_dir / "premise.json")
+        premise = premise or json.loads((report_dir / "premise.json").read_text())
+        phases.run("evaluation: base", evaluate_models, {"base": base}, data, eval_split, report_dir, plan,
+                   desc="evaluating the base")
+        runs, scores, siblings = {}, load_scores(report_dir, ["base"]), {}
+        for seed in seeds:
+            trained = train_variants(base, data.training_dir, runs_dir, plan, seed, phases, variants)
+            seed_dir = report_dir / f"seed-{seed}"
+            legacy = phases.done(f"seed {seed}: evaluation")  # the one evaluation phase of runs before the registry
+            for name, (final, _) in trained.items():  # a phase per variant: variants added later evaluate alone
+                if legacy and (seed_dir / name / SCORES_FILE).is_file():
+                    continue
+                phases.run(f"seed {seed}: evaluation: {name}", evaluate_models, {name: final}, data, eval_split,
+                           seed_dir, plan, desc=f"seed {seed}: evaluating {name}")
+            runs[seed] = {name: stage_dirs for name, (_, stage_dirs) in trained.items()}
+            scores[seed] = load_scores(seed_dir, variants)
+            siblings[seed] = measure_sibling_negatives(data, plan, seed)
+        table = write_demo_report(report_dir, premise, scores, runs, plan, phases, data, eval_split,
+                                  sibling_negatives=siblings)
+        first = seeds[0]
+        phases.run("export model", export_model, runs_dir / f"seed-{first}" / "finedefics-2" / "final",
+                   output_dir / "model", report_dir / f"seed-{first}")
+        return table
+    finally:
+        restore_logging()
