@@ -138,9 +138,9 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
     return runs_dir / "base" / "final"
 
 def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPlan, stage: int, steps: int,
-                learning_rate: float, seed: int, use_hard_negatives: bool = True,
-                freeze_vision_tower: bool | None = None, batch_size: int | None = None,
-                desc: str = "training", bf16: bool = False, settings: dict | None = None) -> Path:
+                learning_rate: float, seed: int, freeze_vision_tower: bool | None = None,
+                batch_size: int | None = None, desc: str = "training", bf16: bool = False,
+                settings: dict | None = None) -> Path:
     """One full-fine-tuning stage through the same recipe code as `finedefics train`; returns final/.
 
     ``settings``: further ``FinedeficsTrainingConfig`` fields (a variant's ablation switches and weights).
@@ -150,9 +150,8 @@ def train_phase(model_dir: Path, data_dir: Path, output_dir: Path, plan: DemoPla
     from ..recipe import DataArguments, run_stage
 
     model_args = demo_model_arguments(model_dir, plan, freeze_vision_tower)
-    fields = {"use_hard_negatives": use_hard_negatives, "batch_size": batch_size, "bf16": bf16, **(settings or {})}
     args = demo_training_config(output_dir, plan, stage=stage, steps=steps, learning_rate=learning_rate, seed=seed,
-                                **fields)
+                                batch_size=batch_size, bf16=bf16, **(settings or {}))
     return run_stage(model_args, DataArguments(dataset_dir=str(data_dir)), args, progress=PhaseProgress(desc))
 
 
