@@ -64,7 +64,10 @@ class LookupQuestions:
         while len(options) < 4:
             words = rng.choice(self.vocabulary, self.option_tokens)
             options.add(self.tokenizer.decode(words).strip())
-        options = list(options)
+        # In the order drawn from ``rng``, never in the set's: a set of strings iterates in hash order, which is
+        # fixed within a process, so each word would sit at much the same letter whatever it is asked with and
+        # the letter could be learned from the asked word alone, with no lookup (as an earlier version allowed).
+        options = [sorted(options)[i] for i in rng.permutation(len(options))]
         right = int(rng.integers(4))
         question = multiple_choice_prompt(lookup_choice_query(options[right]), options)
         prompt = self.tokenizer(self._chat(question, None))["input_ids"]

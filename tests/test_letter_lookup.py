@@ -35,6 +35,45 @@ def test_questions_put_the_right_letter_at_the_answer_position(tiny_processor):
     assert len(set(rights)) > 1  # the right letter moves
 
 
+def test_the_asked_word_does_not_tell_its_letter(tiny_processor):
+    """Guessing each word's most frequent letter must do no better than chance: a letter that follows from the
+    asked word is learnable without any lookup (options once came in a set's hash order: 57% on the demo base)."""
+    from collections import Counter
+
+    probe = _probe()
+    questions = probe.LookupQuestions(tiny_processor, option_tokens=1)
+    tokenizer = tiny_processor.tokenizer
+    rng = np.random.default_rng(0)
+    letters_of, samples = {}, 2000
+    for _ in range(samples):
+        ids, start, right = questions.sample(rng)
+        asked = tokenizer.decode(ids[:start]).split("Which of these is ")[1].split("?")[0]
+        letters_of.setdefault(asked, []).append(right)
+    guessed = sum(Counter(letters).most_common(1)[0][1] for letters in letters_of.values()) / samples
+    assert samples / len(letters_of) >= 10  # enough questions per word for the guess to mean something
+    assert guessed < 0.4, f"the asked word gives its letter {guessed:.0%} of the time (chance 25%)"
+
+
+def test_questions_do_not_depend_on_the_hash_seed(tiny_processor, tmp_path):
+    """The same seed draws the same questions in any process (a set's order changes with PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    tiny_processor.save_pretrained(tmp_path)
+    probe_file = str(REPO_ROOT / "benchmarks" / "letter_lookup.py")
+    script = ("import importlib.util, sys, numpy as np\n"
+              "from modeling_finedefics import FinedeficsProcessor\n"
+              f"spec = importlib.util.spec_from_file_location('p', {probe_file!r})\n"
+              "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+              f"q = m.LookupQuestions(FinedeficsProcessor.from_pretrained({str(tmp_path)!r}), 1)\n"
+              "rng = np.random.default_rng(0)\n"
+              "print([q.sample(rng)[0] for _ in range(5)])\n")
+    outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert outputs[0] == outputs[1] and outputs[0].strip()
+
+
 def test_accuracy_reads_the_logits_that_predict_the_letter(tiny_processor):
     probe = _probe()
     questions = probe.LookupQuestions(tiny_processor, option_tokens=1)
