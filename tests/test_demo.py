@@ -159,6 +159,30 @@ def test_demo_runs_on_another_dataset(tmp_path):
     assert not (tmp_path / "out" / "data").exists()  # the given data are used, not a generated benchmark
 
 
+def test_choice_data_hold_only_the_phases_that_have_steps(tmp_path, tiny_processor):
+    """Category choices without word lookups (``lookup_steps=0``): the lookup set is not written (an empty one
+    could not be saved), the choice set holds the choices and the replayed knowledge."""
+    import datasets
+
+    from finedefics_data.synth import SynthConfig, generate_benchmark
+    from finedefics_training.demo.data import DemoData
+    from finedefics_training.demo.plan import apply_overrides, quick_plan
+    from finedefics_training.demo.train import make_choice_datasets
+
+    folder = generate_benchmark(tmp_path / "data", SynthConfig(num_genera=2, species_per_genus=3, train_per_category=4,
+                                                               rare_train_per_category=2, validation_per_category=1,
+                                                               test_per_category=1, seed=3), progress=False)
+    data = DemoData.open(folder, tmp_path / "prepared")
+    tiny_processor.save_pretrained(tmp_path / "tokenizer")
+    plan = apply_overrides(quick_plan(), {"lookup_steps": 0, "choice_steps": 2, "choice_lookup_share": 1.0})
+    make_choice_datasets(data, tmp_path / "choice-data", plan, tmp_path / "tokenizer")
+    assert not (tmp_path / "choice-data" / "lookup").exists()
+    rows = datasets.load_from_disk(str(tmp_path / "choice-data" / "choice"))["train"]
+    named = [row for row in rows if row["question"].startswith("Which of these is ")]
+    assert len(named) == 2 * plan.choice_batch_size  # every choice names its category (share 1.0)
+    assert len(rows) > len(named)  # + the knowledge rows replayed
+
+
 def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     """Data made by `finedefics data csv` (cars, no test split): splits are carved, the noun travels."""
     sys.path.insert(0, os.path.dirname(__file__))

@@ -91,6 +91,8 @@ def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: 
     descriptions = category_descriptions(data.splits["train"], data.categories)
     replay = knowledge_rows(descriptions, data.noun, plan.knowledge_repeats, data.negatives(), seed=plan.base_seed + 1)
     for name, rows in (("lookup", lookups), ("choice", choices + replay)):
+        if not rows or (name == "choice" and not choices):
+            continue  # that phase has no steps (``lookup_steps`` or ``choice_steps`` is 0) and reads no data
         datasets.DatasetDict({"train": base_dataset([], rows)}).save_to_disk(str(output_dir / name))
     logger.info("base multiple-choice data: %d word lookups, %d category choices (%d words as options) + %d "
                 "knowledge rows replayed", len(lookups), len(choices), len(words), len(replay))
