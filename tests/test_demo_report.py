@@ -153,6 +153,26 @@ def test_multiple_choice_in_text_puts_the_answer_at_every_letter(monkeypatch, re
         assert result["answered_letters"] == {"A": 20} and result["rare_accuracy"] == pytest.approx(0.25)
 
 
+def test_multiple_choice_in_text_named_asks_for_the_category_by_name(monkeypatch):
+    """The named form asks "Which of these is <name>?" at every letter: copying the asked name finds the letter."""
+    from finedefics_training import premise
+
+    categories, negatives = _categories()
+    asked = []
+
+    def copy_the_name(question: str) -> str:
+        name = question.split("Which of these is ")[1].split("?")[0]
+        asked.append(name)
+        return next(letter for letter, option in multiple_choice_options(question).items() if option == name)
+
+    monkeypatch.setattr(premise, "generate_answers",
+                        lambda model, processor, questions, *a, **k: [copy_the_name(q) for q in questions])
+    result = premise.multiple_choice_in_text(None, None, categories, negatives, ObjectNoun.of("bird"),
+                                             rare={"Dunmere"}, named=True)
+    assert result["questions"] == 5 * 4 and result["accuracy"] == 1.0
+    assert sorted(set(asked)) == sorted(c["name"] for c in categories)
+
+
 def test_old_demo_module_paths_are_the_moved_modules():
     """demo_data / demo_report moved into the demo package; the old names are the same module objects."""
     import importlib

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from finedefics_data.prompts import (
     KNOWLEDGE_QUESTION, LETTERS, ObjectNoun, answer_letter, describe_instruction, knowledge_question,
-    multiple_choice_prompt, reverse_knowledge_question,
+    lookup_choice_query, multiple_choice_prompt, reverse_knowledge_question,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,10 +119,13 @@ def category_knowledge(model, processor, categories: list[dict], parse: Callable
 
 
 def multiple_choice_in_text(model, processor, categories: list[dict], negatives: dict[str, list[str]],
-                            noun: ObjectNoun, rare: set[str], batch_size: int = 32) -> dict:
+                            noun: ObjectNoun, rare: set[str], batch_size: int = 32, named: bool = False) -> dict:
     """Text-only 4-way questions "which category has this description?", options = the category and its hard
     negatives; each category is asked once with the answer at every letter, so a letter prior scores chance.
-    The description is worded as the base never saw it in a multiple choice (``base.held_out_description``)."""
+    The description is worded as the base never saw it in a multiple choice (``base.held_out_description``).
+
+    ``named``: ask "which of these is <category>?" instead, the copy form of the same skill (find the option,
+    write its letter) without working out the category first."""
     from .base import held_out_description
 
     questions, answers, is_rare = [], [], []
@@ -132,7 +135,8 @@ def multiple_choice_in_text(model, processor, categories: list[dict], negatives:
             continue
         for position in range(len(others) + 1):
             options = others[:position] + [category["name"]] + others[position:]
-            question = reverse_knowledge_question(noun, held_out_description(category))
+            question = lookup_choice_query(category["name"]) if named else \
+                reverse_knowledge_question(noun, held_out_description(category))
             questions.append(multiple_choice_prompt(question, options))
             answers.append(LETTERS[position])
             is_rare.append(category["name"] in rare)

@@ -64,6 +64,9 @@ def measure_premise(base: Path, data, split: str, plan: DemoPlan, path: Path) ->
                                                  batch_size=plan.eval_batch_size),
         "multiple_choice_in_text": multiple_choice_in_text(model, processor, data.categories, data.negatives(),
                                                            data.noun, data.rare, batch_size=plan.eval_batch_size),
+        "multiple_choice_in_text_named": multiple_choice_in_text(
+            model, processor, data.categories, data.negatives(), data.noun, data.rare,
+            batch_size=plan.eval_batch_size, named=True),
     }
     path.write_text(json.dumps(premise, indent=1))
     return premise

@@ -168,6 +168,8 @@ def premise_summary(premise: dict, base_scores: dict) -> dict:
         "category knowledge": knowledge.get("recall"),
         "category knowledge (rare)": (knowledge.get("rare") or {}).get("recall"),
         "multiple choice in text": (premise.get("multiple_choice_in_text") or {}).get("accuracy"),
+        "multiple choice in text (species named)": (premise.get("multiple_choice_in_text_named") or {}).get(
+            "accuracy"),
         "4-way recognition (generate)": base_scores["modes"]["generate"]["accuracy"],
     }
     summary["met"] = {key: summary[key] is not None and summary[key] >= target
@@ -184,7 +186,8 @@ def premise_lines(premise: dict, summary: dict) -> list[str]:
         "| premise | measured | target |", "|---|---|---|",
     ]
     for key in ("object values", "distinguishing values", "category knowledge", "category knowledge (rare)",
-                "multiple choice in text", "4-way recognition (generate)"):
+                "multiple choice in text", "multiple choice in text (species named)",
+                "4-way recognition (generate)"):
         value = summary.get(key)
         target = PREMISE_TARGETS.get(key)
         shown = "-" if value is None else f"{100 * value:.1f}%"
