@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .choices import read_options
+
 # Letters of the options: FOCI shows four (A-D); training's multiple choice may show up to ten.
 CHOICE_LETTERS = "ABCD"
 LETTERS = "ABCDEFGHIJ"
@@ -147,26 +149,16 @@ def multiple_choice_answer(letter: str, option: str, style: str = "letter") -> s
 
 
 # ----------------------------------------------------------------------------- reading questions back
-_OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+?)\s*$")
 _LETTER_ANSWER = re.compile(r"\(?([A-Z])\)?(?:[.:)](?:\s.*)?)?", flags=re.DOTALL)
 
 
 def multiple_choice_options(question: str) -> dict[str, str] | None:
-    """``{letter: option}`` of a multiple-choice question in the prompt's layout, or None if it is not one.
+    """``{letter: option}`` of a multiple-choice question, or None if it is not one.
 
-    The options are the ``"A. name"`` lines after a ``Choices:`` line; other lines are ignored.
+    Reads this module's layout (``Choices:`` then ``"A. name"`` lines) and the others people write
+    (``choices.read_options``: no header, ``A)`` or ``(A)`` marks, options inline).
     """
-    lines = question.splitlines()
-    header = CHOICES_HEADER.strip()
-    if header not in (line.strip() for line in lines):
-        return None
-    start = [line.strip() for line in lines].index(header) + 1
-    options = {}
-    for line in lines[start:]:
-        match = _OPTION_LINE.match(line.strip())
-        if match:
-            options[match.group(1)] = match.group(2)
-    return options or None
+    return read_options(question)
 
 
 def answer_letter(answer: str) -> str | None:

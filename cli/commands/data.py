@@ -102,10 +102,13 @@ def _register_csv(commands) -> None:
     parser = commands.add_parser(
         "csv", help="read and check a reference-implementation training CSV (pretrain.csv or finetune.csv)",
         description="Read a training CSV in the reference implementation's format. Stage II rows (finetune.csv) "
-                    "have no category: a recognition question gets the category its answer names (its type says "
-                    "recognition/classification/open-set/closed-set/multiple-choice, or the answer, or the option "
-                    "its letter picks, is a known category name); other question/answer rows are kept as "
-                    "instruction rows without a category. The summary counts the kept rows by kind.")
+                    "have no category: a recognition question gets the category its answer picks (a multiple "
+                    "choice - options 'A. x', 'A) x' or '(A) x', on lines or inline, with or without a Choices: "
+                    "line - answered with a letter, 'letter. name' or the name; or an answer that is a known "
+                    "category name; or a type that says recognition/classification/open-set/closed-set/"
+                    "multiple-choice); other question/answer rows are kept as instruction rows without a "
+                    "category. A derived category that is not known is refused unless --allow-new-categories. "
+                    "The summary counts the kept rows by kind and the multiple-choice rows read and not read.")
     parser.add_argument("csv", help="the CSV file (columns question, answer, type, image_path, attribute, ...)")
     parser.add_argument("--image-root", required=True, help="folder the CSV's image paths are relative to")
     parser.add_argument("--output", help="save the records as a dataset (train split) in this folder")
@@ -113,6 +116,10 @@ def _register_csv(commands) -> None:
     parser.add_argument("--categories", metavar="FILE", action="append", default=[],
                         help="known category names an answer may name: a reference CSV (its category column, "
                              "e.g. pretrain.csv) or a text file with one name per line (repeatable)")
+    parser.add_argument("--allow-new-categories", action="store_true",
+                        help="create the categories that recognition answers name but neither the file's category "
+                             "column nor --categories holds (refused by default: usually --categories is missing "
+                             "or a name is misspelt)")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="skip and count bad rows instead of stopping at the first")
     parser.add_argument("--keep-multi-image", action="store_true",
@@ -125,7 +132,6 @@ def _register_csv(commands) -> None:
 
 
 def run_csv(args) -> int:
-    from finedefics_data.kinds import INSTRUCTION
     from finedefics_data.readers import read_category_names, read_reference_csv
 
     noun = noun_from_arguments(args)
@@ -133,18 +139,37 @@ def run_csv(args) -> int:
                                  multi_image="keep" if args.keep_multi_image else "skip",
                                  check_images=not args.no_check_images, require_category=False,
                                  known_categories=read_category_names(args.categories),
-                                 allow_images_outside_root=args.allow_images_outside_root)
+                                 allow_images_outside_root=args.allow_images_outside_root,
+                                 allow_new_categories=args.allow_new_categories)
     print(records.report.summary())
     if not records:
         raise ValueError(f"{args.csv}: none of its {records.report.rows_read} rows was kept (see the summary "
                          "above); nothing to save")
-    if records.report.kinds.get(INSTRUCTION) == len(records) and not args.categories:
-        print("no row was read as a recognition question: if answers name categories, give their names with "
-              "--categories (e.g. --categories pretrain.csv), or mark the rows' type as recognition")
+    hint = _recognition_hint(records, args.categories)
+    if hint:
+        print(hint)
     print(f"object noun: {noun}" if noun else "object noun: not set (give --noun, or object_noun in the recipe)")
     if args.output:
         _save_splits({"train": records}, args.output, noun)
     return 0
+
+
+def _recognition_hint(records, categories: list[str]) -> str | None:
+    """What to give when no known category list let the answers be read as recognition (None: nothing)."""
+    from finedefics_data.kinds import INSTRUCTION, NO_KNOWN_OPTION
+    from finedefics_data.readers import MC_NOT_READ
+
+    if categories:
+        return None
+    unread = records.report.notes.get(MC_NOT_READ.format(NO_KNOWN_OPTION), 0)
+    if unread:
+        return (f"{unread} multiple-choice rows have no known category among their options: give the category names "
+                "with --categories (e.g. --categories pretrain.csv), or --allow-new-categories to read the options "
+                "they pick as new categories")
+    if records.report.kinds.get(INSTRUCTION) == len(records):
+        return ("no row was read as a recognition question: if answers name categories, give their names with "
+                "--categories (e.g. --categories pretrain.csv), or mark the rows' type as recognition")
+    return None
 
 
 def add_noun_arguments(parser, where_from: str) -> None:
