@@ -6,6 +6,8 @@
 - ``csv FILE.csv --image-root DIR``: read and check a reference-implementation training CSV (stage I's
   pretrain.csv or stage II's finetune.csv); with ``--output`` save it as a dataset that ``finedefics
   train --dataset_dir`` reads, with ``--noun`` recorded as what its objects are called.
+- ``imagefolder ROOT --output DIR``: an image folder's train/ and test/ splits (or one split), kept as
+  splits of a dataset folder (e.g. the test images beside the training rows of ``data csv``).
 - ``cub CUB_ROOT --output DIR``: CUB-200-2011 with descriptions from its attribute annotations and
   hard negatives mined from the same annotations.
 - ``options DATA --output FILE.json``: FOCI-style 4-way option sets for a dataset split, from a
@@ -28,6 +30,7 @@ def register(subparsers) -> None:
     _register_synth(commands)
     _register_preview(commands)
     _register_csv(commands)
+    _register_imagefolder(commands)
     _register_cub(commands)
     _register_options(commands)
 
@@ -110,8 +113,12 @@ def _register_csv(commands) -> None:
                     "category. A derived category that is not known is refused unless --allow-new-categories. "
                     "The summary counts the kept rows by kind and the multiple-choice rows read and not read.")
     parser.add_argument("csv", help="the CSV file (columns question, answer, type, image_path, attribute, ...)")
-    parser.add_argument("--image-root", required=True, help="folder the CSV's image paths are relative to")
-    parser.add_argument("--output", help="save the records as a dataset (train split) in this folder")
+    parser.add_argument("--image-root", help="folder the CSV's image paths are relative to (required)")
+    parser.add_argument("--output", help="save the records as a dataset in this folder (as --split; the folder's "
+                                         "other splits are kept, so one file per split builds one dataset)")
+    parser.add_argument("--split", default="train",
+                        help="the split these rows are: train (default), validation or test; `finedefics demo "
+                             "--data` evaluates on the dataset's own test split")
     add_noun_arguments(parser, "recorded with --output; used by init-model, training, eval and the model card")
     parser.add_argument("--categories", metavar="FILE", action="append", default=[],
                         help="known category names an answer may name: a reference CSV (its category column, "
@@ -132,13 +139,16 @@ def _register_csv(commands) -> None:
 
 
 def run_csv(args) -> int:
+    from finedefics_data.folders import categories_of
     from finedefics_data.readers import read_category_names, read_reference_csv
 
     noun = noun_from_arguments(args)
-    records = read_reference_csv(args.csv, args.image_root, errors="skip" if args.skip_bad_rows else "raise",
+    csv_path, image_root = _reference_paths(args.csv, args.image_root)
+    trained = categories_of(args.output) if args.output and args.split != "train" else []
+    records = read_reference_csv(csv_path, image_root, errors="skip" if args.skip_bad_rows else "raise",
                                  multi_image="keep" if args.keep_multi_image else "skip",
                                  check_images=not args.no_check_images, require_category=False,
-                                 known_categories=read_category_names(args.categories),
+                                 known_categories=[*read_category_names(args.categories), *trained],
                                  allow_images_outside_root=args.allow_images_outside_root,
                                  allow_new_categories=args.allow_new_categories)
     print(records.report.summary())
@@ -150,8 +160,40 @@ def run_csv(args) -> int:
         print(hint)
     print(f"object noun: {noun}" if noun else "object noun: not set (give --noun, or object_noun in the recipe)")
     if args.output:
-        _save_splits({"train": records}, args.output, noun)
+        _save_one_split(records, args.output, args.split, noun, trained)
     return 0
+
+
+def _reference_paths(csv_path: str, image_root: str | None) -> tuple[Path, Path]:
+    """The CSV and its image root; a folder (a dataset's root) is answered with the commands it needs."""
+    from finedefics_data.folders import how_to_prepare, what_folder_is
+
+    path = Path(csv_path)
+    if path.is_dir():
+        commands = how_to_prepare(path)
+        raise ValueError(f"{path} is a folder ({what_folder_is(path)}), not a CSV file; "
+                         + (f"read its files with\n{commands}" if commands else
+                            "give the CSV file (e.g. pretrain.csv) and --image-root"))
+    if image_root is None:
+        raise ValueError(f"{path}: --image-root is needed, the folder the CSV's image_path cells are relative to"
+                         + (f" (e.g. --image-root {path.parent / 'images'})" if (path.parent / "images").is_dir()
+                            else ""))
+    return path, Path(image_root)
+
+
+def _save_one_split(records, output: str, split: str, noun, trained: list[str]) -> None:
+    """Save ``records`` as ``split`` of ``output`` (keeping its other splits) and say what the folder holds."""
+    from finedefics_data.folders import SPLITS, save_split
+
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    untrained = sorted({r["category"] for r in records if r.get("category")} - set(trained)) if trained else []
+    if untrained:
+        print(f"warning: {len(untrained)} categories of the {split} split have no training rows in {output}: "
+              + ", ".join(repr(name) for name in untrained[:5]) + (" ..." if len(untrained) > 5 else ""))
+    counts = save_split(records, output, split, noun)
+    print(f"saved {split}: {len(records)} rows to {output} (splits now: "
+          + ", ".join(f"{name} {count}" for name, count in counts.items()) + ")")
 
 
 def _recognition_hint(records, categories: list[str]) -> str | None:
@@ -185,6 +227,45 @@ def noun_from_arguments(args):
     if args.noun_plural and not args.noun:
         raise ValueError("--noun-plural needs --noun")
     return ObjectNoun.of(args.noun, args.noun_plural) if args.noun else None
+
+
+# ----------------------------------------------------------------------------- imagefolder
+def _register_imagefolder(commands) -> None:
+    parser = commands.add_parser(
+        "imagefolder", help="read an image folder (train/ and test/, or one split) into a dataset folder",
+        description="Read an imagefolder into a dataset folder, each split kept: ROOT/train, ROOT/validation and "
+                    "ROOT/test (metadata.jsonl with file_name and category or label, optionally attribute and "
+                    "neg_categories; or <class>/<image> folders), or ROOT itself as --split. The dataset folder's "
+                    "other splits are kept, so a test imagefolder can join the training rows of `data csv`.")
+    parser.add_argument("root", help="the image folder (with train/ and test/ folders, or one split's images)")
+    parser.add_argument("--output", required=True, help="the dataset folder to write or add the splits to")
+    parser.add_argument("--split", choices=["train", "validation", "test"],
+                        help="the split ROOT's images are, when ROOT has no train/ or test/ folders")
+    add_noun_arguments(parser, "recorded with --output")
+    parser.add_argument("--no-check-images", action="store_true", help="do not open every image while reading")
+    parser.set_defaults(func=run_imagefolder)
+
+
+def run_imagefolder(args) -> int:
+    from finedefics_data.folders import categories_of, imagefolder_splits, read_imagefolder_split
+
+    root, noun = Path(args.root), noun_from_arguments(args)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    found = imagefolder_splits(root)
+    if found and args.split:
+        raise ValueError(f"{root} has split folders ({', '.join(found)}): they keep their splits; drop --split")
+    if not found:
+        if not args.split:
+            raise ValueError(f"{root} has no train/, validation/ or test/ folder: say which split its images are "
+                             "with --split (e.g. --split test)")
+        found = {args.split: root}
+    for split, folder in found.items():
+        records = read_imagefolder_split(folder, check_images=not args.no_check_images)
+        print(records.report.summary())
+        trained = categories_of(args.output) if split != "train" else []
+        _save_one_split(records, args.output, split, noun, trained)
+    return 0
 
 
 # ----------------------------------------------------------------------------- cub
