@@ -140,6 +140,7 @@ def _register_csv(commands) -> None:
 
 def run_csv(args) -> int:
     from finedefics_data.folders import categories_of
+    from finedefics_data.prompts import open_set_question
     from finedefics_data.readers import read_category_names, read_reference_csv
 
     noun = noun_from_arguments(args)
@@ -158,7 +159,8 @@ def run_csv(args) -> int:
     hint = _recognition_hint(records, args.categories)
     if hint:
         print(hint)
-    print(f"object noun: {noun}" if noun else "object noun: not set (give --noun, or object_noun in the recipe)")
+    print(f"object noun: {noun} (open-set question: {open_set_question(noun)!r})" if noun else
+          "object noun: not set (give --noun, or object_noun in the recipe)")
     if args.output:
         _save_one_split(records, args.output, args.split, noun, trained)
     return 0
@@ -218,15 +220,20 @@ def add_noun_arguments(parser, where_from: str) -> None:
     """``--noun`` and ``--noun-plural``, as data csv, init-model and eval take them."""
     parser.add_argument("--noun", help=f"what the objects are called in the questions, e.g. car ({where_from})")
     parser.add_argument("--noun-plural", help="its plural, where adding -s/-es/-ies is wrong (e.g. aircraft)")
+    parser.add_argument("--category-word",
+                        help="what one category of the objects is called in the open-set question ('What is the "
+                             "WORD of the car in the image?'); default by noun: bird species, car/vehicle model, "
+                             "aircraft variant, dog/pet breed, flower species, food dish; other nouns species")
 
 
 def noun_from_arguments(args):
     """The ``ObjectNoun`` of ``--noun`` / ``--noun-plural`` (shared by data, init-model and eval), or None."""
     from finedefics_data.prompts import ObjectNoun
 
-    if args.noun_plural and not args.noun:
-        raise ValueError("--noun-plural needs --noun")
-    return ObjectNoun.of(args.noun, args.noun_plural) if args.noun else None
+    for given, flag in ((args.noun_plural, "--noun-plural"), (args.category_word, "--category-word")):
+        if given and not args.noun:
+            raise ValueError(f"{flag} needs --noun")
+    return ObjectNoun.of(args.noun, args.noun_plural, args.category_word) if args.noun else None
 
 
 # ----------------------------------------------------------------------------- imagefolder
