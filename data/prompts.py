@@ -6,13 +6,15 @@ their prompts here, so a checkpoint is evaluated with exactly the questions it w
 
 The questions name the kind of object a dataset holds (its *noun*: "bird", "car", ...). An
 :class:`ObjectNoun` carries the singular and the plural, because English plurals are not always
-"+s" and FOCI's own query uses fixed plurals (its aircraft query says "aircrafts"). The noun is set
-once for a dataset (``finedefics data csv --noun``, or ``object_noun`` in a recipe), stored in every
-checkpoint trained on it (``config.object_noun`` / ``config.object_noun_plural``), and read back by
-``finedefics eval`` and the model card.
+"+s" and FOCI's own query uses fixed plurals (its aircraft query says "aircrafts"), and the word for one
+of its categories in the open-set question (a bird's "species", a car's "model", a dog's "breed":
+:data:`CATEGORY_WORDS`). The noun is set once for a dataset (``finedefics data csv --noun``
+``--category-word``, or ``object_noun`` / ``object_category_word`` in a recipe), stored in every checkpoint
+trained on it (``config.object_noun`` / ``object_noun_plural`` / ``object_category_word``), and read back
+by ``finedefics eval`` and the model card.
 
     noun = ObjectNoun.of("car")                                  # plural "cars"
-    open_set_question(noun)        # "What is the species of the car in the image?"
+    open_set_question(noun)        # "What is the model of the car in the image?"
     multiple_choice_prompt(multiple_choice_query(noun), ["Alpine A110", "Lotus Elise"])
 """
 
@@ -21,12 +23,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .choices import read_options
+
 # Letters of the options: FOCI shows four (A-D); training's multiple choice may show up to ten.
 CHOICE_LETTERS = "ABCD"
 LETTERS = "ABCDEFGHIJ"
 
 DESCRIBE_INSTRUCTION = "Describe the attributes of the {singular} in the image."  # stage I
-OPEN_SET_QUESTION = "What is the species of the {singular} in the image?"  # stage II and open-set eval
+OPEN_SET_QUESTION = "What is the {category_word} of the {singular} in the image?"  # stage II and open-set eval
 MULTIPLE_CHOICE_QUERY = "Which of these {plural} is shown in the image?"  # FOCI's query (stage II, eval)
 KNOWLEDGE_QUESTION = "What does {article} {name} look like?"  # category knowledge, asked in text (demo base, premise)
 REVERSE_KNOWLEDGE_QUESTION = "Which {singular} is {description}?"  # the same knowledge, the other way round
@@ -41,39 +45,66 @@ ANSWER_INSTRUCTION = "\nAnswer with the letter from the given choices directly."
 SCORING_MODES = ("generate", "likelihood", "embedding", "open_set")
 
 # The config fields a checkpoint stores its noun in (``FinedeficsConfig``).
-NOUN_FIELD, PLURAL_FIELD = "object_noun", "object_noun_plural"
+NOUN_FIELD, PLURAL_FIELD, CATEGORY_WORD_FIELD = "object_noun", "object_noun_plural", "object_category_word"
+
+# What a category of the objects is called in the open-set question ("What is the model of the car ...?"), per
+# noun: the paper's six domains and vehicles. Other nouns, and checkpoints and data folders that record no word
+# (all of them trained with it), say "species".
+LEGACY_CATEGORY_WORD = "species"
+CATEGORY_WORDS = {
+    "bird": "species", "car": "model", "vehicle": "model", "truck": "model", "aircraft": "variant",
+    "airplane": "variant", "aeroplane": "variant", "plane": "variant", "dog": "breed", "pet": "breed", "cat": "breed",
+    "flower": "species", "plant": "species", "food": "dish", "dish": "dish",
+}
+
+
+def default_category_word(singular: str) -> str:
+    """The category word of a noun (:data:`CATEGORY_WORDS`), else "species"."""
+    return CATEGORY_WORDS.get(singular.strip().lower(), LEGACY_CATEGORY_WORD)
 
 
 @dataclass(frozen=True)
 class ObjectNoun:
-    """The noun of a dataset's objects, with its plural ("bird"/"birds", "aircraft"/"aircraft")."""
+    """The noun of a dataset's objects, with its plural ("bird"/"birds", "aircraft"/"aircraft") and the word for
+    one of its categories ("species" of a bird, "model" of a car)."""
 
     singular: str
     plural: str
+    category_word: str = LEGACY_CATEGORY_WORD
 
     @classmethod
-    def of(cls, singular: str, plural: str | None = None) -> ObjectNoun:
-        """``plural`` defaults to :func:`english_plural` of ``singular``; give it where that rule is wrong."""
+    def of(cls, singular: str, plural: str | None = None, category_word: str | None = None) -> ObjectNoun:
+        """``plural`` defaults to :func:`english_plural` of ``singular`` and ``category_word`` to
+        :func:`default_category_word`; give them where those are wrong."""
         if not isinstance(singular, str) or not singular.strip():
             raise ValueError(f"the object noun must be a non-empty word, got {singular!r}")
-        if plural is not None and (not isinstance(plural, str) or not plural.strip()):
-            raise ValueError(f"the plural of {singular!r} must be a non-empty word, got {plural!r}")
+        for what, word in (("plural", plural), ("category word", category_word)):
+            if word is not None and (not isinstance(word, str) or not word.strip()):
+                raise ValueError(f"the {what} of {singular!r} must be a non-empty word, got {word!r}")
         singular = singular.strip()
-        return cls(singular, plural.strip() if plural else english_plural(singular))
+        return cls(singular, plural.strip() if plural else english_plural(singular),
+                   category_word.strip() if category_word else default_category_word(singular))
 
     @classmethod
     def from_config(cls, config) -> ObjectNoun | None:
-        """The noun stored in a checkpoint's config (an object or a ``config.json`` dict); None if it has none."""
+        """The noun stored in a checkpoint's config (an object or a ``config.json`` dict); None if it has none.
+
+        A config without a category word was trained with "species" (the only word before it was recorded)."""
         get = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
-        return cls.of(get(NOUN_FIELD), get(PLURAL_FIELD)) if get(NOUN_FIELD) else None
+        if not get(NOUN_FIELD):
+            return None
+        return cls.of(get(NOUN_FIELD), get(PLURAL_FIELD), get(CATEGORY_WORD_FIELD) or LEGACY_CATEGORY_WORD)
 
     def config_fields(self) -> dict[str, str]:
-        """``{object_noun, object_noun_plural}``: what a checkpoint's config (or a data folder) stores."""
-        return {NOUN_FIELD: self.singular, PLURAL_FIELD: self.plural}
+        """``{object_noun, object_noun_plural, object_category_word}``: what a checkpoint's config (or a data
+        folder) stores."""
+        return {NOUN_FIELD: self.singular, PLURAL_FIELD: self.plural, CATEGORY_WORD_FIELD: self.category_word}
 
     def __str__(self) -> str:
-        return (self.singular if self.plural == english_plural(self.singular)
+        text = (self.singular if self.plural == english_plural(self.singular)
                 else f"{self.singular} (plural {self.plural})")
+        return text if self.category_word == default_category_word(self.singular) \
+            else f"{text}, category word {self.category_word!r}"
 
 
 def english_plural(singular: str) -> str:
@@ -85,7 +116,8 @@ def english_plural(singular: str) -> str:
     return singular + "s"
 
 
-DEFAULT_NOUN = ObjectNoun("object", "objects")  # when neither the data, the recipe nor the checkpoint names one
+# When neither the data, the recipe nor the checkpoint names one.
+DEFAULT_NOUN = ObjectNoun("object", "objects", LEGACY_CATEGORY_WORD)
 
 
 # ----------------------------------------------------------------------------- questions
@@ -119,7 +151,7 @@ def lookup_choice_query(option: str) -> str:
 
 def open_set_question(noun: ObjectNoun) -> str:
     """The open-set recognition question (stage II and the ``open_set`` evaluation)."""
-    return OPEN_SET_QUESTION.format(singular=noun.singular)
+    return OPEN_SET_QUESTION.format(category_word=noun.category_word, singular=noun.singular)
 
 
 def multiple_choice_query(noun: ObjectNoun) -> str:
@@ -147,26 +179,16 @@ def multiple_choice_answer(letter: str, option: str, style: str = "letter") -> s
 
 
 # ----------------------------------------------------------------------------- reading questions back
-_OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+?)\s*$")
 _LETTER_ANSWER = re.compile(r"\(?([A-Z])\)?(?:[.:)](?:\s.*)?)?", flags=re.DOTALL)
 
 
 def multiple_choice_options(question: str) -> dict[str, str] | None:
-    """``{letter: option}`` of a multiple-choice question in the prompt's layout, or None if it is not one.
+    """``{letter: option}`` of a multiple-choice question, or None if it is not one.
 
-    The options are the ``"A. name"`` lines after a ``Choices:`` line; other lines are ignored.
+    Reads this module's layout (``Choices:`` then ``"A. name"`` lines) and the others people write
+    (``choices.read_options``: no header, ``A)`` or ``(A)`` marks, options inline).
     """
-    lines = question.splitlines()
-    header = CHOICES_HEADER.strip()
-    if header not in (line.strip() for line in lines):
-        return None
-    start = [line.strip() for line in lines].index(header) + 1
-    options = {}
-    for line in lines[start:]:
-        match = _OPTION_LINE.match(line.strip())
-        if match:
-            options[match.group(1)] = match.group(2)
-    return options or None
+    return read_options(question)
 
 
 def answer_letter(answer: str) -> str | None:
@@ -180,7 +202,8 @@ def answer_letter(answer: str) -> str | None:
 
 
 __all__ = [
-    "ANSWER_INSTRUCTION", "CHOICES_HEADER", "CHOICE_LETTERS", "DEFAULT_NOUN", "DESCRIBE_INSTRUCTION",
+    "ANSWER_INSTRUCTION", "CATEGORY_WORDS", "CATEGORY_WORD_FIELD", "CHOICES_HEADER", "LEGACY_CATEGORY_WORD",
+    "default_category_word", "CHOICE_LETTERS", "DEFAULT_NOUN", "DESCRIBE_INSTRUCTION",
     "DESCRIPTION_CHOICE_QUERY", "LOOKUP_CHOICE_QUERY", "MULTIPLE_CHOICE_ANSWERS", "description_choice_query",
     "lookup_choice_query", "multiple_choice_answer",
     "KNOWLEDGE_QUESTION", "LETTERS", "MULTIPLE_CHOICE_QUERY", "OPEN_SET_QUESTION", "REVERSE_KNOWLEDGE_QUESTION",

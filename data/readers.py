@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .names import normalize_name
 
-from .kinds import derive_recognition, known_category_index, row_kind
+from .choices import NO_OPTIONS_FOUND, looks_like_a_choice, picked_option, read_options
+from .kinds import DESCRIPTION, MULTIPLE_CHOICE, RECOGNITION_KINDS, known_category_index, read_recognition, row_kind
 from .negatives import mine_by_attributes, negative_descriptions
 from .schema import (
     OUTSIDE_ROOT_PROBLEM,
@@ -52,7 +53,8 @@ _SEPARATOR = re.compile(r"\t\r?\n")  # the reference's "\t\n", also when the fil
 
 def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "raise", multi_image: str = "skip",
                        check_images: bool = True, require_category: bool = True,
-                       known_categories: Iterable[str] = (), allow_images_outside_root: bool = False) -> Records:
+                       known_categories: Iterable[str] = (), allow_images_outside_root: bool = False,
+                       allow_new_categories: bool = False) -> Records:
     """Read a reference-implementation training CSV (stage I's pretrain.csv or stage II's finetune.csv).
 
     Columns: ``question``, ``answer``, ``type``, ``image_path`` (or ``image_path_1`` / ``image_path_2``
@@ -61,9 +63,13 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
     followed by a newline. Image paths are relative to ``image_root``.
 
     Stage II rows are question/answer pairs without a category cell. A row without a category that is
-    a recognition question (its ``type`` says so, or its answer names a known category: see
-    :func:`~.kinds.derive_recognition`) gets the category its answer names; other such rows are
-    instruction rows and keep no category. The report counts the kept rows by kind (``kinds.py``).
+    a recognition question (a multiple choice in any layout of ``choices.py`` whose answer picks an option,
+    or an answer naming a known category, or a ``type`` that says so: see :func:`~.kinds.read_recognition`)
+    gets the category its answer picks; other such rows are instruction rows and keep no category. A
+    category so derived that is no known one is refused (all such names are listed) unless
+    ``allow_new_categories``. The report counts the kept rows by kind (``kinds.py``), the multiple-choice
+    questions read as recognition and those that were not (by reason), and the description rows whose
+    answer words the description otherwise than their ``attribute`` cell.
 
     Args:
         path: the CSV file (UTF-8).
@@ -79,6 +85,8 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
             pretrain.csv) that an answer may name.
         allow_images_outside_root: read image paths that leave ``image_root`` (absolute, or climbing
             out with ``..``); such a row is a bad row otherwise.
+        allow_new_categories: create the categories recognition answers name that are not known (counted
+            in the report) instead of refusing the file.
 
     Returns:
         :class:`~.schema.Records` (a list of records) whose ``.report`` counts what was read,
@@ -95,7 +103,7 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
         raise FileNotFoundError(f"image root {image_root} (for {path}) is not a folder")
     rows = _numbered_csv_rows(path)
     known = known_category_index([*known_categories, *((row.get("category") or "").strip() for _, _, row in rows)])
-    report, records = ReadReport(str(path)), []
+    report, records, unknown = ReadReport(str(path)), [], UnknownCategories()
     for number, where_row, row in tqdm(rows, desc=f"reading {path.name}", unit="row", disable=None):
         report.rows_read += 1
         if row.get("type", "").strip() == MULTI_IMAGE_TYPE and multi_image == "skip":
@@ -105,13 +113,17 @@ def read_reference_csv(path: str | Path, image_root: str | Path, errors: str = "
             record = _reference_record(row, where_row, path, image_root, check_images, report,
                                        allow_images_outside_root)
             _check_negative_separators(record, known, path, where_row, report)
-            _derive_category(record, known, path, where_row, report)
+            if record["category"]:
+                _check_given_choice(record, path, where_row, report)
+            else:
+                _derive_category(record, known, path, where_row, report, unknown, allow_new_categories)
             validate_record(record, str(path), where_row, require_category=require_category)
         except RecordError as error:
             handle_bad_row(error, report, errors)
             continue
         records.append({**record, "source_row": number})
-        report.kinds[row_kind(record) or "untrainable"] += 1
+        _count_kind(record, report)
+    unknown.check(path, report, allow_new_categories)
     _assign_labels(records)
     report.rows_kept = len(records)
     report.log()
@@ -144,22 +156,92 @@ def _csv_problem(error: csv.Error) -> str:
     return f"is not valid CSV ({error})"
 
 
-def _derive_category(record: dict, known: dict[str, str], path: Path, where_row: str, report: ReadReport) -> None:
-    """Give a category-less recognition question the category its answer names (see ``kinds.py``)."""
-    if record["category"] or not (record["question"] and record["answer"]):
+MC_READ = "multiple-choice rows read as recognition (category: the option the answer picks)"
+MC_NOT_READ = "multiple-choice rows not read as recognition ({})"
+DESCRIPTION_REWORDED = ("description rows whose answer words the description otherwise than their attribute cell "
+                        "(kept as description rows: the contrastive terms use the attribute cell)")
+NEW_CATEGORIES = "categories created from answers (not in the category column or --categories; --allow-new-categories)"
+
+
+class UnknownCategories:
+    """Categories that recognition answers name but no known list holds, with the first row naming each."""
+
+    SHOWN = 5
+
+    def __init__(self):
+        self.first_row: dict[str, str] = {}
+        self.rows = 0
+
+    def add(self, name: str, where_row: str) -> None:
+        self.first_row.setdefault(name, where_row)
+        self.rows += 1
+
+    def check(self, path: Path, report: ReadReport, allow: bool) -> None:
+        """Refuse the file when answers named unknown categories (unless ``allow``: then count them)."""
+        if not self.first_row:
+            return
+        if allow:
+            report.note(NEW_CATEGORIES, len(self.first_row))
+            return
+        names = list(self.first_row)
+        shown = ", ".join(repr(name) for name in names[:self.SHOWN])
+        more = f" and {len(names) - self.SHOWN} more" if len(names) > self.SHOWN else ""
+        raise RecordError(path, self.first_row[names[0]], "answer",
+                          f"recognition answers name {len(names)} categories that are not known ({shown}{more}; "
+                          f"{self.rows} rows): known categories are the file's category cells and those of "
+                          "--categories (give stage I's file: --categories pretrain.csv); pass "
+                          "--allow-new-categories to create them")
+
+
+def _derive_category(record: dict, known: dict[str, str], path: Path, where_row: str, report: ReadReport,
+                     unknown: UnknownCategories, allow_new_categories: bool) -> None:
+    """Give a category-less recognition question the category its answer picks (see ``kinds.py``)."""
+    if not (record["question"] and record["answer"]):
         return
     try:
-        derived = derive_recognition(record["question"], record["answer"], record["type"], known)
+        read = read_recognition(record["question"], record["answer"], record["type"], known, allow_new_categories)
     except ValueError as error:
         raise RecordError(path, where_row, "answer", str(error)) from None
-    if derived is None:
+    if read.unread_choice:
+        report.note(MC_NOT_READ.format(read.unread_choice))
+    if read.kind not in RECOGNITION_KINDS:
         record["category"] = None  # an instruction row: no category
         return
     if record["image"] is None:
         raise RecordError(path, where_row, "image_path", f"is empty, but the row is a recognition question "
                           f"(answer {record['answer']!r}): it needs its image")
-    record["category"] = derived[0]
+    if not read.known:
+        unknown.add(read.category, where_row)
+    record["category"] = read.category
     report.note("categories derived from recognition answers")
+
+
+def _check_given_choice(record: dict, path: Path, where_row: str, report: ReadReport) -> None:
+    """A row with a category and a multiple choice must pick that category: refuse one that picks another,
+    count one whose answer picks nothing."""
+    if not record["question"] or record["image"] is None:
+        return
+    options = read_options(record["question"])
+    if not options:
+        if looks_like_a_choice(record["answer"] or ""):
+            report.note(MC_NOT_READ.format(NO_OPTIONS_FOUND))
+        return
+    letter, problem = picked_option(record["answer"] or "", options)
+    if letter is None:
+        report.note(MC_NOT_READ.format(problem))
+    elif normalize_name(options[letter]) != normalize_name(record["category"]):
+        raise RecordError(path, where_row, "answer",
+                          f"{record['answer']!r} picks option {letter} {options[letter]!r}, but the row's category "
+                          f"is {record['category']!r}")
+
+
+def _count_kind(record: dict, report: ReadReport) -> None:
+    kind = row_kind(record)
+    report.kinds[kind or "untrainable"] += 1
+    if kind == MULTIPLE_CHOICE:
+        report.note(MC_READ)
+    if kind == DESCRIPTION and record["answer"] != record["attribute"]:
+        report.note(DESCRIPTION_REWORDED)
 
 
 def _check_reference_columns(path: Path, header: list[str]) -> None:

@@ -33,6 +33,8 @@ class FinedeficsAlignmentConfig(PreTrainedConfig):
             that evaluation and usage ask the questions it was trained with. Set by training.
         object_noun_plural (`str`, *optional*):
             Its plural as used in the multiple-choice question ("birds", "aircraft").
+        object_category_word (`str`, *optional*):
+            What one of its categories is called in the open-set question ("species", "model", "breed").
     """
 
     embed_dim: int = 0
@@ -42,6 +44,7 @@ class FinedeficsAlignmentConfig(PreTrainedConfig):
     summary_token_id: int | None = None
     object_noun: str | None = None
     object_noun_plural: str | None = None
+    object_category_word: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -143,7 +143,7 @@ def test_description_rows_are_asked_recognition_questions_in_stage_two(tiny_proc
     assert answers <= {"Velmoran Thistlewing", *"ABCD"} and "Velmoran Thistlewing" in answers and answers & set("ABCD")
     prompts = [_prompt_text(tiny_processor, stage_two, i) for i in range(8)]
     assert not any("Describe" in p for p in prompts)
-    assert any("What is the species of the car in the image?" in p for p in prompts)
+    assert any("What is the model of the car in the image?" in p for p in prompts)
     assert any("Which of these cars is shown in the image?" in p for p in prompts)
 
 

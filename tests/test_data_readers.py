@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from finedefics_data.choices import LETTER_AND_NAME_DISAGREE, NAMES_NO_OPTION, NO_OPTIONS_FOUND, NOT_AN_OPTION_LETTER
+from finedefics_data.kinds import NO_KNOWN_OPTION
 from finedefics_data.readers import (
+    DESCRIPTION_REWORDED,
+    MC_NOT_READ,
+    MC_READ,
+    NEW_CATEGORIES,
     build_cub_records,
     category_attributes,
     cub_class_name,
@@ -357,17 +363,25 @@ def test_finetune_rows_get_the_category_their_recognition_answer_names(tmp_path,
         stage_two_row(question="Same as before?", answer="Yes.", image_path=""),  # text only
     ])
     records = read_reference_csv(path, image_root, require_category=False,
-                                 known_categories=["Red Finch", "Blue Finch"])
+                                 known_categories=["Red Finch", "Blue Finch"], allow_new_categories=True)
     assert [r["category"] for r in records] == ["Red Finch", "Red Finch", "Green Tit", None, None]
     assert [r["answer"] for r in records[:2]] == ["red finch.", "B"]  # answers are kept as given
     assert [r["label"] for r in records] == [1, 1, 0, None, None]
     report = records.report
     assert dict(report.kinds) == {"open-set": 2, "multiple choice": 1, "instruction": 2}
     assert report.notes["categories derived from recognition answers"] == 3
+    assert report.notes[NEW_CATEGORIES] == 1  # "Green Tit": created, and counted
     assert "kept rows by kind: 2 open-set, 1 multiple choice, 2 instruction" in report.summary()
-    # Without the known names only the typed row is a recognition question.
-    assert [r["category"] for r in read_reference_csv(path, image_root, require_category=False)] == \
-        [None, None, "Green Tit", None, None]
+    # Without the known names, and with new categories allowed, the typed row and the multiple choice (its option
+    # picked) are recognition questions; a name in free text is not.
+    assert [r["category"] for r in read_reference_csv(path, image_root, require_category=False,
+                                                      allow_new_categories=True)] == \
+        [None, "Red Finch", "Green Tit", None, None]
+    # Without the flag a category no list holds is refused, naming it, the first row and the flag.
+    with pytest.raises(RecordError, match=r"1 categories that are not known \('Green Tit'; 1 rows\).*"
+                                          r"--allow-new-categories") as error:
+        read_reference_csv(path, image_root, require_category=False, known_categories=["Red Finch", "Blue Finch"])
+    assert "row 3 (line" in str(error.value) and error.value.field == "answer"
 
 
 def test_pretrain_rows_are_description_rows(tmp_path, image_root):
@@ -376,7 +390,7 @@ def test_pretrain_rows_are_description_rows(tmp_path, image_root):
 
 
 @pytest.mark.parametrize("cells, field, message", [
-    (dict(question=CHOICES, answer="C", type="multiple-choice"), "answer", "'C', which is not one of the choices"),
+    (dict(question=CHOICES, answer="C", type="multiple-choice"), "answer", "letter is not one of the options: 'C'"),
     (dict(question="Name it.", answer="Red Finch", image_path=""), "image_path", "recognition question"),
     (dict(question="What colour is its crown?", answer="red"), "category", "not a recognition answer"),
 ])
@@ -416,3 +430,111 @@ def test_csv_cli_refuses_to_save_when_every_row_was_skipped(tmp_path, image_root
     captured = capsys.readouterr()
     assert "read 2 rows, kept 0, skipped 2" in captured.out
     assert "none of its 2 rows was kept" in captured.err and not out.exists()
+
+
+# ============================================================================= multiple choice as people write it
+FINCHES = ["Blue Finch", "Red Finch", "Green Finch", "Grey Finch"]
+
+
+def choice_question(options, style="{letter}. {option}", header=False, inline=False):
+    items = [style.format(letter="ABCD"[i], option=option) for i, option in enumerate(options)]
+    listed = " ".join(items) if inline else "\n".join(items)
+    return ("Which finch is this?" + ("\nChoices:\n" if header else ("\n" if not inline else " ")) + listed
+            + "\nAnswer with the letter and the name.")
+
+
+def test_options_on_lines_without_a_header_answered_letter_dot_name(tmp_path, image_root):
+    """The layout the reader used to misread: no Choices: line, answers "B. name" (B/C/D rows became instruction
+    rows, and "A. name" was read as an open-set name whose "A." was dropped as an article)."""
+    rows = [stage_two_row(question=choice_question(FINCHES), answer=f"{letter}. {FINCHES[i]}")
+            for i, letter in enumerate("ABCD")]
+    path = write_csv(tmp_path / "finetune.csv", rows)
+    records = read_reference_csv(path, image_root, require_category=False, known_categories=FINCHES)
+    assert [r["category"] for r in records] == FINCHES
+    assert dict(records.report.kinds) == {"multiple choice": 4}
+    assert records.report.notes[MC_READ] == 4
+
+
+@pytest.mark.parametrize("style", ["{letter}. {option}", "{letter}) {option}", "({letter}) {option}"])
+@pytest.mark.parametrize("header, inline", [(True, False), (False, False), (True, True), (False, True)])
+def test_every_layout_and_answer_form_gives_the_picked_category(tmp_path, image_root, style, header, inline):
+    question = choice_question(FINCHES, style, header, inline)
+    answers = ["C", "C. Green Finch", "Green Finch", "(C)"]
+    path = write_csv(tmp_path / "finetune.csv", [stage_two_row(question=question, answer=a) for a in answers])
+    records = read_reference_csv(path, image_root, require_category=False, known_categories=FINCHES)
+    assert [r["category"] for r in records] == ["Green Finch"] * 4
+    assert [r["answer"] for r in records] == answers  # answers are trained as given
+    assert dict(records.report.kinds) == {"multiple choice": 4}
+
+
+def test_multiple_choice_rows_not_read_are_counted_by_reason(tmp_path, image_root):
+    path = write_csv(tmp_path / "finetune.csv", [
+        stage_two_row(question=choice_question(FINCHES), answer="B. Grey Finch"),  # letter and name disagree
+        stage_two_row(question=choice_question(FINCHES), answer="E"),  # no such option
+        stage_two_row(question=choice_question(FINCHES), answer="I am not sure"),
+        stage_two_row(question="Which finch is it, in the list above?", answer="B"),  # options not found
+        stage_two_row(question=choice_question(["red", "blue"]), answer="A"),  # an attribute question
+        stage_two_row(question=choice_question(FINCHES), answer="D"),  # read
+    ])
+    records = read_reference_csv(path, image_root, require_category=False, known_categories=FINCHES)
+    assert [r["category"] for r in records] == [None] * 5 + ["Grey Finch"]
+    notes = records.report.notes
+    for reason in (LETTER_AND_NAME_DISAGREE, NOT_AN_OPTION_LETTER, NAMES_NO_OPTION, NO_OPTIONS_FOUND,
+                   NO_KNOWN_OPTION):
+        assert notes[MC_NOT_READ.format(reason)] == 1, reason
+    assert notes[MC_READ] == 1
+    summary = records.report.summary()
+    assert f"multiple-choice rows not read as recognition ({LETTER_AND_NAME_DISAGREE}): 1" in summary
+
+
+def test_a_typed_multiple_choice_that_picks_nothing_is_a_named_error(tmp_path, image_root):
+    path = write_csv(tmp_path / "finetune.csv", [
+        stage_two_row(question="Which finch, of those listed before?", answer="B", type="multiple-choice")])
+    with pytest.raises(RecordError, match="no options in a known layout") as error:
+        read_reference_csv(path, image_root, require_category=False)
+    assert "row 1 (line 2)" in str(error.value) and error.value.field == "answer"
+
+
+def test_unknown_picked_options_are_listed_and_refused_unless_allowed(tmp_path, image_root):
+    names = [f"Finch {i}" for i in range(8)]
+    rows = [stage_two_row(question=choice_question(["Red Finch", name]), answer="B") for name in names]
+    path = write_csv(tmp_path / "finetune.csv", [stage_two_row(question="What bird?", answer="Red Finch"), *rows])
+    with pytest.raises(RecordError) as error:
+        read_reference_csv(path, image_root, require_category=False, known_categories=["Red Finch"])
+    message = str(error.value)
+    assert "8 categories that are not known ('Finch 0', 'Finch 1', 'Finch 2', 'Finch 3', 'Finch 4' and 3 more" \
+        in message and "row 2 (line 3)" in message and "--allow-new-categories" in message
+    records = read_reference_csv(path, image_root, require_category=False, known_categories=["Red Finch"],
+                                 allow_new_categories=True)
+    assert [r["category"] for r in records] == ["Red Finch", *names]
+    assert records.report.notes[NEW_CATEGORIES] == 8
+
+
+def test_a_row_whose_answer_picks_another_option_than_its_category_is_refused(tmp_path, image_root):
+    path = write_csv(tmp_path / "train.csv", [row(question=choice_question(FINCHES), answer="A")])  # Blue, not Red
+    with pytest.raises(RecordError, match="picks option A 'Blue Finch', but the row's category is 'Red Finch'"):
+        read_reference_csv(path, image_root)
+
+
+def test_stage_one_rows_are_description_rows_whatever_the_answers_wording(tmp_path, image_root):
+    path = write_csv(tmp_path / "pretrain.csv", [
+        row(answer="a red bird with a cone bill."),  # the attribute cell's words
+        row(answer="This finch is red, with a cone-shaped bill."),  # other words
+        row(answer="Red Finch"),  # names its category: an open-set row
+    ])
+    records = read_reference_csv(path, image_root)
+    assert dict(records.report.kinds) == {"description": 2, "open-set": 1}
+    assert records.report.notes[DESCRIPTION_REWORDED] == 1
+
+
+def test_csv_cli_allow_new_categories_and_the_hint_when_no_option_is_known(tmp_path, image_root, capsys):
+    from finedefics_cli import main
+
+    path = write_csv(tmp_path / "finetune.csv", [stage_two_row(question=choice_question(FINCHES), answer="B")])
+    assert main(["data", "csv", str(path), "--image-root", str(image_root)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 multiple-choice rows have no known category among their options" in printed
+    assert "--categories" in printed and "--allow-new-categories" in printed
+    assert main(["data", "csv", str(path), "--image-root", str(image_root), "--allow-new-categories",
+                 "--output", str(tmp_path / "ds")]) == 0
+    assert "kept rows by kind: 1 multiple choice" in capsys.readouterr().out

@@ -203,6 +203,10 @@ def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     assert extraction["question"] == "Describe the attributes of the car in the image."
     assert report["premise"]["category_knowledge"]["categories"] == len(MODELS)
     assert report["models"]["base"]["protocol"]["query"] == "Which of these cars is shown in the image?"
+    splits = "\n".join(report["data_splits"])  # where each split came from, in the report
+    assert "- test: " in splits and "carved from the training rows (20% per category, seed 0)" in splits
+    assert "rare slice of the test split: 1 categories, n = " in splits
+    assert "Splits:" in (tmp_path / "out" / "report" / "report.md").read_text()
 
 
 LOAD_ANY_FAMILY = textwrap.dedent(

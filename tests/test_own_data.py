@@ -140,12 +140,12 @@ def test_reference_csvs_go_through_data_init_two_stage_eval_and_push(cars, tmp_p
     for name in ("test", "test_options"):
         report = json.loads((out / name / "report.json").read_text())
         assert report["protocol"]["query"] == "Which of these cars is shown in the image?"
-        assert report["protocol"]["open_set_question"] == "What is the species of the car in the image?"
+        assert report["protocol"]["open_set_question"] == "What is the model of the car in the image?"
         assert report["benchmark_info"]["num_rare_categories"] == 1
         slice_ = report["modes"]["generate"]["rare_vs_common"]
         assert (slice_["rare"]["n"], slice_["common"]["n"]) == (2, 8)  # RARE's two test images vs the others
     card = (final / "README.md").read_text()
-    assert "What is the species of the car in the image?" in card and "Albatross" not in card
+    assert "What is the model of the car in the image?" in card and "Albatross" not in card
     assert "# Finedefics: fine-grained car recognition" in card
 
     # 5. push --stage-only: the staged card speaks of cars too

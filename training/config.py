@@ -57,6 +57,9 @@ class FinedeficsTrainingConfig(SFTConfig):
             the starting checkpoint's ``config.object_noun``. The noun used is stored in the checkpoint.
         object_noun_plural (`str`, *optional*):
             Its plural, where the regular English rule (-s, -es, -ies) is wrong (e.g. "aircraft").
+        object_category_word (`str`, *optional*):
+            What one of its categories is called in the open-set question ("species", "model", "breed");
+            default: the data's, else the noun's default (``finedefics_data.prompts.CATEGORY_WORDS``).
         gather_with_grad (`bool`, defaults to `True`):
             Under multi-process training, gather embeddings from all ranks with gradients so every rank sees
             every negative.
@@ -84,6 +87,8 @@ class FinedeficsTrainingConfig(SFTConfig):
     object_noun: str | None = field(default=None, metadata={
         "help": "what the objects are called in the instructions (default: the data's noun, else the model's)"})
     object_noun_plural: str | None = field(default=None, metadata={"help": "its plural, where -s/-es/-ies is wrong"})
+    object_category_word: str | None = field(default=None, metadata={
+        "help": "what one of its categories is called in the open-set question (species, model, breed, ...)"})
     gather_with_grad: bool = field(default=True, metadata={"help": "gather negatives across ranks with gradients"})
 
     def __post_init__(self):

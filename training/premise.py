@@ -53,9 +53,23 @@ def generate_answers(model, processor, questions: list[str], images: list | None
     return answers
 
 
-def description_words(text: str) -> dict[str, str]:
-    """A description's content words as ``{word: word}``: the scoring unit when there are no attributes."""
-    return {word: word for word in re.findall(r"[a-z]+", text.lower()) if word not in _FUNCTION_WORDS}
+def description_words(text: str, vocabulary: set[str] | None = None) -> dict[str, str]:
+    """A description's content words as ``{word: word}``: the scoring unit when there are no attributes.
+
+    ``vocabulary`` (:func:`attribute_words`) keeps only the words that describe the data's attributes."""
+    return {word: word for word in re.findall(r"[a-z]+", text.lower())
+            if word not in _FUNCTION_WORDS and (vocabulary is None or word in vocabulary)}
+
+
+def attribute_words(descriptions: list[str], noun: ObjectNoun | None = None) -> set[str] | None:
+    """The words of the data's descriptions that tell categories apart: neither the noun nor a word every
+    category's description holds ("car", "body", "with": the template, not an attribute). None (every word
+    counts) for fewer than two descriptions."""
+    worded = [set(description_words(text)) for text in descriptions if text]
+    if len(worded) < 2:
+        return None
+    template = set.intersection(*worded) | ({noun.singular.lower(), noun.plural.lower()} if noun else set())
+    return set.union(*worded) - template
 
 
 def recall(stated: list[dict[str, str]], truths: list[dict[str, str]], keys: list[list[str]] | None = None) -> dict:
@@ -74,7 +88,7 @@ def recall(stated: list[dict[str, str]], truths: list[dict[str, str]], keys: lis
 
 
 # ----------------------------------------------------------------------------- the premise
-def object_information_extraction(model, processor, rows: list[dict], categories: dict[str, dict],
+def object_information_extraction(model, processor, rows: list[dict], categories: list[dict],
                                   parse: Callable[[str], dict] | None, noun: ObjectNoun,
                                   distinguishing: dict[str, list[str]], batch_size: int = 32) -> dict:
     """Describe held-out images; score the answers against each image's visible attributes.
@@ -86,9 +100,9 @@ def object_information_extraction(model, processor, rows: list[dict], categories
     answers = generate_answers(model, processor, [question] * len(rows), [row["image"] for row in rows],
                                batch_size, desc="describing images")
     structured = parse is not None and all(_attributes(row) for row in rows)
-    read = parse if structured else description_words
-    truths = [_attributes(row) if structured else description_words(row["attribute"]) for row in rows]
-    stated = [read(answer) for answer in answers]
+    vocabulary = None if structured else attribute_words([c.get("description", "") for c in categories], noun)
+    truths = [_attributes(row) if structured else description_words(row["attribute"], vocabulary) for row in rows]
+    stated = [parse(answer) if structured else description_words(answer, vocabulary) for answer in answers]
     result = {"scored_by": "attribute parser" if structured else "description words", "images": len(rows),
               "question": question, **recall(stated, truths)}
     if structured:
@@ -100,15 +114,15 @@ def object_information_extraction(model, processor, rows: list[dict], categories
 
 
 def category_knowledge(model, processor, categories: list[dict], parse: Callable[[str], dict] | None,
-                       rare: set[str], batch_size: int = 32) -> dict:
+                       rare: set[str], batch_size: int = 32, noun: ObjectNoun | None = None) -> dict:
     """Ask, in text, what each category looks like; score against its attributes (or description words)."""
     questions = [knowledge_question(category["name"]) for category in categories]
     answers = generate_answers(model, processor, questions, None, batch_size, desc="asking what categories look like")
     structured = parse is not None and all(category.get("attributes") for category in categories)
-    read = parse if structured else description_words
-    truths = [category["attributes"] if structured else description_words(category["description"])
+    vocabulary = None if structured else attribute_words([c["description"] for c in categories], noun)
+    truths = [category["attributes"] if structured else description_words(category["description"], vocabulary)
               for category in categories]
-    stated = [read(answer) for answer in answers]
+    stated = [parse(answer) if structured else description_words(answer, vocabulary) for answer in answers]
     result = {"scored_by": "attribute parser" if structured else "description words", "categories": len(categories),
               "question": KNOWLEDGE_QUESTION, **recall(stated, truths)}
     rare_rows = [i for i, category in enumerate(categories) if category["name"] in rare]
@@ -157,5 +171,5 @@ def _attributes(row: dict) -> dict[str, str]:
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
-__all__ = ["category_knowledge", "description_words", "generate_answers", "multiple_choice_in_text",
+__all__ = ["attribute_words", "category_knowledge", "description_words", "generate_answers", "multiple_choice_in_text",
            "object_information_extraction", "recall"]

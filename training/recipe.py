@@ -487,7 +487,8 @@ def with_data_noun(training_args: FinedeficsTrainingConfig, data_args: DataArgum
     if noun is None:
         return training_args
     logger.info("objects are called %r (from %s)", str(noun), data_args.dataset_dir)
-    return replace(training_args, object_noun=noun.singular, object_noun_plural=noun.plural)
+    return replace(training_args, object_noun=noun.singular, object_noun_plural=noun.plural,
+                   object_category_word=training_args.object_category_word or noun.category_word)
 
 
 def replace_progress_display(trainer, callback) -> None:

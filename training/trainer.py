@@ -324,7 +324,7 @@ def training_noun(args: FinedeficsTrainingConfig, model) -> ObjectNoun | None:
     stored = ObjectNoun.from_config(model.config) if getattr(model, "config", None) is not None else None
     if not args.object_noun:
         return stored
-    noun = ObjectNoun.of(args.object_noun, args.object_noun_plural)
+    noun = ObjectNoun.of(args.object_noun, args.object_noun_plural, getattr(args, "object_category_word", None))
     if stored and stored != noun:
         logger.warning("the model was trained with the noun %r; this run asks about %r and records it instead",
                        str(stored), str(noun))

@@ -6,6 +6,8 @@
 - ``csv FILE.csv --image-root DIR``: read and check a reference-implementation training CSV (stage I's
   pretrain.csv or stage II's finetune.csv); with ``--output`` save it as a dataset that ``finedefics
   train --dataset_dir`` reads, with ``--noun`` recorded as what its objects are called.
+- ``imagefolder ROOT --output DIR``: an image folder's train/ and test/ splits (or one split), kept as
+  splits of a dataset folder (e.g. the test images beside the training rows of ``data csv``).
 - ``cub CUB_ROOT --output DIR``: CUB-200-2011 with descriptions from its attribute annotations and
   hard negatives mined from the same annotations.
 - ``options DATA --output FILE.json``: FOCI-style 4-way option sets for a dataset split, from a
@@ -28,6 +30,7 @@ def register(subparsers) -> None:
     _register_synth(commands)
     _register_preview(commands)
     _register_csv(commands)
+    _register_imagefolder(commands)
     _register_cub(commands)
     _register_options(commands)
 
@@ -102,17 +105,28 @@ def _register_csv(commands) -> None:
     parser = commands.add_parser(
         "csv", help="read and check a reference-implementation training CSV (pretrain.csv or finetune.csv)",
         description="Read a training CSV in the reference implementation's format. Stage II rows (finetune.csv) "
-                    "have no category: a recognition question gets the category its answer names (its type says "
-                    "recognition/classification/open-set/closed-set/multiple-choice, or the answer, or the option "
-                    "its letter picks, is a known category name); other question/answer rows are kept as "
-                    "instruction rows without a category. The summary counts the kept rows by kind.")
+                    "have no category: a recognition question gets the category its answer picks (a multiple "
+                    "choice - options 'A. x', 'A) x' or '(A) x', on lines or inline, with or without a Choices: "
+                    "line - answered with a letter, 'letter. name' or the name; or an answer that is a known "
+                    "category name; or a type that says recognition/classification/open-set/closed-set/"
+                    "multiple-choice); other question/answer rows are kept as instruction rows without a "
+                    "category. A derived category that is not known is refused unless --allow-new-categories. "
+                    "The summary counts the kept rows by kind and the multiple-choice rows read and not read.")
     parser.add_argument("csv", help="the CSV file (columns question, answer, type, image_path, attribute, ...)")
-    parser.add_argument("--image-root", required=True, help="folder the CSV's image paths are relative to")
-    parser.add_argument("--output", help="save the records as a dataset (train split) in this folder")
+    parser.add_argument("--image-root", help="folder the CSV's image paths are relative to (required)")
+    parser.add_argument("--output", help="save the records as a dataset in this folder (as --split; the folder's "
+                                         "other splits are kept, so one file per split builds one dataset)")
+    parser.add_argument("--split", default="train",
+                        help="the split these rows are: train (default), validation or test; `finedefics demo "
+                             "--data` evaluates on the dataset's own test split")
     add_noun_arguments(parser, "recorded with --output; used by init-model, training, eval and the model card")
     parser.add_argument("--categories", metavar="FILE", action="append", default=[],
                         help="known category names an answer may name: a reference CSV (its category column, "
                              "e.g. pretrain.csv) or a text file with one name per line (repeatable)")
+    parser.add_argument("--allow-new-categories", action="store_true",
+                        help="create the categories that recognition answers name but neither the file's category "
+                             "column nor --categories holds (refused by default: usually --categories is missing "
+                             "or a name is misspelt)")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="skip and count bad rows instead of stopping at the first")
     parser.add_argument("--keep-multi-image", action="store_true",
@@ -125,41 +139,140 @@ def _register_csv(commands) -> None:
 
 
 def run_csv(args) -> int:
-    from finedefics_data.kinds import INSTRUCTION
+    from finedefics_data.folders import categories_of
+    from finedefics_data.prompts import open_set_question
     from finedefics_data.readers import read_category_names, read_reference_csv
 
     noun = noun_from_arguments(args)
-    records = read_reference_csv(args.csv, args.image_root, errors="skip" if args.skip_bad_rows else "raise",
+    csv_path, image_root = _reference_paths(args.csv, args.image_root)
+    trained = categories_of(args.output) if args.output and args.split != "train" else []
+    records = read_reference_csv(csv_path, image_root, errors="skip" if args.skip_bad_rows else "raise",
                                  multi_image="keep" if args.keep_multi_image else "skip",
                                  check_images=not args.no_check_images, require_category=False,
-                                 known_categories=read_category_names(args.categories),
-                                 allow_images_outside_root=args.allow_images_outside_root)
+                                 known_categories=[*read_category_names(args.categories), *trained],
+                                 allow_images_outside_root=args.allow_images_outside_root,
+                                 allow_new_categories=args.allow_new_categories)
     print(records.report.summary())
     if not records:
         raise ValueError(f"{args.csv}: none of its {records.report.rows_read} rows was kept (see the summary "
                          "above); nothing to save")
-    if records.report.kinds.get(INSTRUCTION) == len(records) and not args.categories:
-        print("no row was read as a recognition question: if answers name categories, give their names with "
-              "--categories (e.g. --categories pretrain.csv), or mark the rows' type as recognition")
-    print(f"object noun: {noun}" if noun else "object noun: not set (give --noun, or object_noun in the recipe)")
+    hint = _recognition_hint(records, args.categories)
+    if hint:
+        print(hint)
+    print(f"object noun: {noun} (open-set question: {open_set_question(noun)!r})" if noun else
+          "object noun: not set (give --noun, or object_noun in the recipe)")
     if args.output:
-        _save_splits({"train": records}, args.output, noun)
+        _save_one_split(records, args.output, args.split, noun, trained)
     return 0
+
+
+def _reference_paths(csv_path: str, image_root: str | None) -> tuple[Path, Path]:
+    """The CSV and its image root; a folder (a dataset's root) is answered with the commands it needs."""
+    from finedefics_data.folders import how_to_prepare, what_folder_is
+
+    path = Path(csv_path)
+    if path.is_dir():
+        commands = how_to_prepare(path)
+        raise ValueError(f"{path} is a folder ({what_folder_is(path)}), not a CSV file; "
+                         + (f"read its files with\n{commands}" if commands else
+                            "give the CSV file (e.g. pretrain.csv) and --image-root"))
+    if image_root is None:
+        raise ValueError(f"{path}: --image-root is needed, the folder the CSV's image_path cells are relative to"
+                         + (f" (e.g. --image-root {path.parent / 'images'})" if (path.parent / "images").is_dir()
+                            else ""))
+    return path, Path(image_root)
+
+
+def _save_one_split(records, output: str, split: str, noun, trained: list[str]) -> None:
+    """Save ``records`` as ``split`` of ``output`` (keeping its other splits) and say what the folder holds."""
+    from finedefics_data.folders import SPLITS, save_split
+
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    untrained = sorted({r["category"] for r in records if r.get("category")} - set(trained)) if trained else []
+    if untrained:
+        print(f"warning: {len(untrained)} categories of the {split} split have no training rows in {output}: "
+              + ", ".join(repr(name) for name in untrained[:5]) + (" ..." if len(untrained) > 5 else ""))
+    counts = save_split(records, output, split, noun)
+    print(f"saved {split}: {len(records)} rows to {output} (splits now: "
+          + ", ".join(f"{name} {count}" for name, count in counts.items()) + ")")
+
+
+def _recognition_hint(records, categories: list[str]) -> str | None:
+    """What to give when no known category list let the answers be read as recognition (None: nothing)."""
+    from finedefics_data.kinds import INSTRUCTION, NO_KNOWN_OPTION
+    from finedefics_data.readers import MC_NOT_READ
+
+    if categories:
+        return None
+    unread = records.report.notes.get(MC_NOT_READ.format(NO_KNOWN_OPTION), 0)
+    if unread:
+        return (f"{unread} multiple-choice rows have no known category among their options: give the category names "
+                "with --categories (e.g. --categories pretrain.csv), or --allow-new-categories to read the options "
+                "they pick as new categories")
+    if records.report.kinds.get(INSTRUCTION) == len(records):
+        return ("no row was read as a recognition question: if answers name categories, give their names with "
+                "--categories (e.g. --categories pretrain.csv), or mark the rows' type as recognition")
+    return None
 
 
 def add_noun_arguments(parser, where_from: str) -> None:
     """``--noun`` and ``--noun-plural``, as data csv, init-model and eval take them."""
     parser.add_argument("--noun", help=f"what the objects are called in the questions, e.g. car ({where_from})")
     parser.add_argument("--noun-plural", help="its plural, where adding -s/-es/-ies is wrong (e.g. aircraft)")
+    parser.add_argument("--category-word",
+                        help="what one category of the objects is called in the open-set question ('What is the "
+                             "WORD of the car in the image?'); default by noun: bird species, car/vehicle model, "
+                             "aircraft variant, dog/pet breed, flower species, food dish; other nouns species")
 
 
 def noun_from_arguments(args):
     """The ``ObjectNoun`` of ``--noun`` / ``--noun-plural`` (shared by data, init-model and eval), or None."""
     from finedefics_data.prompts import ObjectNoun
 
-    if args.noun_plural and not args.noun:
-        raise ValueError("--noun-plural needs --noun")
-    return ObjectNoun.of(args.noun, args.noun_plural) if args.noun else None
+    for given, flag in ((args.noun_plural, "--noun-plural"), (args.category_word, "--category-word")):
+        if given and not args.noun:
+            raise ValueError(f"{flag} needs --noun")
+    return ObjectNoun.of(args.noun, args.noun_plural, args.category_word) if args.noun else None
+
+
+# ----------------------------------------------------------------------------- imagefolder
+def _register_imagefolder(commands) -> None:
+    parser = commands.add_parser(
+        "imagefolder", help="read an image folder (train/ and test/, or one split) into a dataset folder",
+        description="Read an imagefolder into a dataset folder, each split kept: ROOT/train, ROOT/validation and "
+                    "ROOT/test (metadata.jsonl with file_name and category or label, optionally attribute and "
+                    "neg_categories; or <class>/<image> folders), or ROOT itself as --split. The dataset folder's "
+                    "other splits are kept, so a test imagefolder can join the training rows of `data csv`.")
+    parser.add_argument("root", help="the image folder (with train/ and test/ folders, or one split's images)")
+    parser.add_argument("--output", required=True, help="the dataset folder to write or add the splits to")
+    parser.add_argument("--split", choices=["train", "validation", "test"],
+                        help="the split ROOT's images are, when ROOT has no train/ or test/ folders")
+    add_noun_arguments(parser, "recorded with --output")
+    parser.add_argument("--no-check-images", action="store_true", help="do not open every image while reading")
+    parser.set_defaults(func=run_imagefolder)
+
+
+def run_imagefolder(args) -> int:
+    from finedefics_data.folders import categories_of, imagefolder_splits, read_imagefolder_split
+
+    root, noun = Path(args.root), noun_from_arguments(args)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    found = imagefolder_splits(root)
+    if found and args.split:
+        raise ValueError(f"{root} has split folders ({', '.join(found)}): they keep their splits; drop --split")
+    if not found:
+        if not args.split:
+            raise ValueError(f"{root} has no train/, validation/ or test/ folder: say which split its images are "
+                             "with --split (e.g. --split test)")
+        found = {args.split: root}
+    for split, folder in found.items():
+        records = read_imagefolder_split(folder, check_images=not args.no_check_images)
+        print(records.report.summary())
+        trained = categories_of(args.output) if split != "train" else []
+        _save_one_split(records, args.output, split, noun, trained)
+    return 0
 
 
 # ----------------------------------------------------------------------------- cub

@@ -5,9 +5,10 @@
 the objects' noun, the folder the trainer reads, and a FOCI-style benchmark per split for evaluation.
 
 A synthetic benchmark folder is used as it is. A ``save_to_disk`` folder (``finedefics data csv`` /
-``cub``) without a test or validation split gets them carved from its training rows, per category and
-with a fixed seed (every category keeps at least one training row); the carved copy is saved next
-to the demo's outputs and is what the variants train on.
+``imagefolder`` / ``cub``) is evaluated on its own test split; a split it lacks (validation; test only when it
+has none) is carved from its training rows, per category and with a fixed seed (every category keeps at
+least one training row); the carved copy is saved next to the demo's outputs and is what the variants train
+on. Where each split came from is stated in the report (:meth:`DemoData.split_lines`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ logger = logging.getLogger("finedefics_training.demo_data")
 DEFAULT_IMAGE_SIZE = 64
 CARVE_SEED = 0
 CARVED_SHARE = {"test": 0.2, "validation": 0.1}
+OWN_SPLIT = "the dataset's own"
+FEW_TEST_IMAGES = 5  # a category with fewer test images than this gets a warning: its accuracy is mostly noise
 
 
 @dataclass
@@ -38,6 +41,7 @@ class DemoData:
     categories: list[dict]
     noun: object = None  # an ObjectNoun
     synth_config: object | None = None
+    split_origins: dict = field(default_factory=dict)  # split -> where it came from, in words
     _benchmarks: dict = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------------- opening
@@ -45,13 +49,21 @@ class DemoData:
     def open(cls, folder: Path, prepared_dir: Path) -> "DemoData":
         if not folder.is_dir():
             raise FileNotFoundError(f"demo data folder not found: {folder} (make one with `finedefics data ...`)")
-        if (folder / "categories.json").is_file():
+        from finedefics_data.folders import how_to_prepare, what_folder_is
+
+        kind = what_folder_is(folder)
+        if kind == "synthetic":
             data = cls._synthetic(folder)
-        elif (folder / "dataset_dict.json").is_file():
+        elif kind == "dataset":
             data = cls._saved(folder, prepared_dir)
         else:
-            raise ValueError(f"{folder} is neither a synthetic benchmark (categories.json) nor a `finedefics data` "
-                             "dataset folder (dataset_dict.json)")
+            commands = how_to_prepare(folder)
+            raise ValueError(f"{folder} is not a dataset folder (dataset_dict.json) nor a synthetic benchmark "
+                             f"(categories.json + config.json)"
+                             + (f"; it holds {_FOLDER_WORDS[kind]}: make the dataset folder with\n{commands}\n"
+                                "then run `finedefics demo --data` on the --output folder" if commands else
+                                "; make one with `finedefics data csv` (reference CSVs) or `finedefics data "
+                                "imagefolder` (train/ and test/ image folders)"))
         data.check_validation_split()
         return data
 
@@ -89,7 +101,10 @@ class DemoData:
         if "train" not in splits:
             raise ValueError(f"{folder} has no train split (has {sorted(splits)})")
         training_dir = folder
+        origins = {split: OWN_SPLIT for split in splits}
         missing = [split for split in CARVED_SHARE if split not in splits]
+        origins.update({split: f"carved from the training rows ({CARVED_SHARE[split]:.0%} per category, seed "
+                               f"{CARVE_SEED})" for split in missing})
         if missing:
             splits.update(carve(splits["train"], missing))
             if not (prepared_dir / "dataset_dict.json").is_file():
@@ -100,8 +115,40 @@ class DemoData:
             training_dir = prepared_dir
             logger.warning("%s has no %s split: carved from its training rows (%s per category, seed %d)", folder,
                            " / ".join(missing), ", ".join(f"{CARVED_SHARE[s]:.0%} {s}" for s in missing), CARVE_SEED)
-        return cls(source=folder, training_dir=training_dir, splits=splits,
-                   categories=_categories_from_rows(splits["train"]), noun=data_noun(folder) or DEFAULT_NOUN)
+        data = cls(source=folder, training_dir=training_dir, splits=splits,
+                   categories=_categories_from_rows(splits["train"]), noun=data_noun(folder) or DEFAULT_NOUN,
+                   split_origins=origins)
+        data.warn_few_test_images()
+        return data
+
+    # ----------------------------------------------------------------- splits
+    def few_test_images(self, split: str = "test") -> dict[str, int]:
+        """Categories with fewer than :data:`FEW_TEST_IMAGES` images in ``split``, with their count."""
+        counts = Counter(self.splits[split]["category"]) if split in self.splits else Counter()
+        return {c["name"]: counts[c["name"]] for c in self.categories if counts[c["name"]] < FEW_TEST_IMAGES}
+
+    def warn_few_test_images(self, split: str = "test") -> None:
+        few = self.few_test_images(split)
+        if few:
+            shown = ", ".join(f"{name} ({count})" for name, count in list(few.items())[:5])
+            logger.warning("%d of %d categories have fewer than %d %s images (%s%s): their accuracies are mostly "
+                           "noise", len(few), len(self.categories), FEW_TEST_IMAGES, split, shown,
+                           " ..." if len(few) > 5 else "")
+
+    def split_lines(self, split: str) -> list[str]:
+        """The report's account of the splits: sizes, where each came from, the rare slice's n, thin categories."""
+        lines = [f"- {name}: {len(table)} rows, {self.split_origins.get(name, OWN_SPLIT)}"
+                 for name, table in self.splits.items()]
+        counts = Counter(self.splits[split]["category"])
+        rare = sorted(self.rare)
+        lines.append(f"- rare slice of the {split} split: {len(rare)} categories, n = {sum(counts[r] for r in rare)} "
+                     f"images (common: n = {sum(counts.values()) - sum(counts[r] for r in rare)})")
+        few = self.few_test_images(split)
+        if few:
+            lines.append(f"- warning: {len(few)} categories have fewer than {FEW_TEST_IMAGES} {split} images ("
+                         + ", ".join(f"{name} {count}" for name, count in list(few.items())[:10])
+                         + (" ..." if len(few) > 10 else "") + "): their per-category accuracies are mostly noise")
+        return lines
 
     # ----------------------------------------------------------------- facts
     @property
@@ -169,6 +216,10 @@ class DemoData:
 
             self._benchmarks[split] = load_benchmark(str(self.training_dir), split=split, noun=self.noun)
         return self._benchmarks[split]
+
+
+_FOLDER_WORDS = {"reference": "the reference release's CSVs", "imagefolder": "image folders",
+                 "unknown": "no data this demo reads"}
 
 
 # ----------------------------------------------------------------------------- helpers

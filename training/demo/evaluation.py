@@ -61,7 +61,7 @@ def measure_premise(base: Path, data, split: str, plan: DemoPlan, path: Path) ->
             model, processor, rows, data.categories, data.parse, data.noun, data.distinguishing(),
             batch_size=plan.eval_batch_size),
         "category_knowledge": category_knowledge(model, processor, data.categories, data.parse, data.rare,
-                                                 batch_size=plan.eval_batch_size),
+                                                 batch_size=plan.eval_batch_size, noun=data.noun),
         "multiple_choice_in_text": multiple_choice_in_text(model, processor, data.categories, data.negatives(),
                                                            data.noun, data.rare, batch_size=plan.eval_batch_size),
         "multiple_choice_in_text_named": multiple_choice_in_text(

@@ -265,7 +265,7 @@ def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict,
     curves = training_curves(runs[first], report_dir / "training_curves.png")
     payload = {
         "what": "finedefics demo: attribute-augmented alignment vs instruction tuning",
-        "data": str(data.source), "split": split, "seeds": sorted(per_seed),
+        "data": str(data.source), "split": split, "seeds": sorted(per_seed), "data_splits": data.split_lines(split),
         "base_model_note": ("The 'base' model stands in for Idefics2: it sees attributes, describes images and "
                             "knows in text what each category looks like; it was never taught to name a category "
                             "from an image. Every variant starts from it."),
@@ -298,6 +298,7 @@ def _markdown(payload, table, per_seed, gap_table, premise, summary, plan, data,
         f"model and trains on the same training images, {plan.batch_size} rows per optimizer step:", "",
         *[f"- **{name}**: {variant['stages']}" + ("" if variant["comparison"] == "-" else f"; {variant['comparison']}")
           for name, variant in payload["variants"].items()], "",
+        "Splits:", "", *payload["data_splits"], "",
         payload["base_model_note"], "",
         "## The premise", "", *premise_lines(premise, summary), "",
         "## Accuracy (%)", "",
