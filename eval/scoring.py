@@ -95,15 +95,12 @@ def chat_prompts(processor, texts: list[str], with_image: bool = True) -> list[s
     ]
 
 
-def model_family(model) -> str:
-    """The Finedefics family name of ``model`` ("idefics2", "qwen2_vl", ...)."""
+def model_family(model):
+    """The Finedefics family (``modeling_finedefics.families.Family``) of ``model``: what scoring asks of it
+    (``mrope``, ``shares_image_features``)."""
     from modeling_finedefics.families import family_of
 
-    return family_of(model).name
-
-
-# Families with 3-D rotary positions (mrope): the model computes its own prompt positions from image_grid_thw.
-MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+    return family_of(model)
 
 
 def _to_model(inputs, model):
@@ -119,7 +116,7 @@ def mrope_deltas(model, inputs) -> torch.Tensor | None:
     minus the real tokens so far), as ``get_rope_index`` computes them for ``generate``; None for 1-D rotary
     families and text-only prompts. A continuation token ``t`` after a prompt of ``n`` real tokens is then at
     position ``n + t + delta`` on all three axes."""
-    if model_family(model) not in MROPE_FAMILIES or inputs.get("image_grid_thw") is None:
+    if not model_family(model).mrope or inputs.get("image_grid_thw") is None:
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
     _, deltas = base.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
@@ -142,7 +139,7 @@ def prefill_positions(model, attention_mask: torch.Tensor) -> dict:
     """The ``position_ids`` argument of a prefill as ``generate`` computes them: counted over real tokens for
     1-D rotary families; none for mrope families (Qwen), whose model derives its 3-D positions from the
     image grids and ``mm_token_type_ids``, as its ``generate`` does."""
-    if model_family(model) in MROPE_FAMILIES:
+    if model_family(model).mrope:  # 3-D rotary positions: the model computes its own from image_grid_thw
         return {}
     return {"position_ids": position_ids_from_mask(attention_mask)}
 
@@ -209,10 +206,11 @@ class SharedBatch:
         self.seconds: dict = {}
         self.used: set = set()
         self._results: dict = {}
-        self._family: str | None = None
+        self._family = None
 
     @property
-    def family(self) -> str:
+    def family(self):
+        """The model's ``Family``."""
         if self._family is None:
             self._family = model_family(self.model)
         return self._family
@@ -220,7 +218,7 @@ class SharedBatch:
     @property
     def shares_image_features(self) -> bool:
         """Whether the vision features are computed once and reused by every mode (Idefics2; see the class)."""
-        return self.family == "idefics2"
+        return self.family.shares_image_features
 
     def start_use(self) -> None:
         self.used = set()
@@ -237,7 +235,7 @@ class SharedBatch:
 
     def _require_shared_features(self, piece: str) -> None:
         if not self.shares_image_features:
-            raise ValueError(f"SharedBatch.{piece} is Idefics2's (shared vision features); a {self.family} model "
+            raise ValueError(f"SharedBatch.{piece} is Idefics2's (shared vision features); a {self.family.name} model "
                              "takes its pixels with the prompts (model_inputs) or from embedding_inputs")
 
     def pixels(self):
