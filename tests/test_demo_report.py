@@ -5,7 +5,7 @@ import json
 import pytest
 
 from finedefics_data.prompts import ObjectNoun, multiple_choice_options
-from finedefics_training import demo_report
+from finedefics_training.demo import report as demo_report
 from finedefics_training.base import category_descriptions, knowledge_rows
 from finedefics_training.premise import description_words, recall
 
@@ -151,14 +151,3 @@ def test_multiple_choice_in_text_puts_the_answer_at_every_letter(monkeypatch, re
     assert result["accuracy"] == pytest.approx(expected)
     if responder == "always A":
         assert result["answered_letters"] == {"A": 20} and result["rare_accuracy"] == pytest.approx(0.25)
-
-
-def test_old_demo_module_paths_are_the_moved_modules():
-    """demo_data / demo_report moved into the demo package; the old names are the same module objects."""
-    import importlib
-
-    from finedefics_training.demo import data, report
-
-    assert importlib.import_module("finedefics_training.demo_data") is data
-    assert importlib.import_module("finedefics_training.demo_report") is report
-    assert demo_report is report

@@ -21,9 +21,9 @@ ALLOWED = {
     "finedefics_training": {"modeling_finedefics", "finedefics_data", "finedefics_eval"},
     "finedefics_cli": {"modeling_finedefics", "finedefics_data", "finedefics_eval", "finedefics_training"},
 }
-# Compatibility aliases that point at the package they were moved to, by design.
-ALIASES = {REPO / "training" / "data" / "__init__.py", REPO / "eval" / "prompts.py", REPO / "training" / "cli.py",
-           REPO / "training" / "commands" / "__init__.py"}
+# Module names that were aliases of moved modules, removed (the package had no outside users yet).
+REMOVED_ALIASES = ("finedefics_training.cli", "finedefics_training.commands", "finedefics_training.data",
+                   "finedefics_training.demo_data", "finedefics_training.demo_report", "finedefics_eval.prompts")
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -45,8 +45,6 @@ def test_imports_run_one_way(package):
     folder = REPO / PACKAGES[package]
     offending = {}
     for path in sorted(folder.rglob("*.py")):
-        if path in ALIASES:
-            continue
         reached = imported_packages(path) - ALLOWED[package] - {package}
         if reached:
             offending[str(path.relative_to(REPO))] = sorted(reached)
@@ -59,16 +57,8 @@ def test_the_checker_sees_a_lazy_upward_import(tmp_path):
     assert imported_packages(source) == {"finedefics_training"}
 
 
-def test_old_import_paths_are_the_moved_modules():
-    import finedefics_data.prompts
-    import finedefics_data.synth
-
-    assert importlib.import_module("finedefics_training.data.synth") is finedefics_data.synth
-    assert importlib.import_module("finedefics_training.data.synth.drawing") is finedefics_data.synth.drawing
-    assert importlib.import_module("finedefics_eval.prompts") is finedefics_data.prompts
-    from finedefics_training.data.readers import read_reference_csv
-
-    assert read_reference_csv is importlib.import_module("finedefics_data.readers").read_reference_csv
-    assert importlib.import_module("finedefics_training.commands.eval") is importlib.import_module(
-        "finedefics_cli.commands.eval")
-    assert importlib.import_module("finedefics_training.cli").main is importlib.import_module("finedefics_cli").main
+@pytest.mark.parametrize("name", REMOVED_ALIASES)
+def test_removed_alias_modules_stay_removed(name):
+    """One name per module: the old paths are gone, not re-pointed at the moved modules."""
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(name)
