@@ -11,6 +11,7 @@ Qwen2-VL, Qwen2.5-VL and LLaVA (``Finedefics<Family>Config`` / ``...ForCondition
 ``...Processor``, model_type "finedefics_<stock model_type>").
 """
 
+from .alignment import FinedeficsTemperatures
 from .configuration_finedefics import FinedeficsConfig
 from .idefics3 import (
     FinedeficsIdefics3Config,
@@ -21,7 +22,7 @@ from .idefics3 import (
     FinedeficsSmolVLMProcessor,
 )
 from .llava import FinedeficsLlavaConfig, FinedeficsLlavaForConditionalGeneration, FinedeficsLlavaProcessor
-from .modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsTemperatures
+from .modeling_finedefics import FinedeficsForConditionalGeneration
 from .processing_finedefics import FinedeficsProcessor
 from .qwen2_vl import (
     FinedeficsQwen2_5_VLConfig,

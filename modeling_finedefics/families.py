@@ -45,8 +45,8 @@ from .configuration_finedefics import FinedeficsConfig
 from .modeling_finedefics import FinedeficsConnector, FinedeficsForConditionalGeneration
 from .processing_finedefics import FinedeficsProcessor
 
-# The module files every Finedefics checkpoint ships (Idefics2's classes and what every family builds on).
-SHARED_CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")
+# The module files every Finedefics checkpoint ships: what every family's classes build on.
+SHARED_CODE_FILES = ("configuration_finedefics.py", "processing_finedefics.py", "alignment.py")
 # The decoder's attention and MLP projections (Llama / Qwen2 / Mistral names), anchored at the decoder: the vision
 # towers use some of the same names (SigLIP's and CLIP's q_proj / k_proj / v_proj, Qwen2.5-VL's vision gate_proj /
 # up_proj / down_proj), and neither the tower nor the projector (Idefics3's modality projection, Qwen's patch
@@ -127,7 +127,8 @@ class Family:
 
     @property
     def code_files(self) -> tuple[str, ...]:
-        """The module files a checkpoint of this family ships for ``trust_remote_code``."""
+        """The module files a checkpoint of this family ships for ``trust_remote_code``: the files its classes
+        import (``save_pretrained`` copies the same ones, following their relative imports)."""
         return SHARED_CODE_FILES + ("multimodal.py", f"{self.code_module}.py")
 
     # ------------------------------------------------------------------ loading
@@ -209,7 +210,7 @@ class Idefics2Family(Family):
 
     @property
     def code_files(self) -> tuple[str, ...]:
-        return SHARED_CODE_FILES
+        return SHARED_CODE_FILES + (f"{self.code_module}.py",)
 
     def load_processor(self, path: str, trust_remote_code: bool = False):
         """``AutoProcessor``, re-wrapped as ``FinedeficsProcessor`` when stock."""

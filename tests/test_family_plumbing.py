@@ -190,9 +190,10 @@ def test_push_stages_the_family_code_files_and_auto_map(family, staged_families)
     spec = FAMILIES[family]
     code_files = {name for name in staged_files(staged) if name.endswith(".py")}
     assert code_files == set(model_code_files(spec))
-    expected_code = {"configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py"}
+    expected_code = {"configuration_finedefics.py", "processing_finedefics.py", "alignment.py",
+                     f"{spec.code_module}.py"}
     if family != "idefics2":
-        expected_code |= {"multimodal.py", f"{spec.code_module}.py"}
+        expected_code |= {"multimodal.py"}
     assert code_files == expected_code
     package = Path(modeling_finedefics.__file__).parent
     for name in code_files:

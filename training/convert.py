@@ -252,8 +252,8 @@ def _copy_processor_files(source: Path, output_dir: Path, family) -> None:
 
 def model_code_files(family) -> list[str]:
     """The code files a Finedefics checkpoint of ``family`` ships for ``trust_remote_code`` (``Family.code_files``):
-    the three shared Idefics2 files, plus, for the other families, the mechanism they share (``multimodal.py``) and
-    the family's own file."""
+    the files every family builds on (configuration, processing, ``alignment.py``) and the family's own model file,
+    plus, for the families other than Idefics2, the mechanism they share (``multimodal.py``)."""
     return list(family.code_files)
 
 

@@ -8,9 +8,9 @@ Staging copies only what a user of the repo needs (config with ``auto_map``, saf
 generation config, processor/tokenizer files, the model code files) and writes the model card
 as ``README.md``, so the folder that is uploaded is exactly the folder that was checked. Every model family
 (``modeling_finedefics.families``) is staged: its family is read from the checkpoint's ``model_type``, its code
-files are the three shared Idefics2 files plus, for the other families, ``multimodal.py`` and the family's own
-module (``finedefics_training.convert.model_code_files``), and ``auto_map`` points at the family's classes. Uploading
-goes through ``huggingface_hub.HfApi`` and honours ``HF_ENDPOINT``.
+files are those its classes import (``Family.code_files``: the shared configuration, processing and alignment
+files, the family's own module and, for the families other than Idefics2, ``multimodal.py``), and ``auto_map``
+points at the family's classes. Uploading goes through ``huggingface_hub.HfApi`` and honours ``HF_ENDPOINT``.
 """
 
 from __future__ import annotations
