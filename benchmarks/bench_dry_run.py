@@ -45,9 +45,9 @@ def measure(args, folder: Path, device: str = "cpu") -> dict:
     from finedefics_training.collator import FinedeficsDataCollator
     from finedefics_training.config import FinedeficsTrainingConfig
     from finedefics_training.dry_run import SavedTensorCounter, StepShape, plan_stage
-    from finedefics_training.losses import FinedeficsContrastiveLoss
+    from finedefics_training.losses import ContrastiveTexts, FinedeficsContrastiveLoss
     from finedefics_training.recipe import ModelArguments, load_model_and_processor
-    from finedefics_training.trainer import CONTRASTIVE_KEYS, build_contrastive_batch, causal_lm_loss
+    from finedefics_training.trainer import causal_lm_loss
     from modeling_finedefics.tiny import build_tiny_model
 
     processor, examples = _train_step_module().build_batch(folder, args.batch_size, args.seed)
@@ -61,11 +61,11 @@ def measure(args, folder: Path, device: str = "cpu") -> dict:
     model.to(device).train()
     batch = FinedeficsDataCollator(processor, stage=1, num_negatives=args.num_negatives)(examples)
     batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-    contrastive = {key: batch.pop(key) for key in CONTRASTIVE_KEYS}
+    contrastive = ContrastiveTexts.pop_from(batch)
 
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     sub_images = batch["pixel_values"].shape[1]
-    texts, text_length = contrastive["contrastive_input_ids"].shape
+    texts, text_length = contrastive.contrastive_input_ids.shape
     shape = StepShape(rows=args.batch_size, sub_images=sub_images,
                       patches=(config.vision_config.image_size // config.vision_config.patch_size) ** 2,
                       image_tokens=processor.image_seq_len,
@@ -80,10 +80,9 @@ def measure(args, folder: Path, device: str = "cpu") -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     with SavedTensorCounter(parameters) as counter:
-        outputs = model(**batch, use_cache=False, contrastive_input_ids=contrastive["contrastive_input_ids"],
-                        contrastive_attention_mask=contrastive["contrastive_attention_mask"])
+        outputs = model(**batch, use_cache=False, **contrastive.model_inputs())
         lm_loss, _ = causal_lm_loss(outputs.logits, batch["labels"])
-        loss = lm_loss + criterion(build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive),
+        loss = lm_loss + criterion(contrastive.embed(outputs.image_embeds, outputs.text_embeds),
                                    outputs.logit_scales).loss
     loss.backward()
     optimizer.step()

@@ -55,13 +55,13 @@ def prepare(args, bench):
     from finedefics_training.collator import FinedeficsDataCollator
     from finedefics_training.config import FinedeficsTrainingConfig
     from finedefics_training.recipe import ModelArguments, apply_lora
-    from finedefics_training.trainer import CONTRASTIVE_KEYS
+    from finedefics_training.losses import ContrastiveTexts
     from modeling_finedefics.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="finedefics-bench-frozen-") as folder:
         processor, examples = bench.build_batch(Path(folder), args.batch_size, args.seed)
         collated = FinedeficsDataCollator(processor, stage=1, num_negatives=args.num_negatives)(examples)
-    batch = {"lm": collated, "contrastive": {key: collated.pop(key) for key in CONTRASTIVE_KEYS}}
+    batch = {"lm": collated, "contrastive": ContrastiveTexts.pop_from(collated)}
 
     base = build_tiny_model(processor, preset=args.preset, seed=args.seed)
     training_args = FinedeficsTrainingConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])

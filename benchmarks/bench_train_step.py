@@ -155,15 +155,10 @@ def losses_stage_two(model, batch: dict, criterion, timer: Timer):
 
 
 def losses_batched(model, batch: dict, criterion, timer: Timer):
-    from finedefics_training.trainer import build_contrastive_batch
-
     contrastive = batch["contrastive"]
-    outputs, lm_loss = lm_forward(model, batch["lm"], timer,
-                                  contrastive_input_ids=contrastive["contrastive_input_ids"],
-                                  contrastive_attention_mask=contrastive["contrastive_attention_mask"])
+    outputs, lm_loss = lm_forward(model, batch["lm"], timer, **contrastive.model_inputs())
     with timer("contrastive loss"):
-        result = criterion(build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive),
-                           outputs.logit_scales)
+        result = criterion(contrastive.embed(outputs.image_embeds, outputs.text_embeds), outputs.logit_scales)
     return lm_loss + result.loss, (lm_loss, result.loss)
 
 
@@ -184,19 +179,19 @@ def losses_reference(model, batch: dict, criterion, timer: Timer):
         placed[kind] = full.reshape(rows, k, -1) if width > 1 else full
     with timer("contrastive loss"):
         dim = image_embeds.shape[-1]
-        has_negatives = contrastive["neg_category_index"].shape[1] > 0
+        has_negatives = contrastive.neg_category_index.shape[1] > 0
         zeros = image_embeds.new_zeros(rows, k, dim)
         contrastive_batch = ContrastiveBatch(
             image_embeds=image_embeds,
             attribute_embeds=placed.get("attribute", image_embeds.new_zeros(rows, dim)),
-            attribute_mask=contrastive["attribute_index"] >= 0,
+            attribute_mask=contrastive.attribute_index >= 0,
             category_embeds=placed["category"],
-            category_ids=contrastive["category_ids"],
+            category_ids=contrastive.category_ids,
             neg_attribute_embeds=placed.get("neg_attribute", zeros) if has_negatives else None,
-            neg_attribute_mask=contrastive["neg_attribute_index"] >= 0 if has_negatives else None,
+            neg_attribute_mask=contrastive.neg_attribute_index >= 0 if has_negatives else None,
             neg_category_embeds=placed.get("neg_category", zeros) if has_negatives else None,
-            neg_category_mask=contrastive["neg_category_index"] >= 0 if has_negatives else None,
-            neg_category_ids=contrastive["neg_category_ids"] if has_negatives else None,
+            neg_category_mask=contrastive.neg_category_index >= 0 if has_negatives else None,
+            neg_category_ids=contrastive.neg_category_ids if has_negatives else None,
         )
         result = criterion(contrastive_batch, model.get_logit_scales())
     return lm_loss + result.loss, (lm_loss, result.loss)
@@ -224,14 +219,13 @@ def prepare(args):
     import torch
 
     from finedefics_training.collator import FinedeficsDataCollator
-    from finedefics_training.losses import FinedeficsContrastiveLoss
-    from finedefics_training.trainer import CONTRASTIVE_KEYS
+    from finedefics_training.losses import ContrastiveTexts, FinedeficsContrastiveLoss
     from modeling_finedefics.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="finedefics-bench-train-") as folder:
         processor, examples = build_batch(Path(folder), args.batch_size, args.seed)
         collated = FinedeficsDataCollator(processor, stage=1, num_negatives=args.num_negatives)(examples)
-    contrastive = {key: collated.pop(key) for key in CONTRASTIVE_KEYS}
+    contrastive = ContrastiveTexts.pop_from(collated)
     reference = {}
     for kind, (texts, slots) in reference_texts(examples, args.num_negatives).items():
         encoded = dict(processor.tokenize_texts(texts, padding_side="right"))
@@ -259,15 +253,15 @@ def prepare(args):
         "trainable_parameters": sum(
             p.numel() for p in states["stage I (batched)"]["model"].parameters() if p.requires_grad),
         "lm_batch": list(collated["input_ids"].shape),
-        "batched_text_rows": list(contrastive["contrastive_input_ids"].shape),
+        "batched_text_rows": list(contrastive.contrastive_input_ids.shape),
         "reference_text_rows": {kind: list(encoded["input_ids"].shape) for kind, encoded in reference.items()},
         # [real, real + padding] tokens through the decoder, per pass
         "tokens": {
             "LM pass": tokens(collated["attention_mask"]),
             "batched embedding pass": [
-                image_tokens + tokens(contrastive["contrastive_attention_mask"])[0],
-                (args.batch_size + contrastive["contrastive_input_ids"].shape[0])
-                * max(contrastive["contrastive_input_ids"].shape[1], image_tokens // args.batch_size)],
+                image_tokens + tokens(contrastive.contrastive_attention_mask)[0],
+                (args.batch_size + contrastive.contrastive_input_ids.shape[0])
+                * max(contrastive.contrastive_input_ids.shape[1], image_tokens // args.batch_size)],
             **{f"reference {kind} pass": tokens(encoded["attention_mask"]) for kind, encoded in reference.items()},
             "reference image pass": [image_tokens, image_tokens],
         },

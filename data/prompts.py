@@ -41,8 +41,6 @@ CHOICES_HEADER = "\nChoices:\n"
 # except "name" (scored by the likelihood mode only).
 MULTIPLE_CHOICE_ANSWERS = {"letter": "{letter}", "letter_name": "{letter}. {option}", "name": "{option}"}
 ANSWER_INSTRUCTION = "\nAnswer with the letter from the given choices directly."
-# The ways a model is scored (finedefics_eval.scoring implements them); kept here, torch-free, for the CLI.
-SCORING_MODES = ("generate", "likelihood", "embedding", "open_set")
 
 # The config fields a checkpoint stores its noun in (``FinedeficsConfig``).
 NOUN_FIELD, PLURAL_FIELD, CATEGORY_WORD_FIELD = "object_noun", "object_noun_plural", "object_category_word"

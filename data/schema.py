@@ -271,6 +271,11 @@ def write_data_info(folder: str | Path, noun) -> Path:
     return path
 
 
+# What the synthetic benchmark (``synth/``, which draws birds) calls its objects. Written here, below the generator,
+# so that ``data_noun`` can name a benchmark folder's noun without importing the generator that imports this module.
+SYNTHETIC_BENCHMARK_NOUN = "bird"
+
+
 def data_noun(folder: str | Path):
     """The ``ObjectNoun`` a data folder declares, or None: its ``finedefics_data.json``, or "bird" for the
     synthetic benchmark (a folder with ``categories.json``)."""
@@ -284,9 +289,7 @@ def data_noun(folder: str | Path):
         except (json.JSONDecodeError, ValueError) as error:
             raise ValueError(f"{info}: {error}") from error
     if (folder / "categories.json").is_file():
-        from .synth import NOUN
-
-        return ObjectNoun.of(NOUN)
+        return ObjectNoun.of(SYNTHETIC_BENCHMARK_NOUN)
     return None
 
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -20,11 +19,11 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
-@functools.cache
 def supported_model_types() -> tuple[str, ...]:
     """Every family's Finedefics and stock model_type (``modeling_finedefics.families``), Idefics2's first.
 
-    Also readable as ``SUPPORTED_MODEL_TYPES``; computed on first use, as it imports every family's classes.
+    Also readable as ``SUPPORTED_MODEL_TYPES``; read from the registry at each call (not cached: a family may be
+    registered later), and only when asked, as the registry imports every family's classes.
     """
     from modeling_finedefics.families import FAMILIES
 

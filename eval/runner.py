@@ -24,7 +24,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from .report import DEFAULT_BOOTSTRAP_SAMPLES, mode_metrics, top_k_metrics
+from .report import DEFAULT_BOOTSTRAP_SAMPLES, mode_metrics
 from .scoring import FOCI_MAX_NEW_TOKENS, MC_MODES, SharedBatch, build_scorers, check_modes, prepare_examples
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, b
                           "prompt_template": prompt_template, "max_new_tokens": max_new_tokens,
                           "likelihood_answer": likelihood_answer, "batch_size": batch_size,
                           "option_order": f"per-example shuffle seeded by (seed={seed}, example id)"}
-    report["modes"] = {mode: _mode_report(mode, records[mode], benchmark, timings[mode], setup_seconds[mode],
-                                          bootstrap_samples, seed) for mode in scorers}
+    report["modes"] = {mode: _mode_report(scorer, records[mode], benchmark, timings[mode], setup_seconds[mode],
+                                          bootstrap_samples, seed) for mode, scorer in scorers.items()}
     report["predictions"] = records
     return report
 
@@ -111,9 +111,9 @@ def _score_all(model, processor, benchmark, to_score, scorers: dict, batch_size:
     timings = {mode: [] for mode in scorers}
     unreadable: list[str] = []
     # generate first: its prefill holds the letter-likelihood scores, kept for the likelihood scorer to read.
-    run_order = sorted(scorers, key=lambda mode: mode != "generate")
-    keep_prompt_logits = "generate" in scorers and any(getattr(scorer, "reads_prompt_logits", False)
-                                                       for scorer in scorers.values())
+    run_order = sorted(scorers, key=lambda mode: not scorers[mode].writes_prompt_logits)
+    keep_prompt_logits = (any(scorer.writes_prompt_logits for scorer in scorers.values())
+                          and any(scorer.reads_prompt_logits for scorer in scorers.values()))
     bar = tqdm(total=len(to_score), desc=f"{benchmark.name} [{', '.join(scorers)}]", unit="img",
                disable=not progress)
     for start in range(0, len(to_score), batch_size):
@@ -175,13 +175,11 @@ def _report_header(model, benchmark, seed, total, scored, missing, unreadable, s
     }
 
 
-def _mode_report(mode: str, records: list[dict], benchmark, timings: list[tuple[int, float]], setup_seconds: float,
+def _mode_report(scorer, records: list[dict], benchmark, timings: list[tuple[int, float]], setup_seconds: float,
                  bootstrap_samples: int, seed: int) -> dict:
-    failures = _failures(mode, records, benchmark.categories)
+    failures = scorer.failures(records, benchmark.categories)
     metrics = mode_metrics(records, failures, bootstrap_samples, seed, benchmark.rare_categories)
-    if mode == "embedding":
-        metrics.update(top_k_metrics(records, bootstrap_samples, seed), num_categories=len(benchmark.categories),
-                       category_cache_seconds=setup_seconds)
+    metrics.update(scorer.report_metrics(records, bootstrap_samples, seed, setup_seconds))
     metrics["seconds"] = setup_seconds + sum(seconds for _, seconds in timings)
     metrics["images_per_second"] = steady_state_speed(timings)
     return metrics
@@ -192,14 +190,6 @@ def steady_state_speed(timings: list[tuple[int, float]]) -> float | None:
     counted = timings[1:] if len(timings) > 1 else timings
     images, seconds = sum(n for n, _ in counted), sum(s for _, s in counted)
     return images / seconds if seconds > 0 and images else None
-
-
-def _failures(mode: str, records: list[dict], categories: list[str]) -> list[bool]:
-    """Generation failures: an unparseable letter (multiple choice) or an answer naming no category (open set)."""
-    if mode == "open_set":
-        known = set(categories)
-        return [record["predicted"] not in known for record in records]
-    return [record["predicted"] not in record["options"] for record in records]
 
 
 def _versions() -> dict:

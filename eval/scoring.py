@@ -27,11 +27,13 @@ Every family of ``modeling_finedefics.families`` is scored the same way: images 
 the family's layout (nested for Idefics2/Idefics3/SmolVLM, flat for Qwen/LLaVA), prompts through its own
 chat template, embeddings through ``processor.image_embedding_inputs`` (Idefics2: shared vision features).
 
-Every scorer takes a batch of PIL images and :class:`PreparedExample` items and returns one
-FOCI-format prediction record per item (see ``foci.prediction_record``). Given a :class:`SharedBatch`
-(``shared=``), scorers of the same batch encode its images once (Idefics2; the other families once per
-prompt set and once for the embeddings) and the letter likelihood reads ``generate``'s prefill instead of
-running its own.
+Every scorer is a :class:`Scorer`, registered by name in ``scorers.py``: ``prepare`` builds it for a benchmark
+(the embedding mode embeds every category name there), ``score`` takes a batch of PIL images and
+:class:`PreparedExample` items and returns one FOCI-format prediction record per item (see
+``foci.prediction_record``), and ``failures`` / ``report_metrics`` say how its predictions are read. Given a
+:class:`SharedBatch` (``shared=``), scorers of the same batch encode its images once (Idefics2; the other
+families once per prompt set and once for the embeddings) and the letter likelihood reads ``generate``'s prefill
+instead of running its own.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ from dataclasses import dataclass
 
 import torch
 
-from finedefics_data.prompts import MULTIPLE_CHOICE_ANSWERS, SCORING_MODES
+from finedefics_data.prompts import MULTIPLE_CHOICE_ANSWERS
 from .foci import (CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record,
                    shuffled_options)
+from .scorers import scorer_class, scoring_modes
 
-MODES = SCORING_MODES
+MODES = scoring_modes()  # the modes registered in scorers.py
 MC_MODES = ("generate", "likelihood", "embedding")
 FOCI_MAX_NEW_TOKENS = 10
 OPEN_SET_MAX_NEW_TOKENS = 24
@@ -95,15 +98,12 @@ def chat_prompts(processor, texts: list[str], with_image: bool = True) -> list[s
     ]
 
 
-def model_family(model) -> str:
-    """The Finedefics family name of ``model`` ("idefics2", "qwen2_vl", ...)."""
+def model_family(model):
+    """The Finedefics family (``modeling_finedefics.families.Family``) of ``model``: what scoring asks of it
+    (``mrope``, ``shares_image_features``)."""
     from modeling_finedefics.families import family_of
 
-    return family_of(model).name
-
-
-# Families with 3-D rotary positions (mrope): the model computes its own prompt positions from image_grid_thw.
-MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+    return family_of(model)
 
 
 def _to_model(inputs, model):
@@ -119,7 +119,7 @@ def mrope_deltas(model, inputs) -> torch.Tensor | None:
     minus the real tokens so far), as ``get_rope_index`` computes them for ``generate``; None for 1-D rotary
     families and text-only prompts. A continuation token ``t`` after a prompt of ``n`` real tokens is then at
     position ``n + t + delta`` on all three axes."""
-    if model_family(model) not in MROPE_FAMILIES or inputs.get("image_grid_thw") is None:
+    if not model_family(model).mrope or inputs.get("image_grid_thw") is None:
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
     _, deltas = base.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
@@ -142,7 +142,7 @@ def prefill_positions(model, attention_mask: torch.Tensor) -> dict:
     """The ``position_ids`` argument of a prefill as ``generate`` computes them: counted over real tokens for
     1-D rotary families; none for mrope families (Qwen), whose model derives its 3-D positions from the
     image grids and ``mm_token_type_ids``, as its ``generate`` does."""
-    if model_family(model) in MROPE_FAMILIES:
+    if model_family(model).mrope:  # 3-D rotary positions: the model computes its own from image_grid_thw
         return {}
     return {"position_ids": position_ids_from_mask(attention_mask)}
 
@@ -209,10 +209,11 @@ class SharedBatch:
         self.seconds: dict = {}
         self.used: set = set()
         self._results: dict = {}
-        self._family: str | None = None
+        self._family = None
 
     @property
-    def family(self) -> str:
+    def family(self):
+        """The model's ``Family``."""
         if self._family is None:
             self._family = model_family(self.model)
         return self._family
@@ -220,7 +221,7 @@ class SharedBatch:
     @property
     def shares_image_features(self) -> bool:
         """Whether the vision features are computed once and reused by every mode (Idefics2; see the class)."""
-        return self.family == "idefics2"
+        return self.family.shares_image_features
 
     def start_use(self) -> None:
         self.used = set()
@@ -237,7 +238,7 @@ class SharedBatch:
 
     def _require_shared_features(self, piece: str) -> None:
         if not self.shares_image_features:
-            raise ValueError(f"SharedBatch.{piece} is Idefics2's (shared vision features); a {self.family} model "
+            raise ValueError(f"SharedBatch.{piece} is Idefics2's (shared vision features); a {self.family.name} model "
                              "takes its pixels with the prompts (model_inputs) or from embedding_inputs")
 
     def pixels(self):
@@ -340,16 +341,55 @@ def _texts_key(piece: str, texts: list[str]) -> tuple:
     return (piece, *texts)
 
 
+# ----------------------------------------------------------------------------- the interface
+class Scorer:
+    """One scoring mode (registered by name in ``scorers.py``).
+
+    ``prepare`` builds it for a benchmark, once (its time is the mode's set-up time); ``score`` returns one
+    FOCI-format prediction record per item of a batch, reading the batch's shared work from ``shared``;
+    ``failures`` and ``report_metrics`` read its predictions for the report.
+    """
+
+    name: str
+    writes_prompt_logits = False  # its prefill computes the prompts' next-token logits (generate: run it first)
+    reads_prompt_logits = False  # it reads those logits when a writer ran on the batch
+
+    @classmethod
+    def prepare(cls, model, processor, benchmark, max_new_tokens: int = FOCI_MAX_NEW_TOKENS,
+                likelihood_answer: str = "letter") -> Scorer:
+        raise NotImplementedError
+
+    def score(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+        raise NotImplementedError
+
+    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+        return self.score(images, items, shared)
+
+    def failures(self, records: list[dict], categories: list[str]) -> list[bool]:
+        """Generation failures: a multiple-choice answer that is none of the shown options (an unparseable letter)."""
+        return [record["predicted"] not in record["options"] for record in records]
+
+    def report_metrics(self, records: list[dict], bootstrap_samples: int, seed: int, setup_seconds: float) -> dict:
+        """The mode's metrics beyond the common ones (``report.mode_metrics``)."""
+        return {}
+
+
 # ----------------------------------------------------------------------------- generate
-class GenerateScorer:
+class GenerateScorer(Scorer):
     """FOCI's protocol: greedy generation, the letter read by FOCI's rule, failures kept as "NA ### ..."."""
 
     name = "generate"
+    writes_prompt_logits = True
 
     def __init__(self, model, processor, max_new_tokens: int = FOCI_MAX_NEW_TOKENS):
         self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
 
-    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+    @classmethod
+    def prepare(cls, model, processor, benchmark, max_new_tokens: int = FOCI_MAX_NEW_TOKENS,
+                likelihood_answer: str = "letter") -> GenerateScorer:
+        return cls(model, processor, max_new_tokens)
+
+    def score(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
         shared = shared or SharedBatch(self.model, self.processor, images)
         answers = shared.greedy_answers([item.prompt for item in items], self.max_new_tokens)
         return [prediction_record(item.example.image, item.shown_options, item.example.groundtruth, answer,
@@ -357,7 +397,7 @@ class GenerateScorer:
 
 
 # ----------------------------------------------------------------------------- likelihood
-class LikelihoodScorer:
+class LikelihoodScorer(Scorer):
     """Option log-likelihoods with one prefill per example; see the module docstring for the score."""
 
     name = "likelihood"
@@ -371,7 +411,12 @@ class LikelihoodScorer:
         # One-token answers are read from the prompt's next-token logits, which generate's prefill also computes.
         self.reads_prompt_logits = not self.with_end_of_turn
 
-    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+    @classmethod
+    def prepare(cls, model, processor, benchmark, max_new_tokens: int = FOCI_MAX_NEW_TOKENS,
+                likelihood_answer: str = "letter") -> LikelihoodScorer:
+        return cls(model, processor, likelihood_answer)
+
+    def score(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
         scores = self.option_scores(images, items, shared)
         records = []
         for item, row in zip(items, scores.tolist()):
@@ -474,7 +519,7 @@ class LikelihoodScorer:
 
 
 # ----------------------------------------------------------------------------- embedding
-class EmbeddingScorer:
+class EmbeddingScorer(Scorer):
     """Zero-shot choice by image-text embedding similarity; category embeddings computed once."""
 
     name = "embedding"
@@ -483,6 +528,18 @@ class EmbeddingScorer:
         self.model, self.processor, self.categories = model, processor, list(categories)
         self.category_index = {name: i for i, name in enumerate(self.categories)}
         self.category_embeds = model.embed_labels(self.categories, processor, batch_size=text_batch_size)
+
+    @classmethod
+    def prepare(cls, model, processor, benchmark, max_new_tokens: int = FOCI_MAX_NEW_TOKENS,
+                likelihood_answer: str = "letter") -> EmbeddingScorer:
+        return cls(model, processor, benchmark.categories)
+
+    def report_metrics(self, records: list[dict], bootstrap_samples: int, seed: int, setup_seconds: float) -> dict:
+        """Top-1 / top-5 over all categories; the set-up is the category embeddings' cache."""
+        from .report import top_k_metrics
+
+        return {**top_k_metrics(records, bootstrap_samples, seed), "num_categories": len(self.categories),
+                "category_cache_seconds": setup_seconds}
 
     @torch.no_grad()
     def similarities(self, images: list, shared: SharedBatch | None = None) -> torch.Tensor:
@@ -494,7 +551,7 @@ class EmbeddingScorer:
             image_embeds = self.model.get_image_embeddings(**shared.embedding_inputs())
         return image_embeds.float() @ self.category_embeds.T
 
-    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+    def score(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
         similarities = self.similarities(images, shared)
         top_k = similarities.topk(min(5, len(self.categories)), dim=-1).indices.tolist()
         records = []
@@ -510,7 +567,7 @@ class EmbeddingScorer:
 
 
 # ----------------------------------------------------------------------------- open set
-class OpenSetScorer:
+class OpenSetScorer(Scorer):
     """The model names the object; right when the normalised answer equals the normalised label."""
 
     name = "open_set"
@@ -520,7 +577,17 @@ class OpenSetScorer:
         self.model, self.processor, self.question, self.max_new_tokens = model, processor, question, max_new_tokens
         self.categories = list(categories)
 
-    def __call__(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
+    @classmethod
+    def prepare(cls, model, processor, benchmark, max_new_tokens: int = FOCI_MAX_NEW_TOKENS,
+                likelihood_answer: str = "letter") -> OpenSetScorer:
+        return cls(model, processor, benchmark.open_set_question, benchmark.categories)
+
+    def failures(self, records: list[dict], categories: list[str]) -> list[bool]:
+        """Generation failures: an answer naming no category."""
+        known = set(categories)
+        return [record["predicted"] not in known for record in records]
+
+    def score(self, images: list, items: list[PreparedExample], shared: SharedBatch | None = None) -> list[dict]:
         shared = shared or SharedBatch(self.model, self.processor, images)
         answers = shared.greedy_answers([self.question] * len(items), self.max_new_tokens)
         records = []
@@ -537,27 +604,24 @@ class OpenSetScorer:
 def check_modes(modes) -> tuple[str, ...]:
     """The requested modes, deduplicated in order; an empty or unknown one is a clear error."""
     modes = tuple(dict.fromkeys([modes] if isinstance(modes, str) else modes or ()))
-    unknown = [mode for mode in modes if mode not in MODES]
+    known = scoring_modes()
+    unknown = [mode for mode in modes if mode not in known]
     if unknown or not modes:
-        raise ValueError(f"unknown scoring mode(s) {unknown or list(modes)}; choose from {', '.join(MODES)}")
+        raise ValueError(f"unknown scoring mode(s) {unknown or list(modes)}; choose from {', '.join(known)}")
     return modes
 
 
 def build_scorers(model, processor, benchmark, modes, max_new_tokens: int = FOCI_MAX_NEW_TOKENS,
                   likelihood_answer: str = "letter") -> dict:
-    """One scorer per requested mode (the embedding scorer embeds the benchmark's categories now)."""
-    modes = check_modes(modes)
-    factories = {
-        "generate": lambda: GenerateScorer(model, processor, max_new_tokens),
-        "likelihood": lambda: LikelihoodScorer(model, processor, likelihood_answer),
-        "embedding": lambda: EmbeddingScorer(model, processor, benchmark.categories),
-        "open_set": lambda: OpenSetScorer(model, processor, benchmark.open_set_question, benchmark.categories),
-    }
-    return {mode: factories[mode]() for mode in modes}
+    """One scorer per requested mode, each prepared for the benchmark (the embedding scorer embeds its
+    categories now)."""
+    return {mode: scorer_class(mode).prepare(model, processor, benchmark, max_new_tokens=max_new_tokens,
+                                             likelihood_answer=likelihood_answer)
+            for mode in check_modes(modes)}
 
 
 __all__ = [
     "ANSWER_FORMATS", "EmbeddingScorer", "GenerateScorer", "LikelihoodScorer", "MC_MODES", "MODES", "OpenSetScorer",
-    "PreparedExample", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts",
+    "PreparedExample", "Scorer", "SharedBatch", "build_scorers", "chat_prompts", "check_modes", "encode_prompts",
     "model_family", "prepare_examples",
 ]

@@ -16,8 +16,8 @@ right, the same way as for generation:
 - LLaVA: the placeholder expanded to one token per patch (CLS dropped under the "default" strategy).
 So an image embedding is exactly the decoder state a prompt with that image reaches at its next token.
 
-Text embedding: as for Idefics2 (the shared ``FinedeficsAlignmentMixin``): the text rows are moved to the
-right (left padding then gives the same result), run through the decoder stack with 1-D positions (for
+Text embedding: as for Idefics2 (the shared ``FinedeficsAlignmentMixin``, ``alignment.py``): the text rows are
+moved to the right (left padding then gives the same result), run through the decoder stack with 1-D positions (for
 Qwen's mrope, text-only positions are the same on all three axes, as ``get_rope_index`` gives them) and
 pooled at the last real token.
 
@@ -31,7 +31,7 @@ import inspect
 
 import torch
 
-from .modeling_finedefics import FinedeficsAlignmentMixin, FinedeficsEmbeddingOutput
+from .alignment import FinedeficsAlignmentMixin, FinedeficsEmbeddingOutput
 
 
 class FinedeficsMultimodalMixin(FinedeficsAlignmentMixin):

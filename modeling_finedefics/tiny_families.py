@@ -1,14 +1,16 @@
 """Tiny random models of every Finedefics family, with their processors and offline-trained tokenizers.
 
-    from modeling_finedefics.tiny_families import build_tiny
-    model, processor = build_tiny("qwen2_vl")               # Finedefics classes
-    stock, stock_processor = build_tiny("llava", stock=True)  # the stock transformers classes, same weights
+    from modeling_finedefics.families import FAMILIES
+    model, processor = FAMILIES["qwen2_vl"].build_tiny()               # Finedefics classes
+    stock, stock_processor = FAMILIES["llava"].build_tiny(stock=True)  # the stock transformers classes, same weights
 
 Each family gets a byte-level BPE tokenizer trained with ``tokenizers`` on a few prompts (no download),
 with that family's special tokens and a chat template in the family's style, its stock image processor
 (the PIL variant: no torchvision) at 32-64 px, and a ~1M-parameter config. ``stock=True`` builds the stock
 classes from the same config and seed, so the stock and Finedefics models share every stock weight.
 Idefics2 goes through ``tiny.py`` (``build_tiny_processor`` / ``build_tiny_model``), unchanged.
+The builders take the ``Family`` (``families.py``) and build its classes; this module does not import the
+registry, which imports it.
 """
 
 from __future__ import annotations
@@ -25,23 +27,7 @@ from transformers import (
     SmolVLMImageProcessorPil,
 )
 
-from .idefics3 import (
-    FinedeficsIdefics3Config,
-    FinedeficsIdefics3ForConditionalGeneration,
-    FinedeficsIdefics3Processor,
-    FinedeficsSmolVLMConfig,
-    FinedeficsSmolVLMForConditionalGeneration,
-    FinedeficsSmolVLMProcessor,
-)
-from .llava import FinedeficsLlavaConfig, FinedeficsLlavaForConditionalGeneration, FinedeficsLlavaProcessor
-from .qwen2_vl import (
-    FinedeficsQwen2_5_VLConfig,
-    FinedeficsQwen2_5_VLForConditionalGeneration,
-    FinedeficsQwen2_5_VLProcessor,
-    FinedeficsQwen2VLConfig,
-    FinedeficsQwen2VLForConditionalGeneration,
-    FinedeficsQwen2VLProcessor,
-)
+from .idefics3 import FinedeficsSmolVLMProcessor
 from .tiny import BASE_CORPUS
 
 ROW_COL_TOKENS = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
@@ -126,31 +112,29 @@ def _text_config(tokenizer, model_type: str, hidden: int = 64, **extra) -> dict:
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, rms_norm_eps=1e-5, **extra)
 
 
-def _idefics3_like(family, tokenizer, stock):
+def _idefics3_like(family, layout, tokenizer, stock):
     image_size, patch, scale = 32, 8, 2
     seq_len = (image_size // patch) ** 2 // scale**2
-    image_processor_class = Idefics3ImageProcessorPil if family == "idefics3" else SmolVLMImageProcessorPil
+    image_processor_class = Idefics3ImageProcessorPil if layout == "idefics3" else SmolVLMImageProcessorPil
     # Splitting on: an image up to 64 px is cut into up to 2x2 sub-images of 32 px plus the global image.
     image_processor = image_processor_class(
         do_image_splitting=True, size={"longest_edge": 2 * image_size}, max_image_size={"longest_edge": image_size})
-    config_class = FinedeficsIdefics3Config if family == "idefics3" else FinedeficsSmolVLMConfig
     config = dict(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=image_size, patch_size=patch),
         text_config=_text_config(tokenizer, "llama"), scale_factor=scale,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
     )
-    if family == "idefics3":
-        processor_class = Idefics3Processor if stock else FinedeficsIdefics3Processor
-        processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
-                                    chat_template=CHAT_TEMPLATES[family])
+    if layout == "idefics3":
+        processor_class = Idefics3Processor if stock else family.processor
     else:  # the stock SmolVLMProcessor needs torchvision and num2words: the images-only Finedefics one (same prompts)
-        processor = FinedeficsSmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                               image_seq_len=seq_len, chat_template=CHAT_TEMPLATES[family])
-    return config_class, config, processor
+        processor_class = FinedeficsSmolVLMProcessor if stock else family.processor
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
+                                chat_template=CHAT_TEMPLATES[layout])
+    return config, processor
 
 
-def _qwen_like(family, tokenizer, stock):
+def _qwen_like(family, layout, tokenizer, stock):
     patch, merge = 8, 2
     # 2x2 to 4x4 merged tokens per image, following its size and aspect ratio (as the real processor does).
     image_processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=merge, temporal_patch_size=2,
@@ -158,90 +142,84 @@ def _qwen_like(family, tokenizer, stock):
     image_processor.size = {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
     vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=patch, spatial_merge_size=merge,
                   temporal_patch_size=2, in_channels=3)
-    text = _text_config(tokenizer, family + "_text", rope_parameters={
+    text = _text_config(tokenizer, layout + "_text", rope_parameters={
         "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
-    if family == "qwen2_vl":
+    if layout == "qwen2_vl":
         vision.update(mlp_ratio=2)
-        config_class, processor_class = FinedeficsQwen2VLConfig, FinedeficsQwen2VLProcessor
     else:
         vision.update(intermediate_size=64, out_hidden_size=64, window_size=2 * patch * merge,
                       fullatt_block_indexes=[0])
         vision.pop("embed_dim")
         vision["hidden_size"] = 32
-        config_class = FinedeficsQwen2_5_VLConfig
-        processor_class = FinedeficsQwen2_5_VLProcessor
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     config = dict(vision_config=vision, text_config=text, **ids)
     # The stock Qwen processors need a video processor (torchvision): the images-only Finedefics one, same prompts.
-    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
-                                chat_template=CHAT_TEMPLATES[family])
-    return config_class, config, processor
+    processor = family.processor(image_processor=image_processor, tokenizer=tokenizer,
+                                 chat_template=CHAT_TEMPLATES[layout])
+    return config, processor
 
 
-def _llava(family, tokenizer, stock):
+def _llava(family, layout, tokenizer, stock):
     image_size, patch = 32, 8
     image_processor = LlavaImageProcessorPil(size={"shortest_edge": image_size},
                                              crop_size={"height": image_size, "width": image_size})
-    processor_class = LlavaProcessor if stock else FinedeficsLlavaProcessor
+    processor_class = LlavaProcessor if stock else family.processor
     processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
                                 vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                chat_template=CHAT_TEMPLATES[family])
+                                chat_template=CHAT_TEMPLATES[layout])
     config = dict(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=image_size, patch_size=patch, projection_dim=32),
         text_config=_text_config(tokenizer, "llama"), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default", vision_feature_layer=-1, pad_token_id=tokenizer.pad_token_id,
     )
-    return FinedeficsLlavaConfig, config, processor
+    return config, processor
 
 
 _BUILDERS = {"idefics3": _idefics3_like, "smolvlm": _idefics3_like, "qwen2_vl": _qwen_like,
              "qwen2_5_vl": _qwen_like, "llava": _llava}
-FINEDEFICS_MODELS = {
-    "idefics3": FinedeficsIdefics3ForConditionalGeneration, "smolvlm": FinedeficsSmolVLMForConditionalGeneration,
-    "qwen2_vl": FinedeficsQwen2VLForConditionalGeneration, "qwen2_5_vl": FinedeficsQwen2_5_VLForConditionalGeneration,
-    "llava": FinedeficsLlavaForConditionalGeneration,
-}
 
 
-def tiny_family_config(family: str, processor, stock: bool = False, **overrides):
-    """The tiny config of ``family`` for ``processor``'s tokenizer: Finedefics (default) or the stock class's."""
+def _layout(family) -> str:
+    layout = family.tiny_layout or family.name
+    if layout not in _BUILDERS:
+        raise ValueError(f"no tiny builder for family {family.name!r}; the builders are "
+                         f"{sorted(_BUILDERS) + ['idefics2']}")
+    return layout
+
+
+def tiny_family_config(family, processor, stock: bool = False, **overrides):
+    """The tiny config of ``family`` (a ``Family``) for ``processor``'s tokenizer: Finedefics (default) or the
+    stock class's."""
     tokenizer = processor.tokenizer
-    config_class, config, _ = _BUILDERS[family](family, tokenizer, stock=False)
+    layout = _layout(family)
+    config, _ = _BUILDERS[layout](family, layout, tokenizer, stock=False)
     if stock:
-        from .families import FAMILIES
-
-        return FAMILIES[family].stock_config(**config, **overrides)
-    return config_class(**config, summary_token_id=tokenizer.eos_token_id, **overrides)
+        return family.stock_config(**config, **overrides)
+    return family.config(**config, summary_token_id=tokenizer.eos_token_id, **overrides)
 
 
-def build_tiny(family: str, corpus: list[str] | None = None, seed: int = 0, stock: bool = False, **overrides):
-    """``(model, processor)`` of a tiny random ``family`` model ("idefics3", "smolvlm", "qwen2_vl",
-    "qwen2_5_vl", "llava"; "idefics2" goes through ``tiny.py``). ``stock=True``: the stock transformers classes
-    (the same weights for the same seed), for testing that stock checkpoints load unchanged; its processor is
-    the stock one where it can be built here (LLaVA, Idefics3), else the Finedefics one (Qwen and SmolVLM's need
-    torchvision for their video processors), whose prompts and pixels are the stock processor's."""
-    if family == "idefics2":
+def build_tiny(family, corpus: list[str] | None = None, seed: int = 0, stock: bool = False, **overrides):
+    """``(model, processor)`` of a tiny random model of ``family`` (a ``Family``; Idefics2 goes through
+    ``tiny.py``). ``stock=True``: the stock transformers classes (the same weights for the same seed), for testing
+    that stock checkpoints load unchanged; its processor is the stock one where it can be built here (LLaVA,
+    Idefics3), else the Finedefics one (Qwen and SmolVLM's need torchvision for their video processors), whose
+    prompts and pixels are the stock processor's."""
+    if (family.tiny_layout or family.name) == "idefics2":
         from .tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
         if stock:
             raise ValueError("build the stock Idefics2 from tiny.tiny_config (see tests/test_convert.py)")
         processor = build_tiny_processor(build_tiny_tokenizer(corpus))
         return build_tiny_model(processor, preset="micro", seed=seed, **overrides), processor
-    if family not in _BUILDERS:
-        raise ValueError(f"unknown family {family!r}; choose one of {sorted(_BUILDERS) + ['idefics2']}")
-    tokenizer = build_family_tokenizer(family, corpus)
-    _, _, processor = _BUILDERS[family](family, tokenizer, stock)
+    layout = _layout(family)
+    tokenizer = build_family_tokenizer(layout, corpus)
+    _, processor = _BUILDERS[layout](family, layout, tokenizer, stock)
     config = tiny_family_config(family, processor, stock=stock, **overrides)
     torch.manual_seed(seed)
-    model_class = FINEDEFICS_MODELS[family]
-    if stock:
-        from .families import FAMILIES
-
-        model_class = FAMILIES[family].stock_model
-    model = model_class(config)
+    model = (family.stock_model if stock else family.model)(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model.eval(), processor

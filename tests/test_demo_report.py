@@ -5,7 +5,7 @@ import json
 import pytest
 
 from finedefics_data.prompts import ObjectNoun, multiple_choice_options
-from finedefics_training import demo_report
+from finedefics_training.demo import report as demo_report
 from finedefics_training.base import category_descriptions, knowledge_rows
 from finedefics_training.premise import description_words, recall
 
@@ -171,14 +171,3 @@ def test_multiple_choice_in_text_named_asks_for_the_category_by_name(monkeypatch
                                              rare={"Dunmere"}, named=True)
     assert result["questions"] == 5 * 4 and result["accuracy"] == 1.0
     assert sorted(set(asked)) == sorted(c["name"] for c in categories)
-
-
-def test_old_demo_module_paths_are_the_moved_modules():
-    """demo_data / demo_report moved into the demo package; the old names are the same module objects."""
-    import importlib
-
-    from finedefics_training.demo import data, report
-
-    assert importlib.import_module("finedefics_training.demo_data") is data
-    assert importlib.import_module("finedefics_training.demo_report") is report
-    assert demo_report is report

@@ -100,7 +100,7 @@ def test_the_commands_mode_choices_are_the_scorers_modes_and_help_needs_no_torch
     eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
     mode_action = next(action for action in eval_parser._actions if action.dest == "mode")
     assert tuple(mode_action.choices) == MODES
-    # Why the modes live in the torch-free prompts module: `finedefics --help` must not load torch.
+    # Why the mode registry (scorers.py) names its classes by import path: `finedefics --help` must not load torch.
     # The model checks every command runs first are as light (the family registry loads only when a check needs it).
     probe = ("import sys, finedefics_cli, finedefics_training.checkpoints, finedefics_eval.loading; "
              "finedefics_cli.build_parser(); print('torch' in sys.modules)")

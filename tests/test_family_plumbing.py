@@ -56,9 +56,12 @@ def _training_args(tmp_path, **overrides):
 
 
 def test_cli_family_choices_are_the_registry():
-    from finedefics_cli.commands.init_model import FAMILY_NAMES as CLI_NAMES
+    from finedefics_cli import build_parser
 
-    assert CLI_NAMES == FAMILY_NAMES
+    init_parser = build_parser()._subparsers._group_actions[0].choices["init-model"]
+    family_action = next(action for action in init_parser._actions if action.dest == "family")
+    assert list(family_action.choices) == FAMILY_NAMES
+    assert "not-a-family" not in family_action.choices
 
 
 # ----------------------------------------------------------------------------- init-model
@@ -187,9 +190,10 @@ def test_push_stages_the_family_code_files_and_auto_map(family, staged_families)
     spec = FAMILIES[family]
     code_files = {name for name in staged_files(staged) if name.endswith(".py")}
     assert code_files == set(model_code_files(spec))
-    expected_code = {"configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py"}
+    expected_code = {"configuration_finedefics.py", "processing_finedefics.py", "alignment.py",
+                     f"{spec.code_module}.py"}
     if family != "idefics2":
-        expected_code |= {"multimodal.py", f"{spec.code_module}.py"}
+        expected_code |= {"multimodal.py"}
     assert code_files == expected_code
     package = Path(modeling_finedefics.__file__).parent
     for name in code_files:
@@ -281,10 +285,8 @@ def test_full_tuning_of_a_stock_checkpoint_freezes_only_the_family_vision_tower(
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_lora_targets_are_the_family_decoder_projections(family):
-    from finedefics_training.recipe import LORA_TARGETS
-
     model, _ = _tiny(family)
-    matched = [name for name, _ in model.named_modules() if re.fullmatch(LORA_TARGETS[family], name)]
+    matched = [name for name, _ in model.named_modules() if re.fullmatch(FAMILIES[family].lora_targets, name)]
     assert matched, f"{family}: the LoRA targets match no module"
     assert all(isinstance(model.get_submodule(name), torch.nn.Linear) for name in matched)
     tower = {name for name, module in model.named_modules() if module is model._vision_tower()}.pop()

@@ -156,7 +156,7 @@ def _snapshot(model):
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_stage_one_step_trains_lm_and_contrastive_terms_from_one_vision_pass(family, tmp_path):
-    from finedefics_training.trainer import build_contrastive_batch
+    from finedefics_training.losses import ContrastiveTexts
 
     model, processor = _build(family)
     rows = _rows(4)
@@ -176,7 +176,8 @@ def test_stage_one_step_trains_lm_and_contrastive_terms_from_one_vision_pass(fam
         else:
             images = model.get_image_embeddings(**processor.image_embedding_inputs([row["image"] for row in rows]))
         texts = model.get_text_embeddings(batch["contrastive_input_ids"], batch["contrastive_attention_mask"])
-        expected = trainer.contrastive_loss(build_contrastive_batch(images, texts, batch), model.get_logit_scales())
+        contrastive = ContrastiveTexts.from_batch(batch).embed(images, texts)
+        expected = trainer.contrastive_loss(contrastive, model.get_logit_scales())
     logged = {name: values[-1] for name, values in trainer._metrics["eval"].items()}
     for name in TERMS:
         assert logged[f"loss_{name}"] == pytest.approx(expected.terms[name].item(), rel=1e-4, abs=1e-6), name

@@ -20,13 +20,14 @@ from finedefics_training.losses import (
     CONTRASTIVE_TERMS,
     TERMS,
     ContrastiveBatch,
+    ContrastiveTexts,
     FinedeficsContrastiveLoss,
     attribute_category_loss,
     category_category_loss,
     object_attribute_loss,
     object_category_loss,
 )
-from finedefics_training.trainer import build_contrastive_batch, causal_lm_loss
+from finedefics_training.trainer import causal_lm_loss
 
 SCALE = 2.0
 
@@ -408,7 +409,7 @@ def test_contrastive_batch_takes_each_rows_own_description_name_and_negatives(ti
                                                         *row["neg_attributes"]] if text}
     assert sorted(texts) == sorted(expected_texts)  # each distinct text once, none dropped
     image_embeds = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
-    built = build_contrastive_batch(image_embeds, torch.stack([_text_vector(t) for t in texts]), collated)
+    built = ContrastiveTexts.from_batch(collated).embed(image_embeds, torch.stack([_text_vector(t) for t in texts]))
 
     assert torch.equal(built.image_embeds, image_embeds)
     assert built.attribute_mask.tolist() == [True, False, True, True, True, True]

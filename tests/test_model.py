@@ -117,7 +117,7 @@ def test_saved_folder_carries_code_and_auto_map(saved_checkpoint):
     assert config["auto_map"]["AutoConfig"] == "configuration_finedefics.FinedeficsConfig"
     processor_config = json.loads((saved_checkpoint / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_finedefics.FinedeficsProcessor"
-    for name in ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py"):
+    for name in ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py", "alignment.py"):
         code = (saved_checkpoint / name).read_text()
         assert "finedefics_training" not in code and "finedefics_eval" not in code
     assert not list(saved_checkpoint.glob("*.bin"))

@@ -24,7 +24,7 @@ REPORT = {
     },
 }
 RECIPE_YAML = "model_name_or_path: HuggingFaceM4/idefics2-8b\ntuning: qlora\nlora_r: 8\nlearning_rate: 2.0e-4\n"
-CODE_FILES = {"configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py"}
+CODE_FILES = {"configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py", "alignment.py"}
 EXPECTED_FILES = CODE_FILES | {
     "README.md", "config.json", "generation_config.json", "model.safetensors",
     "processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",

@@ -51,7 +51,7 @@ import io
 import os
 import random
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import Idefics2Processor
@@ -64,6 +64,8 @@ from finedefics_data.prompts import (
 from modeling_finedefics.processing_finedefics import read_image
 
 from finedefics_data.kinds import DESCRIPTION, row_kind
+
+from .losses import ContrastiveTexts
 
 IGNORE_INDEX = -100
 
@@ -130,9 +132,12 @@ class FinedeficsDataCollator:
         conversations = [self._conversation(example, row) for row, example in enumerate(examples)]
         batch = self._tokenize_conversations(examples, conversations)
         if self.stage == 1 and self.contrastive:
-            batch.update(self._contrastive_texts(examples))
+            texts = self._contrastive_texts(examples)
             if uses_image_summary_rows(self.processor):
-                batch.update(self._image_summary_rows(examples, batch))
+                summary_input_ids, summary_attention_mask = self._image_summary_rows(examples, batch)
+                texts = replace(texts, summary_input_ids=summary_input_ids,
+                                summary_attention_mask=summary_attention_mask)
+            batch.update(texts.as_batch_columns())
         return batch
 
     # ------------------------------------------------------------ instructions
@@ -182,7 +187,7 @@ class FinedeficsDataCollator:
         batch["labels"] = _answer_labels(processor, prompts, full_texts, batch, tokens)
         return dict(batch)
 
-    def _image_summary_rows(self, examples: list[dict], batch: dict) -> dict[str, torch.Tensor]:
+    def _image_summary_rows(self, examples: list[dict], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage I's image-summary rows (``processor.image_embedding_inputs``) of the batch's images, in order.
 
         Families other than Idefics2 embed an image as its expanded placeholder + summary token through their
@@ -195,10 +200,10 @@ class FinedeficsDataCollator:
                 if not torch.equal(value, batch[name]):
                     raise ValueError(f"the image-summary rows' {name} differ from the prompts' (the processor does "
                                      "not encode an image the same way twice): the forward could not reuse them")
-        return {"summary_input_ids": summary["input_ids"], "summary_attention_mask": summary["attention_mask"]}
+        return summary["input_ids"], summary["attention_mask"]
 
     # ------------------------------------------------------- contrastive texts
-    def _contrastive_texts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+    def _contrastive_texts(self, examples: list[dict]) -> ContrastiveTexts:
         texts: dict[str, int] = {}
 
         def index_of(text: str | None) -> int:
@@ -219,16 +224,16 @@ class FinedeficsDataCollator:
             neg_category_ids.append(_pad([stable_category_id(n) for n in names], k))
             neg_attribute_index.append(_pad([index_of(d) for d in descriptions], k))
         encoded = self._tokenize_texts(list(texts))
-        return {
-            "contrastive_input_ids": encoded["input_ids"],
-            "contrastive_attention_mask": encoded["attention_mask"],
-            "attribute_index": torch.tensor(attribute_index),
-            "category_index": torch.tensor(category_index),
-            "category_ids": torch.tensor(category_ids),
-            "neg_attribute_index": torch.tensor(neg_attribute_index, dtype=torch.long).reshape(len(examples), k),
-            "neg_category_index": torch.tensor(neg_category_index, dtype=torch.long).reshape(len(examples), k),
-            "neg_category_ids": torch.tensor(neg_category_ids, dtype=torch.long).reshape(len(examples), k),
-        }
+
+        def per_negative(values: list[list[int]]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long).reshape(len(examples), k)
+
+        return ContrastiveTexts(
+            contrastive_input_ids=encoded["input_ids"], contrastive_attention_mask=encoded["attention_mask"],
+            attribute_index=torch.tensor(attribute_index), category_index=torch.tensor(category_index),
+            category_ids=torch.tensor(category_ids), neg_attribute_index=per_negative(neg_attribute_index),
+            neg_category_index=per_negative(neg_category_index), neg_category_ids=per_negative(neg_category_ids),
+        )
 
 
     def _tokenize_texts(self, texts: list[str]):

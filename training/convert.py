@@ -45,10 +45,7 @@ RELEASE_TEMPERATURE_KEYS = {
     "model.ac_temp": "temperatures.attribute_category",
 }
 UNUSED_RELEASE_PREFIXES = ("model.vision_projector.", "model.text_projector.")
-KNOWN_IDEFICS2_PREFIXES = ("model.vision_model.", "model.connector.", "model.text_model.", "lm_head.")
 TEMPERATURE_KEYS = ("temperatures.object_attribute", "temperatures.attribute_category")
-MODEL_CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")
-IDEFICS2_MODEL_TYPES = ("idefics2", "finedefics")
 PROCESSOR_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja",
@@ -70,7 +67,9 @@ class ConversionReport:
     unmapped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        kind = "Idefics2" if self.family == "idefics2" else f"stock {self.family}"
+        from modeling_finedefics.families import FAMILIES
+
+        kind = FAMILIES[self.family].stock_label
         lines = [f"converted {self.source} ({self.source_format}): kept {self.kept} {kind} tensors"]
         lines += [f"  mapped  {old} -> {new}" for old, new in self.mapped.items()]
         lines += [f"  added   {key} = {value:.6g} (fresh)" for key, value in self.added.items()]
@@ -103,15 +102,13 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
     check_safetensors_files(weight_files)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = ConversionReport(source=str(source), family=family.name)
-    index = _convert_shards(weight_files, output_dir, report)
+    index = _convert_shards(weight_files, output_dir, report, family.stock_key_prefixes)
     _add_missing_temperatures(index, output_dir, report, init_temperature)
     if embed_dim:
         raise NotImplementedError("fresh projection heads on conversion are not supported yet; "
                                   "convert with embed_dim=0")
-    if family.name == "idefics2":
-        report.source_format = "finedefics-release" if report.mapped or report.dropped else "idefics2"
-    else:
-        report.source_format = family.name
+    released = family.has_release_checkpoint and (report.mapped or report.dropped)
+    report.source_format = "finedefics-release" if released else family.name
     _write_index(index, output_dir)
     _write_config(config_dict, source, output_dir, summary_token_id, init_temperature, family)
     _copy_processor_files(source, output_dir, family)
@@ -125,12 +122,9 @@ def _source_config(source: Path):
     """The source's config dict and its family (a clear error for an unsupported ``model_type``)."""
     from modeling_finedefics.families import FAMILIES, family_for_model_type
 
-    other_families = tuple(t for family in FAMILIES.values() if family.name != "idefics2"
-                           for t in (family.stock_model_type, family.model_type))
-    config_dict = read_checkpoint_config(source, supported=IDEFICS2_MODEL_TYPES + other_families)
-    model_type = config_dict["model_type"]
-    family = FAMILIES["idefics2"] if model_type in IDEFICS2_MODEL_TYPES else family_for_model_type(model_type)
-    return config_dict, family
+    supported = tuple(t for family in FAMILIES.values() for t in (family.stock_model_type, family.model_type))
+    config_dict = read_checkpoint_config(source, supported=supported)
+    return config_dict, family_for_model_type(config_dict["model_type"])
 
 
 def _weight_files(source: Path) -> list[Path]:
@@ -142,14 +136,15 @@ def _weight_files(source: Path) -> list[Path]:
     return files
 
 
-def _convert_shards(weight_files: list[Path], output_dir: Path, report: ConversionReport) -> dict[str, str]:
+def _convert_shards(weight_files: list[Path], output_dir: Path, report: ConversionReport,
+                    stock_key_prefixes: tuple[str, ...]) -> dict[str, str]:
     """Rewrite each shard with mapped keys; returns the weight map (key -> output file name)."""
     index: dict[str, str] = {}
     for shard in weight_files:
         tensors = {}
         with safe_open(shard, framework="pt") as reader:
             for key in reader.keys():
-                new_key, tensor = _convert_tensor(key, reader.get_tensor(key), report)
+                new_key, tensor = _convert_tensor(key, reader.get_tensor(key), report, stock_key_prefixes)
                 if new_key is not None:
                     tensors[new_key] = tensor
         name = "model.safetensors" if len(weight_files) == 1 else shard.name
@@ -158,7 +153,7 @@ def _convert_shards(weight_files: list[Path], output_dir: Path, report: Conversi
     return index
 
 
-def _convert_tensor(key: str, tensor: torch.Tensor, report: ConversionReport):
+def _convert_tensor(key: str, tensor: torch.Tensor, report: ConversionReport, stock_key_prefixes: tuple[str, ...]):
     if key in RELEASE_LOGIT_SCALE_KEYS:
         report.mapped[key] = RELEASE_LOGIT_SCALE_KEYS[key]
         return RELEASE_LOGIT_SCALE_KEYS[key], tensor.float().reshape(())
@@ -168,8 +163,9 @@ def _convert_tensor(key: str, tensor: torch.Tensor, report: ConversionReport):
     if key.startswith(UNUSED_RELEASE_PREFIXES):
         report.dropped[key] = "projection head defined but never used by the released code"
         return None, None
-    if key.startswith(KNOWN_IDEFICS2_PREFIXES) or key in TEMPERATURE_KEYS or report.family != "idefics2":
-        report.kept += 1  # another family's stock keys are all kept as they are
+    # A family that names no stock key prefixes keeps every key as it is.
+    if not stock_key_prefixes or key.startswith(stock_key_prefixes) or key in TEMPERATURE_KEYS:
+        report.kept += 1
         return key, tensor
     report.unmapped.append(key)
     return None, None
@@ -255,12 +251,10 @@ def _copy_processor_files(source: Path, output_dir: Path, family) -> None:
 
 
 def model_code_files(family) -> list[str]:
-    """The code files a Finedefics checkpoint of ``family`` ships for ``trust_remote_code``: the three shared
-    Idefics2 files, plus the mechanism the other families share (``multimodal.py``) and the family's own file."""
-    names = list(MODEL_CODE_FILES)
-    if family.name != "idefics2":
-        names += ["multimodal.py", f"{family.code_module}.py"]
-    return names
+    """The code files a Finedefics checkpoint of ``family`` ships for ``trust_remote_code`` (``Family.code_files``):
+    the files every family builds on (configuration, processing, ``alignment.py``) and the family's own model file,
+    plus, for the families other than Idefics2, the mechanism they share (``multimodal.py``)."""
+    return list(family.code_files)
 
 
 def _copy_model_code(output_dir: Path, family) -> None:

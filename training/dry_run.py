@@ -34,20 +34,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 _MODEL_CONFIGS = Path(__file__).with_name("model_configs")
-KNOWN_CONFIGS = {  # written from the published configs (model_configs/README.md), not downloaded
-    "HuggingFaceM4/idefics2-8b": _MODEL_CONFIGS / "idefics2-8b.json",
-    "HuggingFaceTB/SmolVLM-Instruct": _MODEL_CONFIGS / "smolvlm-instruct.json",
-    "Qwen/Qwen2.5-VL-7B-Instruct": _MODEL_CONFIGS / "qwen2.5-vl-7b-instruct.json",
-    "llava-hf/llava-1.5-7b-hf": _MODEL_CONFIGS / "llava-1.5-7b.json",
-}
-PLAN_IMAGE_SIDE = 448  # Qwen keeps images near their own size: the side a step's images are assumed to have
 GPU_SIZES_GIB = (24, 40, 80)
 OVERHEAD_GIB = 1.5  # CUDA context, cuBLAS workspaces and allocator fragmentation on one device
 GIB = 2**30
 # bitsandbytes nf4 with double quantisation: 4 bits per weight, one 8-bit absmax per 64 weights and
 # one float32 second-level scale per 256 absmax values.
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
-SPLIT_SUB_IMAGES = 5  # Idefics2's image splitting: four crops and the whole image
 
 
 @dataclass
@@ -122,40 +114,44 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------- model
+def known_configs() -> dict[str, Path]:
+    """Hub id -> the config shipped for it (each family's ``shipped_configs``, written from the published configs,
+    model_configs/README.md): planned without a download."""
+    from modeling_finedefics.families import FAMILIES
+
+    return {hub_id: _MODEL_CONFIGS / name for family in FAMILIES.values()
+            for hub_id, name in family.shipped_configs.items()}
+
+
 def plan_config(path: str, trust_remote_code: bool = False):
     """(Finedefics config of the model's family, processor numbers) from a local folder, the Hub cache, or a
     shipped config."""
     from modeling_finedefics.families import family_for_model_type
     from transformers import AutoConfig
 
-    from .recipe import as_finedefics_config
-
-    if path in KNOWN_CONFIGS and not os.path.isdir(path):
-        shipped = json.loads(KNOWN_CONFIGS[path].read_text())
+    shipped_configs = known_configs()
+    if path in shipped_configs and not os.path.isdir(path):
+        shipped = json.loads(shipped_configs[path].read_text())
         stock_config = family_for_model_type(shipped["config"]["model_type"]).stock_config
         config, processor = stock_config(**shipped["config"]), shipped["processor"]
     elif os.path.isdir(path):
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         processor = _local_processor_numbers(Path(path))
     else:
-        known = ", ".join(KNOWN_CONFIGS)
+        known = ", ".join(shipped_configs)
         raise ValueError(f"--dry-run needs the model's config: {path!r} is not a local folder nor a model with a "
                          f"shipped config ({known})")
     family = family_for_model_type(config.model_type)
     if config.model_type != family.model_type:
-        config = as_finedefics_config(config, processor.get("eos_token_id"), family)
+        config = family.finedefics_config(config, processor.get("eos_token_id"))
     return config, processor
 
 
 def config_family(config):
-    """The ``modeling_finedefics.families.Family`` of a Finedefics config, by its class (a stock Idefics2 config
-    converted by ``as_finedefics_config`` carries no ``model_type`` of its own)."""
-    from modeling_finedefics.families import FAMILIES, family_for_model_type
+    """The ``modeling_finedefics.families.Family`` of a Finedefics config (``family_of_config``)."""
+    from modeling_finedefics.families import family_of_config
 
-    for family in FAMILIES.values():
-        if type(config) is family.config:
-            return family
-    return family_for_model_type(config.model_type)
+    return family_of_config(config)
 
 
 def _local_processor_numbers(folder: Path) -> dict:
@@ -323,16 +319,10 @@ def _saved_bytes(module, make_inputs, sizes) -> callable:
 
 def decoder_layer_bytes(model, config, dtype, sizes=(8, 16, 32)):
     """Saved bytes of one decoder layer (as the run trains it: LoRA, dropout) for a row of T tokens."""
-    from transformers.models.mistral.modeling_mistral import MistralRotaryEmbedding
-
-    core = _core(model)
-    if config_family(config).name == "idefics2":
-        layer = _materialise(core.model.text_model.layers[0], dtype)
-        rotary = MistralRotaryEmbedding(config.text_config)
-    else:  # the decoder's own rotary embedding (Qwen's 3-D mrope takes 1-D text positions on all three axes)
-        decoder = core._decoder()
-        layer = _materialise(decoder.layers[0], dtype)
-        rotary = type(decoder.rotary_emb)(config=config.text_config)
+    # The decoder's own rotary embedding (Qwen's 3-D mrope takes 1-D text positions on all three axes).
+    decoder = _core(model)._decoder()
+    layer = _materialise(decoder.layers[0], dtype)
+    rotary = type(decoder.rotary_emb)(config=config.text_config)
 
     def inputs(tokens):
         hidden = torch.randn(1, tokens, config.text_config.hidden_size, dtype=dtype, requires_grad=True)
@@ -344,13 +334,12 @@ def decoder_layer_bytes(model, config, dtype, sizes=(8, 16, 32)):
 
 
 def vision_layer_bytes(model, config, dtype, sizes=(16, 32, 64)):
-    core = _core(model)
-    family = config_family(config).name
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        raise ValueError(f"the dry run cannot estimate a trained {family} vision tower's activations (its blocks "
-                         "take packed patches with cu_seqlens and 2-D rotary positions); keep "
+    family = config_family(config)
+    if not family.plans_trained_vision_tower:
+        raise ValueError(f"the dry run cannot estimate a trained {family.name} vision tower's activations (its "
+                         "blocks take packed patches with cu_seqlens and 2-D rotary positions); keep "
                          "freeze_vision_tower: true or use LoRA for a plan")
-    tower = core._vision_tower()
+    tower = _core(model)._vision_tower()
     layer = _materialise((tower.encoder if hasattr(tower, "encoder") else tower.vision_model.encoder).layers[0], dtype)
 
     def inputs(patches):
@@ -360,45 +349,19 @@ def vision_layer_bytes(model, config, dtype, sizes=(16, 32, 64)):
     return _saved_bytes(layer, inputs, sizes)
 
 
-def connector_bytes(model, config, dtype, sizes=(16, 32, 64)):
-    """Saved bytes of the connector (modality projection + perceiver) for one sub-image of P patches."""
+def connector_bytes(model, config, dtype):
+    """Saved bytes of the image projector (``Family.projector_probe``: Idefics2's modality projection + perceiver,
+    Idefics3's pixel shuffle + linear, Qwen's patch merger, LLaVA's MLP) for one sub-image of P patches."""
     core = _core(model)
-    if config_family(config).name != "idefics2":
-        return projector_bytes(model, config, dtype)
-    connector = _materialise(core.model.connector, dtype)
-
-    def inputs(patches):
-        # The vision tower's output joins the graph only when the tower trains.
-        features = torch.randn(1, patches, config.vision_config.hidden_size, dtype=dtype,
-                               requires_grad=any(p.requires_grad for p in core.model.vision_model.parameters()))
-        return (features,), {"attention_mask": torch.ones(1, patches, dtype=torch.long)}
-
-    return _saved_bytes(connector, inputs, sizes)
-
-
-def projector_bytes(model, config, dtype):
-    """Saved bytes of another family's image projector for one image (sub-image) of P patches: Idefics3's
-    connector (pixel shuffle + linear: P must be a square of a multiple of its scale factor), Qwen's patch merger
-    (2-D patches, 4 per token), LLaVA's two-layer MLP."""
-    core = _core(model)
-    family = config_family(config).name
+    probe = config_family(config).projector_probe(core, config)
+    # The vision tower's output joins the graph only when the tower trains.
     tower_trains = any(p.requires_grad for p in core._vision_tower().parameters())
-    hidden = config.vision_config.hidden_size
-    if family in ("idefics3", "smolvlm"):
-        module, sizes = core.model.connector, [(config.scale_factor * k) ** 2 for k in (2, 3, 4)]
-        shape = lambda patches: (1, patches, hidden)  # noqa: E731
-    elif family in ("qwen2_vl", "qwen2_5_vl"):
-        module, sizes = core.model.visual.merger, [16, 32, 64]
-        shape = lambda patches: (patches, getattr(config.vision_config, "embed_dim", None) or hidden)  # noqa: E731
-    else:
-        module, sizes = core.model.multi_modal_projector, [16, 32, 64]
-        shape = lambda patches: (1, patches, hidden)  # noqa: E731
-    module = _materialise(module, dtype)
+    module = _materialise(probe.module, dtype)
 
     def inputs(patches):
-        return (torch.randn(*shape(patches), dtype=dtype, requires_grad=tower_trains),), {}
+        return probe.inputs(patches, dtype, tower_trains)
 
-    return _saved_bytes(module, inputs, sizes)
+    return _saved_bytes(module, inputs, probe.sizes)
 
 
 def activation_bytes(model, config, shape: StepShape, model_args, training_args) -> dict[str, float]:
@@ -419,13 +382,10 @@ def activation_bytes(model, config, shape: StepShape, model_args, training_args)
     # Logits in the model's dtype, their float32 copy for the loss and its gradient.
     logits = shape.lm_tokens * shape.rows * text.vocab_size * (dtype_bytes + 8)
     sub_images = shape.rows * shape.sub_images
-    from modeling_finedefics.modeling_finedefics import FinedeficsConnector
-
     one_sub_image = connector_bytes(model, config, dtype)(shape.patches)
-    per_chunk = (FinedeficsConnector.sub_images_per_checkpoint(sub_images, shape.patches)
-                 if config_family(config).name == "idefics2" else None)  # only Idefics2's connector checkpoints
+    per_chunk = config_family(config).connector_checkpoint_chunk(sub_images, shape.patches)
     if checkpointing and per_chunk is not None:
-        # FinedeficsConnector keeps its inputs and recomputes one chunk of sub-images at a time.
+        # The connector keeps its inputs and recomputes one chunk of sub-images at a time.
         connector = (sub_images * shape.patches * config.vision_config.hidden_size * dtype_bytes
                      + one_sub_image * per_chunk)
     else:
@@ -460,74 +420,17 @@ def _core(model):
 
 # ---------------------------------------------------------------------- plan
 def step_shape(config, processor: dict, training_args, stage: int) -> tuple[StepShape, list[str]]:
-    if config_family(config).name != "idefics2":
-        return family_step_shape(config, processor, training_args, stage)
-    vision = config.vision_config
-    side = processor.get("longest_edge") or vision.image_size
-    side = min(side, vision.image_size)
-    patches = (side // vision.patch_size) ** 2
-    sub_images = SPLIT_SUB_IMAGES if processor.get("do_image_splitting") else 1
+    """The step of one device, its images as the family's processor makes them (``Family.plan_images``)."""
+    images = config_family(config).plan_images(config, processor)
     negatives = training_args.num_negatives if training_args.use_hard_negatives else 0
     contrastive_texts = 2 * (1 + negatives) if stage == 1 else 0
-    shape = StepShape(rows=training_args.per_device_train_batch_size, sub_images=sub_images, patches=patches,
-                      image_tokens=processor.get("image_seq_len") or config.perceiver_config.resampler_n_latents,
-                      contrastive_texts=contrastive_texts)
+    shape = StepShape(rows=training_args.per_device_train_batch_size, sub_images=images.sub_images,
+                      patches=images.patches, image_tokens=images.image_tokens, contrastive_texts=contrastive_texts)
     assumptions = [
-        f"sub-images are padded to the batch's largest, {side} px ({patches} patch positions each, all of which "
-        "the vision tower and connector process)"
-        f"{'; image splitting gives 5 sub-images per image' if sub_images > 1 else ''}",
+        images.note,
         f"{shape.text_tokens} text tokens per row in the LM pass"
         + (f"; the embedding pass has {contrastive_texts} texts of {shape.contrastive_text_tokens} tokens per row "
-           "(description, name and each negative's description and name, before de-duplication)"
-           if contrastive_texts else ""),
-        "AdamW (two moments per trainable element, in its dtype); one process per device (DDP); "
-        f"{OVERHEAD_GIB} GiB for the CUDA context and fragmentation",
-        "activations measured on one layer of each kind at real width on CPU (sdpa attention), extrapolated",
-    ]
-    return shape, assumptions
-
-
-def family_step_shape(config, processor: dict, training_args, stage: int) -> tuple[StepShape, list[str]]:
-    """The step shape of a family other than Idefics2, from its config and processor numbers."""
-    family = config_family(config).name
-    vision = config.vision_config
-    if family in ("idefics3", "smolvlm"):
-        side = vision.image_size
-        patches = (side // vision.patch_size) ** 2
-        image_tokens = patches // config.scale_factor**2
-        splitting = processor.get("do_image_splitting") or processor.get("splitting")
-        longest = processor.get("longest_edge") if processor.get("max_image_size") else None
-        longest = longest or processor.get("split_longest_edge")
-        grid = (longest or side) // (processor.get("max_image_size") or side)
-        sub_images = grid * grid + 1 if splitting and grid > 1 else 1
-        image_note = (f"images split into at most {grid}x{grid} sub-images of {side} px plus the global image "
-                      f"({sub_images} per image), {patches} patches and {image_tokens} tokens (pixel shuffle "
-                      f"{config.scale_factor}) each" if sub_images > 1 else
-                      f"one {side} px image, {patches} patches, {image_tokens} tokens (pixel shuffle)")
-    elif family in ("qwen2_vl", "qwen2_5_vl"):
-        unit = vision.patch_size * vision.spatial_merge_size
-        max_side = int((processor.get("max_pixels") or PLAN_IMAGE_SIDE**2) ** 0.5)
-        side = max(unit, min(processor.get("plan_image_side") or PLAN_IMAGE_SIDE, max_side) // unit * unit)
-        patches = (side // vision.patch_size) ** 2
-        image_tokens = patches // vision.spatial_merge_size**2
-        sub_images = 1
-        image_note = (f"images of {side}x{side} px (Qwen keeps each image near its own size: an assumption), "
-                      f"{patches} patches, {image_tokens} tokens after the 2x2 merge")
-    else:  # llava
-        side = vision.image_size
-        patches = (side // vision.patch_size) ** 2
-        image_tokens, sub_images = patches, 1
-        image_note = f"one {side} px image, {patches} patch tokens (the CLS token dropped)"
-    negatives = training_args.num_negatives if training_args.use_hard_negatives else 0
-    contrastive_texts = 2 * (1 + negatives) if stage == 1 else 0
-    shape = StepShape(rows=training_args.per_device_train_batch_size, sub_images=sub_images, patches=patches,
-                      image_tokens=image_tokens, contrastive_texts=contrastive_texts)
-    assumptions = [
-        f"{family}: {image_note}",
-        f"{shape.text_tokens} text tokens per row in the LM pass"
-        + (f"; the embedding pass has {contrastive_texts} texts of {shape.contrastive_text_tokens} tokens per row "
-           "and one image-summary row per image (its image tokens and the summary token)"
-           if contrastive_texts else ""),
+           + images.embedding_note if contrastive_texts else ""),
         "AdamW (two moments per trainable element, in its dtype); one process per device (DDP); "
         f"{OVERHEAD_GIB} GiB for the CUDA context and fragmentation",
         "activations measured on one layer of each kind at real width on CPU (sdpa attention), extrapolated",

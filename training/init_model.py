@@ -52,22 +52,8 @@ def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str 
     noun = noun or _data_noun(data_dirs)
     texts, names = data_texts(data_dirs)
     corpus = (corpus or texts) + question_texts(noun or DEFAULT_NOUN, names)
-    if family == "idefics2":
-        from modeling_finedefics.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-
-        preset = preset or "tiny"
-        processor = build_tiny_processor(build_tiny_tokenizer(corpus, vocab_size=vocab_size or 2048),
-                                         image_size=image_size or 64, image_seq_len=image_seq_len or 8)
-        model = build_tiny_model(processor, preset=preset, seed=seed)
-    else:
-        fixed = {"preset": preset if preset not in (None, "micro") else None, "image_size": image_size,
-                 "vocab_size": vocab_size, "image_seq_len": image_seq_len}
-        given = [name for name, value in fixed.items() if value is not None]
-        if given:
-            raise ValueError(f"the tiny {family} model has one size (~1M parameters, preset micro) and fixes its "
-                             f"image and vocabulary sizes; {', '.join(given)} apply to the idefics2 family only")
-        preset = "micro"
-        model, processor = FAMILIES[family].build_tiny(corpus=corpus, seed=seed)
+    model, processor, preset = FAMILIES[family].build_tiny_for_data(
+        corpus, seed=seed, preset=preset, image_size=image_size, vocab_size=vocab_size, image_seq_len=image_seq_len)
     if noun is not None:
         for field_name, value in noun.config_fields().items():
             setattr(model.config, field_name, value)

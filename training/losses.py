@@ -109,6 +109,76 @@ class ContrastiveBatch:
 
 
 @dataclass
+class ContrastiveTexts:
+    """The contrastive part of a stage I batch: the one place its layout is written.
+
+    ``FinedeficsDataCollator`` produces it and puts its fields into the batch as columns (``as_batch_columns``:
+    Trainer moves a batch's tensors to the device, so the batch stays a dict); ``FinedeficsTrainer`` takes it back
+    out (``pop_from``), hands the model its inputs (``model_inputs``: the texts and, for the families that embed
+    images from image-summary rows, those rows), and turns the model's embeddings into the loss's
+    ``ContrastiveBatch`` (``embed``). Every distinct text of the step is one row of ``contrastive_input_ids``;
+    the index fields point each batch row at its texts (-1: none).
+    """
+
+    contrastive_input_ids: Tensor  # (T, L) the step's distinct texts, right-padded, each ending in the summary token
+    contrastive_attention_mask: Tensor  # (T, L)
+    attribute_index: Tensor  # (B,) the row's description, -1 where it has none
+    category_index: Tensor  # (B,) the row's category name
+    category_ids: Tensor  # (B,) stable id of the row's category (equal ids = same category)
+    neg_attribute_index: Tensor  # (B, K) the hard negatives' descriptions, -1 = padding or none
+    neg_category_index: Tensor  # (B, K) the hard negatives' names, -1 = padding
+    neg_category_ids: Tensor  # (B, K) their stable ids
+    summary_input_ids: Tensor | None = None  # (B, S) image-summary rows of the batch's images (not Idefics2)
+    summary_attention_mask: Tensor | None = None  # (B, S)
+
+    MODEL_INPUTS = ("contrastive_input_ids", "contrastive_attention_mask", "summary_input_ids",
+                    "summary_attention_mask")
+
+    def as_batch_columns(self) -> dict[str, Tensor]:
+        return {item.name: getattr(self, item.name) for item in fields(self) if getattr(self, item.name) is not None}
+
+    @classmethod
+    def pop_from(cls, batch: dict) -> ContrastiveTexts | None:
+        """Take the contrastive columns out of a collated batch (which keeps the LM inputs); None without texts."""
+        values = {item.name: batch.pop(item.name) for item in fields(cls) if item.name in batch}
+        return cls(**values) if "contrastive_input_ids" in values else None
+
+    @classmethod
+    def from_batch(cls, batch: dict) -> ContrastiveTexts:
+        """The contrastive columns of a collated batch, leaving the batch as it is."""
+        return cls.pop_from(dict(batch))
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        """What the model's ``forward`` takes to embed the texts (and the image-summary rows) in one pass."""
+        return {name: getattr(self, name) for name in self.MODEL_INPUTS if getattr(self, name) is not None}
+
+    def embed(self, image_embeds: Tensor, text_embeds: Tensor) -> ContrastiveBatch:
+        """The loss's batch: the step's text embeddings (one per distinct text) indexed into per-row tensors."""
+
+        def pick(index: Tensor) -> tuple[Tensor, Tensor]:
+            index = index.to(text_embeds.device)
+            return text_embeds[index.clamp(min=0)], index >= 0
+
+        attribute_embeds, attribute_mask = pick(self.attribute_index)
+        category_embeds, _ = pick(self.category_index)
+        neg_attribute_embeds, neg_attribute_mask = pick(self.neg_attribute_index)
+        neg_category_embeds, neg_category_mask = pick(self.neg_category_index)
+        has_negatives = self.neg_category_index.shape[1] > 0
+        return ContrastiveBatch(
+            image_embeds=image_embeds,
+            attribute_embeds=attribute_embeds,
+            attribute_mask=attribute_mask,
+            category_embeds=category_embeds,
+            category_ids=self.category_ids.to(text_embeds.device),
+            neg_attribute_embeds=neg_attribute_embeds if has_negatives else None,
+            neg_attribute_mask=neg_attribute_mask if has_negatives else None,
+            neg_category_embeds=neg_category_embeds if has_negatives else None,
+            neg_category_mask=neg_category_mask if has_negatives else None,
+            neg_category_ids=self.neg_category_ids.to(text_embeds.device) if has_negatives else None,
+        )
+
+
+@dataclass
 class ContrastiveOutput:
     loss: Tensor  # weighted sum of the formed terms (a zero with a gradient path if none)
     terms: dict[str, Tensor] = field(default_factory=dict)  # formed, unweighted terms

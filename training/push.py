@@ -8,9 +8,9 @@ Staging copies only what a user of the repo needs (config with ``auto_map``, saf
 generation config, processor/tokenizer files, the model code files) and writes the model card
 as ``README.md``, so the folder that is uploaded is exactly the folder that was checked. Every model family
 (``modeling_finedefics.families``) is staged: its family is read from the checkpoint's ``model_type``, its code
-files are the three shared Idefics2 files plus, for the other families, ``multimodal.py`` and the family's own
-module (``finedefics_training.convert.model_code_files``), and ``auto_map`` points at the family's classes. Uploading
-goes through ``huggingface_hub.HfApi`` and honours ``HF_ENDPOINT``.
+files are those its classes import (``Family.code_files``: the shared configuration, processing and alignment
+files, the family's own module and, for the families other than Idefics2, ``multimodal.py``), and ``auto_map``
+points at the family's classes. Uploading goes through ``huggingface_hub.HfApi`` and honours ``HF_ENDPOINT``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,6 @@ from .checkpoints import check_safetensors_files
 
 logger = logging.getLogger(__name__)
 
-CODE_FILES = ("configuration_finedefics.py", "modeling_finedefics.py", "processing_finedefics.py")  # Idefics2's
-CONFIG_AUTO_MAP = {
-    "AutoConfig": "configuration_finedefics.FinedeficsConfig",
-    "AutoModelForImageTextToText": "modeling_finedefics.FinedeficsForConditionalGeneration",
-}
-PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_finedefics.FinedeficsProcessor"}
 # Processor, image-processor and tokenizer files transformers may write; whichever exist are staged.
 PROCESSOR_FILES = (
     "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -94,15 +88,11 @@ def checkpoint_family(config: dict):
 
 def config_auto_map(family) -> dict:
     """The ``auto_map`` of a Finedefics config of ``family``: its config and model classes in its code files."""
-    if family.name == "idefics2":
-        return dict(CONFIG_AUTO_MAP)
     return {"AutoConfig": _class_reference(family.config),
             "AutoModelForImageTextToText": _class_reference(family.model)}
 
 
 def processor_auto_map(family) -> dict:
-    if family.name == "idefics2":
-        return dict(PROCESSOR_AUTO_MAP)
     return {"AutoProcessor": _class_reference(family.processor)}
 
 

@@ -26,25 +26,6 @@ from .config import FinedeficsTrainingConfig
 
 logger = logging.getLogger(__name__)
 
-# Attention and MLP projections of the text model, the modality projection and the perceiver
-# resampler; the vision tower is not matched, so it stays frozen.
-DEFAULT_LORA_TARGETS = (
-    r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-)
-# The decoder's attention and MLP projections (Llama / Qwen2 / Mistral names) of the other families, anchored at
-# the decoder: their vision towers use some of the same names (SigLIP's and CLIP's q_proj / k_proj / v_proj,
-# Qwen2.5-VL's vision gate_proj / up_proj / down_proj), and neither the tower nor the projector (Idefics3's
-# modality projection, Qwen's patch merger, LLaVA's multi_modal_projector) is matched: they stay frozen.
-_DECODER_LORA_TARGETS = (r"model\.{decoder}\.layers\.\d+\.(self_attn|mlp)\."
-                         r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
-LORA_TARGETS = {
-    "idefics2": DEFAULT_LORA_TARGETS,
-    "idefics3": _DECODER_LORA_TARGETS.format(decoder="text_model"),        # Llama 3 decoder
-    "smolvlm": _DECODER_LORA_TARGETS.format(decoder="text_model"),         # SmolLM2 (Llama) decoder
-    "qwen2_vl": _DECODER_LORA_TARGETS.format(decoder="language_model"),    # Qwen2 decoder
-    "qwen2_5_vl": _DECODER_LORA_TARGETS.format(decoder="language_model"),  # Qwen2.5 decoder
-    "llava": _DECODER_LORA_TARGETS.format(decoder="language_model"),       # Llama 2 (Vicuna) decoder
-}
 # Kept in full precision under QLoRA and trained/saved with the adapter.
 NOT_QUANTISED = ["lm_head", "image_projection", "text_projection", "temperatures"]
 MODULES_TO_SAVE = ["temperatures", "image_projection", "text_projection"]
@@ -62,7 +43,7 @@ class ModelArguments:
     lora_dropout: float = field(default=0.2, metadata={"help": "LoRA dropout"})
     lora_target_modules: str | None = field(
         default=None, metadata={"help": "regex of modules that get LoRA (default: the model family's decoder "
-                                        "projections, LORA_TARGETS; Idefics2's also the connector's)"})
+                                        "projections, Family.lora_targets; Idefics2's also the connector's)"})
     freeze_vision_tower: bool = field(default=True, metadata={"help": "keep the vision encoder frozen (full tuning)"})
     torch_dtype: str = field(default="auto", metadata={"help": "float32, bfloat16, float16 or auto"})
 
@@ -120,10 +101,10 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
     remote = training_args.trust_remote_code
     check_model_source(path)
     config, family = model_config(path, remote)
-    processor = load_family_processor(path, family, remote)
+    processor = family.load_processor(path, remote)
     if config.model_type != family.model_type:
         logger.info("%s is a %s checkpoint: adding fresh Finedefics alignment parameters", path, config.model_type)
-        config = as_finedefics_config(config, processor.tokenizer.eos_token_id, family)
+        config = family.finedefics_config(config, processor.tokenizer.eos_token_id)
     kwargs = {"config": config, "dtype": _dtype(model_args.torch_dtype)}
     if model_args.tuning == "qlora":
         kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
@@ -151,35 +132,15 @@ def model_config(path: str, trust_remote_code: bool = False):
     return config, family
 
 
-def load_family_processor(path: str, family, trust_remote_code: bool = False):
-    """The family's Finedefics processor for a stock or Finedefics checkpoint.
-
-    Idefics2: ``AutoProcessor``, re-wrapped as ``FinedeficsProcessor`` when stock. The other families load
-    straight into their Finedefics processor class, which takes the stock tokenizer and image processor files
-    (their stock processors may need torchvision for video, which image recognition does not use)."""
-    if family.name != "idefics2":
-        return family.processor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    from modeling_finedefics import FinedeficsProcessor
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if not isinstance(processor, FinedeficsProcessor):
-        processor = FinedeficsProcessor(
-            image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-            image_seq_len=processor.image_seq_len, chat_template=processor.chat_template,
-        )
-    return processor
-
-
 def vision_tower(model):
     """The vision encoder of a Finedefics model of any family (under PEFT's wrapping too)."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     return model._vision_tower()
 
 
-def lora_targets(model_args: ModelArguments, family_name: str) -> str:
-    """The recipe's ``lora_target_modules``, else the family's default (``LORA_TARGETS``)."""
-    return model_args.lora_target_modules or LORA_TARGETS[family_name]
+def lora_targets(model_args: ModelArguments, family) -> str:
+    """The recipe's ``lora_target_modules``, else the family's default (``Family.lora_targets``)."""
+    return model_args.lora_target_modules or family.lora_targets
 
 
 def qlora_quantization_config(compute_dtype):
@@ -206,7 +167,7 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
         modules_to_save = [name for name in MODULES_TO_SAVE if getattr(model, name, None) is not None]
         config = LoraConfig(
             r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-            target_modules=lora_targets(model_args, family_of(model).name), modules_to_save=modules_to_save,
+            target_modules=lora_targets(model_args, family_of(model)), modules_to_save=modules_to_save,
             task_type="CAUSAL_LM",
         )
         # ZeRO-3 gathers parameters into buffers of one dtype: LoRA weights upcast to float32 beside a bf16
@@ -215,21 +176,6 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
         model = get_peft_model(model, config,
                                autocast_adapter_dtype=not _zero3_without_quantisation(model_args, training_args))
     return model
-
-
-def as_finedefics_config(config, summary_token_id: int | None, family=None):
-    """A stock config (Idefics2 unless ``family`` says otherwise) as its family's Finedefics config with default
-    alignment settings (fresh temperatures)."""
-    if family is None or family.name == "idefics2":
-        from modeling_finedefics import FinedeficsConfig
-
-        return FinedeficsConfig(**{**config.to_dict(), "model_type": None, "summary_token_id": summary_token_id})
-    values = config.to_dict()
-    for key in ("model_type", "auto_map", "architectures", "transformers_version"):
-        values.pop(key, None)  # as the converter writes it (training/convert.py)
-    finedefics = family.config(**values, summary_token_id=summary_token_id)
-    finedefics.architectures = [family.model.__name__]
-    return finedefics
 
 
 def _zero3_without_quantisation(model_args: ModelArguments, training_args) -> bool:
@@ -289,21 +235,15 @@ def dequantised_merge(peft_model):
 
 def merge_saved_adapter(adapter_dir: str | Path, dtype=None):
     """A saved adapter applied to a fresh copy of its base (``base_model_name_or_path``) and merged."""
-    from modeling_finedefics import FinedeficsConfig, FinedeficsForConditionalGeneration
     from peft import PeftConfig, PeftModel
 
     base_path = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     base_config, family = model_config(base_path)
-    if family.name == "idefics2":
-        config = _without_quantization(FinedeficsConfig.from_pretrained(base_path))
-        base = FinedeficsForConditionalGeneration.from_pretrained(base_path, config=config,
-                                                                  dtype=dtype or torch.float32)
-    else:
-        if base_config.model_type != family.model_type:  # a stock base: its tokenizer's EOS, as in training
-            eos = load_family_processor(base_path, family).tokenizer.eos_token_id
-            base_config = as_finedefics_config(base_config, eos, family)
-        base = family.model.from_pretrained(base_path, config=_without_quantization(base_config),
-                                            dtype=dtype or torch.float32)
+    if base_config.model_type != family.model_type:  # a stock base: its tokenizer's EOS, as in training
+        eos = family.load_processor(base_path).tokenizer.eos_token_id
+        base_config = family.finedefics_config(base_config, eos)
+    base = family.model.from_pretrained(base_path, config=_without_quantization(base_config),
+                                        dtype=dtype or torch.float32)
     with _peft_checkpointing_deprecations():
         return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 

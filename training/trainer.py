@@ -39,16 +39,10 @@ from finedefics_data.prompts import DEFAULT_NOUN, ObjectNoun
 from .collator import IGNORE_INDEX, FinedeficsDataCollator
 from .config import FinedeficsTrainingConfig
 from finedefics_data.kinds import ASKED_BY_TRAINER, is_recognition_treatment, stage_plan
-from .losses import CONTRASTIVE_TERMS, ContrastiveBatch, FinedeficsContrastiveLoss
+from .losses import CONTRASTIVE_TERMS, ContrastiveTexts, FinedeficsContrastiveLoss
 
 logger = logging.getLogger(__name__)
 
-CONTRASTIVE_KEYS = (
-    "contrastive_input_ids", "contrastive_attention_mask", "attribute_index", "category_index", "category_ids",
-    "neg_attribute_index", "neg_category_index", "neg_category_ids",
-)
-# Image-summary rows of the batch's images (every family but Idefics2; see the collator): model inputs of stage I.
-SUMMARY_KEYS = ("summary_input_ids", "summary_attention_mask")
 STAGE_ONE_COLUMNS = ("image", "category", "attribute")
 NEGATIVE_COLUMNS = ("neg_categories", "neg_attributes")
 
@@ -124,16 +118,13 @@ class FinedeficsTrainer(SFTTrainer):
     # -------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        contrastive_inputs = {key: inputs.pop(key) for key in CONTRASTIVE_KEYS if key in inputs}
-        summary_inputs = {key: inputs.pop(key) for key in SUMMARY_KEYS if key in inputs}
+        contrastive_texts = ContrastiveTexts.pop_from(inputs)
         labels = inputs.pop("labels")
-        stage_one = self.args.stage == 1 and bool(contrastive_inputs)
+        stage_one = self.args.stage == 1 and contrastive_texts is not None
         if stage_one:
             # Texts are embedded inside the model's forward (one call for DDP), reusing its image features; the
             # families that embed images from image-summary rows get those rows too (same images, same order).
-            inputs["contrastive_input_ids"] = contrastive_inputs["contrastive_input_ids"]
-            inputs["contrastive_attention_mask"] = contrastive_inputs["contrastive_attention_mask"]
-            inputs.update(summary_inputs)
+            inputs.update(contrastive_texts.model_inputs())
         # No fused LM head: the contrastive terms need the forward's embeddings.
         outputs = model(**inputs, use_cache=False)
         nll_sum, answer_tokens, token_accuracy = answer_token_nll(outputs.logits, labels)
@@ -142,7 +133,7 @@ class FinedeficsTrainer(SFTTrainer):
         self._log_metric(mode, "mean_token_accuracy", token_accuracy)
         loss = lm_loss if num_items_in_batch is None else self._share_of_step_lm_loss(nll_sum, num_items_in_batch)
         if stage_one:
-            contrastive = self._contrastive_step(mode, outputs, contrastive_inputs)
+            contrastive = self._contrastive_step(mode, outputs, contrastive_texts)
             if num_items_in_batch is not None and model.training:
                 # A per-micro-batch loss (over the global batch of all ranks): average it over accumulation.
                 contrastive = contrastive / self.current_gradient_accumulation_steps
@@ -160,13 +151,13 @@ class FinedeficsTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
-    def _contrastive_step(self, mode: str, outputs, contrastive_inputs: dict) -> torch.Tensor:
+    def _contrastive_step(self, mode: str, outputs, contrastive_texts: ContrastiveTexts) -> torch.Tensor:
         if outputs.image_embeds is None:
             raise ValueError(
                 f"{type(self._core_model()).__name__} returned no image embeddings: it embeds images from "
                 "image-summary rows, which stage I batches must carry (summary_input_ids / summary_attention_mask, "
                 "built by FinedeficsDataCollator from processor.image_embedding_inputs)")
-        batch = build_contrastive_batch(outputs.image_embeds, outputs.text_embeds, contrastive_inputs)
+        batch = contrastive_texts.embed(outputs.image_embeds, outputs.text_embeds)
         scales = outputs.logit_scales
         result = self.contrastive_loss(batch, scales)
         for name in self.contrastive_loss.active_terms:  # by name: each computed term, formed or skipped
@@ -181,11 +172,20 @@ class FinedeficsTrainer(SFTTrainer):
         """Log ``total / count`` over every rank's tokens (not a mean of per-rank means: ranks hold unequal tokens)."""
         pair = torch.stack([total.detach().float(), count.float()]).reshape(1, 2).to(self.accelerator.device)
         total, count = self.accelerator.gather_for_metrics(pair).sum(dim=0).tolist()
-        self._metrics[mode][name].append(total / max(count, 1.0))
+        self._record_metric(mode, name, total / max(count, 1.0))
 
     def _log_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
         value = value.detach().float().reshape(1).to(self.accelerator.device)
-        self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+        self._record_metric(mode, name, self.accelerator.gather_for_metrics(value).mean().item())
+
+    def _record_metric(self, mode: str, name: str, value: float) -> None:
+        """Add one value of a per-step metric, as TRL's own trainers record theirs.
+
+        The one place that touches TRL's private ``_metrics`` (``{"train"|"eval": {name: [values]}}``), which
+        ``SFTTrainer.log`` averages into every logged step and then clears; Trainer offers no public way to add a
+        value to a step's log from ``compute_loss``. ``tests/test_trl_contract.py`` fails if TRL changes it.
+        """
+        self._metrics[mode][name].append(value)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,33 +212,6 @@ def answer_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     nll_sum = F.cross_entropy(shift_logits[mask], shift_labels[mask], reduction="sum")
     accuracy = (shift_logits[mask].argmax(-1) == shift_labels[mask]).float().mean()
     return nll_sum, answer_tokens, accuracy
-
-
-def build_contrastive_batch(image_embeds: torch.Tensor, text_embeds: torch.Tensor, inputs: dict) -> ContrastiveBatch:
-    """Index the step's text embeddings into the per-row tensors the contrastive loss expects."""
-
-    def pick(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        index = index.to(text_embeds.device)
-        mask = index >= 0
-        return text_embeds[index.clamp(min=0)], mask
-
-    attribute_embeds, attribute_mask = pick(inputs["attribute_index"])
-    category_embeds, _ = pick(inputs["category_index"])
-    neg_attribute_embeds, neg_attribute_mask = pick(inputs["neg_attribute_index"])
-    neg_category_embeds, neg_category_mask = pick(inputs["neg_category_index"])
-    has_negatives = inputs["neg_category_index"].shape[1] > 0
-    return ContrastiveBatch(
-        image_embeds=image_embeds,
-        attribute_embeds=attribute_embeds,
-        attribute_mask=attribute_mask,
-        category_embeds=category_embeds,
-        category_ids=inputs["category_ids"].to(text_embeds.device),
-        neg_attribute_embeds=neg_attribute_embeds if has_negatives else None,
-        neg_attribute_mask=neg_attribute_mask if has_negatives else None,
-        neg_category_embeds=neg_category_embeds if has_negatives else None,
-        neg_category_mask=neg_category_mask if has_negatives else None,
-        neg_category_ids=inputs["neg_category_ids"].to(text_embeds.device) if has_negatives else None,
-    )
 
 
 def check_training_columns(dataset, args: FinedeficsTrainingConfig) -> None:

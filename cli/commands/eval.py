@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finedefics_data.prompts import SCORING_MODES as MODES
+from finedefics_eval.scorers import scoring_modes
 
 
 def register(subparsers) -> None:
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="checkpoint folder or Hub id of a Finedefics model")
     parser.add_argument("--benchmark", nargs="+", default=[], metavar="NAME_OR_PATH",
                         help="FOCI dataset name(s) or benchmark path(s)")
-    parser.add_argument("--mode", nargs="+", default=["generate"], choices=MODES,
+    parser.add_argument("--mode", nargs="+", default=["generate"], choices=scoring_modes(),
                         help="scoring mode(s) (default: generate, FOCI's protocol)")
     parser.add_argument("--output-dir", required=True, help="folder for report.json, report.md, predictions, plots")
     parser.add_argument("--image-root", default=None,

@@ -4,9 +4,21 @@ your own data, of any model family."""
 from __future__ import annotations
 
 
-# The keys of modeling_finedefics.families.FAMILIES, written out so that `finedefics --help` imports no torch;
-# tests/test_family_plumbing.py checks they are the same.
-FAMILY_NAMES = ["idefics2", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "llava"]
+class RegisteredFamilies:
+    """The keys of ``modeling_finedefics.families.FAMILIES`` as argparse ``choices``, read when a value is checked
+    or listed: the registry imports torch, and building the parser (``finedefics --help``) must not."""
+
+    @staticmethod
+    def _names() -> list[str]:
+        from modeling_finedefics.families import FAMILIES
+
+        return list(FAMILIES)
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
 
 
 def register(subparsers) -> None:
@@ -25,9 +37,10 @@ def register(subparsers) -> None:
     parser.add_argument("--corpus", metavar="DATA_DIR", action="append", required=True,
                         help="a `finedefics data` folder whose texts train the tokenizer (repeat for several, "
                              "e.g. the stage I and stage II data)")
-    parser.add_argument("--family", choices=FAMILY_NAMES, default="idefics2",
-                        help="model family (default idefics2); the others have one tiny size (~1M parameters) with "
-                             "their own image and vocabulary sizes")
+    # A metavar, so that adding the argument does not list the choices (argparse would import the registry).
+    parser.add_argument("--family", choices=RegisteredFamilies(), metavar="FAMILY", default="idefics2",
+                        help="model family: %(choices)s (default idefics2); the others have one tiny size (~1M "
+                             "parameters) with their own image and vocabulary sizes")
     parser.add_argument("--preset", choices=["micro", "tiny"], default=None,
                         help="micro (~1M parameters, tests) or tiny (~4M, the CPU demo); default tiny (idefics2)")
     add_noun_arguments(parser, "default: the noun the data folders record")

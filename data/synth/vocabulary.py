@@ -8,16 +8,14 @@ stores the categories.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .config import SynthConfig
+from ..schema import SYNTHETIC_BENCHMARK_NOUN
 
 logger = logging.getLogger(__package__)  # "finedefics_data.synth", as before the split
 
-NOUN = "bird"
+NOUN = SYNTHETIC_BENCHMARK_NOUN
 
 # Attribute -> values. Every value word appears in the descriptions (see `attribute_phrase`).
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -207,8 +205,12 @@ def lookalikes(attributes: dict[str, str], rng: np.random.Generator, count: int)
     return _sibling_mutations(rng, attributes, count)
 
 
-def build_categories(config: SynthConfig) -> list[dict]:
-    """The benchmark's categories (sorted by name; ``label`` is the index), without image counts."""
+def build_categories(config) -> list[dict]:
+    """The benchmark's categories (sorted by name; ``label`` is the index), without image counts.
+
+    ``config`` is a ``SynthConfig`` (config.py, which reads this module's vocabulary: not imported here, so the two
+    do not import each other); its ``seed``, ``num_genera``, ``species_per_genus`` and ``num_rare`` are read.
+    """
     rng = np.random.default_rng([config.seed, 0xCA7])
     colours = ATTRIBUTES["plumage"]
     plumages = [colours[i % len(colours)]

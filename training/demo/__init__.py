@@ -27,8 +27,7 @@ Modules: ``plan`` (the sizes of a run, ``--set``), ``phases`` (the phase runner)
 base model shipped in ``training/demo_base/``), ``variants`` (the variant registry), ``train`` (building the
 base, training the variants), ``siblings`` (sibling share of in-batch negatives),
 ``evaluation`` (scores, premise, export), ``data`` (the data a run uses), ``report`` (tables, gaps,
-curves), ``run`` (``run_demo``); ``finedefics_training.demo_data`` and ``.demo_report`` are the old
-names of ``data`` and ``report``, kept as aliases. The names below were those of the
+curves), ``run`` (``run_demo``). The names below were those of the
 former module ``finedefics_training.demo`` and stay importable from here; to patch one, patch the
 module that defines it, since the others import it from there.
 """

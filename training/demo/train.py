@@ -19,12 +19,14 @@ logger = logging.getLogger(__package__)
 
 def make_initial_model(data, model_dir: Path, plan: DemoPlan) -> None:
     """A tiny model whose tokenizer knows the data's words and whose config records the data's noun."""
+    from modeling_finedefics.families import FAMILIES
+
     from ..init_model import init_model
 
     corpus = data.text_corpus() if data.synth_config is not None else None
     if model_dir.exists():
         shutil.rmtree(model_dir)  # left by an interrupted run (the phase was not recorded as done)
-    if plan.backbone != "idefics2":  # the other families' tiny models have one size (see init_model)
+    if not FAMILIES[plan.backbone].sized_tiny:  # most families' tiny models have one size (see init_model)
         init_model([data.training_dir], model_dir, noun=data.noun, seed=plan.base_seed, corpus=corpus,
                    family=plan.backbone)
         return
@@ -101,9 +103,11 @@ def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: 
 def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
     """Initial model -> vision pre-training (with a pool) -> captioning + knowledge stage -> multiple choice in
     text (word lookups, then categories); returns final/."""
+    from modeling_finedefics.families import FAMILIES
+
     initial = runs_dir / "base-initial"
     phases.run("base: initial model", make_initial_model, data, initial, plan)
-    if data.synth_config is not None and plan.backbone == "idefics2":
+    if data.synth_config is not None and FAMILIES[plan.backbone].has_perceiver_resampler:
         phases.run("base: vision pre-training", pretrain_vision_phase, data, initial, runs_dir / "base-vision", plan)
     elif data.synth_config is not None:
         # The attribute pre-training trains Idefics2's vision tower and perceiver resampler through a probe
