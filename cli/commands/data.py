@@ -10,6 +10,8 @@
   hard negatives mined from the same annotations.
 - ``options DATA --output FILE.json``: FOCI-style 4-way option sets for a dataset split, from a
   hard-negative miner.
+- ``describe INPUT --output DIR``: attribute descriptions for a labelled image folder, by models
+  (``data_describe.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def register(subparsers) -> None:
     _register_csv(commands)
     _register_cub(commands)
     _register_options(commands)
+    _register_describe(commands)
 
 
 # ----------------------------------------------------------------------------- synth / preview
@@ -206,6 +209,13 @@ def _save_splits(splits: dict, output: str, noun=None) -> None:
     if noun is not None:
         write_data_info(output, noun)
     print(f"saved {', '.join(f'{k}: {len(v)} rows' for k, v in dataset.items())} to {output}")
+
+
+# ----------------------------------------------------------------------------- describe
+def _register_describe(commands) -> None:
+    from .data_describe import register
+
+    register(commands)
 
 
 # ----------------------------------------------------------------------------- options
