@@ -56,6 +56,11 @@ def _load_config(name: str, option: str, revision: str | None, trust_remote_code
     import modeling_finedefics  # noqa: F401  (registers this package's classes with the Auto classes)
     from transformers import AutoConfig
 
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise ValueError(f"{option} {name} is a file; give a model folder or a Hub id")
+    if not path.exists() and name.startswith(("/", "./", "../", "~")):  # a path, never a Hub id
+        raise FileNotFoundError(f"{option} {name}: no model there (no such folder)")
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as error:
@@ -147,9 +152,10 @@ class VQAModel(LoadedModel):
         return self.generate(inputs, max_new_tokens)
 
 
-def load_vqa_model(name: str, revision: str | None = None, trust_remote_code: bool = False,
-                   device: str = "auto", option: str = "--vqa-model") -> VQAModel:
-    """An image-text-to-text model and its processor, checked to be able to answer questions about images."""
+def check_vqa_model(name: str, revision: str | None = None, trust_remote_code: bool = False,
+                    option: str = "--vqa-model"):
+    """The processor of an image-text-to-text model with a chat template; anything else is a clear error.
+    Cheap (no weights are read), so a run can check its models before it starts."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     config = _load_config(name, option, revision, trust_remote_code)
@@ -161,6 +167,15 @@ def load_vqa_model(name: str, revision: str | None = None, trust_remote_code: bo
     if not (getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)):
         raise ValueError(f"{option} {name} has no chat template, so where its image and question go in the prompt "
                          "is unknown; use an instruction-tuned (chat) model, or add a chat template to its folder")
+    return processor
+
+
+def load_vqa_model(name: str, revision: str | None = None, trust_remote_code: bool = False,
+                   device: str = "auto", option: str = "--vqa-model") -> VQAModel:
+    """An image-text-to-text model and its processor, checked to be able to answer questions about images."""
+    from transformers import AutoModelForImageTextToText
+
+    processor = check_vqa_model(name, revision, trust_remote_code, option)
     _pad_left(processor.tokenizer)
     device = _pick_device(device)
     model = AutoModelForImageTextToText.from_pretrained(name, revision=revision, dtype=_dtype_for(device),
@@ -184,14 +199,21 @@ class TextModel(LoadedModel):
         return self.generate(inputs, max_new_tokens)
 
 
-def load_text_model(name: str, option: str, revision: str | None = None, trust_remote_code: bool = False,
-                    device: str = "auto") -> TextModel:
-    """A causal LM and its tokenizer, checked to be able to generate text."""
+def check_text_model(name: str, option: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer of a causal LM; another kind of model is a clear error naming ``option``. Reads no weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = _load_config(name, option, revision, trust_remote_code)
     _check_task(config, AutoModelForCausalLM, option, name, "text-generation", "write text")
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def load_text_model(name: str, option: str, revision: str | None = None, trust_remote_code: bool = False,
+                    device: str = "auto") -> TextModel:
+    """A causal LM and its tokenizer, checked to be able to generate text."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = check_text_model(name, option, revision, trust_remote_code)
     _pad_left(tokenizer)
     device = _pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=_dtype_for(device),

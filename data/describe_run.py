@@ -77,12 +77,11 @@ class Answers:
 
 
 # ----------------------------------------------------------------------------- output folder
-def prepare_output(output: Path, resume: bool) -> None:
+def check_output(output: Path, resume: bool) -> None:
     """Refuse an output folder holding anything but an earlier describe run, and that one unless ``resume``."""
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; give a folder")
     if not output.exists() or not any(output.iterdir()):
-        output.mkdir(parents=True, exist_ok=True)
         return
     run_file = output / RUN_FILE
     if not run_file.is_file():
@@ -92,6 +91,17 @@ def prepare_output(output: Path, resume: bool) -> None:
         earlier = json.loads(run_file.read_text(encoding="utf-8")).get("input", "?")
         raise ValueError(f"--output {output} holds an earlier describe run (of {earlier}); pass --resume to continue "
                          "or redo it (answers already computed are reused), or choose a new folder")
+
+
+def check_models(settings: DescribeSettings) -> None:
+    """Every model the run will use, checked before anything is written (no weights are read)."""
+    from .describe_models import check_text_model, check_vqa_model
+
+    check_vqa_model(settings.vqa_model, settings.revision, settings.trust_remote_code)
+    if settings.attribute_model and not settings.attributes:
+        check_text_model(settings.attribute_model, "--attribute-model", trust_remote_code=settings.trust_remote_code)
+    if settings.summary_model:
+        check_text_model(settings.summary_model, "--summary-model", trust_remote_code=settings.trust_remote_code)
 
 
 def _write_run_file(output: Path, source: Path, settings: DescribeSettings, noun) -> None:
@@ -335,14 +345,23 @@ def build_splits(described: DescribeInput, fields: dict[tuple[str, int], dict], 
     return datasets.DatasetDict(output)
 
 
-def save_dataset(splits, output: Path) -> None:
+def save_dataset(splits, output: Path, progress: bool = True) -> None:
     """Replace the folder's dataset (an earlier run's splits go first, so no stale split survives)."""
+    import datasets
+
     index = output / "dataset_dict.json"
     if index.is_file():
         for split in json.loads(index.read_text(encoding="utf-8")).get("splits", []):
             shutil.rmtree(output / split, ignore_errors=True)
         index.unlink()
-    splits.save_to_disk(str(output))
+    silence = not progress and datasets.is_progress_bar_enabled()
+    if silence:
+        datasets.disable_progress_bars()
+    try:
+        splits.save_to_disk(str(output))
+    finally:
+        if silence:
+            datasets.enable_progress_bars()
 
 
 def write_answers(path: Path, items: list[ImageItem], answers: dict[int, dict[str, str]], attributes) -> None:
@@ -423,7 +442,12 @@ def describe_folder(source: str | Path, output: str | Path, settings: DescribeSe
         raise ValueError("--output must be another folder than INPUT")
     described = read_input(source, settings.max_images)
     noun = settings.noun or described.noun or DEFAULT_NOUN
-    prepare_output(output, resume)
+    check_output(output, resume)
+    if not (settings.attributes or settings.attribute_model):
+        raise ValueError("give the attributes to ask (--attributes \"a,b,c\") or a model to propose them "
+                         "(--attribute-model)")
+    check_models(settings)
+    output.mkdir(parents=True, exist_ok=True)
     _write_run_file(output, source, settings, noun)
     cache, counts, models = AnswerCache(output / CACHE_FILE), Answers(), {}
     try:
@@ -466,7 +490,7 @@ def _write_output(described, output, noun, settings, attributes, answers, values
         except RecordError as error:
             raise ValueError(f"a generated record is invalid: {error}") from None
     dropped = {(items[i].split, items[i].row) for i in range(len(items)) if i not in answers}
-    save_dataset(build_splits(described, fields, dropped), output)
+    save_dataset(build_splits(described, fields, dropped), output, settings.progress)
     write_data_info(output, noun)
     write_answers(output / ANSWERS_FILE, items, answers, attributes)
     return ("taxonomy group, then " if settings.taxonomy else "") + "similarity of the described attribute values"
@@ -491,5 +515,5 @@ def read_taxonomy(path: str | Path) -> dict[str, str]:
                      "categories")
 
 
-__all__ = ["DescribeSettings", "describe_folder", "read_taxonomy", "prepare_output", "mine_siblings",
+__all__ = ["DescribeSettings", "describe_folder", "read_taxonomy", "check_output", "mine_siblings",
            "category_profiles"]
