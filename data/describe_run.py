@@ -73,6 +73,7 @@ class Answers:
 
     from_cache: int = 0
     computed: int = 0
+    asking_seconds: float = 0.0  # spent asking the VQA model (and reading the cache), model loading included
     skipped_images: list[dict] = field(default_factory=list)
 
 
@@ -111,8 +112,36 @@ def _write_run_file(output: Path, source: Path, settings: DescribeSettings, noun
                                    + "\n", encoding="utf-8")
 
 
+# ----------------------------------------------------------------------------- models
+class LazyModel:
+    """A model's name and revision at once (they key the cache), its weights on first use: a rerun whose answers
+    are all cached never loads it."""
+
+    def __init__(self, name: str, revision: str, load):
+        self.name, self.revision, self._load, self._model = name, revision, load, None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def __getattr__(self, attribute):
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        if self._model is None:
+            self._model = self._load()
+        return getattr(self._model, attribute)
+
+
+def lazy_text_model(name: str, option: str, settings: DescribeSettings) -> LazyModel:
+    from .describe_models import load_text_model, model_revision
+
+    return LazyModel(name, model_revision(name), lambda: load_text_model(
+        name, option, trust_remote_code=settings.trust_remote_code, device=settings.device))
+
+
 # ----------------------------------------------------------------------------- step 1: attributes
-def attribute_list(settings: DescribeSettings, noun, cache: AnswerCache, models: dict) -> list[str]:
+def attribute_list(settings: DescribeSettings, noun, cache: AnswerCache, models: dict,
+                   counts: Answers | None = None) -> list[str]:
     """The attributes to ask: ``settings.attributes``, or those the attribute model proposes (cached)."""
     if settings.attributes:
         attributes = list(dict.fromkeys(a.strip() for a in settings.attributes if a.strip()))
@@ -121,13 +150,10 @@ def attribute_list(settings: DescribeSettings, noun, cache: AnswerCache, models:
     if not settings.attribute_model:
         raise ValueError("give the attributes to ask (--attributes \"a,b,c\") or a model to propose them "
                          "(--attribute-model)")
-    from .describe_models import load_text_model
-
-    model = load_text_model(settings.attribute_model, "--attribute-model",
-                            trust_remote_code=settings.trust_remote_code, device=settings.device)
+    model = lazy_text_model(settings.attribute_model, "--attribute-model", settings)
     models["attribute"] = {"name": model.name, "revision": model.revision}
     prompt = load_prompt("attribute_list").format(super_category=noun.plural)
-    answer = cached_completions(model, [prompt], cache, max_new_tokens=96)[0]
+    answer = cached_completions(model, [prompt], cache, max_new_tokens=96, counts=counts)[0]
     attributes = parse_attribute_list(answer, MAX_ATTRIBUTES)
     if not attributes:
         raise ValueError(f"--attribute-model {settings.attribute_model} proposed no attributes for {noun.plural} (it "
@@ -241,10 +267,7 @@ def summarise_all(values: dict[int, dict[str, str]], settings: DescribeSettings,
     if settings.summary_model is None:
         sentences.update((index, template_summary(values[index], noun.singular)) for index in described)
         return sentences, notes
-    from .describe_models import load_text_model
-
-    model = load_text_model(settings.summary_model, "--summary-model", trust_remote_code=settings.trust_remote_code,
-                            device=settings.device)
+    model = lazy_text_model(settings.summary_model, "--summary-model", settings)
     models["summary"] = {"name": model.name, "revision": model.revision}
     template = load_prompt("summary")
     prompts = [template.format(noun=noun.singular, pairs="\n".join(f"{a}: {v}" for a, v in values[i].items()))
@@ -406,6 +429,7 @@ def build_report(described: DescribeInput, output: Path, attributes, answers, se
                     "computed": counts.computed},
         "notes": dict(notes), "models": models, "negatives": negatives_how,
         "seconds": round(seconds, 3), "images_per_second": round(images / seconds, 3) if seconds > 0 else None,
+        "asking_seconds": round(counts.asking_seconds, 3),
     }
 
 
@@ -431,7 +455,7 @@ def summary_lines(report: dict) -> list[str]:
 def describe_folder(source: str | Path, output: str | Path, settings: DescribeSettings,
                     resume: bool = False) -> dict:
     """Describe every image of ``source`` and write the dataset folder ``output``; returns the report."""
-    from .describe_models import load_vqa_model
+    from .describe_models import load_vqa_model, model_revision
     from .prompts import DEFAULT_NOUN
 
     started = time.perf_counter()
@@ -451,11 +475,16 @@ def describe_folder(source: str | Path, output: str | Path, settings: DescribeSe
     _write_run_file(output, source, settings, noun)
     cache, counts, models = AnswerCache(output / CACHE_FILE), Answers(), {}
     try:
-        attributes = attribute_list(settings, noun, cache, models)
-        vqa = load_vqa_model(settings.vqa_model, settings.revision, settings.trust_remote_code, settings.device)
+        attributes = attribute_list(settings, noun, cache, models, counts)
+        vqa = LazyModel(settings.vqa_model, model_revision(settings.vqa_model, settings.revision),
+                        lambda: load_vqa_model(settings.vqa_model, settings.revision, settings.trust_remote_code,
+                                               settings.device))
         models["vqa"] = {"name": vqa.name, "revision": vqa.revision}
+        asking = time.perf_counter()
         answers = ask_images(described.items, questions_for(attributes, noun), vqa, cache, settings.batch_size,
                              settings.max_new_tokens, counts, settings.progress)
+        counts.asking_seconds = time.perf_counter() - asking
+        models["vqa"]["loaded"] = vqa.loaded  # False: every answer came from the cache
         values = {index: visible_values(found, attributes) for index, found in answers.items()}
         sentences, notes = summarise_all(values, settings, noun, cache, models, counts)
     finally:

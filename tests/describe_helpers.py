@@ -68,23 +68,41 @@ def save_stock_family(family: str, folder: Path) -> Path:
     return folder
 
 
-def save_tiny_causal_lm(folder: Path, chat_template: bool = False, seed: int = 0) -> Path:
-    """A tiny random Llama causal LM with an offline-trained tokenizer (no chat template: a base LM)."""
+def save_tiny_causal_lm(folder: Path, teach: dict[str, str] | None = None, seed: int = 0, steps: int = 150) -> Path:
+    """A tiny Llama causal LM with an offline-trained tokenizer and no chat template (a base LM).
+
+    ``teach`` maps prompts to the completions the model learns to write after them (a few hundred optimiser
+    steps on those sequences): a random model writes nothing an attribute-list parser can read.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from modeling_finedefics.tiny import build_tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer(["body colour", "wheels", "windows", "a red vehicle with black wheels"])
-    if not chat_template:
-        tokenizer.chat_template = None
-    else:
-        tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                                   "{% if add_generation_prompt %}assistant:{% endif %}")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+    texts = [prompt + completion for prompt, completion in (teach or {}).items()]
+    tokenizer = build_tiny_tokenizer(["body colour", "wheels", "windows", *texts], vocab_size=512)
+    tokenizer.chat_template = None
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM(config)
+    if texts:
+        _teach(model, tokenizer, texts, steps)
+    model.eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _teach(model, tokenizer, texts: list[str], steps: int) -> None:
+    tokenizer.padding_side = "right"
+    batch = tokenizer([text + tokenizer.eos_token for text in texts], padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    tokenizer.padding_side = "left"

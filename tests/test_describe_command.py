@@ -24,7 +24,7 @@ from describe_helpers import (
     write_image_folder,
 )
 from finedefics_cli import main
-from finedefics_data.describe import load_prompt, one_sentence, parse_attribute_list, template_summary
+from finedefics_data.describe import load_prompt, one_sentence, template_summary
 from finedefics_data.describe_run import DescribeSettings, describe_folder, mine_siblings
 from finedefics_data.prompts import ObjectNoun
 
@@ -37,7 +37,10 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"idefics2": save_stock_idefics2(root / "idefics2"), "causal_lm": save_tiny_causal_lm(root / "llama")}
+    teach = {load_prompt("attribute_list").format(super_category="vehicles"): "\nbody colour\nwheels\nroof",
+             load_prompt("summary").format(noun="vehicle", pairs="body colour: red"): " a vehicle with a red body."}
+    return {"idefics2": save_stock_idefics2(root / "idefics2"),
+            "causal_lm": save_tiny_causal_lm(root / "llama", teach)}
 
 
 def dataset_rows(folder):
@@ -103,6 +106,7 @@ def test_issue_example_on_the_demo_base_then_refused_then_resumed_from_the_cache
     assert main(command + ["--resume"]) == 0
     again = json.loads((output / "describe_report.json").read_text())
     assert again["answers"] == {"total": 45, "from_cache": 45, "computed": 0}
+    assert again["models"]["vqa"]["loaded"] is False  # nothing to ask: the model's weights are never read
     assert dataset_rows(output) == first
 
 
@@ -133,8 +137,9 @@ def test_batched_answers_equal_answers_asked_one_at_a_time(family, models, tmp_p
 
 # ----------------------------------------------------------------------------- text models
 def test_attribute_list_and_summaries_come_from_the_text_model(models, tmp_path):
-    """The attribute model is asked the attribute_list prompt, the summary model the summary prompt; what they
-    write is parsed as a direct call to the same model would be, and a batch completes as prompts alone do."""
+    """The attribute model is asked the attribute_list prompt and the summary model the summary prompt (a tiny
+    Llama taught to answer them); what they write is read as a direct call to the same model reads, and a batch
+    completes as its prompts do alone."""
     from finedefics_data.describe_models import load_text_model
 
     lm = load_text_model(str(models["causal_lm"]), "--summary-model")
@@ -143,20 +148,15 @@ def test_attribute_list_and_summaries_come_from_the_text_model(models, tmp_path)
     assert lm.complete(prompts, 12) == [lm.complete([p], 12)[0] for p in prompts]
 
     images = write_image_folder(tmp_path / "images")
-    noun = ObjectNoun.of("vehicle")
     settings = DescribeSettings(vqa_model=str(models["idefics2"]), attribute_model=str(models["causal_lm"]),
-                                summary_model=str(models["causal_lm"]), noun=noun, max_new_tokens=6,
-                                progress=False)
-    proposed = parse_attribute_list(lm.complete([load_prompt("attribute_list").format(super_category="vehicles")],
-                                                96)[0], 12)
-    if not proposed:  # a random model may write nothing that reads as an attribute: that is a clear error
-        with pytest.raises(ValueError, match="proposed no attributes for vehicles"):
-            describe_folder(images, tmp_path / "out", settings)
-        return
+                                summary_model=str(models["causal_lm"]), noun=ObjectNoun.of("vehicle"),
+                                max_new_tokens=6, progress=False)
     report = describe_folder(images, tmp_path / "out", settings)
-    assert report["attributes"] == proposed
+    assert report["attributes"] == ["body colour", "wheels", "roof"]
     assert report["models"]["attribute"]["name"] == report["models"]["summary"]["name"] == str(models["causal_lm"])
+    assert report["answers"]["computed"] == 6 * 3 + 1 + report["described"]  # VQA, the attribute list, summaries
     train = load_from_disk(str(tmp_path / "out"))["train"]
+    described = 0
     for row in train:
         values = json.loads(row["attributes"])
         if not values:
@@ -164,11 +164,20 @@ def test_attribute_list_and_summaries_come_from_the_text_model(models, tmp_path)
             continue
         pairs = "\n".join(f"{a}: {v}" for a, v in values.items())
         written = one_sentence(lm.complete([load_prompt("summary").format(noun="vehicle", pairs=pairs)], 48)[0])
-        assert row["attribute"] == (written if written.strip(" .!?") else template_summary(values, "vehicle"))
+        assert row["attribute"] == written and written.startswith("a vehicle with")
+        described += 1
+    assert described == report["described"] > 0
+
+    refusing = save_tiny_causal_lm(tmp_path / "refusing", {  # writes a sentence, not a list of attributes
+        load_prompt("attribute_list").format(super_category="vehicles"): " I would rather not write any list today"})
+    settings.attribute_model = str(refusing)
+    with pytest.raises(ValueError, match=f"--attribute-model {refusing} proposed no attributes for vehicles"):
+        describe_folder(images, tmp_path / "out2", settings)
 
 
 # ----------------------------------------------------------------------------- bad input
 def _error(argv, capsys) -> str:
+    capsys.readouterr()  # only what this command prints
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
@@ -288,3 +297,48 @@ def test_siblings_are_the_categories_with_the_most_similar_values_within_the_tax
     grouped = mine_siblings(names, profiles, 2, taxonomy)
     assert grouped["Alder"] == ["Dogwood", "Birch"]  # the group first, however unlike
     assert grouped["Cedar"] == ["Birch", "Dogwood"]
+
+
+# ----------------------------------------------------------------------------- resuming
+def test_a_run_killed_midway_resumes_from_the_cache_to_the_same_output(tmp_path):
+    """SIGKILL while answers are being written, rerun with --resume: only the missing answers are computed, and
+    the output is the one an uninterrupted run writes."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    images = write_image_folder(tmp_path / "images", per_split={"train": 4})  # 12 images x 2 questions
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    argv = ["data", "describe", str(images), "--vqa-model", str(DEMO_BASE), "--attributes", "body colour,wheels",
+            "--noun", "vehicle", "--batch-size", "2", "--max-new-tokens", "4", "--no-progress"]
+    process = subprocess.Popen([sys.executable, "-m", "finedefics_cli", *argv, "--output", str(killed)],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    cached, deadline = 0, time.monotonic() + 600
+    while cached < 4 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (killed / "describe_cache.sqlite").is_file():
+            try:
+                with sqlite3.connect(killed / "describe_cache.sqlite") as db:
+                    cached = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+            except sqlite3.OperationalError:  # the table is not created yet, or locked by a commit in flight
+                pass
+    process.send_signal(signal.SIGKILL)
+    _, errors = process.communicate()
+    assert process.returncode == -signal.SIGKILL, errors.decode()[-2000:]
+    assert not (killed / "describe_report.json").exists()  # it really died midway
+    with sqlite3.connect(killed / "describe_cache.sqlite") as db:
+        kept = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    assert 4 <= kept < 24
+
+    assert main(argv + ["--output", str(killed), "--resume"]) == 0
+    report = json.loads((killed / "describe_report.json").read_text())
+    assert report["answers"] == {"total": 24, "from_cache": kept, "computed": 24 - kept}
+
+    assert main(argv + ["--output", str(whole)]) == 0
+    assert json.loads((whole / "describe_report.json").read_text())["answers"]["computed"] == 24
+    assert dataset_rows(killed) == dataset_rows(whole)
+    assert (killed / "describe_answers.jsonl").read_text() == (whole / "describe_answers.jsonl").read_text()
