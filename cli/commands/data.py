@@ -23,7 +23,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("data",
-                                   help="build and check training data (synthetic benchmark, CSV, CUB, options)",
+                                   help="build and check training data (synthetic, CSV, CUB, options, describe)",
                                    description=__doc__.split("\n\n", 1)[1].replace("``", ""),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
