@@ -342,3 +342,35 @@ def test_a_run_killed_midway_resumes_from_the_cache_to_the_same_output(tmp_path)
     assert json.loads((whole / "describe_report.json").read_text())["answers"]["computed"] == 24
     assert dataset_rows(killed) == dataset_rows(whole)
     assert (killed / "describe_answers.jsonl").read_text() == (whole / "describe_answers.jsonl").read_text()
+
+
+# ----------------------------------------------------------------------------- the README's command chain
+@pytest.mark.slow
+def test_describe_then_init_model_two_stage_eval_and_push(tmp_path, models):
+    """README "Your own images, no descriptions": describe -> init-model -> two-stage -> eval -> push."""
+    import yaml
+
+    four = {**VEHICLES, "Tarrow Spur": "orange"}  # FOCI's protocol asks 4-way multiple choice
+    images = write_image_folder(tmp_path / "my_images", per_split={"train": 3, "test": 1}, categories=four)
+    described, init, run = tmp_path / "described", tmp_path / "init", tmp_path / "run"
+    assert main(["data", "describe", str(images), "--vqa-model", str(models["idefics2"]), "--attributes",
+                 "body colour,wheels", "--noun", "vehicle", "--max-new-tokens", "4", "--output", str(described),
+                 "--no-progress"]) == 0
+    assert main(["init-model", "--preset", "micro", "--corpus", str(described), str(init)]) == 0
+    assert json.loads((init / "config.json").read_text())["object_noun"] == "vehicle"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(dict(
+        model_name_or_path=str(init), dataset_dir=str(described), output_dir=str(run), tuning="full",
+        torch_dtype="float32", use_cpu=True, num_negatives=3, max_steps=2, stage2_max_steps=2,
+        per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none",
+        seed=0, dataloader_num_workers=0, disable_tqdm=True)))
+    assert main(["two-stage", "--config", str(recipe)]) == 0
+    final = run / "stage2" / "final"
+    assert main(["eval", "--model", str(final), "--benchmark", str(described), "--output-dir", str(tmp_path / "eval"),
+                 "--no-progress", "--no-plots", "--bootstrap-samples", "0", "--write-card"]) == 0
+    report = json.loads(next((tmp_path / "eval").rglob("report.json")).read_text())
+    assert report["protocol"]["query"] == "Which of these vehicles is shown in the image?"
+    staged = tmp_path / "staged"
+    assert main(["push", str(final), "--repo-id", "me/finedefics-vehicles", "--report", str(tmp_path / "eval"),
+                 "--stage-only", str(staged)]) == 0
+    assert "the vehicle in the image" in (staged / "README.md").read_text()
