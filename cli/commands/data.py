@@ -12,6 +12,8 @@
   hard negatives mined from the same annotations.
 - ``options DATA --output FILE.json``: FOCI-style 4-way option sets for a dataset split, from a
   hard-negative miner.
+- ``describe INPUT --output DIR``: attribute descriptions for a labelled image folder, by models
+  (``data_describe.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("data",
-                                   help="build and check training data (synthetic benchmark, CSV, CUB, options)",
+                                   help="build and check training data (synthetic, CSV, CUB, options, describe)",
                                    description=__doc__.split("\n\n", 1)[1].replace("``", ""),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
     _register_imagefolder(commands)
     _register_cub(commands)
     _register_options(commands)
+    _register_describe(commands)
 
 
 # ----------------------------------------------------------------------------- synth / preview
@@ -319,6 +322,13 @@ def _save_splits(splits: dict, output: str, noun=None) -> None:
     if noun is not None:
         write_data_info(output, noun)
     print(f"saved {', '.join(f'{k}: {len(v)} rows' for k, v in dataset.items())} to {output}")
+
+
+# ----------------------------------------------------------------------------- describe
+def _register_describe(commands) -> None:
+    from .data_describe import register
+
+    register(commands)
 
 
 # ----------------------------------------------------------------------------- options
