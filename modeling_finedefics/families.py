@@ -107,7 +107,7 @@ class Family:
     # What only Idefics2 does (its subclass sets them).
     shares_image_features = False  # evaluation encodes a batch's images once for every prompt (fixed image tokens)
     sized_tiny = False  # its tiny model takes a preset, image size, vocabulary size and image_seq_len
-    has_perceiver_resampler = False  # what the demo's attribute pre-training (training/base.py) was written for
+    has_perceiver_resampler = False  # what the demo's attribute pre-training (training/demo/base.py) was written for
     stock_key_prefixes = ()  # the key prefixes of a stock checkpoint; others are reported unmapped (empty: keep all)
     has_release_checkpoint = False  # the official Finedefics release (its own key names) is of this family
     plans_trained_vision_tower = True  # the dry run can count a trained vision tower's activations

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finedefics_training.base import MIN_PART_PIXELS, attribute_pool, patch_targets, pretrain_vision
+from finedefics_training.demo.base import MIN_PART_PIXELS, attribute_pool, patch_targets, pretrain_vision
 from finedefics_data.synth import ATTRIBUTES, PARTS, SynthConfig
 
 
@@ -77,7 +77,7 @@ def _synthetic_categories():
 def test_category_choices_are_foci_prompts_over_siblings_answered_by_the_right_letter():
     from finedefics_data.prompts import ObjectNoun, multiple_choice_options
     from finedefics_data.synth import parse_description
-    from finedefics_training.base import category_choice_rows
+    from finedefics_training.demo.base import category_choice_rows
 
     categories, negatives = _synthetic_categories()
     by_name = {c["name"]: c for c in categories}
@@ -102,7 +102,7 @@ def test_category_choices_are_foci_prompts_over_siblings_answered_by_the_right_l
 
 def test_the_premise_asks_with_a_wording_the_choice_rows_never_use():
     from finedefics_data.prompts import ObjectNoun, reverse_knowledge_question
-    from finedefics_training.base import category_choice_rows, held_out_description
+    from finedefics_training.demo.base import category_choice_rows, held_out_description
 
     categories, negatives = _synthetic_categories()
     rows = category_choice_rows(categories, negatives, ObjectNoun.of("bird"), 2000, seed=3, lookup_share=0.0)
@@ -114,7 +114,7 @@ def test_the_premise_asks_with_a_wording_the_choice_rows_never_use():
 
 def test_word_lookups_name_their_answer():
     from finedefics_data.prompts import multiple_choice_options
-    from finedefics_training.base import word_lookup_rows
+    from finedefics_training.demo.base import word_lookup_rows
 
     rows = word_lookup_rows(["alder", "brook", "cress", "fen", "heath", "marsh"], 50, seed=1)
     for row in rows:

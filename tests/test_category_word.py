@@ -13,7 +13,7 @@ from finedefics_data.prompts import (
     multiple_choice_query,
     open_set_question,
 )
-from finedefics_training.premise import attribute_words, description_words
+from finedefics_training.demo.premise import attribute_words, description_words
 
 
 def test_the_synthetic_birds_questions_are_unchanged():

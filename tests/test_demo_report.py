@@ -6,8 +6,8 @@ import pytest
 
 from finedefics_data.prompts import ObjectNoun, multiple_choice_options
 from finedefics_training.demo import report as demo_report
-from finedefics_training.base import category_descriptions, knowledge_rows
-from finedefics_training.premise import description_words, recall
+from finedefics_training.demo.base import category_descriptions, knowledge_rows
+from finedefics_training.demo.premise import description_words, recall
 
 
 def _scores(correct: dict[str, list[int]], rare: list[bool]) -> dict:
@@ -103,7 +103,7 @@ def test_knowledge_rows_ask_both_ways_and_as_a_multiple_choice_with_the_shared_p
 
 
 def test_description_choices_have_one_true_caption_and_lookalikes():
-    from finedefics_training.base import attribute_pool, description_choice_rows
+    from finedefics_training.demo.base import attribute_pool, description_choice_rows
     from finedefics_data.synth import SynthConfig, parse_description
 
     pool = attribute_pool(20, SynthConfig())
@@ -129,7 +129,7 @@ def _categories():
 @pytest.mark.parametrize("responder, expected", [("oracle", 1.0), ("always A", 0.25), ("not a letter", 0.0)])
 def test_multiple_choice_in_text_puts_the_answer_at_every_letter(monkeypatch, responder, expected):
     """Each category is asked with its name at each of the 4 positions: a letter prior scores exactly chance."""
-    from finedefics_training import premise
+    from finedefics_training.demo import premise
 
     categories, negatives = _categories()
     by_description = {c["description"].rstrip(".").lower()[2:]: c["name"] for c in categories}
@@ -155,7 +155,7 @@ def test_multiple_choice_in_text_puts_the_answer_at_every_letter(monkeypatch, re
 
 def test_multiple_choice_in_text_named_asks_for_the_category_by_name(monkeypatch):
     """The named form asks "Which of these is <name>?" at every letter: copying the asked name finds the letter."""
-    from finedefics_training import premise
+    from finedefics_training.demo import premise
 
     categories, negatives = _categories()
     asked = []

@@ -32,7 +32,7 @@ def register(commands) -> None:
     parser.add_argument("--attribute-model", help="text LLM that proposes the attributes instead")
     parser.add_argument("--summary-model", help="text LLM that summarises each image's answers into one sentence "
                                                 "(default: a template sentence)")
-    from .data import add_noun_arguments
+    from .noun_arguments import add_noun_arguments
 
     add_noun_arguments(parser, "used in the questions; default: the data folder's, else 'object'")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generation call (default 8)")
@@ -55,7 +55,7 @@ def register(commands) -> None:
 def run_describe(args) -> int:
     from finedefics_data.describe_run import DescribeSettings, describe_folder, read_taxonomy, summary_lines
 
-    from .data import noun_from_arguments
+    from .noun_arguments import noun_from_arguments
 
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be at least 1, got {args.max_images}")

@@ -14,7 +14,7 @@ from finedefics_eval.scorers import scoring_modes
 
 
 def register(subparsers) -> None:
-    from .data import add_noun_arguments
+    from .noun_arguments import add_noun_arguments
 
     parser = subparsers.add_parser(
         "eval",
@@ -136,7 +136,7 @@ def _question_noun(args):
     """``--noun``, else the noun the checkpoint was trained with (its config), else None (the data's own)."""
     from finedefics_eval.loading import checkpoint_noun
 
-    from .data import noun_from_arguments
+    from .noun_arguments import noun_from_arguments
 
     if args.noun or args.noun_plural:
         return noun_from_arguments(args)

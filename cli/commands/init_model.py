@@ -22,7 +22,7 @@ class RegisteredFamilies:
 
 
 def register(subparsers) -> None:
-    from .data import add_noun_arguments
+    from .noun_arguments import add_noun_arguments
 
     parser = subparsers.add_parser(
         "init-model", help="build a tiny model and a tokenizer trained on your data's texts (CPU pipeline runs)",
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from finedefics_training.init_model import init_model
-    from .data import noun_from_arguments
+    from .noun_arguments import noun_from_arguments
 
     output = init_model(args.corpus, args.output, preset=args.preset, noun=noun_from_arguments(args),
                         image_size=args.image_size, vocab_size=args.vocab_size, seed=args.seed,

@@ -3,9 +3,9 @@
 1. **Benchmark**: generate the synthetic fine-grained benchmark (or take ``--data DIR``).
 2. **Base model**: what the paper found an MLLM already has before Finedefics: it sees and describes
    object attributes, and knows in words what each category looks like, but was never taught to name
-   a category from its image (``finedefics_training.base``). The default benchmark's base ships with the package
+   a category from its image (``finedefics_training.demo.base``). The default benchmark's base ships with the package
    (``demo_base/``, rebuilt bit for bit by ``--rebuild-base``); other data get one built on the spot.
-3. **Premise**: measured on held-out images, not assumed (``finedefics_training.premise``).
+3. **Premise**: measured on held-out images, not assumed (``finedefics_training.demo.premise``).
 4. **Variants** (``variants.VARIANTS``), from the same base, with the same data, for each seed; by default
    - ``finedefics``: stage I (attribute contrastive + description tuning), then stage II;
    - ``instruction_tuning``: stage II only for the steps of both stages (equal total optimizer steps);

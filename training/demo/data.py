@@ -248,7 +248,7 @@ def _categories_from_rows(train) -> list[dict]:
     """Categories of a dataset without ``categories.json``: descriptions from the rows, rare from the counts."""
     from finedefics_eval.benchmarks import rare_by_counts
 
-    from ..base import category_descriptions
+    from .base import category_descriptions
 
     counts = Counter(train["category"])
     descriptions = category_descriptions(train)

@@ -51,7 +51,7 @@ def load_scores(report_dir: Path, names) -> dict:
 
 def measure_premise(base: Path, data, split: str, plan: DemoPlan, path: Path) -> dict:
     """Object information extraction and category knowledge of the base model (see ``premise.py``)."""
-    from ..premise import category_knowledge, multiple_choice_in_text, object_information_extraction
+    from .premise import category_knowledge, multiple_choice_in_text, object_information_extraction
 
     model, processor = load_demo_model(base)
     rows = data.spread_rows(split, plan.premise_images)

@@ -35,7 +35,7 @@ def _quiet_libraries():
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     levels = {name: logging.WARNING for name in ("finedefics_training.recipe", "finedefics_training.trainer",
-                                                 "finedefics_data", "finedefics_training.base", "finedefics_eval",
+                                                 "finedefics_data", "finedefics_training.demo.base", "finedefics_eval",
                                                  "modeling_finedefics")}
     levels["bitsandbytes"] = logging.ERROR  # optional CPU kernels it cannot find; no QLoRA here
     former = {name: logging.getLogger(name).level for name in levels}

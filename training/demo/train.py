@@ -37,7 +37,7 @@ def make_initial_model(data, model_dir: Path, plan: DemoPlan) -> None:
 def pretrain_vision_phase(data, model_dir: Path, work_dir: Path, plan: DemoPlan) -> dict:
     from modeling_finedefics import FinedeficsConfig
 
-    from ..base import attribute_pool, pretrain_vision
+    from .base import attribute_pool, pretrain_vision
     from finedefics_data.synth import ATTRIBUTES
 
     patch_size = FinedeficsConfig.from_pretrained(model_dir).vision_config.patch_size
@@ -56,7 +56,7 @@ def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
 
     from finedefics_data.prompts import describe_instruction
 
-    from ..base import attribute_pool, base_dataset, category_descriptions, description_choice_rows, knowledge_rows
+    from .base import attribute_pool, base_dataset, category_descriptions, description_choice_rows, knowledge_rows
 
     describe = describe_instruction(data.noun)
     if data.synth_config is not None:
@@ -82,7 +82,7 @@ def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: 
 
     from modeling_finedefics import FinedeficsProcessor
 
-    from ..base import (base_dataset, category_choice_rows, category_descriptions, knowledge_rows, option_words,
+    from .base import (base_dataset, category_choice_rows, category_descriptions, knowledge_rows, option_words,
                         word_lookup_rows)
 
     words = option_words(FinedeficsProcessor.from_pretrained(tokenizer_dir).tokenizer)

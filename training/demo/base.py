@@ -33,7 +33,7 @@ from finedefics_data.prompts import (
     reverse_knowledge_question,
 )
 
-from .recipe import replace_progress_display
+from ..recipe import replace_progress_display
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def pretrain_vision(model_dir: Path, output_dir: Path, pool: PoolImages, vocabul
     from transformers import Trainer, TrainingArguments
     from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
 
-    from .checkpoints import last_complete_checkpoint
+    from ..checkpoints import last_complete_checkpoint
 
     model = FinedeficsForConditionalGeneration.from_pretrained(model_dir)
     processor = FinedeficsProcessor.from_pretrained(model_dir)
