@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from finedefics_data.trust import check_inside
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -122,13 +123,23 @@ def _read_json(path: Path):
 
 def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files a checkpoint folder's weights are in (none: the loader names what is missing)."""
-    index = folder / WEIGHTS_INDEX
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no weight_map")
-        return [folder / name for name in sorted(set(weight_map.values()))]
+    if (folder / WEIGHTS_INDEX).is_file():
+        return index_shard_files(folder)
     return [folder / WEIGHTS] if (folder / WEIGHTS).is_file() else []
+
+
+def index_shard_files(folder: Path) -> list[Path]:
+    """The shard files ``folder/model.safetensors.index.json`` names, each resolving inside ``folder``.
+
+    The index is the checkpoint maker's data: a shard named '../x', or a link leading out, is refused rather
+    than read (or copied into an upload) from elsewhere on this machine.
+    """
+    index = Path(folder) / WEIGHTS_INDEX
+    data = _read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise ValueError(f"{index} has no weight_map mapping tensor names to shard file names")
+    return [check_inside(folder, name, f"{index}: weight_map shard") for name in sorted(set(weight_map.values()))]
 
 
 def check_safetensors_files(files) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .config import FinedeficsTrainingConfig
+from .trusted_code import clean_saved_auto_maps
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +116,14 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
     does the same offline).
     """
     from .checkpoints import check_model_source, check_vocabulary
+    from .trusted_code import drop_foreign_auto_map
 
     path = model_args.model_name_or_path
     remote = training_args.trust_remote_code
     check_model_source(path)
     config, family = model_config(path, remote)
+    # Foreign auto_map entries would be saved into every checkpoint of the run and run for whoever loads it.
+    drop_foreign_auto_map(config, f"{path}/config.json")
     processor = load_family_processor(path, family, remote)
     if config.model_type != family.model_type:
         logger.info("%s is a %s checkpoint: adding fresh Finedefics alignment parameters", path, config.model_type)
@@ -269,6 +273,7 @@ def merge_and_save(model, processor, output_dir: str | Path) -> Path:
             model = model.merge_and_unload()
     model.save_pretrained(output_dir, safe_serialization=True)
     processor.save_pretrained(output_dir)
+    clean_saved_auto_maps(output_dir)
     return output_dir
 
 
@@ -329,6 +334,8 @@ def save_final_checkpoint(trainer, processor, final_dir: str | Path) -> Path:
         shutil.rmtree(saved)
     elif trainer.is_world_process_zero():
         processor.save_pretrained(final_dir)
+    if trainer.is_world_process_zero():
+        clean_saved_auto_maps(final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
 
