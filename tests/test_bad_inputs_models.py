@@ -235,6 +235,28 @@ def test_recipe_with_no_epochs_and_no_max_steps_is_refused(tmp_path, micro_check
     assert "num_train_epochs is 0" in error
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("gradient_accumulation_steps", "0", "gradient_accumulation_steps must be a finite number >= 1, got 0"),
+    ("per_device_train_batch_size", "-2", "per_device_train_batch_size must be a finite number >= 1, got -2"),
+    ("learning_rate", "inf", "learning_rate must be a finite number > 0, got inf"),
+    ("learning_rate", "0", "learning_rate must be a finite number > 0, got 0"),
+    ("max_grad_norm", "nan", "max_grad_norm must be a finite number >= 0, got nan"),
+    ("warmup_steps", "-5", "warmup_steps must be a finite number >= 0, got -5"),
+    ("adam_beta2", "1.5", "adam_beta2 must be a finite number >= 0 and <= 1, got 1.5"),
+    ("object_attribute_weight", "-inf", "object_attribute_weight must be a finite number >= 0, got -inf"),
+    ("init_temperature", "0", "init_temperature must be a finite number > 0, got 0"),
+    ("lora_r", "0", "lora_r must be a finite number >= 1, got 0"),
+    ("lora_dropout", "1.5", "lora_dropout must be a finite number >= 0 and <= 1, got 1.5"),
+])
+def test_a_numeric_training_argument_out_of_range_is_refused_before_any_weight_loads(tmp_path, toy_dataset_dir,
+                                                                                      capsys, field, value, expected):
+    # The model folder does not exist: the argument must be refused before anything tries to load it.
+    argv = _command("train", tmp_path, tmp_path / "no-such-model", toy_dataset_dir) + [f"--{field}={value}"]
+    error = _fails(argv, capsys)
+    assert expected in error and "no-such-model" not in error
+    assert not (tmp_path / "train-output").exists()
+
+
 @pytest.mark.parametrize("setting, expected", [
     ("stage1_steps=abc", "stage1_steps must be an integer, got 'abc'"),
     ("stage1_steps=1.5", "stage1_steps must be an integer, got 1.5"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .config import FinedeficsTrainingConfig
+from .config import FinedeficsTrainingConfig, check_numeric_range
 from .trusted_code import clean_saved_auto_maps
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class ModelArguments:
     def __post_init__(self):
         if self.tuning not in ("full", "lora", "qlora"):
             raise ValueError(f"tuning must be full, lora or qlora, got {self.tuning!r}")
+        check_numeric_range(self, "lora_r", 1, float("inf"), True)
+        check_numeric_range(self, "lora_alpha", 0.0, float("inf"), False)
+        check_numeric_range(self, "lora_dropout", 0.0, 1.0, True)
 
 
 @dataclass
