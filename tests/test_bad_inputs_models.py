@@ -278,3 +278,17 @@ def test_benchmark_name_that_cannot_be_loaded_lists_the_known_ones(tmp_path, mic
                     "--output-dir", str(tmp_path / "eval")], capsys)  # the tests run offline: no Hub to ask
     assert "unknown benchmark 'no-such-benchmark': not a local folder" in error
     assert all(name in error for name in ("aircraft-102", "bird-200", "car-196", "dog-120", "flower-102", "pet-37"))
+
+
+def test_convert_onto_its_own_source_is_refused_and_leaves_the_source_whole(tmp_path, micro_checkpoint, capsys):
+    before = {path.name: path.read_bytes() for path in micro_checkpoint.iterdir() if path.is_file()}
+    error = _fails(["convert", str(micro_checkpoint), str(micro_checkpoint)], capsys)
+    assert "is the source folder" in error and str(micro_checkpoint) in error
+    assert {path.name: path.read_bytes() for path in micro_checkpoint.iterdir() if path.is_file()} == before
+
+
+def test_init_model_output_that_is_a_file_is_refused_naming_it(tmp_path, toy_dataset_dir, capsys):
+    output = tmp_path / "starting-model"
+    output.write_text("not a folder")
+    error = _fails(["init-model", "--corpus", str(toy_dataset_dir), str(output)], capsys)
+    assert f"{output} is a file" in error

@@ -102,6 +102,8 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
                                 else f"{source} is a file; expected a checkpoint folder")
     check_output_dir(output_dir)
     source, output_dir = Path(source), Path(output_dir)
+    if output_dir.resolve() == source.resolve():  # shards would be rewritten while they are read
+        raise ValueError(f"output folder {output_dir} is the source folder: write the conversion to a new folder")
     config_dict, family = _source_config(source)
     weight_files = _weight_files(source)
     check_safetensors_files(weight_files)
