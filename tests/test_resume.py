@@ -142,3 +142,34 @@ def test_last_complete_checkpoint_is_none_when_no_checkpoint_is_complete(tmp_pat
     with caplog.at_level(logging.WARNING, logger="finedefics_training"):
         assert last_complete_checkpoint(tmp_path) is None
     assert "checkpoint-2" in caplog.text and "no complete checkpoint" in caplog.text
+
+
+class _Payload:
+    """Unpickles into code that leaves a marker file: what a tampered state file would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).write_text('unpickled code ran')",)
+
+
+def test_a_tampered_state_file_on_resume_is_named_and_its_code_never_runs(tmp_path, micro_checkpoint,
+                                                                         toy_dataset_dir, capsys):
+    import pickle
+
+    from finedefics_cli import main
+
+    output, marker = tmp_path / "run", tmp_path / "MARKER"
+    fields = dict(model_name_or_path=str(micro_checkpoint), dataset_dir=str(toy_dataset_dir), output_dir=str(output))
+    assert main(["train", "--config", str(_recipe(tmp_path, "first", max_steps=2, **fields))]) == 0
+    (output / "checkpoint-2" / "rng_state.pth").write_bytes(pickle.dumps(_Payload(marker)))
+    shutil.rmtree(output / "final")
+    capsys.readouterr()
+
+    assert main(["train", "--config", str(_recipe(tmp_path, "again", max_steps=4, **fields))]) == 2
+
+    error = capsys.readouterr().err
+    assert f"{output / 'checkpoint-2' / 'rng_state.pth'} cannot be unpickled safely" in error
+    assert "Traceback" not in error and error.count("error:") == 1
+    assert not marker.exists() and not (output / "final").exists()

@@ -479,7 +479,8 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
         resume = last_complete_checkpoint(training_args.output_dir)  # pick up an interrupted run
     if resume:
         logger.info("resuming stage %d from %s", training_args.stage, resume)
-    trainer.train(resume_from_checkpoint=resume)
+    with named_resume_state_errors(resume):
+        trainer.train(resume_from_checkpoint=resume)
     final_dir = save_final_checkpoint(trainer, processor, Path(training_args.output_dir) / "final")
     if trainer.is_world_process_zero():
         history = Path(training_args.output_dir) / "log_history.json"
@@ -487,6 +488,40 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
         logger.info("stage %d checkpoint: %s", training_args.stage, final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
+
+
+# Trainer's pickled state files in a checkpoint folder, in the order a resume reads them.
+RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_*.pth")
+
+
+@contextlib.contextmanager
+def named_resume_state_errors(resume: str | None):
+    """A state file of ``resume`` that cannot be unpickled (tampered, or cut short) as one line naming it.
+
+    torch's ``weights_only`` loader refuses anything but tensors and plain data, so no code runs; its
+    ``UnpicklingError`` names no file, and the user needs to know which checkpoint to delete.
+    """
+    import pickle
+
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError) as error:
+        if not resume:
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"cannot resume: {unreadable_state_file(Path(resume))} cannot be unpickled safely "
+                         f"({reason}); delete {resume} to resume from an earlier checkpoint") from None
+
+
+def unreadable_state_file(checkpoint: Path) -> Path | str:
+    """The first of ``checkpoint``'s state files that torch's safe loader refuses (else the folder's name)."""
+    for pattern in RESUME_STATE_FILES:
+        for path in sorted(checkpoint.glob(pattern)):
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # whatever the loader raises, this is the file it could not read
+                return path
+    return f"a state file of {checkpoint}"
 
 
 def with_data_noun(training_args: FinedeficsTrainingConfig, data_args: DataArguments) -> FinedeficsTrainingConfig:
