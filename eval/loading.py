@@ -90,7 +90,9 @@ def check_checkpoint_folder(folder: str | Path) -> dict:
     """The config of a local checkpoint folder, after checking it and its safetensors weights can be read."""
     folder = Path(folder)
     config = read_checkpoint_config(folder)
-    check_safetensors_files(_weight_files(folder))
+    weight_files = _weight_files(folder)
+    check_safetensors_files(weight_files)
+    check_weights_family(folder, config, weight_files)
     return config
 
 
@@ -159,6 +161,46 @@ def check_safetensors_files(files) -> None:
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path} is not a readable safetensors file (cut short or corrupt: {error}); "
                              "copy or save it again") from None
+
+
+# Tensor names only one group of families has (any prefix: older layouts that transformers renames keep them).
+WEIGHT_SIGNATURES = (
+    ("perceiver_resampler", ("idefics2",)),
+    ("multi_modal_projector", ("llava",)),
+    ("visual.merger", ("qwen2_vl", "qwen2_5_vl")),
+    ("modality_projection", ("idefics3", "smolvlm")),  # Idefics2 has one too: its resampler is checked first
+)
+
+
+def weights_families(weight_files) -> tuple[str, tuple[str, ...]] | None:
+    """(signature tensor name, the families whose weights hold it) for the given safetensors files, or None."""
+    from safetensors import safe_open
+
+    keys = []
+    for path in weight_files:
+        with safe_open(str(path), framework="pt") as reader:
+            keys += list(reader.keys())
+    for signature, families in WEIGHT_SIGNATURES:
+        if any(signature in key for key in keys):
+            return signature, families
+    return None
+
+
+def check_weights_family(folder: Path, config: dict, weight_files=None) -> None:
+    """Refuse a config of one model family over weights of another (``model_type: llava`` on Idefics2 weights).
+
+    Loading them fails much later: with hundreds of missing and unexpected tensor names, a TypeError about a
+    config field, or a converted checkpoint that nothing can load.
+    """
+    from modeling_finedefics.families import family_for_model_type
+
+    found = weights_families(_weight_files(folder) if weight_files is None else weight_files)
+    config_family = family_for_model_type(config.get("model_type")).name
+    if found is not None and config_family not in found[1]:
+        raise ValueError(f"{folder / 'config.json'} is a {config_family} config (model_type "
+                         f"{config.get('model_type')!r}) but the weights in {folder} are {' / '.join(found[1])} "
+                         f"weights (they hold {found[0]!r} tensors): the config and the weights belong to different "
+                         "model families")
 
 
 def check_vocabulary(model, tokenizer, source: str) -> None:

@@ -292,3 +292,19 @@ def test_init_model_output_that_is_a_file_is_refused_naming_it(tmp_path, toy_dat
     output.write_text("not a folder")
     error = _fails(["init-model", "--corpus", str(toy_dataset_dir), str(output)], capsys)
     assert f"{output} is a file" in error
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "convert", "push"])
+def test_a_config_of_another_family_over_the_weights_is_refused_naming_both(command, tmp_path, micro_checkpoint,
+                                                                            toy_dataset_dir, capsys):
+    from modeling_finedefics.families import FAMILIES
+
+    mislabelled = _copy(micro_checkpoint, tmp_path, "mislabelled")  # Idefics2 weights
+    config = json.loads((mislabelled / "config.json").read_text())
+    config["model_type"] = FAMILIES["llava"].model_type
+    (mislabelled / "config.json").write_text(json.dumps(config))
+
+    error = _fails(_command(command, tmp_path, mislabelled, toy_dataset_dir), capsys)
+
+    assert "is a llava config" in error and "are idefics2 weights" in error
+    assert not (tmp_path / f"{command}-output").exists() or not any((tmp_path / f"{command}-output").iterdir())

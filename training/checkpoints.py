@@ -19,6 +19,7 @@ from finedefics_eval.loading import (  # noqa: F401  (re-exported: training's mo
     check_model_source,
     check_safetensors_files,
     check_vocabulary,
+    check_weights_family,
     read_checkpoint_config,
 )
 

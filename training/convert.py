@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from finedefics_data.trust import check_inside
 from finedefics_eval.loading import index_shard_files
 
-from .checkpoints import check_output_dir, check_safetensors_files, read_checkpoint_config
+from .checkpoints import check_output_dir, check_safetensors_files, check_weights_family, read_checkpoint_config
 from .trusted_code import clean_saved_auto_maps
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
     config_dict, family = _source_config(source)
     weight_files = _weight_files(source)
     check_safetensors_files(weight_files)
+    check_weights_family(source, config_dict, weight_files)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = ConversionReport(source=str(source), family=family.name)
     index = _convert_shards(weight_files, output_dir, report)

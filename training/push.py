@@ -29,7 +29,7 @@ from pathlib import Path
 
 from finedefics_data.trust import check_inside, secret_keys, without_secrets
 
-from .checkpoints import check_safetensors_files
+from .checkpoints import check_safetensors_files, check_weights_family
 from .trusted_code import without_foreign_auto_map
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,9 @@ def check_checkpoint(checkpoint: Path) -> list[str]:
                          "`finedefics convert`")
     weight_files = _safetensors_weight_files(checkpoint)
     # A file cut short would otherwise be staged and uploaded as it is.
-    check_safetensors_files([checkpoint / name for name in weight_files if name.endswith(".safetensors")])
+    safetensors_files = [checkpoint / name for name in weight_files if name.endswith(".safetensors")]
+    check_safetensors_files(safetensors_files)
+    check_weights_family(checkpoint, _read_json(checkpoint / "config.json"), safetensors_files)
     return weight_files
 
 
