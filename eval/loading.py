@@ -238,7 +238,29 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
     model = family.model.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
     processor = family.processor.from_pretrained(name_or_path)
     check_vocabulary(model, processor.tokenizer, name_or_path)
+    check_finite_weights(model, name_or_path)
     return model.to(device).eval(), processor
+
+
+def non_finite_parameters(model, shown: int = 3) -> list[str]:
+    """Names of (up to ``shown``) parameters that hold NaN or inf values."""
+    import torch
+
+    found = []
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and not torch.isfinite(parameter.detach()).all():
+            found.append(name)
+            if len(found) == shown:
+                break
+    return found
+
+
+def check_finite_weights(model, source: str) -> None:
+    """Refuse a model with NaN or inf weights: every score it produced would be meaningless."""
+    bad = non_finite_parameters(model)
+    if bad:
+        raise ValueError(f"{source}: the weights hold NaN or inf values (in {', '.join(bad)}); the checkpoint is "
+                         "broken (a diverged training run?), its scores would mean nothing")
 
 
 def checkpoint_noun(name_or_path: str):

@@ -308,3 +308,29 @@ def test_a_config_of_another_family_over_the_weights_is_refused_naming_both(comm
 
     assert "is a llava config" in error and "are idefics2 weights" in error
     assert not (tmp_path / f"{command}-output").exists() or not any((tmp_path / f"{command}-output").iterdir())
+
+
+@pytest.fixture
+def nan_checkpoint(tmp_path, micro_checkpoint):
+    """The micro checkpoint with NaN in its decoder's final norm: every logit it produces is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    broken = _copy(micro_checkpoint, tmp_path, "nan-weights")
+    tensors = load_file(broken / "model.safetensors")
+    tensors["model.text_model.norm.weight"] = torch.full_like(tensors["model.text_model.norm.weight"], float("nan"))
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    return broken
+
+
+def test_a_non_finite_loss_stops_training_naming_step_and_term_and_writes_no_final(tmp_path, nan_checkpoint,
+                                                                                   toy_dataset_dir, capsys):
+    error = _fails(_command("train", tmp_path, nan_checkpoint, toy_dataset_dir), capsys)
+    assert "training step 1: non-finite loss term(s) lm_loss = nan" in error
+    assert not (tmp_path / "train-output" / "final").exists()
+
+
+def test_eval_refuses_a_model_with_non_finite_weights_naming_the_parameter(tmp_path, nan_checkpoint, toy_dataset_dir,
+                                                                           capsys):
+    error = _fails(_command("eval", tmp_path, nan_checkpoint, toy_dataset_dir), capsys)
+    assert "the weights hold NaN or inf values (in model.text_model.norm.weight)" in error
+    assert not (tmp_path / "eval-output" / "report.json").exists()

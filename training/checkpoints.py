@@ -16,6 +16,7 @@ from pathlib import Path
 
 from finedefics_eval.loading import (  # noqa: F401  (re-exported: training's model checks are evaluation's)
     check_checkpoint_folder,
+    check_finite_weights,
     check_model_source,
     check_safetensors_files,
     check_vocabulary,

@@ -459,7 +459,7 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     with a ``callback()`` returning a ``TrainerCallback``) replaces Trainer's own progress bar and
     printed logs, for callers such as the demo that show one bar per phase.
     """
-    from .checkpoints import check_output_dir, last_complete_checkpoint
+    from .checkpoints import check_finite_weights, check_output_dir, last_complete_checkpoint
     from .trainer import FinedeficsTrainer
 
     check_output_dir(training_args.output_dir)
@@ -481,6 +481,8 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
         logger.info("resuming stage %d from %s", training_args.stage, resume)
     with named_resume_state_errors(resume):
         trainer.train(resume_from_checkpoint=resume)
+    check_finite_weights(trainer.model, f"stage {training_args.stage} after step {trainer.state.global_step} "
+                                        f"(output_dir {training_args.output_dir}, final/ not written)")
     final_dir = save_final_checkpoint(trainer, processor, Path(training_args.output_dir) / "final")
     if trainer.is_world_process_zero():
         history = Path(training_args.output_dir) / "log_history.json"
