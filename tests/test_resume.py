@@ -173,3 +173,32 @@ def test_a_tampered_state_file_on_resume_is_named_and_its_code_never_runs(tmp_pa
     assert f"{output / 'checkpoint-2' / 'rng_state.pth'} cannot be unpickled safely" in error
     assert "Traceback" not in error and error.count("error:") == 1
     assert not marker.exists() and not (output / "final").exists()
+
+
+def test_a_second_run_on_a_live_runs_output_dir_is_refused_and_a_stale_lock_is_taken_over(
+        tmp_path, micro_checkpoint, toy_dataset_dir, capsys, caplog):
+    import socket
+    import sys
+
+    from finedefics_cli import main
+    from finedefics_training.checkpoints import LOCK_FILE
+
+    output = tmp_path / "run"
+    output.mkdir()
+    recipe = _recipe(tmp_path, "run", model_name_or_path=str(micro_checkpoint), dataset_dir=str(toy_dataset_dir),
+                     output_dir=str(output), max_steps=1, save_strategy="no")
+    first_run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (output / LOCK_FILE).write_text(f"{first_run.pid} {socket.gethostname()}")
+        assert main(["train", "--config", str(recipe)]) == 2
+        error = capsys.readouterr().err
+        assert f"output_dir {output} is in use by another run (pid {first_run.pid}" in error
+        assert not (output / "final").exists()
+    finally:
+        first_run.kill()
+        first_run.wait()
+
+    # The first run was killed: its lock is stale and the next run takes it over, then releases it.
+    assert main(["train", "--config", str(recipe)]) == 0
+    assert "taking over the stale lock" in caplog.text
+    assert (output / "final" / "model.safetensors").is_file() and not (output / LOCK_FILE).exists()

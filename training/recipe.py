@@ -459,10 +459,18 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     with a ``callback()`` returning a ``TrainerCallback``) replaces Trainer's own progress bar and
     printed logs, for callers such as the demo that show one bar per phase.
     """
-    from .checkpoints import check_finite_weights, check_output_dir, last_complete_checkpoint
-    from .trainer import FinedeficsTrainer
+    from .checkpoints import check_output_dir, output_dir_lock
 
     check_output_dir(training_args.output_dir)
+    with output_dir_lock(training_args.output_dir):
+        return _run_stage(model_args, data_args, training_args, callbacks, progress)
+
+
+def _run_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
+               callbacks=None, progress=None) -> Path:
+    from .checkpoints import check_finite_weights, last_complete_checkpoint
+    from .trainer import FinedeficsTrainer
+
     data_args = data_args.for_stage(training_args.stage)
     training_args = with_data_noun(training_args, data_args)
     check_distributed_setup(model_args, training_args)
