@@ -334,3 +334,17 @@ def test_eval_refuses_a_model_with_non_finite_weights_naming_the_parameter(tmp_p
     error = _fails(_command("eval", tmp_path, nan_checkpoint, toy_dataset_dir), capsys)
     assert "the weights hold NaN or inf values (in model.text_model.norm.weight)" in error
     assert not (tmp_path / "eval-output" / "report.json").exists()
+
+
+def test_a_full_disk_while_final_is_written_is_one_line_naming_the_folder(tmp_path, micro_checkpoint, toy_dataset_dir,
+                                                                          monkeypatch, capsys):
+    import errno
+
+    import transformers.modeling_utils
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    error = _fails(_command("train", tmp_path, micro_checkpoint, toy_dataset_dir), capsys)
+    assert f"cannot write in {tmp_path / 'train-output' / 'final'}: No space left on device" in error

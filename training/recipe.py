@@ -12,6 +12,7 @@ Multi-process runs go through ``accelerate launch`` or ``torchrun``; nothing her
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -487,17 +488,44 @@ def _run_stage(model_args: ModelArguments, data_args: DataArguments, training_ar
         resume = last_complete_checkpoint(training_args.output_dir)  # pick up an interrupted run
     if resume:
         logger.info("resuming stage %d from %s", training_args.stage, resume)
-    with named_resume_state_errors(resume):
+    with named_resume_state_errors(resume), named_save_errors(training_args.output_dir):
         trainer.train(resume_from_checkpoint=resume)
     check_finite_weights(trainer.model, f"stage {training_args.stage} after step {trainer.state.global_step} "
                                         f"(output_dir {training_args.output_dir}, final/ not written)")
-    final_dir = save_final_checkpoint(trainer, processor, Path(training_args.output_dir) / "final")
+    final_dir = Path(training_args.output_dir) / "final"
+    with named_save_errors(final_dir):
+        save_final_checkpoint(trainer, processor, final_dir)
     if trainer.is_world_process_zero():
         history = Path(training_args.output_dir) / "log_history.json"
         history.write_text(json.dumps(trainer.state.log_history, indent=1))
         logger.info("stage %d checkpoint: %s", training_args.stage, final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
+
+
+# Write failures that are the machine's state, not a bug: reported as one line naming the folder.
+SAVE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def named_save_errors(folder: str | Path):
+    """A full disk, a read-only or forbidden folder while checkpoints are written, as one line naming the folder.
+
+    torch reports a failed checkpoint write as ``RuntimeError: [enforce fail at inline_container.cc...]`` and
+    safetensors as a bare OSError; a rerun after freeing space resumes from the newest complete checkpoint.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in SAVE_ERRNOS:
+            raise
+        raise ValueError(f"cannot write in {folder}: {error.strerror or error}; free space or fix the folder's "
+                         "permissions, then rerun (it resumes from the newest complete checkpoint)") from None
+    except RuntimeError as error:
+        if "inline_container" not in str(error) and "file write failed" not in str(error):
+            raise
+        raise ValueError(f"cannot write in {folder}: a checkpoint file could not be written (no space left on "
+                         "device?); free space, then rerun (it resumes from the newest complete checkpoint)") from None
 
 
 # Trainer's pickled state files in a checkpoint folder, in the order a resume reads them.
