@@ -290,7 +290,7 @@ def _reference_images(cell: dict, where_row: str, path: Path, image_root: Path, 
             if cell.get("question") and cell.get("answer") and field_name == "image_path":
                 continue  # a text-only instruction row
             raise RecordError(path, where_row, field_name, "is empty; the row needs an image")
-        if not allow_images_outside_root and escapes_image_root(relative):
+        if not allow_images_outside_root and escapes_image_root(relative, image_root):
             raise RecordError(path, where_row, field_name, f"{relative!r} {OUTSIDE_ROOT_PROBLEM}")
         image = image_root / relative
         images.append(check_image_file(image, path, where_row, field_name) if check_images else image)

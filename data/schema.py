@@ -35,20 +35,26 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from .trust import resolved_inside
+
 logger = logging.getLogger(__name__)
 
 # Image paths in option files, reference CSVs and metadata are read relative to an image root.
-OUTSIDE_ROOT_PROBLEM = ("points outside the image root (an absolute path, or '..' climbing out of it); pass "
-                        "--allow-images-outside-root (allow_images_outside_root=True) if the file is trusted")
+OUTSIDE_ROOT_PROBLEM = ("points outside the image root (an absolute path, '..' climbing out of it, or a symbolic "
+                        "link leading out of it); pass --allow-images-outside-root (allow_images_outside_root=True) "
+                        "if the file is trusted")
 
 
-def escapes_image_root(relative: str) -> bool:
-    """Whether an image path given relative to an image root leaves it: an absolute path, or one whose ``..``
-    climb out. Judged on the text alone, so links inside the root (a common way to assemble a dataset) stay
-    allowed."""
+def escapes_image_root(relative: str, root: str | Path | None = None) -> bool:
+    """Whether an image path given relative to an image root leaves it: an absolute path, one whose ``..`` climb
+    out, or, given the ``root``, one that resolves (symbolic links followed) outside it. A link inside the root
+    that points to another place inside it stays allowed; one pointing outside would copy a file from elsewhere
+    on this machine into the dataset."""
     if os.path.isabs(relative) or PurePath(relative).drive:
         return True
-    return PurePath(os.path.normpath(relative)).parts[:1] == ("..",)
+    if PurePath(os.path.normpath(relative)).parts[:1] == ("..",):
+        return True
+    return root is not None and not resolved_inside(root, relative)
 
 
 COLUMNS = ("image", "category", "label", "attribute", "attributes", "neg_categories", "neg_attributes", "genus",

@@ -85,6 +85,8 @@ class Benchmark:
     source: str = ""
     options_source: str = "option file"
     image_getter: Callable[[OptionExample], object] | None = field(default=None, repr=False)
+    limit: int | None = None  # --limit, when it left examples out
+    num_examples_before_limit: int | None = None
 
     def __post_init__(self):
         if not self.examples:
@@ -141,7 +143,8 @@ class Benchmark:
                 "example_categories": self.categories[:3],
                 "num_examples": len(self.examples), "num_categories": len(self.categories),
                 "num_rare_categories": None if self.rare_categories is None else len(self.rare_categories),
-                "display_name": self.display_name or self.name, "dataset_type": self.dataset_type or self.name}
+                "display_name": self.display_name or self.name, "dataset_type": self.dataset_type or self.name,
+                "limit": self.limit, "num_examples_before_limit": self.num_examples_before_limit}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -235,6 +238,8 @@ def _limited(benchmark: Benchmark, limit: int | None) -> Benchmark:
         return benchmark
     if limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
+    # Recorded so that a report and a card built from it say the figure is over the first `limit` only.
+    benchmark.limit, benchmark.num_examples_before_limit = limit, len(benchmark.examples)
     benchmark.examples = benchmark.examples[:limit]
     return benchmark
 

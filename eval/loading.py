@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from finedefics_data.trust import check_inside
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -88,7 +89,9 @@ def check_checkpoint_folder(folder: str | Path) -> dict:
     """The config of a local checkpoint folder, after checking it and its safetensors weights can be read."""
     folder = Path(folder)
     config = read_checkpoint_config(folder)
-    check_safetensors_files(_weight_files(folder))
+    weight_files = _weight_files(folder)
+    check_safetensors_files(weight_files)
+    check_weights_family(folder, config, weight_files)
     return config
 
 
@@ -121,13 +124,23 @@ def _read_json(path: Path):
 
 def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files a checkpoint folder's weights are in (none: the loader names what is missing)."""
-    index = folder / WEIGHTS_INDEX
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no weight_map")
-        return [folder / name for name in sorted(set(weight_map.values()))]
+    if (folder / WEIGHTS_INDEX).is_file():
+        return index_shard_files(folder)
     return [folder / WEIGHTS] if (folder / WEIGHTS).is_file() else []
+
+
+def index_shard_files(folder: Path) -> list[Path]:
+    """The shard files ``folder/model.safetensors.index.json`` names, each resolving inside ``folder``.
+
+    The index is the checkpoint maker's data: a shard named '../x', or a link leading out, is refused rather
+    than read (or copied into an upload) from elsewhere on this machine.
+    """
+    index = Path(folder) / WEIGHTS_INDEX
+    data = _read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise ValueError(f"{index} has no weight_map mapping tensor names to shard file names")
+    return [check_inside(folder, name, f"{index}: weight_map shard") for name in sorted(set(weight_map.values()))]
 
 
 def check_safetensors_files(files) -> None:
@@ -147,6 +160,42 @@ def check_safetensors_files(files) -> None:
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path} is not a readable safetensors file (cut short or corrupt: {error}); "
                              "copy or save it again") from None
+
+
+def weights_families(weight_files) -> tuple[str, tuple[str, ...]] | None:
+    """(signature tensor name, the families whose weights hold it) for the given safetensors files, or None.
+
+    Each family names its signature (``Family.weight_signature``); they are tried in registration order."""
+    from safetensors import safe_open
+
+    from modeling_finedefics.families import FAMILIES
+
+    keys = []
+    for path in weight_files:
+        with safe_open(str(path), framework="pt") as reader:
+            keys += list(reader.keys())
+    for family in FAMILIES.values():
+        if family.weight_signature and any(family.weight_signature in key for key in keys):
+            return family.weight_signature, tuple(name for name, other in FAMILIES.items()
+                                                  if other.weight_signature == family.weight_signature)
+    return None
+
+
+def check_weights_family(folder: Path, config: dict, weight_files=None) -> None:
+    """Refuse a config of one model family over weights of another (``model_type: llava`` on Idefics2 weights).
+
+    Loading them fails much later: with hundreds of missing and unexpected tensor names, a TypeError about a
+    config field, or a converted checkpoint that nothing can load.
+    """
+    from modeling_finedefics.families import family_for_model_type
+
+    found = weights_families(_weight_files(folder) if weight_files is None else weight_files)
+    config_family = family_for_model_type(config.get("model_type")).name
+    if found is not None and config_family not in found[1]:
+        raise ValueError(f"{folder / 'config.json'} is a {config_family} config (model_type "
+                         f"{config.get('model_type')!r}) but the weights in {folder} are {' / '.join(found[1])} "
+                         f"weights (they hold {found[0]!r} tensors): the config and the weights belong to different "
+                         "model families")
 
 
 def check_vocabulary(model, tokenizer, source: str) -> None:
@@ -184,7 +233,29 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
     model = family.model.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
     processor = family.processor.from_pretrained(name_or_path)
     check_vocabulary(model, processor.tokenizer, name_or_path)
+    check_finite_weights(model, name_or_path)
     return model.to(device).eval(), processor
+
+
+def non_finite_parameters(model, shown: int = 3) -> list[str]:
+    """Names of (up to ``shown``) parameters that hold NaN or inf values."""
+    import torch
+
+    found = []
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and not torch.isfinite(parameter.detach()).all():
+            found.append(name)
+            if len(found) == shown:
+                break
+    return found
+
+
+def check_finite_weights(model, source: str) -> None:
+    """Refuse a model with NaN or inf weights: every score it produced would be meaningless."""
+    bad = non_finite_parameters(model)
+    if bad:
+        raise ValueError(f"{source}: the weights hold NaN or inf values (in {', '.join(bad)}); the checkpoint is "
+                         "broken (a diverged training run?), its scores would mean nothing")
 
 
 def checkpoint_noun(name_or_path: str):

@@ -84,17 +84,51 @@ def _mode_entries(report: dict, mode: str, metrics: dict) -> list[tuple]:
         dataset_type=dataset_type, dataset_name=dataset_name, dataset_split=report.get("split") or "test",
         metric_type="accuracy",
     )
+    partial = partial_evaluation(report)
+    if partial:  # the card must not pass a figure over a few images off as the split's result
+        common.update(metric_args=partial)
+    note = f"; {_partial_note(partial)}" if partial else ""
     config = None if mode == "accuracy" else mode  # a bare {"accuracy": x} summary names no mode
-    entries = [(EvalResult(metric_value=_percent(metrics["accuracy"]), metric_config=config,
-                           metric_name=f"accuracy ({mode})" if config else "accuracy", **common),
+    name = f"accuracy ({mode}{note})" if config else f"accuracy ({note[2:]})" if partial else "accuracy"
+    entries = [(EvalResult(metric_value=_percent(metrics["accuracy"]), metric_config=config, metric_name=name,
+                           **common),
                 _percent_interval(metrics.get("ci95")))]
     categories = f"all {metrics['num_categories']} categories" if metrics.get("num_categories") else "all categories"
     for key, label in (("top1_all", "top-1"), ("top5_all", "top-5")):
         if metrics.get(key) is not None:
             entries.append((EvalResult(metric_value=_percent(metrics[key]), metric_config=f"{mode}-{key}",
-                                       metric_name=f"{label} accuracy over {categories} ({mode})", **common),
+                                       metric_name=f"{label} accuracy over {categories} ({mode}{note})", **common),
                             _percent_interval(metrics.get(f"{key}_ci95"))))
     return entries
+
+
+def partial_evaluation(report: dict) -> dict | None:
+    """How a report's figures fall short of its whole split, or None when every example was scored.
+
+    ``{"n_scored", "n", "limit", "num_examples_before_limit", "missing_images", "unreadable_images"}`` for a run
+    with ``--limit`` or with skipped images; carried into the card's ``model-index`` as the metric's ``args``.
+    """
+    info = report.get("benchmark_info") or {}
+    skipped = report.get("skipped") or {}
+    missing, unreadable = int(skipped.get("missing_images") or 0), int(skipped.get("unreadable_images") or 0)
+    if info.get("limit") is None and not missing and not unreadable:
+        return None
+    return {"n_scored": report.get("n_scored"), "n": report.get("n"), "limit": info.get("limit"),
+            "num_examples_before_limit": info.get("num_examples_before_limit"),
+            "missing_images": missing, "unreadable_images": unreadable}
+
+
+def _partial_note(partial: dict) -> str:
+    """``partial: N=2 of 32 examples (--limit 2), 1 image skipped`` for a metric's name."""
+    total = partial["num_examples_before_limit"] or partial["n"]
+    parts = [f"partial: N={partial['n_scored']} of {total} examples"]
+    if partial["limit"] is not None:
+        parts[0] += f" (--limit {partial['limit']})"
+    skipped = partial["missing_images"] + partial["unreadable_images"]
+    if skipped:
+        parts.append(f"{skipped} image{'s' if skipped != 1 else ''} skipped ({partial['missing_images']} missing, "
+                     f"{partial['unreadable_images']} unreadable)")
+    return ", ".join(parts)
 
 
 def _dataset_identity(report: dict) -> tuple[str, str]:

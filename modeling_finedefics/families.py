@@ -111,6 +111,10 @@ class Family:
     stock_key_prefixes = ()  # the key prefixes of a stock checkpoint; others are reported unmapped (empty: keep all)
     has_release_checkpoint = False  # the official Finedefics release (its own key names) is of this family
     plans_trained_vision_tower = True  # the dry run can count a trained vision tower's activations
+    # A tensor name only this family's weights (and its siblings') hold, whatever the prefix: how a config of one
+    # family over weights of another is caught. Families are tried in registration order (Idefics2 first: it also
+    # holds Idefics3's "modality_projection").
+    weight_signature = "multi_modal_projector"
 
     @property
     def stock_model_type(self) -> str:
@@ -201,6 +205,7 @@ class Idefics2Family(Family):
     shares_image_features = True
     sized_tiny = True
     has_perceiver_resampler = True
+    weight_signature = "perceiver_resampler"
     stock_key_prefixes = ("model.vision_model.", "model.connector.", "model.text_model.", "lm_head.")
     has_release_checkpoint = True
 
@@ -266,6 +271,7 @@ class Idefics3Family(Family):
     """Idefics3 and SmolVLM: image splitting into a grid of sub-images plus the global image, and pixel shuffle."""
 
     lora_targets: str = DECODER_LORA_TARGETS.format(decoder="text_model")
+    weight_signature = "modality_projection"
 
     def plan_images(self, config, numbers: dict) -> ImagePlan:
         vision = config.vision_config
@@ -294,6 +300,7 @@ class QwenVLFamily(Family):
     """Qwen2-VL and Qwen2.5-VL: images near their own size, 2x2 patch merge, 3-D rotary positions (mrope)."""
 
     mrope: bool = True
+    weight_signature = "visual.merger"
     # Its vision blocks take packed patches with cu_seqlens and 2-D rotary positions, which the dry run's
     # one-layer probe does not build.
     plans_trained_vision_tower = False

@@ -235,6 +235,28 @@ def test_recipe_with_no_epochs_and_no_max_steps_is_refused(tmp_path, micro_check
     assert "num_train_epochs is 0" in error
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("gradient_accumulation_steps", "0", "gradient_accumulation_steps must be a finite number >= 1, got 0"),
+    ("per_device_train_batch_size", "-2", "per_device_train_batch_size must be a finite number >= 1, got -2"),
+    ("learning_rate", "inf", "learning_rate must be a finite number > 0, got inf"),
+    ("learning_rate", "0", "learning_rate must be a finite number > 0, got 0"),
+    ("max_grad_norm", "nan", "max_grad_norm must be a finite number >= 0, got nan"),
+    ("warmup_steps", "-5", "warmup_steps must be a finite number >= 0, got -5"),
+    ("adam_beta2", "1.5", "adam_beta2 must be a finite number >= 0 and <= 1, got 1.5"),
+    ("object_attribute_weight", "-inf", "object_attribute_weight must be a finite number >= 0, got -inf"),
+    ("init_temperature", "0", "init_temperature must be a finite number > 0, got 0"),
+    ("lora_r", "0", "lora_r must be a finite number >= 1, got 0"),
+    ("lora_dropout", "1.5", "lora_dropout must be a finite number >= 0 and <= 1, got 1.5"),
+])
+def test_a_numeric_training_argument_out_of_range_is_refused_before_any_weight_loads(tmp_path, toy_dataset_dir,
+                                                                                      capsys, field, value, expected):
+    # The model folder does not exist: the argument must be refused before anything tries to load it.
+    argv = _command("train", tmp_path, tmp_path / "no-such-model", toy_dataset_dir) + [f"--{field}={value}"]
+    error = _fails(argv, capsys)
+    assert expected in error and "no-such-model" not in error
+    assert not (tmp_path / "train-output").exists()
+
+
 @pytest.mark.parametrize("setting, expected", [
     ("stage1_steps=abc", "stage1_steps must be an integer, got 'abc'"),
     ("stage1_steps=1.5", "stage1_steps must be an integer, got 1.5"),
@@ -256,3 +278,73 @@ def test_benchmark_name_that_cannot_be_loaded_lists_the_known_ones(tmp_path, mic
                     "--output-dir", str(tmp_path / "eval")], capsys)  # the tests run offline: no Hub to ask
     assert "unknown benchmark 'no-such-benchmark': not a local folder" in error
     assert all(name in error for name in ("aircraft-102", "bird-200", "car-196", "dog-120", "flower-102", "pet-37"))
+
+
+def test_convert_onto_its_own_source_is_refused_and_leaves_the_source_whole(tmp_path, micro_checkpoint, capsys):
+    before = {path.name: path.read_bytes() for path in micro_checkpoint.iterdir() if path.is_file()}
+    error = _fails(["convert", str(micro_checkpoint), str(micro_checkpoint)], capsys)
+    assert "is the source folder" in error and str(micro_checkpoint) in error
+    assert {path.name: path.read_bytes() for path in micro_checkpoint.iterdir() if path.is_file()} == before
+
+
+def test_init_model_output_that_is_a_file_is_refused_naming_it(tmp_path, toy_dataset_dir, capsys):
+    output = tmp_path / "starting-model"
+    output.write_text("not a folder")
+    error = _fails(["init-model", "--corpus", str(toy_dataset_dir), str(output)], capsys)
+    assert f"{output} is a file" in error
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "convert", "push"])
+def test_a_config_of_another_family_over_the_weights_is_refused_naming_both(command, tmp_path, micro_checkpoint,
+                                                                            toy_dataset_dir, capsys):
+    from modeling_finedefics.families import FAMILIES
+
+    mislabelled = _copy(micro_checkpoint, tmp_path, "mislabelled")  # Idefics2 weights
+    config = json.loads((mislabelled / "config.json").read_text())
+    config["model_type"] = FAMILIES["llava"].model_type
+    (mislabelled / "config.json").write_text(json.dumps(config))
+
+    error = _fails(_command(command, tmp_path, mislabelled, toy_dataset_dir), capsys)
+
+    assert "is a llava config" in error and "are idefics2 weights" in error
+    assert not (tmp_path / f"{command}-output").exists() or not any((tmp_path / f"{command}-output").iterdir())
+
+
+@pytest.fixture
+def nan_checkpoint(tmp_path, micro_checkpoint):
+    """The micro checkpoint with NaN in its decoder's final norm: every logit it produces is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    broken = _copy(micro_checkpoint, tmp_path, "nan-weights")
+    tensors = load_file(broken / "model.safetensors")
+    tensors["model.text_model.norm.weight"] = torch.full_like(tensors["model.text_model.norm.weight"], float("nan"))
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    return broken
+
+
+def test_a_non_finite_loss_stops_training_naming_step_and_term_and_writes_no_final(tmp_path, nan_checkpoint,
+                                                                                   toy_dataset_dir, capsys):
+    error = _fails(_command("train", tmp_path, nan_checkpoint, toy_dataset_dir), capsys)
+    assert "training step 1: non-finite loss term(s) lm_loss = nan" in error
+    assert not (tmp_path / "train-output" / "final").exists()
+
+
+def test_eval_refuses_a_model_with_non_finite_weights_naming_the_parameter(tmp_path, nan_checkpoint, toy_dataset_dir,
+                                                                           capsys):
+    error = _fails(_command("eval", tmp_path, nan_checkpoint, toy_dataset_dir), capsys)
+    assert "the weights hold NaN or inf values (in model.text_model.norm.weight)" in error
+    assert not (tmp_path / "eval-output" / "report.json").exists()
+
+
+def test_a_full_disk_while_final_is_written_is_one_line_naming_the_folder(tmp_path, micro_checkpoint, toy_dataset_dir,
+                                                                          monkeypatch, capsys):
+    import errno
+
+    import transformers.modeling_utils
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    error = _fails(_command("train", tmp_path, micro_checkpoint, toy_dataset_dir), capsys)
+    assert f"cannot write in {tmp_path / 'train-output' / 'final'}: No space left on device" in error

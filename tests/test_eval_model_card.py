@@ -1,6 +1,8 @@
 """Model cards: model-index results from eval reports that parse back with huggingface_hub, the template
 shipped in the package, and a checkpoint README.md that accumulates results across evaluations."""
 
+import json
+
 import pytest
 from huggingface_hub import ModelCard
 
@@ -85,3 +87,36 @@ def test_bad_reports_and_folders_are_clear_errors(tmp_path):
         render_model_card({"model": "x"})
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
         write_model_card(tmp_path / "missing", SYNTH_REPORT)
+
+
+# ----------------------------------------------------------------------------- partial evaluations
+def test_a_card_from_a_limited_eval_with_a_missing_image_states_n_limit_and_skips(micro_checkpoint, tmp_path):
+    """`eval --limit --write-card` over a benchmark with a missing image: the figure is not passed off as the
+    split's result; its name and model-index say how many examples it covers, the limit and the skips."""
+    from eval_helpers import write_option_benchmark
+
+    from finedefics_cli import main
+
+    option_file = write_option_benchmark(tmp_path / "bench", per_category=2, labels=[
+        "Corvel Tit", "Mirel Finch", "Velmoran Thistlewing", "Tarrow Tit"])
+    first = next(iter(json.loads(option_file.read_text(encoding="utf-8")).values()))[0]["image"]
+    (option_file.parent / first).unlink()
+
+    assert main(["eval", "--model", str(micro_checkpoint), "--benchmark", str(option_file), "--mode", "embedding",
+                 "--limit", "5", "--output-dir", str(tmp_path / "eval"), "--no-plots", "--no-progress",
+                 "--bootstrap-samples", "0", "--write-card"]) == 0
+
+    card = ModelCard.load(micro_checkpoint / "README.md")
+    (result, *_) = [r for r in card.data.eval_results if r.metric_config == "embedding"]
+    assert result.metric_args == {"n_scored": 4, "n": 5, "limit": 5, "num_examples_before_limit": 8,
+                                  "missing_images": 1, "unreadable_images": 0}
+    assert "partial: N=4 of 8 examples (--limit 5), 1 image skipped (1 missing, 0 unreadable)" in result.metric_name
+    table_row = next(line for line in card.text.splitlines() if line.startswith("|") and "(embedding;" in line)
+    assert "N=4 of 8" in table_row and f"{result.metric_value:.2f}" in table_row
+
+
+def test_a_card_from_a_whole_split_carries_no_partial_note():
+    report = {"benchmark": "synth", "n": 8, "n_scored": 8, "skipped": {"missing_images": 0, "unreadable_images": 0},
+              "benchmark_info": {"limit": None}, "modes": {"generate": {"accuracy": 0.5}}}
+    (result,) = eval_results_from_report(report)
+    assert result.metric_name == "accuracy (generate)" and result.metric_args is None

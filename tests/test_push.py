@@ -100,12 +100,15 @@ def test_staged_folder_loads_with_the_same_weights_and_processor(staged):
         torch.testing.assert_close(loaded[name], tensor, msg=name)
 
 
-def test_validation_imports_the_shipped_code_files(staged):
+def test_trusted_validation_imports_the_shipped_code_files(staged):
     from finedefics_training.push import validate_staged
 
     with (staged / "configuration_finedefics.py").open("a") as code:
         code.write("\nraise ImportError('broken shipped code')\n")
     with pytest.raises(ValueError, match="does not load with its shipped code.*broken shipped code"):
+        validate_staged(staged, trust_remote_code=True)
+    # Untrusted, the edited file is refused without being imported.
+    with pytest.raises(ValueError, match="not the installed package's.*configuration_finedefics.py"):
         validate_staged(staged)
 
 
@@ -116,7 +119,7 @@ def test_a_failed_staging_leaves_an_empty_folder_behind(checkpoint, tmp_path):
     with (broken / "modeling_finedefics.py").open("a") as code:
         code.write("\nraise ImportError('broken shipped code')\n")
     with pytest.raises(ValueError, match="broken shipped code"):
-        stage_for_hub(broken, tmp_path / "staged", validate=True)
+        stage_for_hub(broken, tmp_path / "staged", validate=True, trust_remote_code=True)
     assert list((tmp_path / "staged").iterdir()) == []
     with pytest.raises(FileNotFoundError, match="eval report not found"):
         stage_for_hub(checkpoint, tmp_path / "staged", report=tmp_path / "missing.json")

@@ -142,3 +142,63 @@ def test_last_complete_checkpoint_is_none_when_no_checkpoint_is_complete(tmp_pat
     with caplog.at_level(logging.WARNING, logger="finedefics_training"):
         assert last_complete_checkpoint(tmp_path) is None
     assert "checkpoint-2" in caplog.text and "no complete checkpoint" in caplog.text
+
+
+class _Payload:
+    """Unpickles into code that leaves a marker file: what a tampered state file would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).write_text('unpickled code ran')",)
+
+
+def test_a_tampered_state_file_on_resume_is_named_and_its_code_never_runs(tmp_path, micro_checkpoint,
+                                                                         toy_dataset_dir, capsys):
+    import pickle
+
+    from finedefics_cli import main
+
+    output, marker = tmp_path / "run", tmp_path / "MARKER"
+    fields = dict(model_name_or_path=str(micro_checkpoint), dataset_dir=str(toy_dataset_dir), output_dir=str(output))
+    assert main(["train", "--config", str(_recipe(tmp_path, "first", max_steps=2, **fields))]) == 0
+    (output / "checkpoint-2" / "rng_state.pth").write_bytes(pickle.dumps(_Payload(marker)))
+    shutil.rmtree(output / "final")
+    capsys.readouterr()
+
+    assert main(["train", "--config", str(_recipe(tmp_path, "again", max_steps=4, **fields))]) == 2
+
+    error = capsys.readouterr().err
+    assert f"{output / 'checkpoint-2' / 'rng_state.pth'} cannot be unpickled safely" in error
+    assert "Traceback" not in error and error.count("error:") == 1
+    assert not marker.exists() and not (output / "final").exists()
+
+
+def test_a_second_run_on_a_live_runs_output_dir_is_refused_and_a_stale_lock_is_taken_over(
+        tmp_path, micro_checkpoint, toy_dataset_dir, capsys, caplog):
+    import socket
+    import sys
+
+    from finedefics_cli import main
+    from finedefics_training.checkpoints import LOCK_FILE
+
+    output = tmp_path / "run"
+    output.mkdir()
+    recipe = _recipe(tmp_path, "run", model_name_or_path=str(micro_checkpoint), dataset_dir=str(toy_dataset_dir),
+                     output_dir=str(output), max_steps=1, save_strategy="no")
+    first_run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (output / LOCK_FILE).write_text(f"{first_run.pid} {socket.gethostname()}")
+        assert main(["train", "--config", str(recipe)]) == 2
+        error = capsys.readouterr().err
+        assert f"output_dir {output} is in use by another run (pid {first_run.pid}" in error
+        assert not (output / "final").exists()
+    finally:
+        first_run.kill()
+        first_run.wait()
+
+    # The first run was killed: its lock is stale and the next run takes it over, then releases it.
+    assert main(["train", "--config", str(recipe)]) == 0
+    assert "taking over the stale lock" in caplog.text
+    assert (output / "final" / "model.safetensors").is_file() and not (output / LOCK_FILE).exists()

@@ -9,16 +9,21 @@ The checks on a model argument (``check_model_source``, ``check_vocabulary``, ..
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import socket
 from pathlib import Path
 
 from finedefics_eval.loading import (  # noqa: F401  (re-exported: training's model checks are evaluation's)
     check_checkpoint_folder,
+    check_finite_weights,
     check_model_source,
     check_safetensors_files,
     check_vocabulary,
+    check_weights_family,
     read_checkpoint_config,
 )
 
@@ -91,3 +96,68 @@ def check_output_dir(path: str | Path) -> None:
             if not candidate.is_dir():
                 raise ValueError(f"output folder {path}: {candidate} is a file, not a folder")
             return
+
+
+# ----------------------------------------------------------------------------- one run per output folder
+LOCK_FILE = ".finedefics-run.lock"
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str | Path):
+    """Hold ``output_dir``'s lock file for the run; a second run on the folder is refused while the first lives.
+
+    Two runs writing one folder both "succeeded" and left a mix of their checkpoints. The lock names the process
+    (pid and host); a lock whose process is gone (a killed run) is taken over with a warning. Only the main
+    process of a multi-process launch takes it (the others share its folder).
+    """
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    folder = Path(output_dir)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    _take_lock(lock)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a run refused before writing anything leaves no trace
+
+
+def _take_lock(lock: Path) -> None:
+    owner = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _live_holder(lock)
+            if holder:
+                raise ValueError(f"output_dir {lock.parent} is in use by another run ({holder}, lock file {lock}); "
+                                 "wait for it, or choose another output_dir") from None
+            logger.warning("taking over the stale lock %s (its run is gone)", lock)
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(owner)
+        return
+    raise ValueError(f"output_dir {lock.parent}: could not take the lock file {lock}")
+
+
+def _live_holder(lock: Path) -> str | None:
+    """``pid N on HOST`` when the lock's process is alive (or on another host, which cannot be checked)."""
+    try:
+        pid_text, host = lock.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: its writer died before finishing
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return f"pid {pid} on {host}"

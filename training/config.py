@@ -6,9 +6,38 @@ YAML recipe or on the command line (``finedefics train --config recipe.yaml --st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
+
+# Numeric settings and the range each must lie in: (lowest, highest, whether the lowest is allowed). A value out
+# of range (or NaN / inf) used to end in a ZeroDivisionError deep in Trainer, or worse in a run that exits 0 with
+# NaN weights; it is now refused when the recipe is parsed, before any weight loads.
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = (0.0, math.inf, False), (0.0, math.inf, True), (1, math.inf, True)
+NUMERIC_RANGES = {
+    "learning_rate": _POSITIVE, "adam_epsilon": _POSITIVE, "num_train_epochs": _NON_NEGATIVE,
+    "gradient_accumulation_steps": _AT_LEAST_ONE, "per_device_train_batch_size": _AT_LEAST_ONE,
+    "per_device_eval_batch_size": _AT_LEAST_ONE, "max_length": _AT_LEAST_ONE,
+    "weight_decay": _NON_NEGATIVE, "max_grad_norm": _NON_NEGATIVE, "warmup_steps": _NON_NEGATIVE,
+    "logging_steps": _POSITIVE, "save_steps": _POSITIVE, "eval_steps": _POSITIVE,
+    "label_smoothing_factor": (0.0, 1.0, True), "adam_beta1": (0.0, 1.0, True), "adam_beta2": (0.0, 1.0, True),
+    "init_temperature": _POSITIVE, "object_attribute_weight": _NON_NEGATIVE,
+    "attribute_category_weight": _NON_NEGATIVE, "category_category_weight": _NON_NEGATIVE,
+    "object_category_weight": _NON_NEGATIVE,
+}
+
+
+def check_numeric_range(owner: object, name: str, lowest: float, highest: float, lowest_allowed: bool) -> None:
+    """A named ValueError when ``owner.name`` (None: unset, allowed) is not finite or lies outside its range."""
+    value = getattr(owner, name, None)
+    if value is None or isinstance(value, bool):
+        return
+    below = value < lowest if lowest_allowed else value <= lowest
+    if not math.isfinite(value) or below or value > highest:
+        low = f"{'>=' if lowest_allowed else '>'} {lowest:g}"
+        high = "" if math.isinf(highest) else f" and <= {highest:g}"
+        raise ValueError(f"{name} must be a finite number {low}{high}, got {value}")
 
 
 @dataclass
@@ -92,6 +121,8 @@ class FinedeficsTrainingConfig(SFTConfig):
     gather_with_grad: bool = field(default=True, metadata={"help": "gather negatives across ranks with gradients"})
 
     def __post_init__(self):
+        for name, bounds in NUMERIC_RANGES.items():
+            check_numeric_range(self, name, *bounds)
         # Columns such as `attribute` and `neg_categories` are read by the collator, not the model.
         self.remove_unused_columns = False
         # TRL turns checkpointing on through `gradient_checkpointing`, a name transformers deprecates (a

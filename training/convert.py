@@ -32,7 +32,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoints import check_output_dir, check_safetensors_files, read_checkpoint_config
+from finedefics_data.trust import check_inside
+from finedefics_eval.loading import index_shard_files
+
+from .checkpoints import check_output_dir, check_safetensors_files, check_weights_family, read_checkpoint_config
+from .trusted_code import clean_saved_auto_maps
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +101,12 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
                                 else f"{source} is a file; expected a checkpoint folder")
     check_output_dir(output_dir)
     source, output_dir = Path(source), Path(output_dir)
+    if output_dir.resolve() == source.resolve():  # shards would be rewritten while they are read
+        raise ValueError(f"output folder {output_dir} is the source folder: write the conversion to a new folder")
     config_dict, family = _source_config(source)
     weight_files = _weight_files(source)
     check_safetensors_files(weight_files)
+    check_weights_family(source, config_dict, weight_files)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = ConversionReport(source=str(source), family=family.name)
     index = _convert_shards(weight_files, output_dir, report, family.stock_key_prefixes)
@@ -113,6 +120,7 @@ def convert_checkpoint(source: str | Path, output_dir: str | Path, summary_token
     _write_config(config_dict, source, output_dir, summary_token_id, init_temperature, family)
     _copy_processor_files(source, output_dir, family)
     _copy_model_code(output_dir, family)
+    clean_saved_auto_maps(output_dir)  # a copied tokenizer config may name foreign code
     (output_dir / "conversion_report.json").write_text(json.dumps(asdict(report), indent=2))
     logger.info("converted %s -> %s (%s)", source, output_dir, report.source_format)
     return report
@@ -133,7 +141,10 @@ def _weight_files(source: Path) -> list[Path]:
         pickled = sorted(p.name for p in source.glob("*.bin"))
         hint = f" (found pickled {pickled}; re-save them with safetensors first)" if pickled else ""
         raise ValueError(f"{source} has no .safetensors weights{hint}")
-    return files
+    # The source is someone else's folder: its index and its weight files must not lead out of it.
+    if (source / "model.safetensors.index.json").is_file():
+        index_shard_files(source)
+    return [check_inside(source, file.name, f"{source}: weight file") for file in files]
 
 
 def _convert_shards(weight_files: list[Path], output_dir: Path, report: ConversionReport,

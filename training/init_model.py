@@ -24,6 +24,8 @@ from finedefics_data.prompts import (
     open_set_question,
 )
 
+from .checkpoints import check_output_dir
+
 logger = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("category", "attribute", "question", "answer", "neg_categories", "neg_attributes")
@@ -47,6 +49,7 @@ def init_model(data_dirs: list[str | Path], output_dir: str | Path, preset: str 
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     output_dir = Path(output_dir)
+    check_output_dir(output_dir)  # a file there (or above it) is named before minutes of tokenizer training
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} exists and is not empty; choose a new folder")
     noun = noun or _data_noun(data_dirs)

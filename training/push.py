@@ -6,7 +6,11 @@
 
 Staging copies only what a user of the repo needs (config with ``auto_map``, safetensors weights,
 generation config, processor/tokenizer files, the model code files) and writes the model card
-as ``README.md``, so the folder that is uploaded is exactly the folder that was checked. Every model family
+as ``README.md``, so the folder that is uploaded is exactly the folder that was checked. The checkpoint is
+someone else's data (``docs/SECURITY.md``): its code files are neither staged nor imported unless
+``trust_remote_code`` (the installed package's are staged, and the staged folder is checked with the installed
+classes), ``auto_map`` entries naming foreign code are dropped, shard names must stay inside the folder, and
+credentials in the recipe never reach the card. ``training_args.bin`` (a pickle) is never staged. Every model family
 (``modeling_finedefics.families``) is staged: its family is read from the checkpoint's ``model_type``, its code
 files are those its classes import (``Family.code_files``: the shared configuration, processing and alignment
 files, the family's own module and, for the families other than Idefics2, ``multimodal.py``), and ``auto_map``
@@ -23,7 +27,10 @@ import re
 import shutil
 from pathlib import Path
 
-from .checkpoints import check_safetensors_files
+from finedefics_data.trust import check_inside, secret_keys, without_secrets
+
+from .checkpoints import check_safetensors_files, check_weights_family
+from .trusted_code import without_foreign_auto_map
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +49,17 @@ LOGIN_HINT = "pass --token, set HF_TOKEN, or log in once with `hf auth login`"
 
 # ----------------------------------------------------------------------------- staging
 def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=None, recipe=None,
-                  base_model: str | None = None, validate: bool = False, repo_id: str | None = None) -> Path:
+                  base_model: str | None = None, validate: bool = False, repo_id: str | None = None,
+                  trust_remote_code: bool = False) -> Path:
     """Copy a complete, merged checkpoint and its model card into ``staging_dir`` (which must be empty).
 
     ``report`` is an eval report (a dict or list of them, a ``report.json`` or its folder); ``recipe`` is the
     training recipe (a dict, YAML text or a YAML file); ``base_model`` a Hub id for the card's
     metadata (taken from the recipe's ``model_name_or_path`` when that is a Hub id); ``repo_id`` the
     target repo, shown in the card. Results already in the checkpoint's card are kept. With ``validate``
-    the staged config is loaded back with the staged code files. Returns the staging folder.
+    the staged config is loaded back with the installed classes. ``trust_remote_code`` stages the checkpoint's
+    own code files instead of the installed package's, and validation then imports them. Returns the staging
+    folder.
     """
     checkpoint = Path(checkpoint_dir)
     weight_files = check_checkpoint(checkpoint)
@@ -57,10 +67,10 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
     card = build_model_card(checkpoint, report_dict, recipe_dict, base_model, repo_id)
     staging = _empty_staging_dir(staging_dir, checkpoint)
     try:
-        _copy_checkpoint_files(checkpoint, staging, weight_files)
+        _copy_checkpoint_files(checkpoint, staging, weight_files, trust_remote_code)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if validate:
-            validate_staged(staging)
+            validate_staged(staging, trust_remote_code)
     except BaseException:
         _remove_contents(staging)  # a half-staged folder must neither be uploaded nor block the next attempt
         raise
@@ -68,15 +78,17 @@ def stage_for_hub(checkpoint_dir: str | Path, staging_dir: str | Path, report=No
     return staging
 
 
-def _copy_checkpoint_files(checkpoint: Path, staging: Path, weight_files: list[str]) -> None:
+def _copy_checkpoint_files(checkpoint: Path, staging: Path, weight_files: list[str],
+                           trust_remote_code: bool = False) -> None:
     config = _read_json(checkpoint / "config.json")
     family = checkpoint_family(config)
-    _write_json(staging / "config.json", _with_auto_map(config, config_auto_map(family)))
+    _write_json(staging / "config.json", _with_auto_map(config, config_auto_map(family),
+                                                        str(checkpoint / "config.json")))
     shutil.copy2(checkpoint / "generation_config.json", staging / "generation_config.json")
     for name in weight_files:
         _link_or_copy(checkpoint / name, staging / name)
     _stage_processor_files(checkpoint, staging, family)
-    _stage_code_files(checkpoint, staging, family)
+    _stage_code_files(checkpoint, staging, family, trust_remote_code)
 
 
 def checkpoint_family(config: dict):
@@ -137,7 +149,9 @@ def check_checkpoint(checkpoint: Path) -> list[str]:
                          "`finedefics convert`")
     weight_files = _safetensors_weight_files(checkpoint)
     # A file cut short would otherwise be staged and uploaded as it is.
-    check_safetensors_files([checkpoint / name for name in weight_files if name.endswith(".safetensors")])
+    safetensors_files = [checkpoint / name for name in weight_files if name.endswith(".safetensors")]
+    check_safetensors_files(safetensors_files)
+    check_weights_family(checkpoint, _read_json(checkpoint / "config.json"), safetensors_files)
     return weight_files
 
 
@@ -152,7 +166,7 @@ def _safetensors_weight_files(checkpoint: Path) -> list[str]:
     """The safetensors weight files (and shard index) of ``checkpoint``; pickled-only weights are refused."""
     index_path = checkpoint / SAFETENSORS_INDEX
     if index_path.is_file():
-        shards = sorted(set(_read_json(index_path)["weight_map"].values()))
+        shards = _index_shards(index_path)
         missing = [shard for shard in shards if not (checkpoint / shard).is_file()]
         if missing:
             raise FileNotFoundError(f"{checkpoint} is missing weight shards listed in {SAFETENSORS_INDEX}: {missing}")
@@ -166,6 +180,24 @@ def _safetensors_weight_files(checkpoint: Path) -> list[str]:
         raise ValueError(f"{checkpoint} holds pickled weights only ({', '.join(pickled)}); the Hub copy must be "
                          "safetensors: re-save with model.save_pretrained(folder, safe_serialization=True)")
     raise FileNotFoundError(f"{checkpoint} has no model weights (*.safetensors)")
+
+
+def _index_shards(index_path: Path) -> list[str]:
+    """The shard names of a safetensors index; each must resolve inside the checkpoint folder.
+
+    The index is data from whoever made the checkpoint: ``../x`` or a link leading out would otherwise copy a
+    file from elsewhere on this machine into the upload (and outside the staging folder).
+    """
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise ValueError(f"{index_path}: weight_map must map tensor names to shard file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        check_inside(index_path.parent, shard, f"{index_path}: weight_map shard")
+        if Path(shard).name != shard:  # staged under the same name: a sub-folder would leave the staging root
+            raise ValueError(f"{index_path}: weight_map shard {shard!r} must be a file name, not a path")
+    return shards
 
 
 def _empty_staging_dir(staging_dir: str | Path, checkpoint: Path) -> Path:
@@ -185,30 +217,71 @@ def _stage_processor_files(checkpoint: Path, staging: Path, family) -> None:
             continue
         if name in ("processor_config.json", "tokenizer_config.json"):
             # Without ``auto_map`` AutoProcessor(trust_remote_code=True) would not find the family's processor.
-            _write_json(staging / name, _with_auto_map(_read_json(checkpoint / name), processor_auto_map(family)))
+            _write_json(staging / name, _with_auto_map(_read_json(checkpoint / name), processor_auto_map(family),
+                                                       str(checkpoint / name)))
         else:
             shutil.copy2(checkpoint / name, staging / name)
 
 
-def _stage_code_files(checkpoint: Path, staging: Path, family) -> None:
-    """The checkpoint's own code files (they match its weights), else those of the installed package."""
+def _stage_code_files(checkpoint: Path, staging: Path, family, trust_remote_code: bool = False) -> None:
+    """The installed package's code files; with ``trust_remote_code``, the checkpoint's own where it has them.
+
+    A checkpoint's code files are code from whoever made it: by default they are not uploaded under the user's
+    name, and a difference from the installed files is only reported.
+    """
     import modeling_finedefics
 
     from .convert import model_code_files
 
     package_dir = Path(modeling_finedefics.__file__).parent
     for name in model_code_files(family):
-        source = checkpoint / name if (checkpoint / name).is_file() else package_dir / name
-        if source.parent == package_dir:
-            logger.info("%s: not in the checkpoint, copied from the installed modeling_finedefics", name)
-        shutil.copy2(source, staging / name)
+        own = checkpoint / name
+        use_own = trust_remote_code and own.is_file()
+        if own.is_file() and not use_own and own.read_bytes() != (package_dir / name).read_bytes():
+            logger.warning("%s differs from the installed modeling_finedefics/%s; staging the installed one "
+                           "(--trust-remote-code stages the checkpoint's own)", own, name)
+        shutil.copy2(own if use_own else package_dir / name, staging / name)
 
 
-def _with_auto_map(config: dict, entries: dict) -> dict:
-    return {**config, "auto_map": {**entries, **config.get("auto_map", {})}}
+def _with_auto_map(config: dict, entries: dict, where: str) -> dict:
+    """``config`` whose ``auto_map`` holds ``entries`` (this family's classes) and no entry naming foreign code."""
+    return {**config, "auto_map": {**without_foreign_auto_map(config.get("auto_map"), where), **entries}}
 
 
-def validate_staged(staging: Path) -> None:
+def validate_staged(staging: Path, trust_remote_code: bool = False) -> None:
+    """Check that the staged folder loads: with the installed classes, or with its shipped code when trusted.
+
+    Without ``trust_remote_code`` no staged file is imported: the staged code files must be the installed
+    package's own and the config must load with the installed family's config class.
+    """
+    if not trust_remote_code:
+        _validate_with_installed_classes(staging)
+        return
+    _validate_with_shipped_code(staging)
+
+
+def _validate_with_installed_classes(staging: Path) -> None:
+    import modeling_finedefics
+
+    from .convert import model_code_files
+
+    family = checkpoint_family(_read_json(staging / "config.json"))
+    package_dir = Path(modeling_finedefics.__file__).parent
+    changed = [name for name in model_code_files(family)
+               if (staging / name).read_bytes() != (package_dir / name).read_bytes()]
+    if changed:
+        raise ValueError(f"the staged folder {staging} holds code files that are not the installed package's "
+                         f"({', '.join(changed)}); pass --trust-remote-code to stage and check them")
+    try:
+        config = family.config.from_pretrained(staging)
+    except Exception as error:  # any failure here means users of the repo could not load it
+        raise ValueError(f"the staged folder {staging} does not load as a {family.name} config: {error}") from error
+    if config.model_type not in finedefics_model_types():
+        raise ValueError(f"the staged folder loads as {config.model_type!r}, not a Finedefics config")
+    logger.info("staged config loads with the installed %s", type(config).__name__)
+
+
+def _validate_with_shipped_code(staging: Path) -> None:
     """Import every class ``auto_map`` names from the staged code files and load the config with it.
 
     This is what a Hub user's ``trust_remote_code=True`` does. ``AutoConfig`` alone would not do:
@@ -284,10 +357,19 @@ def build_model_card(checkpoint: Path, report, recipe: dict | None, base_model: 
     from finedefics_eval.model_card import checkpoint_noun, render_model_card
 
     existing = _existing_card_data(checkpoint)
+    recipe = _recipe_without_secrets(recipe)
     base_model = base_model or _base_model_from_recipe(recipe) or getattr(existing, "base_model", None)
     existing_results = list(getattr(existing, "eval_results", None) or [])
     return render_model_card(report, recipe=recipe, base_model=base_model, repo_id=repo_id,
                              existing_results=existing_results, noun=checkpoint_noun(checkpoint))
+
+
+def _recipe_without_secrets(recipe: dict | None) -> dict | None:
+    """The recipe as the public card may show it: credentials (``hub_token``, ``*_token``, ``*_key``) redacted."""
+    found = secret_keys(recipe)
+    if found:
+        logger.warning("the recipe's %s kept out of the model card (redacted)", ", ".join(found))
+    return without_secrets(recipe)
 
 
 def _existing_card_data(checkpoint: Path):

@@ -12,6 +12,7 @@ Multi-process runs go through ``accelerate launch`` or ``torchrun``; nothing her
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .config import FinedeficsTrainingConfig
+from .config import FinedeficsTrainingConfig, check_numeric_range
+from .trusted_code import clean_saved_auto_maps
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class ModelArguments:
     def __post_init__(self):
         if self.tuning not in ("full", "lora", "qlora"):
             raise ValueError(f"tuning must be full, lora or qlora, got {self.tuning!r}")
+        check_numeric_range(self, "lora_r", 1, float("inf"), True)
+        check_numeric_range(self, "lora_alpha", 0.0, float("inf"), False)
+        check_numeric_range(self, "lora_dropout", 0.0, 1.0, True)
 
 
 @dataclass
@@ -96,11 +101,14 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
     does the same offline).
     """
     from .checkpoints import check_model_source, check_vocabulary
+    from .trusted_code import drop_foreign_auto_map
 
     path = model_args.model_name_or_path
     remote = training_args.trust_remote_code
     check_model_source(path)
     config, family = model_config(path, remote)
+    # Foreign auto_map entries would be saved into every checkpoint of the run and run for whoever loads it.
+    drop_foreign_auto_map(config, f"{path}/config.json")
     processor = family.load_processor(path, remote)
     if config.model_type != family.model_type:
         logger.info("%s is a %s checkpoint: adding fresh Finedefics alignment parameters", path, config.model_type)
@@ -215,6 +223,7 @@ def merge_and_save(model, processor, output_dir: str | Path) -> Path:
             model = model.merge_and_unload()
     model.save_pretrained(output_dir, safe_serialization=True)
     processor.save_pretrained(output_dir)
+    clean_saved_auto_maps(output_dir)
     return output_dir
 
 
@@ -269,6 +278,8 @@ def save_final_checkpoint(trainer, processor, final_dir: str | Path) -> Path:
         shutil.rmtree(saved)
     elif trainer.is_world_process_zero():
         processor.save_pretrained(final_dir)
+    if trainer.is_world_process_zero():
+        clean_saved_auto_maps(final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
 
@@ -389,10 +400,18 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
     with a ``callback()`` returning a ``TrainerCallback``) replaces Trainer's own progress bar and
     printed logs, for callers such as the demo that show one bar per phase.
     """
-    from .checkpoints import check_output_dir, last_complete_checkpoint
-    from .trainer import FinedeficsTrainer
+    from .checkpoints import check_output_dir, output_dir_lock
 
     check_output_dir(training_args.output_dir)
+    with output_dir_lock(training_args.output_dir):
+        return _run_stage(model_args, data_args, training_args, callbacks, progress)
+
+
+def _run_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
+               callbacks=None, progress=None) -> Path:
+    from .checkpoints import check_finite_weights, last_complete_checkpoint
+    from .trainer import FinedeficsTrainer
+
     data_args = data_args.for_stage(training_args.stage)
     training_args = with_data_noun(training_args, data_args)
     check_distributed_setup(model_args, training_args)
@@ -409,14 +428,78 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
         resume = last_complete_checkpoint(training_args.output_dir)  # pick up an interrupted run
     if resume:
         logger.info("resuming stage %d from %s", training_args.stage, resume)
-    trainer.train(resume_from_checkpoint=resume)
-    final_dir = save_final_checkpoint(trainer, processor, Path(training_args.output_dir) / "final")
+    with named_resume_state_errors(resume), named_save_errors(training_args.output_dir):
+        trainer.train(resume_from_checkpoint=resume)
+    check_finite_weights(trainer.model, f"stage {training_args.stage} after step {trainer.state.global_step} "
+                                        f"(output_dir {training_args.output_dir}, final/ not written)")
+    final_dir = Path(training_args.output_dir) / "final"
+    with named_save_errors(final_dir):
+        save_final_checkpoint(trainer, processor, final_dir)
     if trainer.is_world_process_zero():
         history = Path(training_args.output_dir) / "log_history.json"
         history.write_text(json.dumps(trainer.state.log_history, indent=1))
         logger.info("stage %d checkpoint: %s", training_args.stage, final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
+
+
+# Write failures that are the machine's state, not a bug: reported as one line naming the folder.
+SAVE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def named_save_errors(folder: str | Path):
+    """A full disk, a read-only or forbidden folder while checkpoints are written, as one line naming the folder.
+
+    torch reports a failed checkpoint write as ``RuntimeError: [enforce fail at inline_container.cc...]`` and
+    safetensors as a bare OSError; a rerun after freeing space resumes from the newest complete checkpoint.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in SAVE_ERRNOS:
+            raise
+        raise ValueError(f"cannot write in {folder}: {error.strerror or error}; free space or fix the folder's "
+                         "permissions, then rerun (it resumes from the newest complete checkpoint)") from None
+    except RuntimeError as error:
+        if "inline_container" not in str(error) and "file write failed" not in str(error):
+            raise
+        raise ValueError(f"cannot write in {folder}: a checkpoint file could not be written (no space left on "
+                         "device?); free space, then rerun (it resumes from the newest complete checkpoint)") from None
+
+
+# Trainer's pickled state files in a checkpoint folder, in the order a resume reads them.
+RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_*.pth")
+
+
+@contextlib.contextmanager
+def named_resume_state_errors(resume: str | None):
+    """A state file of ``resume`` that cannot be unpickled (tampered, or cut short) as one line naming it.
+
+    torch's ``weights_only`` loader refuses anything but tensors and plain data, so no code runs; its
+    ``UnpicklingError`` names no file, and the user needs to know which checkpoint to delete.
+    """
+    import pickle
+
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError) as error:
+        if not resume:
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"cannot resume: {unreadable_state_file(Path(resume))} cannot be unpickled safely "
+                         f"({reason}); delete {resume} to resume from an earlier checkpoint") from None
+
+
+def unreadable_state_file(checkpoint: Path) -> Path | str:
+    """The first of ``checkpoint``'s state files that torch's safe loader refuses (else the folder's name)."""
+    for pattern in RESUME_STATE_FILES:
+        for path in sorted(checkpoint.glob(pattern)):
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # whatever the loader raises, this is the file it could not read
+                return path
+    return f"a state file of {checkpoint}"
 
 
 def with_data_noun(training_args: FinedeficsTrainingConfig, data_args: DataArguments) -> FinedeficsTrainingConfig:

@@ -132,13 +132,28 @@ class FinedeficsTrainer(SFTTrainer):
         self._log_token_mean(mode, "lm_loss", nll_sum, answer_tokens)
         self._log_metric(mode, "mean_token_accuracy", token_accuracy)
         loss = lm_loss if num_items_in_batch is None else self._share_of_step_lm_loss(nll_sum, num_items_in_batch)
+        terms = {"lm_loss": lm_loss}
         if stage_one:
-            contrastive = self._contrastive_step(mode, outputs, contrastive_texts)
+            contrastive, contrastive_terms = self._contrastive_step(mode, outputs, contrastive_texts)
+            terms.update(contrastive_terms)
             if num_items_in_batch is not None and model.training:
                 # A per-micro-batch loss (over the global batch of all ranks): average it over accumulation.
                 contrastive = contrastive / self.current_gradient_accumulation_steps
             loss = loss + contrastive
+        if model.training:
+            self._check_finite_terms(terms)
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        """Stop at the first non-finite loss term, naming it and the step: its gradient would turn every weight
+        NaN and the run would still end with a final/ checkpoint (one device sync per micro-batch)."""
+        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = [f"{name} = {value.item()}" for name, value in zip(terms, values) if not torch.isfinite(value)]
+        raise NonFiniteLossError(f"training step {self.state.global_step + 1}: non-finite loss term(s) "
+                                 f"{', '.join(bad)}; stopped before the weights are updated with it (no final/ "
+                                 "written): lower the learning rate or check the data of this step")
 
     def _share_of_step_lm_loss(self, nll_sum: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """This micro-batch's part of the step's token-mean LM loss (as ``Trainer.compute_loss`` computes it).
@@ -151,7 +166,8 @@ class FinedeficsTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
-    def _contrastive_step(self, mode: str, outputs, contrastive_texts: ContrastiveTexts) -> torch.Tensor:
+    def _contrastive_step(self, mode: str, outputs,
+                          contrastive_texts: ContrastiveTexts) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if outputs.image_embeds is None:
             raise ValueError(
                 f"{type(self._core_model()).__name__} returned no image embeddings: it embeds images from "
@@ -160,13 +176,14 @@ class FinedeficsTrainer(SFTTrainer):
         batch = contrastive_texts.embed(outputs.image_embeds, outputs.text_embeds)
         scales = outputs.logit_scales
         result = self.contrastive_loss(batch, scales)
+        terms = {f"loss_{name}": value for name, value in result.terms.items()}
         for name in self.contrastive_loss.active_terms:  # by name: each computed term, formed or skipped
             if name in result.terms:
                 self._log_metric(mode, f"loss_{name}", result.terms[name])
             self._log_metric(mode, f"skipped_{name}", torch.tensor(float(name in result.skipped)))
         for name, scale in scales.items():
             self._log_metric(mode, f"temperature_{name}", 1.0 / scale.detach())
-        return result.loss
+        return result.loss, terms
 
     def _log_token_mean(self, mode: str, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
         """Log ``total / count`` over every rank's tokens (not a mean of per-rank means: ranks hold unequal tokens)."""
@@ -186,6 +203,10 @@ class FinedeficsTrainer(SFTTrainer):
         value to a step's log from ``compute_loss``. ``tests/test_trl_contract.py`` fails if TRL changes it.
         """
         self._metrics[mode][name].append(value)
+
+
+class NonFiniteLossError(ValueError):
+    """A loss term of a training step is NaN or inf (a ValueError, so the CLI reports it in one line)."""
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,10 @@ def register(subparsers) -> None:
                         help="commit message (default: 'Upload Finedefics checkpoint')")
     parser.add_argument("--stage-only", metavar="DIR", default=None,
                         help="write the staged folder to DIR (must be empty) and upload nothing")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="stage the checkpoint's own code files and import them to check the staged folder "
+                             "(default: stage the installed package's code files and import nothing from the "
+                             "checkpoint; see docs/SECURITY.md)")
     parser.set_defaults(func=run)
 
 
@@ -43,7 +47,7 @@ def run(args) -> int:
                                           stage_for_hub, staged_files)
 
     stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True,
-                 repo_id=args.repo_id)
+                 repo_id=args.repo_id, trust_remote_code=args.trust_remote_code)
     if args.stage_only:
         staging = stage_for_hub(args.checkpoint, args.stage_only, **stage)
         print(f"staged {len(staged_files(staging))} files in {staging} (nothing uploaded)")
