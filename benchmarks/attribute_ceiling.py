@@ -22,7 +22,12 @@ from PIL import Image
 from torch import nn
 
 from finedefics_data.synth import (
-    ATTRIBUTES, SynthConfig, distinguishing_attributes, load_categories, load_metadata, pool_sample,
+    ATTRIBUTES,
+    SynthConfig,
+    distinguishing_attributes,
+    load_categories,
+    load_metadata,
+    pool_sample,
 )
 
 NAMES = list(ATTRIBUTES)

@@ -106,13 +106,18 @@ def step_timer(name: str, turns: Turns, times: list[float]):
 def build_trainer(path: str, stage: int, model_dir: Path, data_dir: Path, output_dir: Path, steps: int, callback,
                   losses: list[float]):
     """A demo phase's trainer (``train_phase``'s settings), changed as ``path`` says, recording each step's loss."""
+    from transformers import TrainerCallback
+
     from finedefics_training.demo.plan import default_plan
     from finedefics_training.demo.train import demo_model_arguments, demo_training_config
     from finedefics_training.recipe import (
-        DataArguments, load_model_and_processor, load_training_dataset, replace_progress_display, with_data_noun,
+        DataArguments,
+        load_model_and_processor,
+        load_training_dataset,
+        replace_progress_display,
+        with_data_noun,
     )
     from finedefics_training.trainer import FinedeficsTrainer
-    from transformers import TrainerCallback
 
     cache, checkpointing, bf16, _ = PATHS[path]
     plan = default_plan()
@@ -198,8 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(options.threads)
-    from finedefics_training.demo.shipped_base import shipped_base_dir
     from transformers.utils import logging as hf_logging
+
+    from finedefics_training.demo.shipped_base import shipped_base_dir
 
     hf_logging.set_verbosity_error()
     model_dir = options.model or shipped_base_dir()

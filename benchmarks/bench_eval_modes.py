@@ -37,9 +37,9 @@ def build_benchmark(num_images: int):
     """An in-memory 4-way benchmark: one flat colour per category, the next three categories as options."""
     from PIL import Image
 
+    from finedefics_data.prompts import ObjectNoun, open_set_question
     from finedefics_eval.benchmarks import Benchmark
     from finedefics_eval.foci import OptionExample, foci_query
-    from finedefics_data.prompts import ObjectNoun, open_set_question
 
     images = {}
     examples = []

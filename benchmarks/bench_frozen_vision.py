@@ -54,8 +54,8 @@ def prepare(args, bench):
 
     from finedefics_training.collator import FinedeficsDataCollator
     from finedefics_training.config import FinedeficsTrainingConfig
-    from finedefics_training.recipe import ModelArguments, apply_lora
     from finedefics_training.losses import ContrastiveTexts
+    from finedefics_training.recipe import ModelArguments, apply_lora
     from modeling_finedefics.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="finedefics-bench-frozen-") as folder:

@@ -222,8 +222,9 @@ def _summarise(values: dict[str, str], summarise, prompt: str, noun: str, report
 def _open_image(image, index: int):
     if not isinstance(image, (str, Path)):
         return image
-    from .schema import check_image_file
     from PIL import Image
+
+    from .schema import check_image_file
 
     check_image_file(image, "images", index)
     with Image.open(image) as opened:

@@ -53,8 +53,9 @@ def model_revision(name_or_path: str, revision: str | None = None) -> str:
 # ----------------------------------------------------------------------------- loading checks
 def _load_config(name: str, option: str, revision: str | None, trust_remote_code: bool):
     """The model's config, with errors that name the option and the model."""
-    import modeling_finedefics  # noqa: F401  (registers this package's classes with the Auto classes)
     from transformers import AutoConfig
+
+    import modeling_finedefics  # noqa: F401  (registers this package's classes with the Auto classes)
 
     path = Path(name).expanduser()
     if path.is_file():

@@ -24,10 +24,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .names import normalize_name
-
 from .choices import NO_OPTIONS_FOUND, looks_like_a_choice, picked_option, read_options
 from .kinds import DESCRIPTION, MULTIPLE_CHOICE, RECOGNITION_KINDS, known_category_index, read_recognition, row_kind
+from .names import normalize_name
 from .negatives import mine_by_attributes, negative_descriptions
 from .schema import (
     OUTSIDE_ROOT_PROBLEM,

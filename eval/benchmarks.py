@@ -37,8 +37,14 @@ from finedefics_data.schema import read_jsonl
 from finedefics_data.synth import load_categories
 
 from .foci import (
-    CHOICE_LETTERS, FOCI_DATASETS, OUTSIDE_ROOT_PROBLEM, OptionExample, check_options, escapes_image_root,
-    foci_option_path, load_option_file,
+    CHOICE_LETTERS,
+    FOCI_DATASETS,
+    OUTSIDE_ROOT_PROBLEM,
+    OptionExample,
+    check_options,
+    escapes_image_root,
+    foci_option_path,
+    load_option_file,
 )
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from .foci import FOCI_DATASETS
 from finedefics_data.prompts import DEFAULT_NOUN, ObjectNoun, open_set_question
+
+from .foci import FOCI_DATASETS
 
 logger = logging.getLogger(__name__)
 

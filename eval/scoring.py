@@ -44,8 +44,16 @@ from dataclasses import dataclass
 import torch
 
 from finedefics_data.prompts import MULTIPLE_CHOICE_ANSWERS
-from .foci import (CHOICE_LETTERS, OptionExample, foci_prompt, names_match, parse_letter, prediction_record,
-                   shuffled_options)
+
+from .foci import (
+    CHOICE_LETTERS,
+    OptionExample,
+    foci_prompt,
+    names_match,
+    parse_letter,
+    prediction_record,
+    shuffled_options,
+)
 from .scorers import scorer_class, scoring_modes
 
 MODES = scoring_modes()  # the modes registered in scorers.py

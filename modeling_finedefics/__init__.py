@@ -11,6 +11,7 @@ Qwen2-VL, Qwen2.5-VL and LLaVA (``Finedefics<Family>Config`` / ``...ForCondition
 ``...Processor``, model_type "finedefics_<stock model_type>").
 """
 
+from . import families  # noqa: F401  (registers every family with the Auto classes)
 from .alignment import FinedeficsTemperatures
 from .configuration_finedefics import FinedeficsConfig
 from .idefics3 import (
@@ -32,8 +33,6 @@ from .qwen2_vl import (
     FinedeficsQwen2VLForConditionalGeneration,
     FinedeficsQwen2VLProcessor,
 )
-
-from . import families  # noqa: F401  (registers every family with the Auto classes)
 
 __all__ = [
     "FinedeficsConfig",

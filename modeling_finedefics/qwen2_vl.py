@@ -18,7 +18,6 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2VLProcessor,
 )
-
 from transformers.processing_utils import ProcessorMixin
 
 from .configuration_finedefics import FinedeficsAlignmentConfig

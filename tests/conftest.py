@@ -105,9 +105,8 @@ HUB_TOKEN = "hf_test_token"
 def hub(monkeypatch):
     """A fake Hub on 127.0.0.1 (``fake_hub.FakeHub``); huggingface_hub pointed at it, online, no Xet, no token in
     the environment (tests pass ``HUB_TOKEN`` where one is needed)."""
-    from huggingface_hub import constants
-
     from fake_hub import FakeHub
+    from huggingface_hub import constants
 
     with FakeHub(token=HUB_TOKEN) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finedefics_training.demo.base import MIN_PART_PIXELS, attribute_pool, patch_targets, pretrain_vision
 from finedefics_data.synth import ATTRIBUTES, PARTS, SynthConfig
+from finedefics_training.demo.base import MIN_PART_PIXELS, attribute_pool, patch_targets, pretrain_vision
 
 
 def test_patch_targets_mark_the_patches_that_show_a_part_in_row_major_order():

@@ -163,9 +163,9 @@ def test_training_and_evaluation_ask_the_same_questions_byte_for_byte(tmp_path, 
     """For a noun with an irregular plural: the collator's questions are the evaluation's, as text and as tokens."""
     import json
 
+    from finedefics_data.prompts import ObjectNoun, multiple_choice_options
     from finedefics_eval.benchmarks import load_benchmark
     from finedefics_eval.foci import foci_prompt
-    from finedefics_data.prompts import ObjectNoun, multiple_choice_options
     from finedefics_eval.scoring import chat_prompts
 
     noun = ObjectNoun.of("aircraft", "aircraft")

@@ -5,9 +5,9 @@ import io
 
 import pytest
 import torch
+from conftest import TOY_CATEGORIES, TOY_COLOURS, toy_rows
 from PIL import Image
 
-from conftest import TOY_CATEGORIES, TOY_COLOURS, toy_rows
 from finedefics_training.collator import BoundedCache, FinedeficsDataCollator
 from modeling_finedefics.families import FAMILIES
 

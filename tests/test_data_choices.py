@@ -19,7 +19,7 @@ from finedefics_data.choices import (
     picked_option,
     read_options,
 )
-from finedefics_data.prompts import multiple_choice_prompt, multiple_choice_query, ObjectNoun
+from finedefics_data.prompts import ObjectNoun, multiple_choice_prompt, multiple_choice_query
 
 OPTIONS = ["Corvane Sprite", "Halden Rook", "Ostra Vela", "Infiniti G Coupe IPL 2012"]
 QUERY = "Which of these cars is shown in the image?"

@@ -242,9 +242,8 @@ def test_cli_synth_with_preview(tmp_path, capsys):
 
 
 def test_benchmark_rows_feed_the_training_collator(bench):
-    from modeling_finedefics.tiny import build_tiny_processor, build_tiny_tokenizer
-
     from finedefics_training.collator import FinedeficsDataCollator
+    from modeling_finedefics.tiny import build_tiny_processor, build_tiny_tokenizer
 
     processor = build_tiny_processor(build_tiny_tokenizer(synth.text_corpus(bench)))
     rows = [synth.load_synthetic_dataset(bench)["train"][i] for i in range(4)]

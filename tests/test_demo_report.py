@@ -103,8 +103,8 @@ def test_knowledge_rows_ask_both_ways_and_as_a_multiple_choice_with_the_shared_p
 
 
 def test_description_choices_have_one_true_caption_and_lookalikes():
-    from finedefics_training.demo.base import attribute_pool, description_choice_rows
     from finedefics_data.synth import SynthConfig, parse_description
+    from finedefics_training.demo.base import attribute_pool, description_choice_rows
 
     pool = attribute_pool(20, SynthConfig())
     rows = description_choice_rows(pool, ObjectNoun.of("bird"))

@@ -5,10 +5,14 @@ import pytest
 
 from finedefics_training.demo import report
 from finedefics_training.demo.plan import quick_plan
-from finedefics_training.demo.siblings import (chance_share, sampler_batches, sibling_negative_share,
-                                               sibling_relation)
-from finedefics_training.demo.variants import (ABLATION_VARIANTS, DEFAULT_VARIANTS, VARIANTS, describe_variant,
-                                               resolve_variants)
+from finedefics_training.demo.siblings import chance_share, sampler_batches, sibling_negative_share, sibling_relation
+from finedefics_training.demo.variants import (
+    ABLATION_VARIANTS,
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    describe_variant,
+    resolve_variants,
+)
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -121,7 +125,6 @@ def test_an_unknown_set_key_is_a_clear_error_before_anything_runs(tmp_path, caps
 
 def test_data_without_a_validation_split_is_refused_before_training(tmp_path, capsys):
     from finedefics_data.synth import SynthConfig, generate_benchmark
-
     from finedefics_training.demo.data import DemoData
 
     folder = generate_benchmark(tmp_path / "no-validation", SynthConfig(

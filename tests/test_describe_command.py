@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_from_disk
-from PIL import Image
-
 from describe_helpers import (
     DEMO_BASE,
     ISSUE_ATTRIBUTES,
@@ -23,6 +21,8 @@ from describe_helpers import (
     save_tiny_causal_lm,
     write_image_folder,
 )
+from PIL import Image
+
 from finedefics_cli import main
 from finedefics_data.describe import load_prompt, one_sentence, template_summary
 from finedefics_data.describe_run import DescribeSettings, describe_folder, mine_siblings

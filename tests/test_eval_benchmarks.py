@@ -4,9 +4,9 @@
 import json
 
 import pytest
+from eval_helpers import BIRDS, COLOURS, small_synthetic_benchmark
 from PIL import Image
 
-from eval_helpers import BIRDS, COLOURS, small_synthetic_benchmark
 from finedefics_eval.benchmarks import hard_negatives_by_name, load_benchmark
 
 

@@ -4,11 +4,12 @@ and bad input reported as one line with exit code 2."""
 import json
 
 import pytest
-from huggingface_hub import ModelCard
-
 from conftest import foci_result_file
 from eval_helpers import small_synthetic_benchmark
+from huggingface_hub import ModelCard
+
 from finedefics_cli import main
+
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
@@ -76,9 +77,8 @@ def test_eval_needs_a_model_or_foci_files(tmp_path, capsys):
 
 
 def test_an_imagefolder_gets_options_mined_with_the_models_text_embeddings(micro_checkpoint, tmp_path):
-    from PIL import Image
-
     from eval_helpers import BIRDS, COLOURS
+    from PIL import Image
 
     for c, label in enumerate(BIRDS[:5]):
         (tmp_path / "folder" / "test" / label).mkdir(parents=True)

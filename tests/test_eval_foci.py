@@ -6,11 +6,22 @@ import json
 from collections import Counter
 
 import pytest
-
 from conftest import FOCI_RESULT_NAMES, foci_result_file
+
 from finedefics_eval.foci import (
-    FOCI_DATASETS, foci_metrics, foci_option_path, foci_prompt, foci_query, load_option_file, names_match,
-    normalize_name, parse_letter, prediction_record, read_prediction_file, shuffled_options, write_prediction_file,
+    FOCI_DATASETS,
+    foci_metrics,
+    foci_option_path,
+    foci_prompt,
+    foci_query,
+    load_option_file,
+    names_match,
+    normalize_name,
+    parse_letter,
+    prediction_record,
+    read_prediction_file,
+    shuffled_options,
+    write_prediction_file,
 )
 
 # FOCI's README table: labels and examples per option file.

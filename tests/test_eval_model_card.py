@@ -4,9 +4,9 @@ shipped in the package, and a checkpoint README.md that accumulates results acro
 import json
 
 import pytest
+from conftest import REPO_ROOT, foci_result_file
 from huggingface_hub import ModelCard
 
-from conftest import REPO_ROOT, foci_result_file
 from finedefics_eval.model_card import eval_results_from_report, render_model_card, template_path, write_model_card
 from finedefics_eval.report import report_from_prediction_file
 

@@ -6,11 +6,12 @@ import json
 import re
 
 import pytest
-
 from conftest import FOCI_RESULT_NAMES, foci_result_file
 from eval_helpers import small_synthetic_benchmark
+
 from finedefics_eval.foci import read_prediction_file
 from finedefics_eval.report import load_metric, metrics_dir, report_from_prediction_file, write_report
+
 
 # ----------------------------------------------------------------------------- metric modules
 def test_metric_modules_have_one_import_per_line():
@@ -123,6 +124,7 @@ def test_written_report_files(synthetic_run, tmp_path):
 
 def test_a_benchmark_whose_images_are_all_missing_is_a_clear_error(tmp_path, tiny_processor, micro_model):
     from eval_helpers import write_option_benchmark
+
     from finedefics_eval.benchmarks import load_benchmark
     from finedefics_eval.runner import evaluate_model
 

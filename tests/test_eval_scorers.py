@@ -2,8 +2,8 @@
 generic evaluation path (mode check, set-up, scoring in batches, failures and its own metrics in the report)."""
 
 import pytest
-
 from eval_helpers import write_option_benchmark
+
 from finedefics_eval import scorers
 from finedefics_eval.foci import prediction_record
 from finedefics_eval.scoring import OpenSetScorer, Scorer, check_modes

@@ -3,13 +3,19 @@ forward, and each mode picks the answer planted in the weights (and only that on
 
 import pytest
 import torch
+from eval_helpers import BIRDS, COLOURS, bias_lm_head, letter_token, plant_embedding_answer
 from PIL import Image
 
-from eval_helpers import BIRDS, COLOURS, bias_lm_head, letter_token, plant_embedding_answer
 from finedefics_eval.benchmarks import Benchmark
 from finedefics_eval.foci import CHOICE_LETTERS, OptionExample, foci_query
 from finedefics_eval.scoring import (
-    EmbeddingScorer, GenerateScorer, LikelihoodScorer, OpenSetScorer, build_scorers, encode_prompts, prepare_examples,
+    EmbeddingScorer,
+    GenerateScorer,
+    LikelihoodScorer,
+    OpenSetScorer,
+    build_scorers,
+    encode_prompts,
+    prepare_examples,
 )
 
 

@@ -5,14 +5,18 @@ import time
 
 import pytest
 import torch
+from eval_helpers import BIRDS, COLOURS
 from PIL import Image
 
-from eval_helpers import BIRDS, COLOURS
 from finedefics_eval.benchmarks import Benchmark
 from finedefics_eval.foci import OptionExample, foci_query
 from finedefics_eval.runner import _timed_call, evaluate_model
 from finedefics_eval.scoring import (
-    EmbeddingScorer, GenerateScorer, LikelihoodScorer, SharedBatch, prepare_examples,
+    EmbeddingScorer,
+    GenerateScorer,
+    LikelihoodScorer,
+    SharedBatch,
+    prepare_examples,
 )
 
 TIMING_KEYS = {"seconds", "images_per_second", "category_cache_seconds"}

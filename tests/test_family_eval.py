@@ -5,13 +5,19 @@ classify and the image-text-to-text pipeline agree with it, and saved checkpoint
 
 import pytest
 import torch
+from eval_helpers import BIRDS, small_synthetic_benchmark
 from PIL import Image
 from transformers import pipeline
 
-from eval_helpers import BIRDS, small_synthetic_benchmark
 from finedefics_eval.foci import CHOICE_LETTERS, OptionExample, foci_query
 from finedefics_eval.scoring import (
-    EmbeddingScorer, GenerateScorer, LikelihoodScorer, OpenSetScorer, SharedBatch, chat_prompts, encode_prompts,
+    EmbeddingScorer,
+    GenerateScorer,
+    LikelihoodScorer,
+    OpenSetScorer,
+    SharedBatch,
+    chat_prompts,
+    encode_prompts,
     prepare_examples,
 )
 from modeling_finedefics.families import FAMILIES

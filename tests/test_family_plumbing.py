@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import HUB_TOKEN
+
 import modeling_finedefics  # noqa: F401  (registers the Auto classes; marks them so save_pretrained writes code)
 from modeling_finedefics.families import FAMILIES
 

@@ -9,9 +9,9 @@ import re
 
 import pytest
 import torch
+from conftest import TOY_CATEGORIES, TOY_COLOURS, toy_rows
 from datasets import Dataset, DatasetDict
 
-from conftest import TOY_CATEGORIES, TOY_COLOURS, toy_rows
 from modeling_finedefics.families import FAMILIES, family_for_model_type, family_of, register_family, unregister_family
 from modeling_finedefics.llava import (
     FinedeficsLlavaConfig,
@@ -78,8 +78,12 @@ def test_init_model_writes_a_checkpoint_that_loads_through_the_auto_classes(chec
 
 def test_training_loads_it_with_the_family_lora_targets_and_takes_a_stage_one_step(checkpoint, family, tmp_path):
     from finedefics_training.config import FinedeficsTrainingConfig
-    from finedefics_training.recipe import ModelArguments, load_model_and_processor, load_training_dataset
-    from finedefics_training.recipe import DataArguments
+    from finedefics_training.recipe import (
+        DataArguments,
+        ModelArguments,
+        load_model_and_processor,
+        load_training_dataset,
+    )
     from finedefics_training.trainer import FinedeficsTrainer
 
     output, data = checkpoint

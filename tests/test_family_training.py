@@ -4,10 +4,10 @@ the collator's answer-only labels under each family's chat template, images in e
 
 import pytest
 import torch
+from conftest import TOY_CATEGORIES, TOY_COLOURS, toy_rows
 from datasets import Dataset
 from PIL import Image
 
-from conftest import TOY_CATEGORIES, TOY_COLOURS, toy_rows
 from finedefics_data.prompts import DEFAULT_NOUN, open_set_question
 from finedefics_training.collator import IGNORE_INDEX, FinedeficsDataCollator
 from finedefics_training.losses import TERMS

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import toy_rows
+
 from finedefics_training.collator import IGNORE_INDEX, FinedeficsDataCollator, stable_category_id
 from finedefics_training.losses import (
     CONTRASTIVE_TERMS,

@@ -12,11 +12,11 @@ import warnings
 import pytest
 import yaml
 from datasets import Dataset
+from reference_format import MODELS, RARE, write_reference_dataset
 
 from finedefics_cli import main
 from finedefics_training.collator import FinedeficsDataCollator
 from finedefics_training.trainer import describe_stage_data
-from reference_format import MODELS, RARE, write_reference_dataset
 
 NAMES = set(MODELS)
 
@@ -158,8 +158,8 @@ def test_reference_csvs_go_through_data_init_two_stage_eval_and_push(cars, tmp_p
 
 
 def test_eval_noun_override_and_rare_categories_from_training_counts(cars, tmp_path):
-    from finedefics_eval.benchmarks import load_benchmark, rare_by_counts
     from finedefics_data.prompts import ObjectNoun
+    from finedefics_eval.benchmarks import load_benchmark, rare_by_counts
 
     assert rare_by_counts({"a": 10, "b": 9, "c": 3, "d": 5}) == {"c"}  # <= half the median (7)
     bench = load_benchmark(str(cars / "test_options.json"), image_root=cars, noun=ObjectNoun.of("coupe"))

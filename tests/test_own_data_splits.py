@@ -7,11 +7,11 @@ import logging
 
 import datasets
 import pytest
+from reference_format import MODELS, write_reference_dataset
 
 from finedefics_cli import main
 from finedefics_data.folders import how_to_prepare, what_folder_is
 from finedefics_training.demo.data import FEW_TEST_IMAGES, DemoData
-from reference_format import MODELS, write_reference_dataset
 
 
 @pytest.fixture(scope="module")

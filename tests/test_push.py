@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import HUB_TOKEN
-
 
 # The shape `finedefics eval` writes to report.json (finedefics_eval.runner.evaluate_model), two scoring modes.
 REPORT = {

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from test_convert import stock_idefics2  # noqa: F401 (fixture)
 import torch
+from test_convert import stock_idefics2  # noqa: F401 (fixture)
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 ALIGNMENT_MODULES = ("temperatures", "image_projection", "text_projection")

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from conftest import toy_rows
 from datasets import Dataset
 
-from conftest import toy_rows
 from finedefics_training.losses import TERMS
 
 TERM_WEIGHTS = {"object_attribute": 0.3, "attribute_category": 0.7, "category_category": 1.9}

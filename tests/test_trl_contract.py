@@ -1,9 +1,9 @@
 """What FinedeficsTrainer relies on inside TRL, beyond its public API: a change in TRL fails here, by name, rather
 than as a silently missing loss term in the logs."""
 
+from conftest import toy_rows
 from datasets import Dataset
 
-from conftest import toy_rows
 from finedefics_training.config import FinedeficsTrainingConfig
 from finedefics_training.trainer import FinedeficsTrainer
 

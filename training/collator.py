@@ -56,14 +56,18 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import Idefics2Processor
 
-from finedefics_data.prompts import (
-    DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_answer, multiple_choice_prompt,
-    multiple_choice_query, open_set_question,
-)
-
-from modeling_finedefics.processing_finedefics import read_image
-
 from finedefics_data.kinds import DESCRIPTION, row_kind
+from finedefics_data.prompts import (
+    DEFAULT_NOUN,
+    LETTERS,
+    ObjectNoun,
+    describe_instruction,
+    multiple_choice_answer,
+    multiple_choice_prompt,
+    multiple_choice_query,
+    open_set_question,
+)
+from modeling_finedefics.processing_finedefics import read_image
 
 from .losses import ContrastiveTexts
 

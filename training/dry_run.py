@@ -126,8 +126,9 @@ def known_configs() -> dict[str, Path]:
 def plan_config(path: str, trust_remote_code: bool = False):
     """(Finedefics config of the model's family, processor numbers) from a local folder, the Hub cache, or a
     shipped config."""
-    from modeling_finedefics.families import family_for_model_type
     from transformers import AutoConfig
+
+    from modeling_finedefics.families import family_for_model_type
 
     shipped_configs = known_configs()
     if path in shipped_configs and not os.path.isdir(path):

@@ -20,7 +20,12 @@ import logging
 from pathlib import Path
 
 from finedefics_data.prompts import (
-    DEFAULT_NOUN, LETTERS, ObjectNoun, describe_instruction, multiple_choice_prompt, multiple_choice_query,
+    DEFAULT_NOUN,
+    LETTERS,
+    ObjectNoun,
+    describe_instruction,
+    multiple_choice_prompt,
+    multiple_choice_query,
     open_set_question,
 )
 

@@ -129,8 +129,9 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
 
 def model_config(path: str, trust_remote_code: bool = False):
     """``(config, family)`` of a stock or Finedefics checkpoint; another architecture is a clear error."""
-    from modeling_finedefics.families import family_for_model_type
     from transformers import AutoConfig
+
+    from modeling_finedefics.families import family_for_model_type
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     try:

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
+from finedefics_data.kinds import ASKED_BY_TRAINER, is_recognition_treatment, stage_plan
 from finedefics_data.prompts import DEFAULT_NOUN, ObjectNoun
 
 from .collator import IGNORE_INDEX, FinedeficsDataCollator
 from .config import FinedeficsTrainingConfig
-from finedefics_data.kinds import ASKED_BY_TRAINER, is_recognition_treatment, stage_plan
 from .losses import CONTRASTIVE_TERMS, ContrastiveTexts, FinedeficsContrastiveLoss
 
 logger = logging.getLogger(__name__)

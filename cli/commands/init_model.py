@@ -53,6 +53,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from finedefics_training.init_model import init_model
+
     from .noun_arguments import noun_from_arguments
 
     output = init_model(args.corpus, args.output, preset=args.preset, noun=noun_from_arguments(args),

@@ -43,8 +43,14 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from finedefics_training.push import (DEFAULT_COMMIT_MESSAGE, check_target, push_to_hub, resolve_token,
-                                          stage_for_hub, staged_files)
+    from finedefics_training.push import (
+        DEFAULT_COMMIT_MESSAGE,
+        check_target,
+        push_to_hub,
+        resolve_token,
+        stage_for_hub,
+        staged_files,
+    )
 
     stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True,
                  repo_id=args.repo_id, trust_remote_code=args.trust_remote_code)

@@ -48,16 +48,39 @@ re-export here does not reach the code in the submodules.
 from .config import SynthConfig
 from .corpus import text_corpus
 from .drawing import (
-    ATTRIBUTE_PARTS, COLOURS, PARTS, POOL_STREAM, SPLITS, draw_bird, pool_sample, sample_image,
+    ATTRIBUTE_PARTS,
+    COLOURS,
+    PARTS,
+    POOL_STREAM,
+    SPLITS,
+    draw_bird,
+    pool_sample,
+    sample_image,
 )
 from .loading import benchmark_splits, load_benchmark, load_categories, load_metadata, load_synthetic_dataset
 from .readme import benchmark_readme
 from .vocabulary import (
-    ATTRIBUTES, MIN_GENUS_DISTANCE, NOUN, OCCLUDABLE, SPECIES_ATTRIBUTES, TEMPLATES, attribute_phrase,
-    build_categories, describe, distinguishing_attributes, lookalikes, parse_description, random_attributes,
+    ATTRIBUTES,
+    MIN_GENUS_DISTANCE,
+    NOUN,
+    OCCLUDABLE,
+    SPECIES_ATTRIBUTES,
+    TEMPLATES,
+    attribute_phrase,
+    build_categories,
+    describe,
+    distinguishing_attributes,
+    lookalikes,
+    parse_description,
+    random_attributes,
 )
 from .writing import (
-    BENCHMARK_VERSION, REFERENCE_COLUMNS, _split_counts, _StagingLock, generate_benchmark, write_reference_csv,
+    BENCHMARK_VERSION,
+    REFERENCE_COLUMNS,
+    _split_counts,
+    _StagingLock,
+    generate_benchmark,
+    write_reference_csv,
     written_splits,
 )
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..prompts import (
-    CHOICE_LETTERS, ObjectNoun, describe_instruction, multiple_choice_prompt, multiple_choice_query, open_set_question,
+    CHOICE_LETTERS,
+    ObjectNoun,
+    describe_instruction,
+    multiple_choice_prompt,
+    multiple_choice_query,
+    open_set_question,
 )
 from .loading import benchmark_splits, load_categories, load_metadata
 from .vocabulary import ATTRIBUTES, NOUN

@@ -33,16 +33,44 @@ module that defines it, since the others import it from there.
 """
 
 from .data import make_data
-from .evaluation import (EVAL_MODES, EVAL_OPTION_SEED, SCORES_FILE, evaluate_models, export_model, load_scores,
-                         measure_premise)
+from .evaluation import (
+                         EVAL_MODES,
+                         EVAL_OPTION_SEED,
+                         SCORES_FILE,
+                         evaluate_models,
+                         export_model,
+                         load_scores,
+                         measure_premise,
+)
 from .phases import PhaseProgress, Phases
-from .plan import (BASE_FIELDS, MAY_BE_ZERO, RATIOS, DemoPlan, apply_overrides, base_recipe, check_plan_value,
-                   default_plan, quick_plan)
+from .plan import (
+                         BASE_FIELDS,
+                         MAY_BE_ZERO,
+                         RATIOS,
+                         DemoPlan,
+                         apply_overrides,
+                         base_recipe,
+                         check_plan_value,
+                         default_plan,
+                         quick_plan,
+)
 from .run import VARIANTS, run_demo
-from .shipped_base import (BUILD_FILE, SHIPPED_BASE, copy_shipped_base, record_build, shipped_base_dir,
-                           shipped_base_for, weights_digest)
+from .shipped_base import (
+                         BUILD_FILE,
+                         SHIPPED_BASE,
+                         copy_shipped_base,
+                         record_build,
+                         shipped_base_dir,
+                         shipped_base_for,
+                         weights_digest,
+)
 from .train import (
-    build_base, make_base_dataset, make_initial_model, pretrain_vision_phase, train_phase, train_variants,
+                         build_base,
+                         make_base_dataset,
+                         make_initial_model,
+                         pretrain_vision_phase,
+                         train_phase,
+                         train_variants,
 )
 
 __all__ = [

@@ -29,7 +29,12 @@ import torch
 from torch import nn
 
 from finedefics_data.prompts import (
-    LETTERS, ObjectNoun, description_choice_query, knowledge_question, lookup_choice_query, multiple_choice_prompt,
+    LETTERS,
+    ObjectNoun,
+    description_choice_query,
+    knowledge_question,
+    lookup_choice_query,
+    multiple_choice_prompt,
     reverse_knowledge_question,
 )
 
@@ -157,6 +162,7 @@ def pretrain_vision(model_dir: Path, output_dir: Path, pool: PoolImages, vocabul
     trained on.
     """
     from transformers import Trainer, TrainingArguments
+
     from modeling_finedefics import FinedeficsForConditionalGeneration, FinedeficsProcessor
 
     from ..checkpoints import last_complete_checkpoint

@@ -93,8 +93,8 @@ class DemoData:
     @classmethod
     def _saved(cls, folder: Path, prepared_dir: Path) -> "DemoData":
         import datasets
-        from finedefics_data.prompts import DEFAULT_NOUN
 
+        from finedefics_data.prompts import DEFAULT_NOUN
         from finedefics_data.schema import DATA_INFO_FILE, data_noun
 
         splits = dict(datasets.load_from_disk(str(folder)))

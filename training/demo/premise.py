@@ -26,10 +26,16 @@ import logging
 import re
 from collections.abc import Callable
 
-
 from finedefics_data.prompts import (
-    KNOWLEDGE_QUESTION, LETTERS, ObjectNoun, answer_letter, describe_instruction, knowledge_question,
-    lookup_choice_query, multiple_choice_prompt, reverse_knowledge_question,
+    KNOWLEDGE_QUESTION,
+    LETTERS,
+    ObjectNoun,
+    answer_letter,
+    describe_instruction,
+    knowledge_question,
+    lookup_choice_query,
+    multiple_choice_prompt,
+    reverse_knowledge_question,
 )
 
 logger = logging.getLogger(__name__)

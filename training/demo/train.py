@@ -35,10 +35,10 @@ def make_initial_model(data, model_dir: Path, plan: DemoPlan) -> None:
 
 
 def pretrain_vision_phase(data, model_dir: Path, work_dir: Path, plan: DemoPlan) -> dict:
+    from finedefics_data.synth import ATTRIBUTES
     from modeling_finedefics import FinedeficsConfig
 
     from .base import attribute_pool, pretrain_vision
-    from finedefics_data.synth import ATTRIBUTES
 
     patch_size = FinedeficsConfig.from_pretrained(model_dir).vision_config.patch_size
     pool = attribute_pool(plan.pool_size, data.synth_config, patch_size=patch_size)
@@ -82,8 +82,14 @@ def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: 
 
     from modeling_finedefics import FinedeficsProcessor
 
-    from .base import (base_dataset, category_choice_rows, category_descriptions, knowledge_rows, option_words,
-                        word_lookup_rows)
+    from .base import (
+        base_dataset,
+        category_choice_rows,
+        category_descriptions,
+        knowledge_rows,
+        option_words,
+        word_lookup_rows,
+    )
 
     words = option_words(FinedeficsProcessor.from_pretrained(tokenizer_dir).tokenizer)
     lookups = word_lookup_rows(words, plan.lookup_steps * plan.choice_batch_size, seed=plan.base_seed)
