@@ -210,3 +210,26 @@ def test_export_refuses_a_non_empty_output_unless_overwrite(exported, tmp_path, 
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
     assert "outside the checkpoint" in _one_line_error(capsys, ["export", str(source), "--stock",
                                                                  str(source / "stock"), "--overwrite"])
+
+
+# ----------------------------------------------------------------------------- push --stock
+def test_push_stock_uploads_the_export_to_its_own_repo_or_a_branch(exported, hub, tmp_path):
+    from conftest import HUB_TOKEN
+
+    source, out = exported("llava")
+    assert main(["push", str(source), "--repo-id", "tester/bird-stock", "--stock", "--token", HUB_TOKEN]) == 0
+    assert main(["push", str(source), "--repo-id", "tester/bird", "--stock", "--revision", "stock",
+                 "--token", HUB_TOKEN]) == 0
+    own_repo, branch = hub.commits
+    assert (own_repo.revision, branch.revision) == ("main", "stock")
+    for commit in (own_repo, branch):
+        assert set(commit.files) == {path.name for path in out.iterdir()}  # exactly what the export writes
+        assert json.loads(commit.files["config.json"])["model_type"] == "llava"
+        assert commit.files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert not list(source.parent.glob(".finedefics-push-*"))  # the temporary export is gone
+
+
+def test_push_stock_refuses_the_finedefics_card_inputs(exported, hub, capsys):
+    source, _ = exported("llava")
+    error = _one_line_error(capsys, ["push", str(source), "--repo-id", "tester/x", "--stock", "--report", "r.json"])
+    assert "--report" in error and hub.commits == []
