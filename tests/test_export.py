@@ -175,6 +175,24 @@ def test_lora_adapter_folder_is_merged_before_export(tmp_path):
         assert not torch.allclose(stock(**inputs).logits, fresh_base(**inputs).logits, atol=1e-3)
 
 
+def test_adapter_export_keeps_the_base_dtype(tmp_path):
+    """A bfloat16 base's adapter is merged in float32 and exported in bfloat16, not doubled in size."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors import safe_open
+
+    family = FAMILIES["llava"]
+    base, processor = family.build_tiny(CORPUS, seed=0)
+    base.to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    adapted = get_peft_model(family.model.from_pretrained(tmp_path / "base"),
+                             LoraConfig(r=4, target_modules=family.lora_targets))
+    adapted.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    assert main(["export", str(tmp_path / "adapter"), "--stock", str(tmp_path / "stock")]) == 0
+    with safe_open(tmp_path / "stock" / "model.safetensors", framework="pt") as weights:
+        assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"BF16"}
+
+
 # ----------------------------------------------------------------------------- bad input
 def _one_line_error(capsys, argv) -> str:
     capsys.readouterr()  # what earlier commands printed (progress bars) is not this one's error

@@ -142,9 +142,16 @@ def _merged_adapter(adapter_dir: Path):
 
     from .recipe import merge_saved_adapter
 
-    base = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
-    model = merge_saved_adapter(adapter_dir)
     from modeling_finedefics.families import family_of
+
+    from .recipe import model_config
+
+    base = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
+    # Merged in float32 (no rounding of the LoRA update), then stored in the base's dtype as training's final/ is.
+    model = merge_saved_adapter(adapter_dir)
+    base_dtype = model_config(base)[0].dtype
+    if isinstance(base_dtype, torch.dtype) and base_dtype.is_floating_point:
+        model = model.to(base_dtype)
 
     # The processor saved beside the adapter (training saves it there), else the base's.
     has_processor = any((adapter_dir / name).is_file() for name in ("processor_config.json", "tokenizer_config.json"))
