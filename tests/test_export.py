@@ -149,6 +149,20 @@ def test_export_gives_the_finedefics_logits_and_greedy_tokens(family, exported):
         assert torch.equal(stock.generate(**inputs, **settings), finedefics.generate(**inputs, **settings))
 
 
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_convert_of_the_export_gives_back_every_stock_tensor(family, exported, tmp_path):
+    """Export is ``finedefics convert``'s inverse: converting the export back restores every tensor but the
+    left-out alignment ones (the converter adds fresh temperatures)."""
+    source, out = exported(family)
+    assert main(["convert", str(out), str(tmp_path / "back")]) == 0
+    original = FAMILIES[family].model.from_pretrained(source, dtype=torch.float32).state_dict()
+    back = FAMILIES[family].model.from_pretrained(tmp_path / "back", dtype=torch.float32).state_dict()
+    assert set(original) - set(back) == {"image_projection.weight", "text_projection.weight"}
+    for name, tensor in back.items():
+        if name not in ALIGNMENT_PARAMETERS:
+            torch.testing.assert_close(tensor, original[name], rtol=0, atol=0, msg=name)
+
+
 def test_lora_adapter_folder_is_merged_before_export(tmp_path):
     """An adapter folder exports the merged model: its logits, not the base's."""
     from peft import LoraConfig, get_peft_model
