@@ -150,6 +150,24 @@ class Family:
         finedefics.architectures = [self.model.__name__]
         return finedefics
 
+    # ------------------------------------------------------- stock export
+    @property
+    def stock_processor(self) -> type:
+        """The stock transformers processor class the family's Finedefics processor builds on."""
+        return next(cls for cls in self.processor.__mro__[1:]
+                    if cls.__module__.startswith("transformers.models.") and cls.__name__.endswith("Processor"))
+
+    def stock_config_of(self, config) -> tuple[object, dict]:
+        """``(stock config, left-out settings)``: the inverse of ``finedefics_config``. The alignment settings
+        (``FinedeficsAlignmentConfig``'s fields) have no place in the stock class and are returned by name."""
+        values = config.to_dict()
+        left_out = {name: values.pop(name) for name in alignment_config_fields() if name in values}
+        for key in ("model_type", "auto_map", "architectures", "transformers_version"):
+            values.pop(key, None)
+        stock = self.stock_config(**values)
+        stock.architectures = [self.stock_model.__name__]
+        return stock, left_out
+
     # ---------------------------------------------------------------- tiny models
     def build_tiny(self, corpus: list[str] | None = None, seed: int = 0, stock: bool = False, **overrides):
         from .tiny_families import build_tiny
@@ -187,6 +205,13 @@ class Family:
     def connector_checkpoint_chunk(self, sub_images: int, patches: int) -> int | None:
         """Sub-images per checkpointed chunk of the connector under activation checkpointing (None: unchunked)."""
         return None
+
+
+def alignment_config_fields() -> tuple[str, ...]:
+    """The settings every Finedefics config adds to its stock one (temperatures, heads, summary token, nouns)."""
+    from .configuration_finedefics import FinedeficsAlignmentConfig
+
+    return tuple(FinedeficsAlignmentConfig.__annotations__)
 
 
 def _features_probe(module, sizes, hidden: int) -> ProjectorProbe:
@@ -409,5 +434,5 @@ def finedefics_config_class(model_type: str) -> type:
     return family_for_model_type(model_type).config
 
 
-__all__ = ["FAMILIES", "Family", "ImagePlan", "ProjectorProbe", "family_for_model_type", "family_of",
-           "family_of_config", "finedefics_config_class", "register_family", "unregister_family"]
+__all__ = ["FAMILIES", "Family", "ImagePlan", "ProjectorProbe", "alignment_config_fields", "family_for_model_type",
+           "family_of", "family_of_config", "finedefics_config_class", "register_family", "unregister_family"]

@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                         help="stage the checkpoint's own code files and import them to check the staged folder "
                              "(default: stage the installed package's code files and import nothing from the "
                              "checkpoint; see docs/SECURITY.md)")
+    parser.add_argument("--stock", action="store_true",
+                        help="upload the stock export instead (`finedefics export CHECKPOINT --stock`: the stock "
+                             "family's checkpoint, no remote code, for vLLM / SGLang), best to its own repo, e.g. "
+                             "USER/NAME-stock; --revision puts it on a branch of the Finedefics repo instead")
     parser.set_defaults(func=run)
 
 
@@ -54,25 +58,51 @@ def run(args) -> int:
 
     stage = dict(report=args.report, recipe=args.recipe, base_model=args.base_model, validate=True,
                  repo_id=args.repo_id, trust_remote_code=args.trust_remote_code)
+    stage_folder = _stock_export if args.stock else stage_for_hub
+    if args.stock:
+        _check_stock_arguments(args)
     if args.stage_only:
-        staging = stage_for_hub(args.checkpoint, args.stage_only, **stage)
+        staging = stage_folder(args.checkpoint, args.stage_only, **stage)
         print(f"staged {len(staged_files(staging))} files in {staging} (nothing uploaded)")
         return 0
     # Refuse bad targets and a missing token before staging, which may copy gigabytes.
     check_target(args.repo_id, args.revision, args.create_pr)
     token = resolve_token(args.token)
+    default_message = STOCK_COMMIT_MESSAGE if args.stock else DEFAULT_COMMIT_MESSAGE
     with _staging_folder(args.checkpoint) as tmp:
-        staging = stage_for_hub(args.checkpoint, tmp, **stage)
+        staging = stage_folder(args.checkpoint, tmp, **stage)
         try:
             result = push_to_hub(staging, args.repo_id, token=token, private=args.private, revision=args.revision,
-                                 create_pr=args.create_pr,
-                                 commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE)
+                                 create_pr=args.create_pr, commit_message=args.commit_message or default_message)
         except (ConnectionError, HfHubHTTPError) as error:  # the Hub failed us: not bad input, still one line
             print(f"finedefics push: error: {str(error).splitlines()[0]}", file=sys.stderr)
             return 1
     print(f"uploaded {len(result['files'])} files to {result['repo_url']} ({result['revision']})")
     print(f"pull request: {result['pr_url']}" if result["pr_url"] else f"commit: {result['commit_url']}")
     return 0
+
+
+STOCK_COMMIT_MESSAGE = "Upload stock export of a Finedefics checkpoint"
+
+
+def _check_stock_arguments(args) -> None:
+    """The stock export writes its own card (what it can and cannot do): the Finedefics card's inputs have no
+    place in it, and taking them silently would drop them."""
+    given = [flag for flag, value in (("--report", args.report), ("--recipe", args.recipe),
+                                      ("--base-model", args.base_model)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} fill the Finedefics model card; the stock export (--stock) writes its "
+                         "own card: push without them")
+
+
+def _stock_export(checkpoint, staging, **_card_inputs):
+    """The stock export of ``checkpoint`` as the folder to upload (its README.md is the export's own card)."""
+    from pathlib import Path
+
+    from finedefics_training.export import export_stock
+
+    export_stock(checkpoint, staging)
+    return Path(staging)
 
 
 def _staging_folder(checkpoint: str):
