@@ -60,9 +60,9 @@ def save_stock_idefics2(folder: Path, chat_template: bool = True) -> Path:
 
 def save_stock_family(family: str, folder: Path) -> Path:
     """A tiny random stock model of ``family`` ("qwen2_vl", "smolvlm", ...) with its processor."""
-    from modeling_finedefics.tiny_families import build_tiny
+    from modeling_finedefics.families import FAMILIES
 
-    model, processor = build_tiny(family, stock=True)
+    model, processor = FAMILIES[family].build_tiny(stock=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
