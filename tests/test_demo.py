@@ -183,6 +183,42 @@ def test_choice_data_hold_only_the_phases_that_have_steps(tmp_path, tiny_process
     assert len(rows) > len(named)  # + the knowledge rows replayed
 
 
+def test_choice_data_replay_the_captioning_image_rows(tmp_path, tiny_processor):
+    """``choice_caption_share``: that share of the choice phase's rows are the captioning stage's image rows
+    (drawn from its saved data, never its text rows), the category choices making up the rest; without the
+    captioning data the error names the folder it looked in."""
+    import datasets
+    from PIL import Image
+
+    from finedefics_data.synth import SynthConfig, generate_benchmark
+    from finedefics_training.demo.base import base_dataset
+    from finedefics_training.demo.data import DemoData
+    from finedefics_training.demo.plan import apply_overrides, quick_plan
+    from finedefics_training.demo.train import make_choice_datasets
+
+    folder = generate_benchmark(tmp_path / "data", SynthConfig(num_genera=2, species_per_genus=3, train_per_category=4,
+                                                               rare_train_per_category=2, validation_per_category=1,
+                                                               test_per_category=1, seed=3), progress=False)
+    data = DemoData.open(folder, tmp_path / "prepared")
+    tiny_processor.save_pretrained(tmp_path / "tokenizer")
+    images = [(Image.new("RGB", (16, 16), (40 * i, 0, 0)), "Describe the bird.", f"caption {i}") for i in range(3)]
+    knowledge = [{"category": "Ardran Thistledart", "question": "What does it look like?", "answer": "slender"}]
+    datasets.DatasetDict({"train": base_dataset(images, knowledge)}).save_to_disk(str(tmp_path / "captioning"))
+    plan = apply_overrides(quick_plan(), {"choice_steps": 2, "choice_lookup_share": 1.0,
+                                          "choice_caption_share": 0.25})
+    make_choice_datasets(data, tmp_path / "choice-data", plan, tmp_path / "tokenizer", tmp_path / "captioning")
+    rows = datasets.load_from_disk(str(tmp_path / "choice-data" / "choice"))["train"]
+    replayed = [row for row in rows if row["image"] is not None]
+    named = [row for row in rows if row["question"].startswith("Which of these is ")]
+    choice_rows = 2 * plan.choice_batch_size
+    assert len(replayed) == round(0.25 * choice_rows) and len(named) == choice_rows - len(replayed)
+    assert {row["answer"] for row in replayed} <= {"caption 0", "caption 1", "caption 2"}
+    assert not any(row["question"] == "What does it look like?" for row in rows)  # its text rows stay out
+    assert rows["example_id"] == list(range(len(rows)))
+    with pytest.raises(FileNotFoundError, match="missing-captioning"):
+        make_choice_datasets(data, tmp_path / "other", plan, tmp_path / "tokenizer", tmp_path / "missing-captioning")
+
+
 def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     """Data made by `finedefics data csv` (cars, no test split): splits are carved, the noun travels."""
     sys.path.insert(0, os.path.dirname(__file__))

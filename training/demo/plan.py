@@ -38,6 +38,9 @@ class DemoPlan:
     choice_batch_size: int = 32
     choice_learning_rate: float = 1e-3
     choice_lookup_share: float = 0.5
+    # Share of the category-choice phase's rows that replay the captioning stage's image rows (captions and
+    # description choices), so that learning to answer in letters does not erase describing images.
+    choice_caption_share: float = 0.0
     stage1_steps: int = 200
     stage2_steps: int = 200
     batch_size: int = 16
@@ -52,7 +55,8 @@ class DemoPlan:
 BASE_FIELDS = ("backbone", "synth", "preset", "image_seq_len", "base_seed", "pool_size", "vision_steps",
                "vision_batch_size", "vision_learning_rate", "caption_images", "choice_images", "base_steps",
                "base_batch_size", "base_learning_rate", "knowledge_repeats", "base_freeze_vision_tower", "base_bf16",
-               "lookup_steps", "choice_steps", "choice_batch_size", "choice_learning_rate", "choice_lookup_share")
+               "lookup_steps", "choice_steps", "choice_batch_size", "choice_learning_rate", "choice_lookup_share",
+               "choice_caption_share")
 
 
 def default_plan() -> DemoPlan:
@@ -92,7 +96,7 @@ def apply_overrides(plan: DemoPlan, overrides: dict[str, str]) -> DemoPlan:
 
 # Plan fields that may be 0 (every other int counts steps, images or a batch, and must be at least 1).
 MAY_BE_ZERO = ("base_seed", "knowledge_repeats", "lookup_steps", "choice_steps")
-RATIOS = ("closed_set_ratio", "choice_lookup_share")
+RATIOS = ("closed_set_ratio", "choice_lookup_share", "choice_caption_share")
 
 
 def check_plan_value(key: str, value) -> None:

@@ -75,9 +75,12 @@ def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
                 len(image_rows), len(knowledge))
 
 
-def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: Path) -> None:
+def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: Path,
+                         caption_data_dir: Path | None = None) -> None:
     """Text-only multiple choice in FOCI's layout: word lookups (``lookup/``), then the categories named or
-    described among their hard negatives, with the knowledge rows replayed (``choice/``)."""
+    described among their hard negatives, with the knowledge rows replayed (``choice/``) and, when
+    ``plan.choice_caption_share`` is above 0, the captioning stage's image rows (from ``caption_data_dir``)
+    making up that share of the choice phase's rows."""
     import datasets
 
     from modeling_finedefics import FinedeficsProcessor
@@ -93,17 +96,41 @@ def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: 
 
     words = option_words(FinedeficsProcessor.from_pretrained(tokenizer_dir).tokenizer)
     lookups = word_lookup_rows(words, plan.lookup_steps * plan.choice_batch_size, seed=plan.base_seed)
-    choices = category_choice_rows(data.categories, data.negatives(), data.noun,
-                                   plan.choice_steps * plan.choice_batch_size, seed=plan.base_seed,
-                                   lookup_share=plan.choice_lookup_share)
+    choice_rows = plan.choice_steps * plan.choice_batch_size
+    replayed_images = round(choice_rows * plan.choice_caption_share)
+    choices = category_choice_rows(data.categories, data.negatives(), data.noun, choice_rows - replayed_images,
+                                   seed=plan.base_seed, lookup_share=plan.choice_lookup_share)
     descriptions = category_descriptions(data.splits["train"], data.categories)
     replay = knowledge_rows(descriptions, data.noun, plan.knowledge_repeats, data.negatives(), seed=plan.base_seed + 1)
     for name, rows in (("lookup", lookups), ("choice", choices + replay)):
         if not rows or (name == "choice" and not choices):
             continue  # that phase has no steps (``lookup_steps`` or ``choice_steps`` is 0) and reads no data
-        datasets.DatasetDict({"train": base_dataset([], rows)}).save_to_disk(str(output_dir / name))
+        table = base_dataset([], rows)
+        if name == "choice" and replayed_images:
+            table = with_caption_replay(table, caption_data_dir, replayed_images, seed=plan.base_seed)
+        datasets.DatasetDict({"train": table}).save_to_disk(str(output_dir / name))
     logger.info("base multiple-choice data: %d word lookups, %d category choices (%d words as options) + %d "
-                "knowledge rows replayed", len(lookups), len(choices), len(words), len(replay))
+                "knowledge rows + %d captioning image rows replayed", len(lookups), len(choices), len(words),
+                len(replay), replayed_images)
+
+
+def with_caption_replay(table, caption_data_dir: Path | None, count: int, seed: int):
+    """``table`` + ``count`` image rows drawn (with repetition, seeded) from the captioning stage's data."""
+    import datasets
+    import numpy as np
+
+    if caption_data_dir is None or not Path(caption_data_dir).is_dir():
+        raise FileNotFoundError(f"choice_caption_share needs the captioning stage's data, not found at "
+                                f"{caption_data_dir}; rerun with --rebuild-base")
+    captioning = datasets.load_from_disk(str(caption_data_dir))["train"]
+    # Image rows carry no category (base_dataset); reading that column decodes no image.
+    image_rows = [index for index, category in enumerate(captioning["category"]) if category == ""]
+    if not image_rows:
+        raise ValueError(f"{caption_data_dir} holds no image rows to replay (choice_caption_share > 0)")
+    drawn = np.random.default_rng([seed, 0xCA97]).choice(image_rows, count, replace=True)
+    replay = captioning.select([int(index) for index in drawn]).remove_columns("example_id")
+    merged = datasets.concatenate_datasets([table.remove_columns("example_id"), replay])  # both base_dataset's
+    return merged.add_column("example_id", list(range(len(merged))))
 
 
 def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
@@ -133,7 +160,7 @@ def build_base(data, runs_dir: Path, plan: DemoPlan, phases: Phases) -> Path:
         model = runs_dir / "base-caption" / "final"
         if plan.lookup_steps or plan.choice_steps:
             phases.run("base: multiple-choice data", make_choice_datasets, data, runs_dir / "base-choice-data", plan,
-                       model)
+                       model, runs_dir / "base-data")
         choice = dict(plan=plan, stage=2, learning_rate=plan.choice_learning_rate, seed=plan.base_seed,
                       batch_size=plan.choice_batch_size, freeze_vision_tower=plan.base_freeze_vision_tower)
         for name, steps, output in (("word lookup", plan.lookup_steps, runs_dir / "base-lookup"),
