@@ -100,3 +100,17 @@ def test_the_premise_scores_only_the_datas_attribute_words():
     vocabulary = attribute_words(descriptions, ObjectNoun.of("car"))
     assert vocabulary == {"red", "blue", "flat", "curved"}
     assert description_words("a vehicle body, red, flat roof", vocabulary) == {"red": "red", "flat": "flat"}
+
+
+def test_a_test_image_without_its_own_description_is_scored_against_its_categorys():
+    """A test split read from an image folder has labels only: the premise scores the base's description of such
+    an image against its category's description, and counts which reference each image got (none: not scored)."""
+    from finedefics_training.demo.premise import reference_description
+
+    categories = [{"name": "Halden Rook", "description": "a blue car with a curved roof."},
+                  {"name": "Ostra Vela", "description": ""}]
+    assert reference_description({"category": "Halden Rook", "attribute": ""}, categories) == \
+        "a blue car with a curved roof."
+    assert reference_description({"category": "Halden Rook", "attribute": "a blue car."}, categories) == "a blue car."
+    assert reference_description({"category": "Ostra Vela", "attribute": None}, categories) == ""
+    assert reference_description({"category": "Unknown"}, categories) == ""

@@ -219,6 +219,28 @@ def test_choice_data_replay_the_captioning_image_rows(tmp_path, tiny_processor):
         make_choice_datasets(data, tmp_path / "other", plan, tmp_path / "tokenizer", tmp_path / "missing-captioning")
 
 
+def test_each_run_records_the_plan_it_used_and_own_data_gets_the_budget_plan():
+    """``--data`` starts from the budget plan (float32 base, 1000 captioning steps); the default benchmark's plan
+    still names the shipped base; the recorded plan leaves out what a run did not use, saying why."""
+    from finedefics_training.demo.plan import BASE_FIELDS, DemoPlan, default_plan, plan_for, quick_plan, recorded_plan
+
+    own = plan_for(quick=False, own_data=True)
+    assert (own.base_bf16, own.base_steps) == (False, 1000) and own.stage1_steps == default_plan().stage1_steps
+    assert plan_for(quick=False, own_data=False) == default_plan()
+    assert plan_for(quick=True, own_data=True) == quick_plan()
+    used, unused = recorded_plan(own, synthetic=False, shipped_base=False)
+    assert "pool_size" not in used and "base_steps" in used
+    assert set(used) | set(unused) == set(own.__dataclass_fields__)
+    assert "choice_steps is 0" in unused["choice_lookup_share"]
+    assert "choice_batch_size" in unused  # nor word lookups: no multiple-choice phase at all
+    used, unused = recorded_plan(quick_plan(), synthetic=True, shipped_base=False)
+    assert "vision_steps" in used
+    with_lookups = recorded_plan(DemoPlan(lookup_steps=5), synthetic=True, shipped_base=False)
+    assert "choice_batch_size" in with_lookups[0] and "choice_lookup_share" in with_lookups[1]
+    used, unused = recorded_plan(default_plan(), synthetic=True, shipped_base=True)
+    assert set(BASE_FIELDS) - {"backbone"} <= set(unused) and "stage1_steps" in used
+
+
 def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     """Data made by `finedefics data csv` (cars, no test split): splits are carved, the noun travels."""
     sys.path.insert(0, os.path.dirname(__file__))
@@ -243,6 +265,9 @@ def test_demo_runs_on_a_reference_csv_dataset(tmp_path):
     assert "- test: " in splits and "carved from the training rows (20% per category, seed 0)" in splits
     assert "rare slice of the test split: 1 categories, n = " in splits
     assert "Splits:" in (tmp_path / "out" / "report" / "report.md").read_text()
+    # The recorded plan holds what this run used: no vision pre-training sizes for a dataset's own images.
+    assert "vision_steps" not in report["plan"] and "base_steps" in report["plan"]
+    assert "without vision pre-training" in report["plan_not_used"]["vision_steps"]
 
 
 LOAD_ANY_FAMILY = textwrap.dedent(

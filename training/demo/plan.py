@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -61,6 +61,21 @@ BASE_FIELDS = ("backbone", "synth", "preset", "image_seq_len", "base_seed", "poo
 
 def default_plan() -> DemoPlan:
     return DemoPlan()
+
+
+def own_data_plan() -> DemoPlan:
+    """``demo --data``: the default plan with a base built to fit the budget (README, "Your own data").
+
+    The default plan's captioning stage trains under bf16 autocast only so that ``--rebuild-base`` reproduces
+    the shipped base bit for bit; a base built for other data has nothing to reproduce, and on a CPU without
+    native bf16 that autocast made each step several times slower. 1000 float32 steps (batch 16) are 25 passes
+    over 600 training images. ``--set base_steps=2000`` is the longer build."""
+    return DemoPlan(base_steps=1000, base_bf16=False)
+
+
+def plan_for(quick: bool, own_data: bool) -> DemoPlan:
+    """The shipped plan a run starts from: ``--quick``'s, ``--data``'s, or the default benchmark's."""
+    return quick_plan() if quick else own_data_plan() if own_data else default_plan()
 
 
 def quick_plan() -> DemoPlan:
@@ -123,6 +138,33 @@ def check_plan_value(key: str, value) -> None:
         raise ValueError(f"demo setting {key} must be between 0 and 1, got {value}")
     if kind == "float" and key not in RATIOS and value <= 0:
         raise ValueError(f"demo setting {key} must be positive, got {value}")
+
+
+# Plan fields only some runs read, and the reason a run that does not read them gives.
+SYNTHETIC_ONLY = ("pool_size", "vision_steps", "vision_batch_size", "vision_learning_rate", "caption_images",
+                  "choice_images")
+CHOICE_PHASE = ("choice_batch_size", "choice_learning_rate", "choice_lookup_share", "choice_caption_share")
+
+
+def recorded_plan(plan: DemoPlan, synthetic: bool, shipped_base: bool) -> tuple[dict, dict]:
+    """``(settings the run used, {field: why it was not used})``: what report.json records as the plan, so that a
+    ``--data`` run does not list the vision pre-training it skipped, nor a run from the shipped base the sizes of
+    a base it did not build."""
+    unused = {}
+    if shipped_base:
+        unused.update({name: "the shipped base was used (its build record holds the recipe)"
+                       for name in BASE_FIELDS if name != "backbone"})
+    else:
+        if not synthetic:
+            unused.update({name: "no attribute pool for a dataset's own images: the base is built on its training "
+                                 "rows, without vision pre-training" for name in SYNTHETIC_ONLY})
+        if not plan.choice_steps:
+            unused.update({name: "choice_steps is 0: no category-choice phase" for name in CHOICE_PHASE[2:]})
+        if not plan.choice_steps and not plan.lookup_steps:
+            unused.update({name: "lookup_steps and choice_steps are 0: no multiple-choice phase"
+                           for name in CHOICE_PHASE[:2]})
+    used = {name: value for name, value in asdict(plan).items() if name not in unused}
+    return used, unused
 
 
 def base_recipe(plan: DemoPlan, data_identity: dict) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable
 
 from finedefics_data.prompts import (
@@ -107,16 +108,31 @@ def object_information_extraction(model, processor, rows: list[dict], categories
                                batch_size, desc="describing images")
     structured = parse is not None and all(_attributes(row) for row in rows)
     vocabulary = None if structured else attribute_words([c.get("description", "") for c in categories], noun)
-    truths = [_attributes(row) if structured else description_words(row["attribute"], vocabulary) for row in rows]
+    references = [reference_description(row, categories) for row in rows]
+    truths = [_attributes(row) if structured else description_words(reference, vocabulary)
+              for row, reference in zip(rows, references)]
     stated = [parse(answer) if structured else description_words(answer, vocabulary) for answer in answers]
     result = {"scored_by": "attribute parser" if structured else "description words", "images": len(rows),
               "question": question, **recall(stated, truths)}
+    if not structured:
+        result["references"] = dict(Counter(
+            "the image's own description" if row.get("attribute") else
+            "its category's description" if reference else "none (not scored)"
+            for row, reference in zip(rows, references)))
     if structured:
         keys = [distinguishing.get(row["category"], []) for row in rows]
         result["distinguishing"] = recall(stated, truths, keys)
-    result["examples"] = [{"category": row["category"], "answer": answer, "reference": row.get("attribute")}
-                          for row, answer in list(zip(rows, answers))[:5]]
+    result["examples"] = [{"category": row["category"], "answer": answer, "reference": reference}
+                          for row, answer, reference in list(zip(rows, answers, references))[:5]]
     return result
+
+
+def reference_description(row: dict, categories: list[dict]) -> str:
+    """What an image's description is scored against: its own description, else its category's (a test split
+    read from an image folder has labels only), else nothing."""
+    if row.get("attribute"):
+        return row["attribute"]
+    return next((c.get("description") or "" for c in categories if c["name"] == row["category"]), "")
 
 
 def category_knowledge(model, processor, categories: list[dict], parse: Callable[[str], dict] | None,

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from dataclasses import asdict
 from pathlib import Path
 
+from .plan import recorded_plan
 from .variants import ABLATION_TABLE_ORDER, VARIANTS, describe_variant
 
 COLUMNS = [("generate", "generate"), ("likelihood", "likelihood"), ("embedding", "embedding (4-way)"),
@@ -191,7 +191,8 @@ def premise_lines(premise: dict, summary: dict) -> list[str]:
         value = summary.get(key)
         target = PREMISE_TARGETS.get(key)
         shown = "-" if value is None else f"{100 * value:.1f}%"
-        goal = (f">= {100 * target:.0f}% ({'met' if summary['met'][key] else 'NOT met'})" if target
+        goal = ("not measured" if target and value is None
+                else f">= {100 * target:.0f}% ({'met' if summary['met'][key] else 'NOT met'})" if target
                 else "low (chance 25%)" if "recognition" in key
                 else "diagnostic: the generate mode needs it (chance 25%)" if "multiple choice" in key else "")
         lines.append(f"| {key} | {shown} | {goal} |")
@@ -250,8 +251,10 @@ def _history(stage_dirs: list[Path]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the report
 def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict, plan, phases, data,
-                      split: str, sibling_negatives: dict | None = None) -> str:
-    """report.json + report.md; returns the markdown table printed at the end of the demo."""
+                      split: str, sibling_negatives: dict | None = None, shipped_base: bool = False) -> str:
+    """report.json + report.md; returns the markdown table printed at the end of the demo.
+
+    ``shipped_base``: the run started from the shipped base (the plan's base sizes were then not used)."""
     base_scores = scores.pop("base")
     per_seed = {seed: [model_row("base", base_scores)] + [model_row(name, seed_scores[name]) for name in seed_scores]
                 for seed, seed_scores in scores.items()}
@@ -263,13 +266,14 @@ def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict,
     summary = premise_summary(premise, base_scores)
     first = min(runs)
     curves = training_curves(runs[first], report_dir / "training_curves.png")
+    used_plan, unused_plan = recorded_plan(plan, synthetic=data.synth_config is not None, shipped_base=shipped_base)
     payload = {
         "what": "finedefics demo: attribute-augmented alignment vs instruction tuning",
         "data": str(data.source), "split": split, "seeds": sorted(per_seed), "data_splits": data.split_lines(split),
         "base_model_note": ("The 'base' model stands in for Idefics2: it sees attributes, describes images and "
                             "knows in text what each category looks like; it was never taught to name a category "
                             "from an image. Every variant starts from it."),
-        "plan": asdict(plan), "premise": {"summary": summary, **premise},
+        "plan": used_plan, "plan_not_used": unused_plan, "premise": {"summary": summary, **premise},
         "variants": {name: {"stages": describe_variant(name, plan), "comparison": VARIANTS[name].comparison}
                      for name in scores[min(scores)]},
         "comparison": mean, "comparison_per_seed": per_seed, "gaps": gap_table, "ablations": ablation,

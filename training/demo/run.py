@@ -9,7 +9,7 @@ from pathlib import Path
 from .data import DemoData, make_data
 from .evaluation import SCORES_FILE, evaluate_models, export_model, load_scores, measure_premise
 from .phases import Phases
-from .plan import apply_overrides, base_recipe, default_plan, quick_plan
+from .plan import apply_overrides, base_recipe, plan_for
 from .report import write_demo_report
 from .shipped_base import copy_shipped_base, record_build, shipped_base_for
 from .siblings import measure_sibling_negatives
@@ -73,7 +73,7 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
     """
     from ..checkpoints import check_output_dir
 
-    plan = apply_overrides(quick_plan() if quick else default_plan(), overrides or {})  # before anything runs
+    plan = apply_overrides(plan_for(quick, own_data=data_dir is not None), overrides or {})  # before anything runs
     variants = resolve_variants(variants)  # an unknown name fails here, before anything runs
     check_output_dir(output_dir)
     restore_logging = _quiet_libraries()
@@ -119,7 +119,7 @@ def run_demo(output_dir: str | Path, quick: bool = False, seeds: tuple[int, ...]
             scores[seed] = load_scores(seed_dir, variants)
             siblings[seed] = measure_sibling_negatives(data, plan, seed)
         table = write_demo_report(report_dir, premise, scores, runs, plan, phases, data, eval_split,
-                                  sibling_negatives=siblings)
+                                  sibling_negatives=siblings, shipped_base=shipped is not None)
         first = seeds[0]
         phases.run("export model", export_model, runs_dir / f"seed-{first}" / "finedefics-2" / "final",
                    output_dir / "model", report_dir / f"seed-{first}")
