@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .names import unify_category_names
 from .schema import (
     DATA_INFO_FILE,
     OUTSIDE_ROOT_PROBLEM,
@@ -33,17 +34,26 @@ REFERENCE_FILES = ("pretrain.csv", "finetune.csv")
 
 
 # ----------------------------------------------------------------------------- saving splits
-def save_split(records: Records, output: str | Path, split: str, noun=None) -> dict[str, int]:
+def save_split(records: Records, output: str | Path, split: str, noun=None,
+               merge_duplicate_names: bool = False) -> dict[str, int]:
     """Save ``records`` as ``split`` of the dataset folder ``output``; its other splits are kept.
 
     Returns the rows of every split now in the folder. The folder's noun (``finedefics_data.json``) must
     agree with ``noun`` where both are known; a folder that is something else than a dataset folder is refused.
+    Category names that differ only in case, spacing or punctuation, among the records or against the folder's
+    other splits, are refused, or merged with ``merge_duplicate_names`` (counted in the records' report).
     """
     import datasets
 
     output = Path(output)
     existing = _existing_splits(output)
     _check_same_noun(output, noun)
+    known = sorted({name for table in existing.values() if "category" in table.column_names
+                    for name in table["category"] if name})
+    source = records.report.source if records.report is not None else str(output)
+    for old, new in unify_category_names(records, known, merge_duplicate_names, source).items():
+        if records.report is not None:
+            records.report.note(f"category name merged: {old!r} -> {new!r}")
     splits = {name: table for name, table in existing.items() if name != split}
     splits[split] = records.to_dataset()
     staging = output.with_name(output.name + ".saving")

@@ -57,6 +57,31 @@ def test_stage_plans_count_every_kind_and_stage_one_refuses_rows_without_a_categ
         "description (as given)": 1, "open-set (as given)": 1, "description (asked by the trainer)": 1}
 
 
+def test_stage_one_refuses_data_without_any_description_when_a_term_needs_them(tmp_path):
+    """Plain labelled images (no `attribute` anywhere) cannot feed the object-attribute and attribute-category
+    terms: refused up front with the rows named and the two ways out; without those terms they train."""
+    from PIL import Image
+
+    from finedefics_training import FinedeficsTrainingConfig
+
+    path = tmp_path / "car.png"
+    Image.new("RGB", (8, 8), "red").save(path)
+    rows = Dataset.from_list([{"image": str(path), "category": name, "attribute": "", "question": None,
+                               "answer": None} for name in ("Halden Rook", "Ostra Vela")])
+    described = FinedeficsTrainingConfig(output_dir=str(tmp_path / "a"), stage=1, use_cpu=True, report_to="none")
+    assert described.needs_descriptions
+    with pytest.raises(ValueError, match=r"none of its 2 rows has an attribute description \(rows 0, 1 have .*"
+                                         r"finedefics data describe.*use_attribute_descriptions: false"):
+        describe_stage_data(rows, stage=1, needs_descriptions=described.needs_descriptions)
+    without = FinedeficsTrainingConfig(output_dir=str(tmp_path / "b"), stage=1, use_cpu=True, report_to="none",
+                                       use_attribute_descriptions=False)
+    assert not without.needs_descriptions
+    assert describe_stage_data(rows, stage=1, needs_descriptions=without.needs_descriptions)
+    one = rows.to_list()
+    one[1]["attribute"] = "a green car."
+    assert describe_stage_data(Dataset.from_list(one), stage=1, needs_descriptions=True)  # one described row is enough
+
+
 def test_the_training_config_no_longer_warns_about_gradient_checkpointing():
     from finedefics_training.config import FinedeficsTrainingConfig
 

@@ -151,6 +151,14 @@ class FinedeficsTrainingConfig(SFTConfig):
                              f"{self.multiple_choice_answer!r}")
 
     @property
+    def needs_descriptions(self) -> bool:
+        """Whether a contrastive term that needs attribute descriptions weighs more than 0 in this run."""
+        from .losses import CONTRASTIVE_TERMS
+
+        return any(weight > 0 and CONTRASTIVE_TERMS[name].needs_descriptions
+                   for name, weight in self.contrastive_weights.items())
+
+    @property
     def contrastive_weights(self) -> dict[str, float]:
         """``{term name: weight}`` for every registered contrastive term (``<term>_weight``); without attribute
         descriptions, the terms that need them weigh 0 (they cannot be formed)."""

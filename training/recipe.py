@@ -537,7 +537,8 @@ def run_two_stage(model_args: ModelArguments, data_args: DataArguments, training
     check_output_dir(training_args.output_dir)
     root = Path(training_args.output_dir)
     for stage in (1, 2):
-        describe_stage_data(load_training_dataset(data_args.for_stage(stage)), stage)
+        describe_stage_data(load_training_dataset(data_args.for_stage(stage)), stage,
+                            needs_descriptions=training_args.needs_descriptions)
     stage1_args = replace(training_args, stage=1, output_dir=str(root / "stage1"))
     stage1_dir = run_stage(model_args, data_args, stage1_args)
     stage2_args = replace(training_args, stage=2, output_dir=str(root / "stage2"), **(stage2_overrides or {}))

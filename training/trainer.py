@@ -81,7 +81,8 @@ class FinedeficsTrainer(SFTTrainer):
         plan = None
         if train_dataset is not None:
             plan = describe_stage_data(train_dataset, args.stage,
-                                       contrastive=getattr(data_collator, "contrastive", True))
+                                       contrastive=getattr(data_collator, "contrastive", True),
+                                       needs_descriptions=args.needs_descriptions)
         _record_noun(model, noun, plan)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
@@ -257,10 +258,12 @@ def check_training_columns(dataset, args: FinedeficsTrainingConfig) -> None:
 STAGE_NAMES = {1: "stage I", 2: "stage II"}
 
 
-def describe_stage_data(dataset, stage: int, contrastive: bool = True) -> Counter | None:
+def describe_stage_data(dataset, stage: int, contrastive: bool = True, needs_descriptions: bool = False
+                        ) -> Counter | None:
     """Log how many rows of each kind the stage trains and how; refuse rows it cannot train.
 
-    Stage I (with its contrastive terms) needs an image and a category on every row. A stage II run
+    Stage I (with its contrastive terms) needs an image and a category on every row, and, when a term that
+    needs descriptions weighs more than 0 (``needs_descriptions``), at least one row with a description. A stage II run
     whose rows hold no recognition question at all gets a loud warning: it would not teach recognition.
     Returns the plan (``{treatment: rows}``), or None for data that cannot be scanned (not a ``Dataset``).
     """
@@ -281,6 +284,11 @@ def describe_stage_data(dataset, stage: int, contrastive: bool = True) -> Counte
                              "have no image or no category (instruction rows); stage I's contrastive terms need both "
                              "on every row. Give stage I its own data (stage1_dataset_dir, e.g. from pretrain.csv) "
                              "and train instruction rows in stage II")
+    if stage == 1 and contrastive and needs_descriptions and not any(_described(row) for row in rows):
+        raise ValueError(f"stage I training data: none of its {len(rows)} rows has an attribute description (rows "
+                         f"{_first(list(range(len(rows))))} have an empty `attribute`), and the object-attribute and "
+                         "attribute-category terms need them. Describe the images first (`finedefics data describe`), "
+                         "or train stage I without them (use_attribute_descriptions: false)")
     logger.info("%s will train %d rows: %s", name, len(rows),
                 ", ".join(f"{n} {what}" for what, n in plan.most_common()))
     if stage == 2 and not any(is_recognition_treatment(what) for what in plan):
@@ -292,6 +300,10 @@ def describe_stage_data(dataset, stage: int, contrastive: bool = True) -> Counte
                        "answers that name it (see `finedefics data csv`).\n%s",
                        "!" * 100, len(rows), "!" * 100)
     return plan
+
+
+def _described(row: dict) -> bool:
+    return isinstance(row.get("attribute"), str) and bool(row["attribute"].strip())
 
 
 def kind_rows(dataset) -> list[dict] | None:

@@ -140,7 +140,15 @@ def _register_csv(commands) -> None:
     parser.add_argument("--allow-images-outside-root", action="store_true",
                         help="read image paths that leave --image-root (absolute, or climbing out with '..'); "
                              "refused by default")
+    add_merge_argument(parser)
     parser.set_defaults(func=run_csv)
+
+
+def add_merge_argument(parser) -> None:
+    parser.add_argument("--merge-duplicate-names", action="store_true",
+                        help="merge category names that differ only in case, spacing or punctuation into one spelling "
+                             "(the dataset folder's, else the most frequent; each merge is reported) instead of "
+                             "refusing them")
 
 
 def run_csv(args) -> int:
@@ -167,7 +175,7 @@ def run_csv(args) -> int:
     print(f"object noun: {noun} (open-set question: {open_set_question(noun)!r})" if noun else
           "object noun: not set (give --noun, or object_noun in the recipe)")
     if args.output:
-        _save_one_split(records, args.output, args.split, noun, trained)
+        _save_one_split(records, args.output, args.split, noun, trained, args.merge_duplicate_names)
     return 0
 
 
@@ -188,7 +196,8 @@ def _reference_paths(csv_path: str, image_root: str | None) -> tuple[Path, Path]
     return path, Path(image_root)
 
 
-def _save_one_split(records, output: str, split: str, noun, trained: list[str]) -> None:
+def _save_one_split(records, output: str, split: str, noun, trained: list[str], merge_duplicate_names: bool = False
+                    ) -> None:
     """Save ``records`` as ``split`` of ``output`` (keeping its other splits) and say what the folder holds."""
     from finedefics_data.folders import SPLITS, save_split
 
@@ -198,7 +207,11 @@ def _save_one_split(records, output: str, split: str, noun, trained: list[str]) 
     if untrained:
         print(f"warning: {len(untrained)} categories of the {split} split have no training rows in {output}: "
               + ", ".join(repr(name) for name in untrained[:5]) + (" ..." if len(untrained) > 5 else ""))
-    counts = save_split(records, output, split, noun)
+    counts = save_split(records, output, split, noun, merge_duplicate_names)
+    merged = {what: n for what, n in (records.report.notes if records.report else {}).items()
+              if what.startswith("category name merged")}
+    for what, count in merged.items():
+        print(f"  {what}: {count}")
     print(f"saved {split}: {len(records)} rows to {output} (splits now: "
           + ", ".join(f"{name} {count}" for name, count in counts.items()) + ")")
 
@@ -235,6 +248,7 @@ def _register_imagefolder(commands) -> None:
                         help="the split ROOT's images are, when ROOT has no train/ or test/ folders")
     add_noun_arguments(parser, "recorded with --output")
     parser.add_argument("--no-check-images", action="store_true", help="do not open every image while reading")
+    add_merge_argument(parser)
     parser.set_defaults(func=run_imagefolder)
 
 
@@ -256,7 +270,7 @@ def run_imagefolder(args) -> int:
         records = read_imagefolder_split(folder, check_images=not args.no_check_images)
         print(records.report.summary())
         trained = categories_of(args.output) if split != "train" else []
-        _save_one_split(records, args.output, split, noun, trained)
+        _save_one_split(records, args.output, split, noun, trained, args.merge_duplicate_names)
     return 0
 
 
