@@ -273,6 +273,14 @@ def test_demo_settings_of_the_wrong_type_are_refused_before_anything_runs(settin
     assert not output.exists()
 
 
+def test_demo_reads_exponent_notation_as_a_number():
+    """YAML 1.1 reads "2e-3" (no dot) as text; a learning rate written so is still a number."""
+    from finedefics_training.demo.plan import apply_overrides, quick_plan
+
+    plan = apply_overrides(quick_plan(), {"learning_rate": "2e-3", "choice_lookup_share": "5E-1"})
+    assert plan.learning_rate == 0.002 and plan.choice_lookup_share == 0.5
+
+
 def test_benchmark_name_that_cannot_be_loaded_lists_the_known_ones(tmp_path, micro_checkpoint, capsys):
     error = _fails(["eval", "--model", str(micro_checkpoint), "--benchmark", "no-such-benchmark",
                     "--output-dir", str(tmp_path / "eval")], capsys)  # the tests run offline: no Hub to ask

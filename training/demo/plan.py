@@ -104,9 +104,18 @@ def apply_overrides(plan: DemoPlan, overrides: dict[str, str]) -> DemoPlan:
         if key not in known:
             raise ValueError(f"unknown demo setting {key!r}; known: {', '.join(sorted(known))}")
         value = yaml.safe_load(value) if isinstance(value, str) else value
+        if DemoPlan.__dataclass_fields__[key].type == "float" and isinstance(value, str):
+            value = _float_or_text(value)  # YAML 1.1 reads "2e-3" (no dot) as text; Python reads it as 0.002
         check_plan_value(key, value)
         setattr(plan, key, value)
     return plan
+
+
+def _float_or_text(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 # Plan fields that may be 0 (every other int counts steps, images or a batch, and must be at least 1).
