@@ -51,7 +51,8 @@ def _local_only(route):
 def browser_look(url: str, image: Path, screenshot: Path, profile_dir: Path, timeout_s: float = 60.0) -> dict:
     """Open the app in headless Chromium, upload ``image``, wait for the answer, save ``screenshot``.
 
-    Returns what the page shows: ``message``, ``answer``, ``description`` and ``seconds`` (upload to answer)."""
+    Returns what the page shows: ``message``, ``answer``, ``description``, ``plot_axis`` (the bar plot's x axis as
+    the page describes it to a screen reader: the categories of its bars) and ``seconds`` (upload to answer)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -70,7 +71,8 @@ def browser_look(url: str, image: Path, screenshot: Path, profile_dir: Path, tim
             seconds = time.perf_counter() - start
             page.wait_for_timeout(800)  # the bar plot draws after its data arrive
             page.screenshot(path=str(screenshot), full_page=True)
-            return {"message": page.locator("#message").inner_text(),
+            axis = page.locator('#top5 [aria-roledescription="axis"]').first.get_attribute("aria-label")
+            return {"message": page.locator("#message").inner_text(), "plot_axis": axis,
                     "answer": page.locator("#answer textarea").input_value(),
                     "description": page.locator("#description textarea").input_value(), "seconds": seconds}
         finally:
@@ -99,7 +101,7 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", nargs="?", default=str(DEMO_BASE))
+    parser.add_argument("model", nargs="?", default=os.path.relpath(DEMO_BASE))
     parser.add_argument("--output", default="docs/images/app_demo_base.png")
     parser.add_argument("--label", type=int, default=3, help="category of the synthetic benchmark image")
     parser.add_argument("--index", type=int, default=0, help="its index in the test split")

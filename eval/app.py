@@ -183,18 +183,15 @@ def build_app(viewer: ModelViewer, title: str | None = None):
     import gradio as gr
     import pandas as pd
 
-    class UploadedFile(gr.Image):
-        """The image upload box, handing the handler the uploaded file's path unopened: a file that is no image
-        (or a huge one) reaches :func:`open_upload`, which answers with a message, instead of failing inside
-        Gradio's own image decoding."""
-
-        is_template = True  # drawn by the frontend's Image component
-
-        def preprocess(self, payload):
-            return None if payload is None or payload.path is None else payload.path
+    def upload_path(payload):
+        """The uploaded file's path, unopened: a file that is no image (or a huge one) reaches :func:`open_upload`,
+        which answers with a message, instead of failing inside Gradio's own image decoding."""
+        return None if payload is None or payload.path is None else payload.path
 
     def plot_frame(top: list[tuple[str, float]]):
-        return pd.DataFrame({"category": [name for name, _ in top], "probability": [score for _, score in top]})
+        # Typed columns: an empty frame's would be floats, and the plot's x axis then numeric.
+        return pd.DataFrame({"category": pd.Series([name for name, _ in top], dtype=object),
+                             "probability": pd.Series([score for _, score in top], dtype=float)})
 
     def run(path, candidates):
         look = viewer.look(path, candidates)
@@ -206,12 +203,14 @@ def build_app(viewer: ModelViewer, title: str | None = None):
     noun = viewer.noun
     # No analytics: Gradio's would phone home at start and on every launch; this app talks to nobody.
     with gr.Blocks(title=title or f"Finedefics: {viewer.name}", analytics_enabled=False) as app:
-        gr.Markdown(f"# Finedefics: {viewer.name}\nUpload an image of one {noun.singular}. The model is asked "
-                    f"*{viewer.question}* and *{viewer.description_request}*, and its image embedding is compared "
-                    "with the candidate names' (`classify`).")
+        gr.Markdown(f"# Finedefics: {viewer.name}\nUpload an image of one {noun.singular}. The model answers "
+                    f"*{viewer.question}*, describes the {noun.singular} (*{viewer.description_request}*) and ranks "
+                    "the candidate names by the similarity of their embeddings to the image's (`classify`).")
         with gr.Row():
             with gr.Column():
-                image = UploadedFile(label="image", type="filepath", sources=["upload"], height=320)
+                image = gr.Image(label="image", type="filepath", sources=["upload"], height=320)
+                # On the instance, not a subclass: Gradio writes a .pyi file beside any module subclassing a component.
+                image.preprocess = upload_path
                 candidates = gr.Textbox(
                     label=f"candidate names ({len(viewer.categories)} from the checkpoint; commas or line breaks)",
                     value="\n".join(viewer.categories), lines=6, max_lines=12)
@@ -219,7 +218,7 @@ def build_app(viewer: ModelViewer, title: str | None = None):
             with gr.Column():
                 message = gr.Markdown(NO_IMAGE, elem_id="message")
                 answer = gr.Textbox(label=f"answer to: {viewer.question}", elem_id="answer")
-                plot = gr.BarPlot(plot_frame([]), x="category", y="probability", sort="-y", y_lim=[0, 1],
+                plot = gr.BarPlot(None, x="category", y="probability", sort="-y", y_lim=[0, 1], x_label_angle=-20,
                                   label=f"top-{TOP_K} by embedding similarity", elem_id="top5", height=260)
                 description = gr.Textbox(label=f"description: {viewer.description_request}", lines=3,
                                          elem_id="description")

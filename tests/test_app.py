@@ -108,6 +108,9 @@ def test_gradio_client_sees_the_models_answer_and_top5(served):
     # Gradio kept the upload in the app's temporary folder, and nowhere next to the image.
     assert any(uploads.rglob(path.name))
     assert sorted(p.name for p in folder.iterdir()) == sorted(["checkpoint", "uploads", path.name])
+    import finedefics_eval
+
+    assert not list(Path(finedefics_eval.__file__).parent.glob("*.pyi"))  # Gradio writes these for new components
 
 
 def test_bad_input_gets_a_message_and_the_server_keeps_serving(served):
@@ -187,6 +190,9 @@ def test_headless_chromium_uploads_an_image_and_sees_the_result(served, tmp_path
     expected_answer, expected_description = viewer.answers(_rgb(image))
     assert shown["answer"] == expected_answer and shown["description"] == expected_description
     assert shown["message"].startswith(f"Top-5 of {NUM_CATEGORIES} candidates")
+    top = viewer.top_categories(_rgb(image), viewer.categories)
+    assert "discrete scale with 5 values" in shown["plot_axis"]  # five bars, one per category
+    assert all(name in shown["plot_axis"] for name, _ in top)
     assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
