@@ -200,3 +200,29 @@ def _rgb(path):
     from PIL import Image
 
     return Image.open(path).convert("RGB")
+
+
+def test_the_command_binds_localhost_and_keeps_uploads_in_a_temporary_folder(served, monkeypatch, capsys):
+    """`finedefics app CKPT` launches on 127.0.0.1 (launch is recorded, not run: it would serve until stopped), with
+    Gradio's upload folder a fresh temporary one, removed on exit; --host and --share are passed on."""
+    import gradio
+
+    from finedefics_cli import main
+
+    _, _, folder, _ = served
+    launched = []
+
+    def launch(app, **kwargs):
+        launched.append({**kwargs, "uploads": os.environ["GRADIO_TEMP_DIR"]})
+
+    monkeypatch.setattr(gradio.Blocks, "launch", launch)
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    assert main(["app", str(folder / "checkpoint"), "--port", "7999"]) == 0
+    assert launched[0]["server_name"] == "127.0.0.1" and launched[0]["server_port"] == 7999
+    assert not launched[0]["share"]
+    assert Path(launched[0]["uploads"]).name.startswith("finedefics-app-uploads-")
+    assert not Path(launched[0]["uploads"]).exists() and "GRADIO_TEMP_DIR" not in os.environ
+    assert main(["app", str(folder / "checkpoint"), "--host", "0.0.0.0", "--share"]) == 0
+    assert launched[1]["server_name"] == "0.0.0.0" and launched[1]["share"]
+    assert main(["app", str(folder / "no-such-checkpoint")]) == 2
+    assert "does not exist" in capsys.readouterr().err

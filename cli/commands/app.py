@@ -78,6 +78,7 @@ def run(args) -> int:
     finally:
         if upload_dir:
             shutil.rmtree(upload_dir, ignore_errors=True)
+            os.environ.pop("GRADIO_TEMP_DIR", None)
     return 0
 
 
