@@ -107,7 +107,7 @@ def test_gradio_client_sees_the_models_answer_and_top5(served):
     assert message.startswith(f"Top-5 of {NUM_CATEGORIES} candidates")
     # Gradio kept the upload in the app's temporary folder, and nowhere next to the image.
     assert any(uploads.rglob(path.name))
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["checkpoint", "uploads", path.name])
+    assert [p for p in folder.rglob(path.name) if uploads not in p.parents] == [path]
     import finedefics_eval
 
     assert not list(Path(finedefics_eval.__file__).parent.glob("*.pyi"))  # Gradio writes these for new components
@@ -224,5 +224,13 @@ def test_the_command_binds_localhost_and_keeps_uploads_in_a_temporary_folder(ser
     assert not Path(launched[0]["uploads"]).exists() and "GRADIO_TEMP_DIR" not in os.environ
     assert main(["app", str(folder / "checkpoint"), "--host", "0.0.0.0", "--share"]) == 0
     assert launched[1]["server_name"] == "0.0.0.0" and launched[1]["share"]
+    names = folder / "names.txt"
+    names.write_text("Corvel Tit, Mirel Finch\nAshcombe Reedhopper\n")
+    capsys.readouterr()
+    assert main(["app", str(folder / "checkpoint"), "--categories", str(names)]) == 0
+    assert "3 candidate categories" in capsys.readouterr().out
+    names.write_text(" ,\n")
+    assert main(["app", str(folder / "checkpoint"), "--categories", str(names)]) == 2
+    assert "names no category" in capsys.readouterr().err
     assert main(["app", str(folder / "no-such-checkpoint")]) == 2
     assert "does not exist" in capsys.readouterr().err
