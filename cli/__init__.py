@@ -17,7 +17,7 @@ import logging
 import sys
 
 # Order is the order shown in ``finedefics --help``.
-COMMANDS = ("demo", "data", "init-model", "train", "two-stage", "eval", "push", "convert", "export")
+COMMANDS = ("demo", "data", "init-model", "train", "two-stage", "eval", "app", "push", "convert", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,9 @@ class FinedeficsAlignmentConfig(PreTrainedConfig):
             Its plural as used in the multiple-choice question ("birds", "aircraft").
         object_category_word (`str`, *optional*):
             What one of its categories is called in the open-set question ("species", "model", "breed").
+        object_categories (`list[str]`, *optional*):
+            The category names this model was trained on (sorted; every training run adds its data's names), so
+            that an app or a user can offer them as candidates for ``classify``. Set by training.
     """
 
     embed_dim: int = 0
@@ -45,6 +48,7 @@ class FinedeficsAlignmentConfig(PreTrainedConfig):
     object_noun: str | None = None
     object_noun_plural: str | None = None
     object_category_word: str | None = None
+    object_categories: list[str] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -9,6 +9,7 @@ import json
 import logging
 import warnings
 
+import datasets
 import pytest
 import yaml
 from datasets import Dataset
@@ -145,6 +146,11 @@ def test_reference_csvs_go_through_data_init_two_stage_eval_and_push(cars, tmp_p
     assert main(["two-stage", "--config", str(recipe), "--stage2_dataset_dir", str(stage2_data)]) == 0
     final = tmp_path / "run" / "stage2" / "final"
     assert json.loads((final / "config.json").read_text())["object_noun"] == "car"
+    # Both stages' category names are recorded (`finedefics app` offers them as candidates).
+    trained = {name for folder in (stage1_data, stage2_data)
+               for name in datasets.load_from_disk(str(folder))["train"]["category"] if name}
+    assert len(trained) > 1
+    assert json.loads((final / "config.json").read_text())["object_categories"] == sorted(trained)
 
     stage_one = [(q, a) for stage, q, a in asked if stage == 1]
     stage_two = [(q, a) for stage, q, a in asked if stage == 2]

@@ -22,7 +22,9 @@ Every term, the temperatures and how often a term had to be skipped are logged e
 Before training, the trainer states how many rows of each kind (``data/kinds.py``) the stage trains
 and how, refuses rows the stage cannot train (naming them), and warns loudly when a stage II run would
 see no recognition question at all. The objects' noun of the questions (``object_noun``, else the
-model's ``config.object_noun``) is written into the model's config, so every checkpoint records it.
+model's ``config.object_noun``) is written into the model's config, so every checkpoint records it, and so are
+the category names of the training rows (``config.object_categories``, added to those an earlier stage recorded):
+``finedefics app`` offers them as candidates.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class FinedeficsTrainer(SFTTrainer):
                                        contrastive=getattr(data_collator, "contrastive", True),
                                        needs_descriptions=args.needs_descriptions)
         _record_noun(model, noun, plan)
+        _record_categories(model, train_dataset)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         # Trainer then counts the answer tokens of the whole optimiser step (every accumulated micro-batch, every
@@ -346,6 +349,24 @@ def _record_noun(model, noun: ObjectNoun | None, plan: Counter | None) -> None:
     if plan is None or any(ASKED_BY_TRAINER in what for what in plan):
         logger.warning("no object noun set (object_noun in the recipe, the data's noun, or the model's "
                        "config.object_noun): the trainer's questions say %r", DEFAULT_NOUN.singular)
+
+
+def training_categories(dataset) -> list[str]:
+    """The distinct non-empty ``category`` names of a ``Dataset``'s rows ([] for other data or no such column)."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset) or "category" not in (dataset.column_names or []):
+        return []
+    return [name for name in dataset.unique("category") if isinstance(name, str) and name.strip()]
+
+
+def _record_categories(model, dataset) -> None:
+    """Add the data's category names to ``config.object_categories`` (sorted, saved with every checkpoint)."""
+    config = getattr(model, "config", None)
+    names = training_categories(dataset)
+    if config is None or not names:
+        return
+    config.object_categories = sorted(set(getattr(config, "object_categories", None) or []) | set(names))
 
 
 def _temperature_parameters(core) -> list[torch.nn.Parameter]:
