@@ -1,5 +1,5 @@
-"""Data-parallel `finedefics eval` (``finedefics_data.sharding``): a launch over 2 CPU processes (torchrun, gloo)
-writes what one process writes, in the same order; only rank 0 writes."""
+"""Data-parallel `finedefics eval` and `finedefics data describe` (``finedefics_data.sharding``): a launch over 2 CPU
+processes (torchrun, gloo) writes what one process writes, in the same order; only rank 0 writes."""
 
 import json
 import os
@@ -101,3 +101,71 @@ def test_eval_over_two_processes_writes_the_single_process_report(micro_checkpoi
     predictions = json.loads(two_files["options/predictions-likelihood.json"])["predictions"]
     assert [record["image"] for record in predictions] == [f"images/{c}-0.png" for c in range(5)]
 
+
+def test_rank_caches_are_folded_into_the_shared_cache(tmp_path):
+    from finedefics_data.answer_cache import AnswerCache, RankAnswerCache, merge_rank_caches, rank_cache_files
+
+    path = tmp_path / "cache.sqlite"
+    shared = AnswerCache(path)
+    shared.put_many([("k0", "", "p", "m", "r", "shared")])
+    shared.close()
+    ranks = [RankAnswerCache(path, rank) for rank in (0, 1)]
+    ranks[0].put_many([("k1", "", "p", "m", "r", "rank 0")])
+    ranks[1].put_many([("k2", "", "p", "m", "r", "rank 1")])
+    assert ranks[1].get_many(["k0", "k1", "k2"]) == {"k0": "shared", "k2": "rank 1"}  # its own file and the shared
+    for cache in ranks:
+        cache.close()
+    assert [file.name for file in rank_cache_files(path)] == ["cache.rank0.sqlite", "cache.rank1.sqlite"]
+    assert merge_rank_caches(path) == 2 and rank_cache_files(path) == []
+    merged = AnswerCache(path)
+    assert merged.get_many(["k0", "k1", "k2"]) == {"k0": "shared", "k1": "rank 0", "k2": "rank 1"}
+    merged.close()
+
+
+def _dataset_rows(folder: Path) -> dict:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    return {split: table.cast_column("image", datasets.Image(decode=False)).to_list()
+            for split, table in loaded.items()}
+
+
+def test_describe_over_two_processes_writes_the_single_process_output(tmp_path, capsys):
+    from describe_helpers import save_stock_idefics2, save_tiny_causal_lm, write_image_folder
+
+    from finedefics_data.answer_cache import AnswerCache, rank_cache_files
+
+    images = write_image_folder(tmp_path / "images", per_split={"train": 2, "test": 1})  # 9 images, 3 categories
+    (images / "train" / "Mirel Vane" / "broken.png").write_bytes(b"not a png")  # skipped, in rank 1's share
+    vqa, summariser = save_stock_idefics2(tmp_path / "vqa"), save_tiny_causal_lm(tmp_path / "lm")
+    arguments = ["data", "describe", str(images), "--vqa-model", str(vqa), "--summary-model", str(summariser),
+                 "--attributes", "body colour,wheels", "--noun", "vehicle", "--batch-size", "2",
+                 "--max-new-tokens", "4", "--no-progress"]
+    assert main([*arguments, "--output", str(tmp_path / "one")]) == 0
+    result = _launch([*arguments, "--output", str(tmp_path / "two")], tmp_path)
+
+    assert result.stdout.count("described ") == 1  # rank 1 prints and writes nothing
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _dataset_rows(two) == _dataset_rows(one)
+    for name in ("describe_answers.jsonl", "describe_run.json", "finedefics_data.json"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    reports = [json.loads((folder / "describe_report.json").read_text(encoding="utf-8")) for folder in (one, two)]
+    assert (reports[0]["processes"], reports[1]["processes"]) == (1, 2)
+    assert reports[1]["skipped_images"]["count"] == 1 and reports[1]["answers"]["computed"] > 0
+    # The same answers in all, but a rank does not see what the other computes in the same run: a prompt repeated
+    # in the other rank's share is asked again there instead of being read back from the cache.
+    assert reports[1]["answers"]["total"] == reports[0]["answers"]["total"]
+    assert [s["image"] for s in reports[1]["skipped_images"]["images"]] == [str(images / "train" / "Mirel Vane" /
+                                                                             "broken.png")]
+    ignored = TIMING_KEYS | {"asking_seconds", "output", "answers", "skipped_images"}
+    assert ({k: v for k, v in reports[1].items() if k not in ignored}
+            == {k: v for k, v in reports[0].items() if k not in ignored})
+    # One cache file, holding what one process's holds: a rerun in one process recomputes nothing.
+    assert rank_cache_files(two / "describe_cache.sqlite") == []
+    caches = [AnswerCache(folder / "describe_cache.sqlite") for folder in (one, two)]
+    assert len(caches[1]) == len(caches[0]) > 0
+    for cache in caches:
+        cache.close()
+    capsys.readouterr()
+    assert main([*arguments, "--output", str(two), "--resume"]) == 0
+    assert "answers: 0 computed" in capsys.readouterr().out
