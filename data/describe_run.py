@@ -520,8 +520,8 @@ def describe_folder(source: str | Path, output: str | Path, settings: DescribeSe
         _write_run_file(output, source, settings, noun)
         merge_rank_caches(output / CACHE_FILE)  # the answers of a killed launch (and the shared file, created)
     processes.wait()
-    run_settings = settings  # under a launch, --device auto puts each rank on its own device
-    if processes.world_size > 1 and settings.device == "auto":
+    run_settings = settings  # under a launch, --device auto or cuda puts each rank on its own device
+    if processes.world_size > 1 and settings.device in ("auto", "cuda"):
         run_settings = replace(settings, device=str(processes.device))
     cache = AnswerCache(output / CACHE_FILE) if processes.world_size == 1 else RankAnswerCache(output / CACHE_FILE,
                                                                                                processes.rank)

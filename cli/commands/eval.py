@@ -104,7 +104,8 @@ def run(args) -> int:
 
 
 def _data_parallel(args):
-    """The processes of this launch (this one alone outside a launch); ``--device auto``: each rank its own."""
+    """The processes of this launch (this one alone outside a launch); ``--device auto`` or ``cuda``: each rank
+    its own device."""
     import torch
 
     from finedefics_data.sharding import DataParallel
@@ -112,7 +113,7 @@ def _data_parallel(args):
     cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
     processes = DataParallel(cpu=cpu)
     if processes.world_size > 1:
-        if args.device == "auto":
+        if args.device in ("auto", "cuda"):  # one device per rank, not every rank on the first GPU
             args.device = str(processes.device)
         if processes.is_main and not args.import_foci:
             print(f"data-parallel evaluation over {processes.world_size} processes: each scores its share of the "
