@@ -13,6 +13,14 @@ The paper's pipeline (``describe.py``) over a whole dataset, batched and resumab
    ``demo --data`` read, ``finedefics_data.json`` (the noun), ``describe_answers.jsonl`` (every image's
    answers) and ``describe_report.json``.
 
+Under ``accelerate launch`` / ``torchrun`` the work is data-parallel (``sharding.DataParallel``, the mechanism
+``finedefics eval`` uses): the images, in chunks of ``batch_size`` as one process takes them, are split over the
+ranks in contiguous runs, and so are the summaries; each rank asks its own, the answers and sentences are merged
+in the original order, and rank 0 alone writes the output folder, the same as one process writes (only the
+report's timings and ``processes`` differ). The answer cache then has one writer per file (``answer_cache``):
+every rank reads the shared cache and writes its own rank file, which rank 0 folds into the shared one at the end
+(and at the start of the next run, after a killed launch).
+
     settings = DescribeSettings(vqa_model="training/demo_base", attributes=["body colour", "wheels"],
                                 noun=ObjectNoun.of("vehicle"))
     report = describe_folder("my_images/", "described/", settings)
@@ -26,16 +34,17 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .answer_cache import AnswerCache, answer_key, content_hash
+from .answer_cache import AnswerCache, RankAnswerCache, answer_key, content_hash, merge_rank_caches
 from .describe import NOT_VISIBLE, clean_answer, load_prompt, one_sentence, parse_attribute_list, template_summary
 from .describe_input import DescribeInput, ImageItem, read_input
 from .negatives import negative_descriptions, top_k_from_similarity
 from .schema import COLUMNS, RecordError, validate_record, write_data_info
+from .sharding import DataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -185,25 +194,46 @@ def questions_for(attributes: list[str], noun) -> dict[str, str]:
 
 
 def ask_images(items: list[ImageItem], questions: dict[str, str], vqa, cache: AnswerCache, batch_size: int,
-               max_new_tokens: int, counts: Answers, progress: bool = True) -> dict[int, dict[str, str]]:
+               max_new_tokens: int, counts: Answers, progress: bool = True,
+               processes: DataParallel | None = None) -> dict[int, dict[str, str]]:
     """``{item index: {attribute: raw answer}}`` for every readable image; unreadable ones are named in
     ``counts.skipped_images`` and left out.
 
     Images are taken ``batch_size`` at a time; their uncached questions are asked ``batch_size`` pairs per
-    ``generate`` call and each batch's answers are committed to the cache before the next one is asked.
+    ``generate`` call and each batch's answers are committed to the cache before the next one is asked. With
+    ``processes``, each rank takes its share of those chunks and gets this rank's answers only (and counts);
+    ``merge_answers`` joins them.
     """
     from tqdm.auto import tqdm
 
+    chunks = [range(start, min(start + batch_size, len(items))) for start in range(0, len(items), batch_size)]
+    if processes is not None:
+        chunks = processes.shard(chunks)
     answers: dict[int, dict[str, str]] = {}
-    with tqdm(total=len(items), desc="describing", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(items), batch_size):
-            chunk = range(start, min(start + batch_size, len(items)))
+    with tqdm(total=sum(map(len, chunks)), desc="describing", unit="img", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for chunk in chunks:
             pending = _cached_answers(items, chunk, questions, vqa, cache, answers, counts)
             for first in range(0, len(pending), batch_size):
                 _ask_batch(pending[first:first + batch_size], vqa, cache, answers, max_new_tokens)
             counts.computed += len(pending)
             bar.update(len(chunk))
     return answers
+
+
+def merge_answers(processes: DataParallel, answers: dict[int, dict[str, str]], counts: Answers) -> tuple:
+    """Every rank's answers (``ask_images``) and bookkeeping as one process's, in the original order, on every
+    rank: answers and skipped images concatenated by rank, counts added up, the slowest rank's asking time."""
+    if processes.world_size == 1:
+        return answers, counts
+    merged, total = {}, Answers()
+    for rank_answers, rank_counts in processes.gather((answers, counts)):
+        merged.update(rank_answers)
+        total.from_cache += rank_counts.from_cache
+        total.computed += rank_counts.computed
+        total.asking_seconds = max(total.asking_seconds, rank_counts.asking_seconds)
+        total.skipped_images += rank_counts.skipped_images
+    return merged, total
 
 
 def _cached_answers(items, chunk, questions, vqa, cache, answers, counts) -> list[tuple]:
@@ -257,9 +287,14 @@ def visible_values(raw: dict[str, str], attributes: list[str]) -> dict[str, str]
 
 
 def summarise_all(values: dict[int, dict[str, str]], settings: DescribeSettings, noun, cache: AnswerCache,
-                  models: dict, counts: Answers) -> tuple[dict[int, str], Counter]:
+                  models: dict, counts: Answers,
+                  processes: DataParallel | None = None) -> tuple[dict[int, str], Counter]:
     """One sentence per image: the summary model's first sentence, or the template sentence; an image with no
-    visible attribute gets ``""``. Returns the sentences and the counts of fallbacks used."""
+    visible attribute gets ``""``. Returns the sentences and the counts of fallbacks used.
+
+    The summary model's prompts are taken ``batch_size`` at a time (the cached ones left out of each chunk); with
+    ``processes`` the chunks are shared out like the images, and the sentences merged in order on every rank.
+    """
     notes: Counter = Counter()
     sentences = {index: "" for index, found in values.items() if not found}
     notes["images with no visible attribute (no description)"] = len(sentences)
@@ -272,8 +307,10 @@ def summarise_all(values: dict[int, dict[str, str]], settings: DescribeSettings,
     template = load_prompt("summary")
     prompts = [template.format(noun=noun.singular, pairs="\n".join(f"{a}: {v}" for a, v in values[i].items()))
                for i in described]
-    texts = cached_completions(model, prompts, cache, max_new_tokens=48, batch_size=settings.batch_size,
-                               counts=counts)
+    chunks = [prompts[start:start + settings.batch_size] for start in range(0, len(prompts), settings.batch_size)]
+    processes = processes or DataParallel()
+    texts = processes.merge([text for chunk in processes.shard(chunks) for text in cached_completions(
+        model, chunk, cache, max_new_tokens=48, batch_size=settings.batch_size, counts=counts)])
     for index, text in zip(described, texts):
         sentence = one_sentence(text)
         if not sentence.strip(" .!?"):
@@ -453,12 +490,18 @@ def summary_lines(report: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- the run
 def describe_folder(source: str | Path, output: str | Path, settings: DescribeSettings,
-                    resume: bool = False) -> dict:
-    """Describe every image of ``source`` and write the dataset folder ``output``; returns the report."""
+                    resume: bool = False, processes: DataParallel | None = None) -> dict | None:
+    """Describe every image of ``source`` and write the dataset folder ``output``; returns the report.
+
+    ``processes``: the launch to share the work with (default: every process of the launch this one belongs to,
+    or this one alone). Rank 0 writes the folder and returns the report; the other ranks return None.
+    """
     from .describe_models import load_vqa_model, model_revision
     from .prompts import DEFAULT_NOUN
 
     started = time.perf_counter()
+    if processes is None:
+        processes = DataParallel(cpu=settings.device == "cpu" or None)
     source, output = Path(source), Path(output)
     if settings.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {settings.batch_size}")
@@ -471,29 +514,53 @@ def describe_folder(source: str | Path, output: str | Path, settings: DescribeSe
         raise ValueError("give the attributes to ask (--attributes \"a,b,c\") or a model to propose them "
                          "(--attribute-model)")
     check_models(settings)
-    output.mkdir(parents=True, exist_ok=True)
-    _write_run_file(output, source, settings, noun)
-    cache, counts, models = AnswerCache(output / CACHE_FILE), Answers(), {}
+    processes.wait()  # every rank has checked the folder before rank 0 writes into it
+    if processes.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        _write_run_file(output, source, settings, noun)
+        merge_rank_caches(output / CACHE_FILE)  # the answers of a killed launch (and the shared file, created)
+    processes.wait()
+    run_settings = settings  # under a launch, --device auto or cuda puts each rank on its own device
+    if processes.world_size > 1 and settings.device in ("auto", "cuda"):
+        run_settings = replace(settings, device=str(processes.device))
+    cache = AnswerCache(output / CACHE_FILE) if processes.world_size == 1 else RankAnswerCache(output / CACHE_FILE,
+                                                                                               processes.rank)
+    counts, models = Answers(), {}
     try:
-        attributes = attribute_list(settings, noun, cache, models, counts)
+        if processes.world_size == 1:
+            attributes = attribute_list(run_settings, noun, cache, models, counts)
+        else:  # asked once, by rank 0, and shared
+            attributes, models = processes.gather(
+                (attribute_list(run_settings, noun, cache, models, counts), models) if processes.is_main else None)[0]
         vqa = LazyModel(settings.vqa_model, model_revision(settings.vqa_model, settings.revision),
                         lambda: load_vqa_model(settings.vqa_model, settings.revision, settings.trust_remote_code,
-                                               settings.device))
+                                               run_settings.device))
         models["vqa"] = {"name": vqa.name, "revision": vqa.revision}
         asking = time.perf_counter()
         answers = ask_images(described.items, questions_for(attributes, noun), vqa, cache, settings.batch_size,
-                             settings.max_new_tokens, counts, settings.progress)
+                             settings.max_new_tokens, counts, settings.progress and processes.is_main, processes)
         counts.asking_seconds = time.perf_counter() - asking
-        models["vqa"]["loaded"] = vqa.loaded  # False: every answer came from the cache
+        answers, counts = merge_answers(processes, answers, counts)
+        # False: every answer came from the cache (on every rank)
+        models["vqa"]["loaded"] = any(processes.gather(vqa.loaded))
         values = {index: visible_values(found, attributes) for index, found in answers.items()}
-        sentences, notes = summarise_all(values, settings, noun, cache, models, counts)
+        summaries = Answers()  # this rank's share, added up over the ranks
+        sentences, notes = summarise_all(values, run_settings, noun, cache, models, summaries, processes)
+        for from_cache, computed in processes.gather((summaries.from_cache, summaries.computed)):
+            counts.from_cache, counts.computed = counts.from_cache + from_cache, counts.computed + computed
     finally:
         cache.close()
+    if processes.world_size > 1:
+        processes.wait()  # every rank's answers are committed to its file
+        if not processes.is_main:
+            return None
+        merge_rank_caches(output / CACHE_FILE)
     models.setdefault("summary", {"name": TEMPLATE, "revision": None})
     negatives_how = _write_output(described, output, noun, settings, attributes, answers, values, sentences, notes,
                                   counts)
     report = build_report(described, output, attributes, answers, sentences, counts, notes, models, negatives_how,
                           time.perf_counter() - started)
+    report["processes"] = processes.world_size
     (output / REPORT_FILE).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 

@@ -16,6 +16,13 @@ than the run's wall time. ``seconds`` is a mode's whole time (set-up included: t
 every category name first); ``images_per_second`` is the steady-state speed, measured after the first
 batch (which pays one-off costs) whenever there is more than one. Missing or unreadable images are
 skipped, counted and listed in the report; the run goes on.
+
+Under ``accelerate launch`` / ``torchrun`` (``processes``, a :class:`~finedefics_data.sharding.DataParallel`) the
+batches, formed as in one process, are split over the ranks in contiguous runs; each rank scores its own, and the
+records, unreadable images and timings are merged in rank order, so every rank returns the report one process
+would have produced: the same predictions in the same order, the same metrics and intervals. Only the timings
+differ: a mode's ``seconds`` is the slowest rank's, and ``images_per_second`` the whole launch's (every rank's
+steady-state images over the slowest rank's steady-state seconds); ``processes`` records the world size.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ SKIPPED_LISTED = 20
 def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, batch_size: int = 8,
                    max_new_tokens: int = FOCI_MAX_NEW_TOKENS, likelihood_answer: str = "letter",
                    prompt_template: str = "{}", bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
-                   progress: bool = True, model_name: str | None = None) -> dict:
+                   progress: bool = True, model_name: str | None = None, processes=None) -> dict:
     """Score ``benchmark`` with each of ``modes`` and return the report dict.
 
     Args:
@@ -51,6 +58,8 @@ def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, b
         bootstrap_samples: resamples of the 95% intervals (0: none).
         progress: show a progress bar.
         model_name: how the report names the model (default: the model's ``name_or_path``).
+        processes: a :class:`~finedefics_data.sharding.DataParallel` to share the work with (default: this
+            process alone, or every process of the launch it belongs to).
 
     Returns:
         ``{"model", "benchmark", "split", "seed", "n", "n_scored", "skipped", "protocol", "modes",
@@ -62,16 +71,22 @@ def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, b
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    from finedefics_data.sharding import DataParallel
+
     modes = check_modes(modes)
+    processes = processes if processes is not None else DataParallel()
     model.eval()
     prepared = prepare_examples(benchmark.examples, benchmark.query, seed, prompt_template)
     missing_ids = {example.example_id for example in benchmark.missing_images()}
-    if missing_ids:
+    if missing_ids and processes.is_main:
         logger.warning("%s: %d of %d images are missing under %s; they are skipped and reported",
                        benchmark.name, len(missing_ids), len(prepared), benchmark.image_root)
     to_score = [item for item in prepared if item.example.example_id not in missing_ids]
     scorers, setup_seconds = _timed_scorers(model, processor, benchmark, modes, max_new_tokens, likelihood_answer)
-    records, unreadable, timings = _score_all(model, processor, benchmark, to_score, scorers, batch_size, progress)
+    batches = processes.shard([to_score[start:start + batch_size] for start in range(0, len(to_score), batch_size)])
+    part = _score_all(model, processor, benchmark, batches, scorers, progress and processes.is_main,
+                      processes.world_size)
+    records, unreadable, timings, setup_seconds = _merge_ranks(processes.gather((*part, setup_seconds)))
     scored = len(to_score) - len(unreadable)
     if scored == 0:
         raise ValueError(f"benchmark {benchmark.name!r}: none of its {len(prepared)} images could be read "
@@ -79,6 +94,7 @@ def evaluate_model(model, processor, benchmark, modes=MC_MODES, seed: int = 0, b
     skipped = [item.example.image for item in prepared if item.example.example_id in missing_ids] + unreadable
     report = _report_header(model, benchmark, seed, len(prepared), scored, len(missing_ids), unreadable, skipped,
                             model_name)
+    report["processes"] = processes.world_size
     report["protocol"] = {"query": benchmark.query, "open_set_question": benchmark.open_set_question,
                           "prompt_template": prompt_template, "max_new_tokens": max_new_tokens,
                           "likelihood_answer": likelihood_answer, "batch_size": batch_size,
@@ -99,8 +115,8 @@ def _timed_scorers(model, processor, benchmark, modes, max_new_tokens: int, like
     return scorers, setup_seconds
 
 
-def _score_all(model, processor, benchmark, to_score, scorers: dict, batch_size: int, progress: bool):
-    """Run every scorer over the examples in batches, each batch's image work shared by the scorers.
+def _score_all(model, processor, benchmark, batches, scorers: dict, progress: bool, world_size: int = 1):
+    """Run every scorer over the batches, each batch's image work shared by the scorers.
 
     Returns the records per mode, the unreadable image paths, and per mode a list of
     ``(images scored, seconds)`` per batch.
@@ -114,10 +130,10 @@ def _score_all(model, processor, benchmark, to_score, scorers: dict, batch_size:
     run_order = sorted(scorers, key=lambda mode: not scorers[mode].writes_prompt_logits)
     keep_prompt_logits = (any(scorer.writes_prompt_logits for scorer in scorers.values())
                           and any(scorer.reads_prompt_logits for scorer in scorers.values()))
-    bar = tqdm(total=len(to_score), desc=f"{benchmark.name} [{', '.join(scorers)}]", unit="img",
+    shard = f", rank 0 of {world_size}" if world_size > 1 else ""
+    bar = tqdm(total=sum(map(len, batches)), desc=f"{benchmark.name} [{', '.join(scorers)}{shard}]", unit="img",
                disable=not progress)
-    for start in range(0, len(to_score), batch_size):
-        batch = to_score[start:start + batch_size]
+    for batch in batches:
         load_start = time.perf_counter()
         images, items = _load_batch(benchmark, batch, unreadable)
         load_seconds = time.perf_counter() - load_start
@@ -131,6 +147,20 @@ def _score_all(model, processor, benchmark, to_score, scorers: dict, batch_size:
         bar.update(len(batch))
     bar.close()
     return records, unreadable, timings
+
+
+def _merge_ranks(parts: list[tuple]):
+    """Every rank's ``(records, unreadable, timings, setup seconds)`` as one process's, in rank order.
+
+    Records and unreadable images are concatenated; per mode, the timings become one list per rank (what
+    ``steady_state_speed`` and ``_mode_report`` read) and the set-up time the slowest rank's.
+    """
+    modes = list(parts[0][0])
+    records = {mode: [record for part in parts for record in part[0][mode]] for mode in modes}
+    unreadable = [path for part in parts for path in part[1]]
+    timings = {mode: [part[2][mode] for part in parts] for mode in modes}
+    setup_seconds = {mode: max(part[3][mode] for part in parts) for mode in modes}
+    return records, unreadable, timings, setup_seconds
 
 
 def _timed_call(scorer, images, items, shared: SharedBatch) -> tuple[list[dict], float]:
@@ -175,20 +205,27 @@ def _report_header(model, benchmark, seed, total, scored, missing, unreadable, s
     }
 
 
-def _mode_report(scorer, records: list[dict], benchmark, timings: list[tuple[int, float]], setup_seconds: float,
-                 bootstrap_samples: int, seed: int) -> dict:
+def _mode_report(scorer, records: list[dict], benchmark, rank_timings: list[list[tuple[int, float]]],
+                 setup_seconds: float, bootstrap_samples: int, seed: int) -> dict:
     failures = scorer.failures(records, benchmark.categories)
     metrics = mode_metrics(records, failures, bootstrap_samples, seed, benchmark.rare_categories)
     metrics.update(scorer.report_metrics(records, bootstrap_samples, seed, setup_seconds))
-    metrics["seconds"] = setup_seconds + sum(seconds for _, seconds in timings)
-    metrics["images_per_second"] = steady_state_speed(timings)
+    metrics["seconds"] = setup_seconds + max(sum(seconds for _, seconds in timings) for timings in rank_timings)
+    metrics["images_per_second"] = steady_state_speed(*rank_timings)
     return metrics
 
 
-def steady_state_speed(timings: list[tuple[int, float]]) -> float | None:
-    """Images per second over all batches but the first (one-off costs), or over the only batch."""
-    counted = timings[1:] if len(timings) > 1 else timings
-    images, seconds = sum(n for n, _ in counted), sum(s for _, s in counted)
+def steady_state_speed(*rank_timings: list[tuple[int, float]]) -> float | None:
+    """Images per second over all batches but the first (one-off costs), or over the only batch.
+
+    With several ranks' timings (ranks working side by side): every rank's counted images over the slowest rank's
+    counted seconds, the launch's throughput.
+    """
+    images, seconds = 0, 0.0
+    for timings in rank_timings:
+        counted = timings[1:] if len(timings) > 1 else timings
+        images += sum(n for n, _ in counted)
+        seconds = max(seconds, sum(s for _, s in counted))
     return images / seconds if seconds > 0 and images else None
 
 

@@ -16,7 +16,8 @@ INPUT is a folder with one subfolder per category (train/ and test/ split folder
 directly), or a `finedefics data` folder. The output folder is a dataset that `finedefics train --dataset_dir`,
 `two-stage` and `demo --data` read directly, with describe_report.json and describe_answers.jsonl beside it.
 Every answer is cached in the output folder: with --resume, a rerun or an interrupted run asks only what is
-missing."""
+missing. Under `accelerate launch` / `torchrun` each process describes its share of the images and rank 0 writes
+the same output one process would."""
 
 
 def register(commands) -> None:
@@ -71,6 +72,8 @@ def run_describe(args) -> int:
         taxonomy=read_taxonomy(args.taxonomy) if args.taxonomy else None, max_new_tokens=args.max_new_tokens,
         trust_remote_code=args.trust_remote_code, device=args.device, progress=not args.no_progress)
     report = describe_folder(args.input, args.output, settings, resume=args.resume)
+    if report is None:
+        return 0  # a rank > 0 of a launch: rank 0 wrote the folder and prints the summary
     print("\n".join(summary_lines(report)))
     print(f"saved {', '.join(f'{split}: {n} images' for split, n in report['splits'].items())} to {args.output} "
           f"(report: {args.output}/describe_report.json)")

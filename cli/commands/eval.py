@@ -4,6 +4,11 @@ Writes, per benchmark, ``report.json``, ``report.md``, FOCI-format prediction fi
 ``finedefics_eval.report``). With several benchmarks each gets a sub-folder and ``DIR/report.json``
 sums them up under ``"benchmarks"`` (the shape ``finedefics push --report`` turns into the card).
 ``--import-foci`` reports FOCI's own prediction files the same way, without a model.
+
+Under ``accelerate launch`` / ``torchrun`` the evaluation is data-parallel: each process scores its share of the
+batches (on its own GPU with ``--device auto``, else on the CPU over gloo), the predictions are merged in the
+original order, and rank 0 alone writes the report, identical to one process's but for the timings
+(``finedefics_eval.runner``).
 """
 
 from __future__ import annotations
@@ -79,7 +84,10 @@ def run(args) -> int:
     if not args.import_foci and not (args.model and args.benchmark):
         raise ValueError("give --model and --benchmark, or --import-foci FILE to report FOCI prediction files")
     check_output_dir(args.output_dir)
-    reports = _imported_reports(args) if args.import_foci else _model_reports(args)
+    processes = _data_parallel(args)
+    reports = _imported_reports(args) if args.import_foci else _model_reports(args, processes)
+    if not processes.is_main:
+        return 0  # rank 0 holds the same merged reports and writes them
     folders = write_reports(reports, args.output_dir, seed=None if args.import_foci else args.seed,
                             plots=not args.no_plots)
     for name, report in reports.items():
@@ -95,6 +103,24 @@ def run(args) -> int:
     return 0
 
 
+def _data_parallel(args):
+    """The processes of this launch (this one alone outside a launch); ``--device auto`` or ``cuda``: each rank
+    its own device."""
+    import torch
+
+    from finedefics_data.sharding import DataParallel
+
+    cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    processes = DataParallel(cpu=cpu)
+    if processes.world_size > 1:
+        if args.device in ("auto", "cuda"):  # one device per rank, not every rank on the first GPU
+            args.device = str(processes.device)
+        if processes.is_main and not args.import_foci:
+            print(f"data-parallel evaluation over {processes.world_size} processes: each scores its share of the "
+                  "batches; the predictions are merged in order and rank 0 writes the report")
+    return processes
+
+
 def _imported_reports(args) -> dict:
     from finedefics_eval.report import report_from_prediction_file, unique_name
 
@@ -105,7 +131,7 @@ def _imported_reports(args) -> dict:
     return reports
 
 
-def _model_reports(args) -> dict:
+def _model_reports(args, processes) -> dict:
     from finedefics_eval.benchmarks import load_benchmark
     from finedefics_eval.loading import LazyModel, negatives_option
     from finedefics_eval.report import unique_name
@@ -114,7 +140,7 @@ def _model_reports(args) -> dict:
     several = len(args.benchmark) > 1
     extra = {"max_per_label": args.max_per_label} if args.max_per_label else {}
     model = LazyModel(args.model, args.device, args.dtype)
-    noun = _question_noun(args)
+    noun = _question_noun(args, processes.is_main)
     # Benchmarks first: bad input fails before minutes of model loading (unless mining needs the model).
     benchmarks = [load_benchmark(spec, image_root=_image_root(args.image_root, spec, several), split=args.split,
                                  limit=args.limit, negatives=negatives_option(args.negatives, model), noun=noun,
@@ -132,7 +158,7 @@ def _model_reports(args) -> dict:
     return reports
 
 
-def _question_noun(args):
+def _question_noun(args, verbose: bool = True):
     """``--noun``, else the noun the checkpoint was trained with (its config), else None (the data's own)."""
     from finedefics_eval.loading import checkpoint_noun
 
@@ -141,7 +167,7 @@ def _question_noun(args):
     if args.noun or args.noun_plural:
         return noun_from_arguments(args)
     noun = checkpoint_noun(args.model)
-    if noun is not None:
+    if noun is not None and verbose:
         print(f"objects are called {str(noun)!r} in the questions (the checkpoint's config.object_noun)")
     return noun
 
