@@ -46,8 +46,12 @@ import os
 import sys
 from pathlib import Path
 
-from lmms_eval.api.model import lmms
-from lmms_eval.api.task import ConfigurableTask
+if __name__ == "__main__":  # `python -m finedefics_eval.lmms_eval_plugin`: the task folder, before the heavy imports
+    print(Path(__file__).resolve().with_name("lmms_tasks"))
+    raise SystemExit(0)
+
+from lmms_eval.api.model import lmms  # noqa: E402
+from lmms_eval.api.task import ConfigurableTask  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -538,6 +542,3 @@ def foci_accuracy(records: list[dict]) -> float:
 
 
 register()
-
-if __name__ == "__main__":
-    print(TASK_FOLDER)

@@ -8,6 +8,8 @@ lmms-eval 0.7.3 is not in the test extra (see the skip reason), so these tests r
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -136,6 +138,10 @@ def test_the_shipped_task_folder_holds_the_foci_and_data_tasks():
     assert {"finedefics_data", "finedefics_data_likelihood", "finedefics_foci", "finedefics_foci_likelihood"} \
         <= set(names)
     assert set(plugin.task_manager().all_tasks) == set(names)
+    # What the documented command gives --include_path.
+    printed = subprocess.run([sys.executable, "-m", "finedefics_eval.lmms_eval_plugin"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert printed == str(plugin.TASK_FOLDER) and plugin.TASK_FOLDER.is_dir()
 
 
 def test_a_foci_task_reads_local_images_with_finedefics_evals_prompts(tmp_path, monkeypatch):
