@@ -3,14 +3,17 @@
 - ``check_model_source``: a model argument (folder or Hub id) before anything is loaded from it;
 - ``check_vocabulary``: a tokenizer that fits the model's embedding matrix;
 - ``load_model``: the model (eval mode, on a device) and its processor;
+- ``load_adapter_checkpoint``: a LoRA adapter folder merged into its base, as training merges it;
 - ``checkpoint_noun``: what a checkpoint calls its objects in the questions it was trained with;
 - ``negatives_option``: ``finedefics eval --negatives auto|names|FILE`` as ``load_benchmark``'s argument.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from finedefics_data.trust import check_inside
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def supported_model_types() -> tuple[str, ...]:
@@ -47,6 +51,9 @@ def check_model_source(name_or_path: str) -> None:
     missing folder, not a Hub repository that "could not be reached".
     """
     path = Path(name_or_path).expanduser()
+    if path.is_dir() and is_adapter_folder(path):
+        check_model_source(adapter_base(path))
+        return
     if path.is_dir():
         check_checkpoint_folder(path)
         return
@@ -216,7 +223,8 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
     """A Finedefics model (eval mode, on ``device``) and its processor; ``auto`` picks cuda/bfloat16 when present.
 
     The checkpoint's ``model_type`` picks the family (``modeling_finedefics.families``): a Finedefics checkpoint
-    of any family, or a stock one (``qwen2_vl``, ``llava``, ...), loads into that family's Finedefics classes.
+    of any family, or a stock one (``qwen2_vl``, ``llava``, ...), loads into that family's Finedefics classes. A
+    LoRA adapter folder is merged into its base (:func:`load_adapter_checkpoint`).
     """
     import torch
     from transformers import PretrainedConfig
@@ -228,13 +236,104 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto"):
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     check_model_source(name_or_path)
-    config, _ = PretrainedConfig.get_config_dict(name_or_path)
-    family = family_for_model_type(config.get("model_type"))
-    model = family.model.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
-    processor = family.processor.from_pretrained(name_or_path)
+    if is_adapter_folder(name_or_path):
+        model, processor, _ = load_adapter_checkpoint(name_or_path)
+        model = model.to(getattr(torch, dtype))
+    else:
+        config, _ = PretrainedConfig.get_config_dict(name_or_path)
+        family = family_for_model_type(config.get("model_type"))
+        model = family.model.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+        processor = family.processor.from_pretrained(name_or_path)
     check_vocabulary(model, processor.tokenizer, name_or_path)
     check_finite_weights(model, name_or_path)
     return model.to(device).eval(), processor
+
+
+def is_adapter_folder(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` is a local PEFT adapter folder (``adapter_config.json``, no full weights)."""
+    return (Path(name_or_path).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base checkpoint a LoRA adapter folder names (``base_model_name_or_path`` of ``adapter_config.json``)."""
+    config_file = Path(adapter_dir).expanduser() / ADAPTER_CONFIG
+    config = _read_json(config_file)
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{config_file} names no base checkpoint (base_model_name_or_path); the adapter cannot be "
+                         "merged into one")
+    return base
+
+
+def model_config(path: str, trust_remote_code: bool = False):
+    """``(config, family)`` of a stock or Finedefics checkpoint; another architecture is a clear error."""
+    from transformers import AutoConfig
+
+    from modeling_finedefics.families import family_for_model_type
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        family = family_for_model_type(config.model_type)
+    except ValueError as error:  # a Hub model (local folders were checked before)
+        raise ValueError(f"{path}: {error}") from None
+    return config, family
+
+
+def without_quantization(config):
+    """``config`` without its ``quantization_config`` (QLoRA's adapters merge into full-precision weights)."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+@contextlib.contextmanager
+def peft_checkpointing_deprecations():
+    """Silence exactly the FutureWarnings PEFT's own calls raise for transformers' old checkpointing names.
+
+    PEFT reads ``model.is_gradient_checkpointing`` (wrapping or loading an adapter) and calls
+    ``gradient_checkpointing_enable``, which transformers 5 deprecates; nothing in a recipe can avoid
+    them (the config uses the new ``activation_checkpointing``), so every LoRA run would print them.
+    """
+    with warnings.catch_warnings():
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
+        yield
+
+
+def merge_saved_adapter(adapter_dir: str | Path, dtype=None):
+    """A saved adapter applied to a fresh copy of its base (``base_model_name_or_path``) and merged."""
+    import torch
+    from peft import PeftConfig, PeftModel
+
+    base_path = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
+    base_config, family = model_config(base_path)
+    if base_config.model_type != family.model_type:  # a stock base: its tokenizer's EOS, as in training
+        eos = family.load_processor(base_path).tokenizer.eos_token_id
+        base_config = family.finedefics_config(base_config, eos)
+    base = family.model.from_pretrained(base_path, config=without_quantization(base_config),
+                                        dtype=dtype or torch.float32)
+    with peft_checkpointing_deprecations():
+        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def load_adapter_checkpoint(adapter_dir: str | Path):
+    """``(model, processor, base)`` of a LoRA adapter folder: merged into its base in float32 (no rounding of the
+    LoRA update), then in the base's dtype as training's final/ is; the processor saved beside the adapter
+    (training saves it there), else the base's."""
+    import torch
+    from peft import PeftConfig
+
+    from modeling_finedefics.families import family_of
+
+    adapter_dir = Path(adapter_dir)
+    base = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
+    model = merge_saved_adapter(adapter_dir)
+    base_dtype = model_config(base)[0].dtype
+    if isinstance(base_dtype, torch.dtype) and base_dtype.is_floating_point:
+        model = model.to(base_dtype)
+    has_processor = any((adapter_dir / name).is_file() for name in ("processor_config.json", "tokenizer_config.json"))
+    processor = family_of(model).load_processor(str(adapter_dir if has_processor else base))
+    return model.eval(), processor, base
 
 
 def non_finite_parameters(model, shown: int = 3) -> list[str]:
@@ -265,6 +364,8 @@ def checkpoint_noun(name_or_path: str):
     from finedefics_data.prompts import ObjectNoun
 
     check_model_source(name_or_path)
+    if is_adapter_folder(name_or_path):
+        return checkpoint_noun(adapter_base(name_or_path))
     config, _ = PretrainedConfig.get_config_dict(name_or_path)
     return ObjectNoun.from_config(config)
 

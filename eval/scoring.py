@@ -440,31 +440,48 @@ class LikelihoodScorer(Scorer):
         shared = shared or SharedBatch(self.model, self.processor, images)
         continuations = [[self.continuation_ids(letter, option) for letter, option in
                           zip(CHOICE_LETTERS, item.shown_options)] for item in items]
-        texts = [item.prompt for item in items]
+        return self.continuation_scores([item.prompt for item in items], continuations, shared)[0]
+
+    @torch.no_grad()
+    def continuation_scores(self, texts: list[str], continuations: list[list[list[int]]],
+                            shared: SharedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities of answers given as token ids (see :meth:`answer_ids`) after each prompt.
+
+        ``continuations[row]`` holds the same number of answers for every row (one per option). Returns the
+        ``(batch, answers)`` scores and, as booleans of the same shape, whether greedy decoding would write each
+        answer (every token the most likely one). ``option_scores`` is this with the options' answers; the
+        lmms-eval plugin calls it with the continuations lmms-eval asks about.
+        """
         if max(len(ids) for row in continuations for ids in row) == 1:
             # One-token answers are all read from the prefill's last logits: no cache, and no prefill of
             # its own when generate already ran on these prompts.
-            return self._first_token_scores(shared.prompt_logits(texts), continuations)
+            prompt_logits = shared.prompt_logits(texts)
+            return self._first_token_scores(prompt_logits, continuations)
         prefix = shared.model_inputs(texts)
         outputs = self.model(**prefix, **prefill_positions(self.model, prefix["attention_mask"]),
                              use_cache=True, logits_to_keep=1)
         num_options = len(continuations[0])
         flat = [ids for row in continuations for ids in row]
-        later = self._later_token_scores(outputs.cache, prefix["attention_mask"], flat, num_options,
-                                         mrope_deltas(self.model, prefix))
-        return self._first_token_scores(outputs.logits[:, -1].float(), continuations) + later.view(len(items),
-                                                                                                   num_options)
+        later, later_greedy = self._later_token_scores(outputs.cache, prefix["attention_mask"], flat, num_options,
+                                                       mrope_deltas(self.model, prefix))
+        first, first_greedy = self._first_token_scores(outputs.logits[:, -1].float(), continuations)
+        shape = (len(texts), num_options)
+        return first + later.view(shape), first_greedy & later_greedy.view(shape)
 
     @staticmethod
-    def _first_token_scores(prompt_logits: torch.Tensor, continuations: list[list[list[int]]]) -> torch.Tensor:
-        """``(batch, options)`` log-probabilities of each option's first answer token after the prompt."""
+    def _first_token_scores(prompt_logits: torch.Tensor,
+                            continuations: list[list[list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch, options)`` log-probabilities of each option's first answer token after the prompt, and
+        whether that token is the most likely one."""
         first = torch.log_softmax(prompt_logits.float(), dim=-1)
         first_ids = torch.tensor([[ids[0] for ids in row] for row in continuations], device=first.device)
-        return first.gather(1, first_ids)
+        return first.gather(1, first_ids), first_ids == first.argmax(dim=-1, keepdim=True)
 
     def _later_token_scores(self, cache, prefix_mask: torch.Tensor, continuations: list[list[int]],
-                            num_options: int, rope_deltas: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-probabilities of every continuation token after the first, all options in one forward.
+                            num_options: int,
+                            rope_deltas: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of every continuation token after the first, all options in one forward, and
+        whether each of those tokens is the most likely one.
 
         The prefill cache is repeated per option, so the image and prompt are never encoded again. Positions
         continue after each prompt's real tokens; with ``rope_deltas`` (Qwen's mrope: text after an image
@@ -487,7 +504,8 @@ class LikelihoodScorer(Scorer):
         logits = self.model(input_ids=inputs, attention_mask=torch.cat([prefix_mask, real], dim=1),
                             position_ids=positions, cache=cache, use_cache=True).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets.clamp(min=0).unsqueeze(-1))
-        return (log_probs.squeeze(-1) * real).sum(dim=1)
+        greedy = ((logits.argmax(dim=-1) == targets) | (real == 0)).all(dim=1)
+        return (log_probs.squeeze(-1) * real).sum(dim=1), greedy
 
     def continuation_ids(self, letter: str, option: str) -> list[int]:
         """Token ids of the assistant's answer after the generation prompt ("Assistant:", "ASSISTANT:",
@@ -496,7 +514,11 @@ class LikelihoodScorer(Scorer):
         Tokenised in context (the generation prompt followed by the answer) so that a tokenizer
         that merges across the boundary is caught rather than silently mis-scored.
         """
-        answer = self.answer_template.format(letter=letter, option=option)
+        return self.answer_ids(self.answer_template.format(letter=letter, option=option))
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of the assistant turn ``answer`` after the generation prompt (with the end-of-turn token for
+        the ``letter_name`` and ``name`` formats), tokenised in context as :meth:`continuation_ids` says."""
         if answer not in self._continuations:
             self._continuations[answer] = self._tokenize_continuation(answer)
         return self._continuations[answer]

@@ -124,7 +124,9 @@ def load_finedefics_checkpoint(checkpoint: Path):
     """``(model, processor, adapter base or None)``, with the installed Finedefics classes in float32 or the
     checkpoint's dtype; a LoRA adapter folder is merged into its base as training merges it."""
     if (checkpoint / "adapter_config.json").is_file():
-        return _merged_adapter(checkpoint)
+        from finedefics_eval.loading import load_adapter_checkpoint
+
+        return load_adapter_checkpoint(checkpoint)
     from modeling_finedefics.families import family_for_model_type
 
     model_type = read_checkpoint_config(checkpoint, supported=None)["model_type"]
@@ -135,26 +137,6 @@ def load_finedefics_checkpoint(checkpoint: Path):
     family = family_for_model_type(model_type)
     model = family.model.from_pretrained(str(checkpoint), dtype="auto")
     return model.eval(), family.load_processor(str(checkpoint)), None
-
-
-def _merged_adapter(adapter_dir: Path):
-    from peft import PeftConfig
-
-    from modeling_finedefics.families import family_of
-
-    from .recipe import merge_saved_adapter, model_config
-
-    base = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
-    # Merged in float32 (no rounding of the LoRA update), then stored in the base's dtype as training's final/ is.
-    model = merge_saved_adapter(adapter_dir)
-    base_dtype = model_config(base)[0].dtype
-    if isinstance(base_dtype, torch.dtype) and base_dtype.is_floating_point:
-        model = model.to(base_dtype)
-
-    # The processor saved beside the adapter (training saves it there), else the base's.
-    has_processor = any((adapter_dir / name).is_file() for name in ("processor_config.json", "tokenizer_config.json"))
-    processor = family_of(model).load_processor(str(adapter_dir if has_processor else base))
-    return model.eval(), processor, base
 
 
 # ----------------------------------------------------------------------------- the stock model

@@ -17,11 +17,13 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+from finedefics_eval.loading import merge_saved_adapter, model_config
+from finedefics_eval.loading import peft_checkpointing_deprecations as _peft_checkpointing_deprecations
 
 from .config import FinedeficsTrainingConfig, check_numeric_range
 from .trusted_code import clean_saved_auto_maps
@@ -127,20 +129,6 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
     return apply_lora(model, model_args, training_args), processor
 
 
-def model_config(path: str, trust_remote_code: bool = False):
-    """``(config, family)`` of a stock or Finedefics checkpoint; another architecture is a clear error."""
-    from transformers import AutoConfig
-
-    from modeling_finedefics.families import family_for_model_type
-
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    try:
-        family = family_for_model_type(config.model_type)
-    except ValueError as error:  # a Hub model (local folders were checked before)
-        raise ValueError(f"{path}: {error}") from None
-    return config, family
-
-
 def vision_tower(model):
     """The vision encoder of a Finedefics model of any family (under PEFT's wrapping too)."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -200,20 +188,6 @@ def _one_dtype_for_zero3(model) -> None:
             module.to(dtype)
 
 
-@contextlib.contextmanager
-def _peft_checkpointing_deprecations():
-    """Silence exactly the FutureWarnings PEFT's own calls raise for transformers' old checkpointing names.
-
-    PEFT reads ``model.is_gradient_checkpointing`` (wrapping or loading an adapter) and calls
-    ``gradient_checkpointing_enable``, which transformers 5 deprecates; nothing in a recipe can avoid
-    them (the config uses the new ``activation_checkpointing``), so every LoRA run would print them.
-    """
-    with warnings.catch_warnings():
-        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
-            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
-        yield
-
-
 def merge_and_save(model, processor, output_dir: str | Path) -> Path:
     """Merge a LoRA adapter (if any) into the weights and save a complete, loadable checkpoint."""
     output_dir = Path(output_dir)
@@ -241,21 +215,6 @@ def dequantised_merge(peft_model):
     with tempfile.TemporaryDirectory() as adapter_dir:
         peft_model.save_pretrained(adapter_dir)
         return merge_saved_adapter(adapter_dir, compute_dtype)
-
-
-def merge_saved_adapter(adapter_dir: str | Path, dtype=None):
-    """A saved adapter applied to a fresh copy of its base (``base_model_name_or_path``) and merged."""
-    from peft import PeftConfig, PeftModel
-
-    base_path = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
-    base_config, family = model_config(base_path)
-    if base_config.model_type != family.model_type:  # a stock base: its tokenizer's EOS, as in training
-        eos = family.load_processor(base_path).tokenizer.eos_token_id
-        base_config = family.finedefics_config(base_config, eos)
-    base = family.model.from_pretrained(base_path, config=_without_quantization(base_config),
-                                        dtype=dtype or torch.float32)
-    with _peft_checkpointing_deprecations():
-        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
 def save_final_checkpoint(trainer, processor, final_dir: str | Path) -> Path:
@@ -304,12 +263,6 @@ def check_distributed_setup(model_args: ModelArguments, training_args) -> None:
         raise ValueError("tuning: qlora cannot run under DeepSpeed ZeRO-3 (bitsandbytes' 4-bit weights cannot be "
                          "partitioned): launch with accelerate_configs/multi_gpu.yaml (DDP), or use tuning: lora "
                          "with the ZeRO-3 config")
-
-
-def _without_quantization(config):
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    return config
 
 
 def _checkpointing(training_args) -> bool:
