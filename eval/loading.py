@@ -211,7 +211,8 @@ def check_vocabulary(model, tokenizer, source: str) -> None:
     A larger tokenizer fails only when a rare token shows up, with an IndexError deep in training or
     evaluation; checked when the model is loaded instead.
     """
-    rows = model.get_input_embeddings().weight.shape[0]
+    weight = model.get_input_embeddings().weight
+    rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape in ds_shape
     tokens = len(tokenizer)
     if tokens > rows:
         raise ValueError(f"{source}: the tokenizer has {tokens} tokens but the model's embedding matrix has {rows} "
@@ -342,11 +343,19 @@ def non_finite_parameters(model, shown: int = 3) -> list[str]:
 
     found = []
     for name, parameter in model.named_parameters():
+        parameter = local_values(parameter)
         if parameter.is_floating_point() and not torch.isfinite(parameter.detach()).all():
             found.append(name)
             if len(found) == shown:
                 break
     return found
+
+
+def local_values(parameter):
+    """What this process holds of ``parameter``: itself, its ZeRO-3 partition, or its FSDP2 shard."""
+    if getattr(parameter, "ds_tensor", None) is not None:
+        return parameter.ds_tensor
+    return parameter.to_local() if hasattr(parameter, "to_local") else parameter
 
 
 def check_finite_weights(model, source: str) -> None:

@@ -35,8 +35,21 @@ class FinedeficsTemperatures(nn.Module):
         super().__init__()
         self.min_temperature = config.min_temperature
         self.max_temperature = config.max_temperature
-        self.object_attribute = nn.Parameter(torch.empty(()))
-        self.attribute_category = nn.Parameter(torch.empty(()))
+        # Scalars, as every checkpoint stores them. Sharding engines cannot split a 0-dim parameter (DeepSpeed
+        # ZeRO-3 broadcasts each one viewed as bytes, FSDP shards along dim 0): a model built under ZeRO-3 holds them
+        # as 1-element vectors (``as_vectors`` for FSDP), a stored value of either shape loads into either, and
+        # the trainer saves scalars (``temperatures_as_scalars``).
+        shape = (1,) if _built_under_zero3() else ()
+        self.object_attribute = nn.Parameter(torch.empty(shape))
+        self.attribute_category = nn.Parameter(torch.empty(shape))
+        self.register_load_state_dict_pre_hook(_temperatures_to_own_shape)
+
+    def as_vectors(self) -> None:
+        """Hold the temperatures as 1-element vectors (the same parameters, for a sharding engine)."""
+        for name in TEMPERATURE_NAMES:
+            parameter = getattr(self, name)
+            if parameter.dim() == 0:
+                parameter.data = parameter.data.reshape(1)
 
     def reset_parameters(self, temperature: float) -> None:
         with torch.no_grad():
@@ -47,9 +60,35 @@ class FinedeficsTemperatures(nn.Module):
         """Clamped logit scales ``1 / tau`` by name; the clamp keeps the gradient inside the range."""
         max_log_scale = math.log(1.0 / self.min_temperature)
         min_log_scale = math.log(1.0 / self.max_temperature)
-        return {
-            name: getattr(self, name).clamp(min_log_scale, max_log_scale).exp() for name in TEMPERATURE_NAMES
-        }
+        return {name: getattr(self, name).clamp(min_log_scale, max_log_scale).exp().reshape(())
+                for name in TEMPERATURE_NAMES}
+
+
+def _built_under_zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+def temperature_key(key: str) -> bool:
+    """Whether a state-dict key names a temperature (PEFT's ``modules_to_save`` copies included)."""
+    head, _, name = key.rpartition(".")
+    return name in TEMPERATURE_NAMES and "temperatures" in head.split(".")
+
+
+def _temperatures_to_own_shape(module, state_dict, prefix, *args) -> None:
+    """A stored temperature (scalar, or a 1-element vector saved under ZeRO-3) in the shape of this module's."""
+    for name in TEMPERATURE_NAMES:
+        value = state_dict.get(prefix + name)
+        if value is not None and value.numel() == 1:
+            parameter = getattr(module, name)
+            state_dict[prefix + name] = value.reshape(getattr(parameter, "ds_shape", parameter.shape))
+
+
+def temperatures_as_scalars(state_dict: dict) -> dict:
+    """``state_dict`` with its 1-element temperatures as the scalars every checkpoint stores."""
+    return {key: value.reshape(()) if temperature_key(key) and value.dim() == 1 and value.numel() == 1 else value
+            for key, value in state_dict.items()}
 
 
 @dataclass

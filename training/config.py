@@ -131,6 +131,9 @@ class FinedeficsTrainingConfig(SFTConfig):
         if self.activation_checkpointing is None and self.gradient_checkpointing is True:
             self.activation_checkpointing, self.gradient_checkpointing = True, None
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        from .engines import adapt_to_cpu_processes
+
+        adapt_to_cpu_processes(self)  # DeepSpeed / FSDP on CPU processes: before super() sets up the devices
         super().__post_init__()
         if self.max_steps == 0:
             raise ValueError("max_steps is 0: no optimizer step would run and final/ would be the untrained model; "

@@ -82,6 +82,8 @@ class Plan:
     shape: StepShape
     memory_gib: dict[str, float]
     assumptions: list[str] = field(default_factory=list)
+    engine: str | None = None                 # the engine's label when one was planned for (ZeRO-3, FSDP2, ...)
+    host_gib: dict[str, float] = field(default_factory=dict)  # per process, in host memory (CPU offload)
 
     @property
     def total_gib(self) -> float:
@@ -106,9 +108,15 @@ class Plan:
                       f"{shape.lm_tokens} decoder tokens per row"
                       + (f"; embedding pass {len(shape.embedding_rows)} rows" if shape.embedding_rows else ""),
                   "memory estimate per device (GiB):"]
+        if self.engine:
+            lines.insert(-1, f"engine: {self.engine}")
         lines += [f"  {name:<34} {value:8.2f}" for name, value in self.memory_gib.items()]
         lines.append(f"  {'total':<34} {self.total_gib:8.2f}")
         lines.append("fits on: " + ", ".join(f"{size} GB {'yes' if ok else 'NO'}" for size, ok in self.fits().items()))
+        if self.host_gib:
+            lines.append("offloaded to host memory, per process (GiB): " + ", ".join(
+                f"{name} {value:.2f}" for name, value in self.host_gib.items())
+                + f"; total {sum(self.host_gib.values()):.2f}")
         lines += ["", "assumptions:"] + [f"  - {text}" for text in self.assumptions]
         return "\n".join(lines)
 
@@ -174,14 +182,18 @@ def _local_processor_numbers(folder: Path) -> dict:
     return numbers
 
 
-def build_meta_model(config, model_args, training_args):
-    """The model as a run would train it, on the meta device: (model, names of 4-bit Linear layers)."""
+def build_meta_model(config, model_args, training_args, engine=None):
+    """The model as a run would train it, on the meta device: (model, names of 4-bit Linear layers).
+
+    Under a sharding ``engine`` (ZeRO-3, FSDP2) every parameter takes the model's dtype, as the run loads it."""
     from .recipe import NOT_QUANTISED, apply_lora, vision_tower
 
     dtype = _model_dtype(model_args)
     with torch.device("meta"):
         model = config_family(config).model(config).to(dtype)
-    model._alignment_modules_to_float32([f"{name}." for name in model._keep_in_fp32_modules_strict])
+    sharded = engine.shards_weights and model_args.tuning != "qlora" if engine is not None else None
+    if not sharded:
+        model._alignment_modules_to_float32([f"{name}." for name in model._keep_in_fp32_modules_strict])
     quantised = set()
     if model_args.tuning == "qlora":
         quantised = {name for name, module in model.named_modules()
@@ -196,7 +208,7 @@ def build_meta_model(config, model_args, training_args):
         return model, quantised
     lora_args = copy.copy(model_args)
     lora_args.tuning = "lora"  # PEFT's wrapping; 4-bit layers cannot be built on the meta device
-    return apply_lora(model, lora_args, training_args), quantised
+    return apply_lora(model, lora_args, training_args, sharded=sharded), quantised
 
 
 PARTS = (("multimodal projector", ("visual.merger", "multi_modal_projector")),  # Qwen's merger, LLaVA's MLP
@@ -419,6 +431,84 @@ def _core(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+# ---------------------------------------------------------------------- engines
+def largest_unit_bytes(model) -> float:
+    """Bytes of the largest unit a sharding engine gathers whole for compute: one decoder layer, the input
+    embeddings or the LM head (their weights in the model's dtype)."""
+    core = _core(model)
+
+    def size(module) -> float:
+        return float(sum(p.numel() * p.element_size() for p in module.parameters())) if module is not None else 0.0
+
+    return max(size(core._decoder().layers[0]), size(core.get_input_embeddings()), size(core.get_output_embeddings()))
+
+
+def engine_memory(model, quantised: set[str], engine, mixed_precision: bool) -> tuple[dict[str, float],
+                                                                                      dict[str, float]]:
+    """(per-device bytes, per-process host bytes) of weights, gradients and optimizer state under ``engine``.
+
+    DeepSpeed keeps float32 master weights, gradients and AdamW moments of every trainable element (beside the
+    16-bit weights the model computes with); FSDP2 under mixed precision keeps the trainable parameters themselves
+    in float32 (accelerate upcasts them) with float32 gradients and moments; in a float32 model both are plain
+    float32. ZeRO-3 and FSDP2 shard all of it over the processes and gather one unit (a decoder layer, the
+    embeddings or the LM head) whole for compute, the next one prefetched; CPU offload moves the optimizer side
+    (and with ``offload_param`` the weights) to host memory.
+    """
+    world = engine.world_size
+    weights = weight_bytes(model, quantised)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    elements = float(sum(p.numel() for p in trainable))
+    in_dtype = float(sum(p.numel() * p.element_size() for p in trainable))
+    sixteen_bit = in_dtype < 4 * elements
+    deepspeed = engine.name.startswith("zero")
+    fsdp_upcast = engine.name.startswith("fsdp") and mixed_precision and sixteen_bit
+    share = {"weights": world if engine.shards_weights else 1, "gradients": world if engine.shards_gradients else 1,
+             "optimizer": world if engine.shards_optimizer else 1}
+    device = {}
+    device[f"weights{_shard_note(share['weights'])}"] = (
+        weights - in_dtype + 4 * elements if fsdp_upcast else weights) / share["weights"]
+    if deepspeed and sixteen_bit:
+        device[f"float32 master weights{_shard_note(share['optimizer'])}"] = 4 * elements / share["optimizer"]
+    float32_side = deepspeed or fsdp_upcast or not sixteen_bit
+    device[f"gradients{_shard_note(share['gradients'])}"] = (4 * elements if float32_side else in_dtype) \
+        / share["gradients"]
+    device[f"optimizer state{_shard_note(share['optimizer'])}"] = (8 * elements if float32_side
+                                                                   else 2 * in_dtype) / share["optimizer"]
+    if engine.shards_weights:
+        device["gathered for compute (2 units)"] = 2 * largest_unit_bytes(model)
+    host = {}
+    for name in list(device):
+        offloaded = (engine.offload_optimizer and name.startswith(("float32 master", "optimizer state"))) or (
+            engine.offload_params and name.startswith("weights"))
+        if offloaded:
+            host[name.split(" (")[0]] = device.pop(name)
+    return device, host
+
+
+def _shard_note(parts: int) -> str:
+    return f" (1/{parts} each)" if parts > 1 else ""
+
+
+def check_engine_memory(model_args, training_args, engine=None, host_memory_bytes: int | None = None) -> None:
+    """``engines.check_engine_setup`` with CPU offload checked against this machine's memory (the estimate below)."""
+    from .engines import check_engine_setup
+
+    check_engine_setup(model_args, training_args, engine, host_memory_bytes,
+                       offload_bytes=lambda chosen: offload_host_bytes(model_args, training_args, chosen))
+
+
+def offload_host_bytes(model_args, training_args, engine) -> float | None:
+    """Host memory one process of ``engine`` offloads into (None when the model's config cannot be read)."""
+    try:
+        config, _ = plan_config(model_args.model_name_or_path, getattr(training_args, "trust_remote_code", False))
+        model, quantised = build_meta_model(config, model_args, training_args, engine)
+    except (ValueError, OSError) as error:
+        logger.info("offload memory not checked: %s", error)
+        return None
+    mixed = bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False))
+    return float(sum(engine_memory(model, quantised, engine, mixed)[1].values()))
+
+
 # ---------------------------------------------------------------------- plan
 def step_shape(config, processor: dict, training_args, stage: int) -> tuple[StepShape, list[str]]:
     """The step of one device, its images as the family's processor makes them (``Family.plan_images``)."""
@@ -439,11 +529,12 @@ def step_shape(config, processor: dict, training_args, stage: int) -> tuple[Step
     return shape, assumptions
 
 
-def plan_stage(model_args, training_args, shape: StepShape | None = None) -> Plan:
-    """The plan of one stage of ``training_args`` (its ``stage``); ``shape`` overrides the assumed batch."""
+def plan_stage(model_args, training_args, shape: StepShape | None = None, engine=None) -> Plan:
+    """The plan of one stage of ``training_args`` (its ``stage``); ``shape`` overrides the assumed batch, ``engine``
+    (``engines.Engine``) shards weights, gradients and optimizer state as ZeRO or FSDP2 would."""
     stage = training_args.stage
     config, processor = plan_config(model_args.model_name_or_path, training_args.trust_remote_code)
-    model, quantised = build_meta_model(config, model_args, training_args)
+    model, quantised = build_meta_model(config, model_args, training_args, engine)
     if stage == 2:
         for name, parameter in model.named_parameters():
             if "temperatures." in name:
@@ -451,8 +542,19 @@ def plan_stage(model_args, training_args, shape: StepShape | None = None) -> Pla
     assumptions = []
     if shape is None:
         shape, assumptions = step_shape(config, processor, training_args, stage)
-    gradients, optimizer = trainable_bytes(model)
-    memory = {"weights": weight_bytes(model, quantised), "gradients": gradients, "optimizer state": optimizer}
+    host = {}
+    if engine is not None and engine.name not in ("single", "ddp"):
+        mixed = bool(training_args.bf16 or training_args.fp16)
+        memory, host = engine_memory(model, quantised, engine, mixed)
+        assumptions = [text.replace("one process per device (DDP)", f"{engine.label}, {engine.world_size} processes, "
+                                    "one per device").replace("AdamW (two moments per trainable element, in its "
+                                                              "dtype)", "AdamW (float32 moments)")
+                       for text in assumptions]
+        assumptions.append("sharded state divided evenly over the processes; 2 units gathered at a time (the one "
+                           "computing, the next prefetched); communication buffers not counted")
+    else:
+        gradients, optimizer = trainable_bytes(model)
+        memory = {"weights": weight_bytes(model, quantised), "gradients": gradients, "optimizer state": optimizer}
     memory.update(activation_bytes(model, config, shape, model_args, training_args))
     memory = {name: value / GIB for name, value in memory.items()}
     memory["CUDA context, fragmentation"] = OVERHEAD_GIB
@@ -464,10 +566,18 @@ def plan_stage(model_args, training_args, shape: StepShape | None = None) -> Pla
                 dtype=str(model_args.torch_dtype),
                 parameters=parameter_table(model), lora_modules=lora_modules(model), full_precision=full_precision,
                 saved_with_adapter=saved, shape=shape, memory_gib=memory,
-                assumptions=assumptions)
+                assumptions=assumptions,
+                engine=f"{engine.label}, {engine.world_size} processes" if engine is not None else None,
+                host_gib={name: value / GIB for name, value in host.items()})
 
 
-def print_plan(model_args, training_args) -> Plan:
-    plan = plan_stage(model_args, training_args)
+def print_plan(model_args, training_args, engine=None) -> Plan:
+    """Print the plan of one stage; ``engine`` (``engines.Engine``) plans for a ZeRO / FSDP launch (refused
+    tunings are refused here too, as the run would refuse them)."""
+    if engine is not None:
+        from .engines import check_engine_supports
+
+        check_engine_supports(model_args, engine)
+    plan = plan_stage(model_args, training_args, engine=engine)
     print(plan, end="\n\n")
     return plan

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,8 +119,8 @@ def load_model_and_processor(model_args: ModelArguments, training_args: Finedefi
         kwargs["quantization_config"] = qlora_quantization_config(kwargs["dtype"])
     model = family.model.from_pretrained(path, **kwargs)
     check_vocabulary(model, processor.tokenizer, path)
-    if _zero3_without_quantisation(model_args, training_args):
-        _one_dtype_for_zero3(model)
+    if _sharded_without_quantisation(model_args, training_args):
+        _one_dtype_for_sharding(model)
     if model_args.tuning == "full":
         if model_args.freeze_vision_tower:
             vision_tower(model).requires_grad_(False)
@@ -152,8 +151,11 @@ def qlora_quantization_config(compute_dtype):
     )
 
 
-def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrainingConfig):
-    """Wrap with LoRA; temperatures and projection heads train in full and are saved with the adapter."""
+def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrainingConfig,
+               sharded: bool | None = None):
+    """Wrap with LoRA; temperatures and projection heads train in full and are saved with the adapter.
+
+    ``sharded``: whether a weight-sharding engine trains it (default: the launch's, ``engines.engine_of``)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from modeling_finedefics.families import family_of
@@ -167,20 +169,26 @@ def apply_lora(model, model_args: ModelArguments, training_args: FinedeficsTrain
             target_modules=lora_targets(model_args, family_of(model)), modules_to_save=modules_to_save,
             task_type="CAUSAL_LM",
         )
-        # ZeRO-3 gathers parameters into buffers of one dtype: LoRA weights upcast to float32 beside a bf16
-        # base fail its first optimizer step. Its optimizer keeps float32 master weights of every trainable
-        # parameter, so keeping them in the model's dtype loses no update.
-        model = get_peft_model(model, config,
-                               autocast_adapter_dtype=not _zero3_without_quantisation(model_args, training_args))
+        # ZeRO-3 gathers parameters into buffers of one dtype (FSDP2 wants one dtype per sharded group): LoRA
+        # weights upcast to float32 beside a bf16 base fail its first optimizer step. ZeRO-3's optimizer keeps
+        # float32 master weights of every trainable parameter (FSDP2 upcasts the trainable ones under mixed
+        # precision), so keeping them in the model's dtype loses no update.
+        if sharded is None:
+            sharded = _sharded_without_quantisation(model_args, training_args)
+        model = get_peft_model(model, config, autocast_adapter_dtype=not sharded)
     return model
 
 
-def _zero3_without_quantisation(model_args: ModelArguments, training_args) -> bool:
-    return model_args.tuning != "qlora" and deepspeed_zero_stage(training_args) == 3
+def _sharded_without_quantisation(model_args: ModelArguments, training_args) -> bool:
+    """Whether the run's engine shards the weights (ZeRO-3, FSDP2) of an unquantised model."""
+    from .engines import engine_of
+
+    return model_args.tuning != "qlora" and engine_of(training_args).shards_weights
 
 
-def _one_dtype_for_zero3(model) -> None:
-    """The float32 alignment modules (temperatures, heads) in the model's dtype, for ZeRO-3's one-dtype buffers."""
+def _one_dtype_for_sharding(model) -> None:
+    """The float32 alignment modules (temperatures, heads) in the model's dtype, for ZeRO-3's one-dtype buffers
+    and FSDP2's one dtype per sharded group."""
     dtype = model.get_input_embeddings().weight.dtype
     for name in model._keep_in_fp32_modules_strict:
         module = getattr(model, name, None)
@@ -221,19 +229,27 @@ def save_final_checkpoint(trainer, processor, final_dir: str | Path) -> Path:
     """The stage's merged checkpoint; every process calls this.
 
     One process merges in memory. With several, each may hold only a shard of the weights (DeepSpeed
-    ZeRO-3 partitions them, and ``save_pretrained`` on the main process alone would write empty
-    tensors), so ``Trainer.save_model`` gathers and saves them (the adapter, or the full 16-bit weights)
-    and the main process merges a saved adapter into a freshly loaded base.
+    ZeRO-3 partitions them, FSDP2 shards them, and ``save_pretrained`` on the main process alone would write
+    empty tensors), so they are gathered and saved (``Trainer.save_model``; FSDP's full state dict whatever
+    the config's ``state_dict_type``): the adapter, or the full weights; the main process then merges a saved
+    adapter into a freshly loaded base.
     """
     final_dir = Path(final_dir)
     if trainer.accelerator.num_processes == 1:
         return merge_and_save(trainer.model, processor, final_dir)
     is_adapter = hasattr(trainer.accelerator.unwrap_model(trainer.model), "merge_and_unload")
     saved = final_dir.with_name("gathered-adapter") if is_adapter else final_dir
-    trainer.save_model(str(saved))
+    if trainer.is_fsdp_enabled:  # whole weights whatever the config's state_dict_type (sharded for checkpoints)
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every process takes part
+        if trainer.args.should_save:
+            trainer._save(str(saved), state_dict=state_dict)
+    else:
+        trainer.save_model(str(saved))
     if is_adapter and trainer.is_world_process_zero():
         dtype = trainer.accelerator.unwrap_model(trainer.model).get_base_model().config.dtype
-        merge_saved_adapter(saved, dtype).save_pretrained(final_dir, safe_serialization=True)
+        with outside_zero3():  # one process loads a whole base: no partitioning, no collective
+            merged = merge_saved_adapter(saved, dtype)
+        merged.save_pretrained(final_dir, safe_serialization=True)
         processor.save_pretrained(final_dir)
         shutil.rmtree(saved)
     elif trainer.is_world_process_zero():
@@ -244,25 +260,25 @@ def save_final_checkpoint(trainer, processor, final_dir: str | Path) -> Path:
     return final_dir
 
 
-def deepspeed_zero_stage(training_args) -> int | None:
-    """The ZeRO stage of the run: from the recipe's ``deepspeed`` config or ``accelerate launch``'s environment."""
-    config = getattr(training_args, "deepspeed", None)
-    if isinstance(config, (str, os.PathLike)):
-        config = json.loads(Path(config).read_text())
-    if isinstance(config, dict):
-        stage = (config.get("zero_optimization") or {}).get("stage")
-        return int(stage) if stage not in (None, "auto") else None
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0") or 0)
-    return None
-
-
 def check_distributed_setup(model_args: ModelArguments, training_args) -> None:
-    """Refuse, before any weight loads, what cannot work across processes."""
-    if model_args.tuning == "qlora" and deepspeed_zero_stage(training_args) == 3:
-        raise ValueError("tuning: qlora cannot run under DeepSpeed ZeRO-3 (bitsandbytes' 4-bit weights cannot be "
-                         "partitioned): launch with accelerate_configs/multi_gpu.yaml (DDP), or use tuning: lora "
-                         "with the ZeRO-3 config")
+    """Refuse, before any weight loads, what the launch's engine cannot honour (``engines.check_engine_setup``)."""
+    from .engines import check_engine_setup
+
+    check_engine_setup(model_args, training_args)
+
+
+@contextlib.contextmanager
+def outside_zero3():
+    """Models built inside are whole (transformers' ZeRO-3 flag, which makes ``from_pretrained`` partition every
+    weight over the processes as it loads, is off inside)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    held = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = held
 
 
 def _checkpointing(training_args) -> bool:
@@ -363,7 +379,7 @@ def run_stage(model_args: ModelArguments, data_args: DataArguments, training_arg
 
 def _run_stage(model_args: ModelArguments, data_args: DataArguments, training_args: FinedeficsTrainingConfig,
                callbacks=None, progress=None) -> Path:
-    from .checkpoints import check_finite_weights, last_complete_checkpoint
+    from .checkpoints import last_complete_checkpoint
     from .trainer import FinedeficsTrainer
 
     data_args = data_args.for_stage(training_args.stage)
@@ -384,8 +400,8 @@ def _run_stage(model_args: ModelArguments, data_args: DataArguments, training_ar
         logger.info("resuming stage %d from %s", training_args.stage, resume)
     with named_resume_state_errors(resume), named_save_errors(training_args.output_dir):
         trainer.train(resume_from_checkpoint=resume)
-    check_finite_weights(trainer.model, f"stage {training_args.stage} after step {trainer.state.global_step} "
-                                        f"(output_dir {training_args.output_dir}, final/ not written)")
+    check_finite_trained_weights(trainer, f"stage {training_args.stage} after step {trainer.state.global_step} "
+                                          f"(output_dir {training_args.output_dir}, final/ not written)")
     final_dir = Path(training_args.output_dir) / "final"
     with named_save_errors(final_dir):
         save_final_checkpoint(trainer, processor, final_dir)
@@ -395,6 +411,21 @@ def _run_stage(model_args: ModelArguments, data_args: DataArguments, training_ar
         logger.info("stage %d checkpoint: %s", training_args.stage, final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
+
+
+def check_finite_trained_weights(trainer, source: str) -> None:
+    """``check_finite_weights`` on every process's part of the weights (a ZeRO-3 or FSDP2 shard), all stopping
+    together when any part holds NaN or inf (a process that went on to save alone would wait forever)."""
+    from finedefics_eval.loading import non_finite_parameters
+
+    bad = non_finite_parameters(trainer.model)
+    if trainer.accelerator.num_processes > 1:
+        count = torch.tensor([float(len(bad))], device=trainer.accelerator.device)
+        if trainer.accelerator.reduce(count, reduction="sum").item() and not bad:
+            bad = ["a part held by another process"]
+    if bad:
+        raise ValueError(f"{source}: the weights hold NaN or inf values (in {', '.join(bad)}); the checkpoint is "
+                         "broken (a diverged training run?), its scores would mean nothing")
 
 
 # Write failures that are the machine's state, not a bug: reported as one line naming the folder.

@@ -29,6 +29,7 @@ the category names of the training rows (``config.object_categories``, added to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 
@@ -103,6 +104,33 @@ class FinedeficsTrainer(SFTTrainer):
                            "(their weights are ignored)", ", ".join(unusable))
         self._prepare_temperatures()
 
+    # ------------------------------------------------------------------ engines
+    def create_accelerator_and_postprocess(self) -> None:
+        """Trainer's accelerator; an FSDP launch on CPU processes made an FSDP run (``engines``), and under FSDP
+        the temperatures as 1-element vectors (FSDP shards along dim 0, which a scalar lacks)."""
+        from .engines import fsdp_on_cpu_processes
+
+        super().create_accelerator_and_postprocess()
+        if fsdp_on_cpu_processes(self.accelerator):
+            self.is_fsdp_enabled = True
+        if self.is_fsdp_enabled:
+            from modeling_finedefics.alignment import FinedeficsTemperatures
+
+            for module in self.model.modules():
+                if isinstance(module, FinedeficsTemperatures):
+                    module.as_vectors()
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir=None, state_dict=None):
+        """Trainer's save, with the temperatures as the scalars every checkpoint stores (under ZeRO-3 and FSDP the
+        model holds them as 1-element vectors, and the gathered state dict has them so)."""
+        if state_dict is not None:
+            from modeling_finedefics.alignment import temperatures_as_scalars
+
+            state_dict = temperatures_as_scalars(state_dict)
+        with _unsharded_class(self.model):
+            return super()._save(output_dir, state_dict=state_dict)
+
     # ------------------------------------------------------------------ set-up
     def _core_model(self, model=None):
         """The Finedefics model (of any family) under any DDP / PEFT wrapping."""
@@ -112,8 +140,9 @@ class FinedeficsTrainer(SFTTrainer):
     def _prepare_temperatures(self) -> None:
         core = self._core_model()
         if self.args.init_temperature is not None:
-            for parameter in _temperature_parameters(core):
-                with torch.no_grad():
+            parameters = _temperature_parameters(core)
+            with _gathered(parameters), torch.no_grad():  # whole on every process, written back to the shards
+                for parameter in parameters:
                     parameter.fill_(-torch.log(torch.tensor(self.args.init_temperature)).item())
         trainable = self.args.stage == 1 and self.args.train_temperatures
         for parameter in _temperature_parameters(core):
@@ -374,3 +403,31 @@ def _temperature_parameters(core) -> list[torch.nn.Parameter]:
     ``original_module``, which never gets a gradient."""
     return [parameter for name, parameter in core.named_parameters()
             if "temperatures." in name and ".original_module." not in name]
+
+
+def _gathered(parameters):
+    """ZeRO-3's ``GatheredParameters`` (changes made on rank 0 are kept) for partitioned parameters, else nothing."""
+    if not any(hasattr(parameter, "ds_id") for parameter in parameters):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
+
+
+@contextlib.contextmanager
+def _unsharded_class(model):
+    """``model`` as an instance of its own class while it is saved.
+
+    FSDP2 turns a sharded module's class into ``FSDP<class>``, defined in torch: ``save_pretrained`` would copy
+    torch's FSDP files into the checkpoint as its model code and name that class in ``auto_map``.
+    """
+    sharded = type(model)
+    plain = next((base for base in sharded.__bases__ if base.__name__ != "FSDPModule"), sharded)
+    if plain is sharded or not any(base.__name__ == "FSDPModule" for base in sharded.__bases__):
+        yield
+        return
+    model.__class__ = plain
+    try:
+        yield
+    finally:
+        model.__class__ = sharded

@@ -8,7 +8,9 @@ DESCRIPTION = (
     "fields, from --config recipe.yaml and/or the command line (the command line wins). Launch with "
     "`accelerate launch -m finedefics_cli train ...` or torchrun for several processes. "
     "--dry-run builds the model on the meta device from its config, applies the tuning, prints trainable "
-    "parameters and a per-device memory estimate, and exits without training."
+    "parameters and a per-device memory estimate, and exits without training; with --accelerate-config "
+    "CONFIG.yaml (e.g. training/accelerate_configs/deepspeed_zero3.yaml or fsdp2.yaml) the estimate shards "
+    "weights, gradients and optimizer state as that launch would."
 )
 CONFIG_HELP = "YAML recipe whose keys are the fields listed here (the command line overrides them)"
 
@@ -23,12 +25,18 @@ def register(subparsers) -> None:
 
 
 def recipe_parser(prog: str = "finedefics train", description: str = DESCRIPTION):
-    """TRL's parser over (ModelArguments, DataArguments, FinedeficsTrainingConfig)."""
+    """TRL's parser over (ModelArguments, DataArguments, FinedeficsTrainingConfig).
+
+    Parsing the training config starts ``accelerate launch``'s process group (DeepSpeed's, under a DeepSpeed
+    config), so what DeepSpeed needs changed for this model is changed first (``engines.prepare_engine``).
+    """
     from trl import TrlParser
 
     from finedefics_training.config import FinedeficsTrainingConfig
+    from finedefics_training.engines import prepare_engine
     from finedefics_training.recipe import DataArguments, ModelArguments
 
+    prepare_engine()
     return TrlParser((ModelArguments, DataArguments, FinedeficsTrainingConfig), prog=prog, description=description,
                      usage=f"{prog} [--config RECIPE.yaml] [--FIELD VALUE ...]")
 
@@ -57,6 +65,34 @@ def take_dry_run(argv: list[str]) -> tuple[list[str], bool]:
     return (argv + ["--use_cpu", "true"] if dry_run else argv), dry_run
 
 
+def take_accelerate_config(argv: list[str], dry_run: bool) -> tuple[list[str], str | None]:
+    """``argv`` without ``--accelerate-config PATH`` (the launch a dry run plans for), and PATH."""
+    rest, path, position = [], None, 0
+    while position < len(argv):
+        key, equals, value = argv[position].partition("=")
+        if key in ("--accelerate-config", "--accelerate_config"):
+            if not equals:
+                if position + 1 >= len(argv):
+                    raise ValueError(f"{key} needs a path: an accelerate config (training/accelerate_configs/)")
+                value, position = argv[position + 1], position + 1
+            path = value
+        else:
+            rest.append(argv[position])
+        position += 1
+    if path is not None and not dry_run:
+        raise ValueError("--accelerate-config is for --dry-run; a run takes the config from accelerate launch "
+                         "--config_file")
+    return rest, path
+
+
+def planned_engine(accelerate_config: str | None, training_args):
+    """The engine a dry run plans for: the given accelerate config's, else the launch's (None: one process)."""
+    from finedefics_training.engines import engine_from_accelerate_config, engine_of
+
+    engine = engine_from_accelerate_config(accelerate_config) if accelerate_config else engine_of(training_args)
+    return None if engine.name == "single" else engine
+
+
 def run(args) -> int:
     from finedefics_training.recipe import run_stage
 
@@ -64,12 +100,16 @@ def run(args) -> int:
         print_recipe_help("finedefics train", DESCRIPTION)
         return 0
     argv, dry_run = take_dry_run(args.recipe_args)
+    argv, accelerate_config = take_accelerate_config(argv, dry_run)
     _, (model_args, data_args, training_args) = parse_recipe(argv)
     if dry_run:
         from finedefics_training.dry_run import print_plan
 
-        print_plan(model_args, training_args)
+        print_plan(model_args, training_args, planned_engine(accelerate_config, training_args))
         return 0
+    from finedefics_training.dry_run import check_engine_memory
+
+    check_engine_memory(model_args, training_args)  # CPU offload against this machine's memory, before weights load
     final_dir = run_stage(model_args, data_args, training_args)
     print(f"stage {training_args.stage} checkpoint written to {final_dir}")
     return 0

@@ -9,7 +9,8 @@ DESCRIPTION = (
     "(recognition tuning) from the merged stage I checkpoint. Outputs OUTPUT_DIR/stage1/final and "
     "OUTPUT_DIR/stage2/final. Each stage may have its own data: stage1_dataset_dir (e.g. from pretrain.csv) "
     "and stage2_dataset_dir (e.g. from finetune.csv), both defaulting to dataset_dir. --dry-run prints both stages' "
-    "plans and memory estimates without training. Other fields prefixed with stage2_ (e.g. stage2_learning_rate, "
+    "plans and memory estimates without training (--accelerate-config CONFIG.yaml: for that launch). Other fields "
+    "prefixed with stage2_ (e.g. stage2_learning_rate, "
     "stage2_max_steps) override stage II only. Both stages' data are summarised and checked before stage I starts."
 )
 
@@ -70,12 +71,13 @@ def run(args) -> int:
 
     from finedefics_training.recipe import run_two_stage
 
-    from .train import print_recipe_help, take_dry_run
+    from .train import planned_engine, print_recipe_help, take_accelerate_config, take_dry_run
 
     if args.help:
         print_recipe_help("finedefics two-stage", DESCRIPTION)
         return 0
     argv, dry_run = take_dry_run(args.recipe_args)
+    argv, accelerate_config = take_accelerate_config(argv, dry_run)
     *recipe, remaining = recipe_parser("finedefics two-stage").parse_args_and_config(
         argv, return_remaining_strings=True)
     model_args, data_args, training_args = recipe
@@ -83,9 +85,13 @@ def run(args) -> int:
     if dry_run:
         from finedefics_training.dry_run import print_plan
 
-        print_plan(model_args, replace(training_args, stage=1))
-        print_plan(model_args, replace(training_args, stage=2, **overrides))
+        engine = planned_engine(accelerate_config, training_args)
+        print_plan(model_args, replace(training_args, stage=1), engine)
+        print_plan(model_args, replace(training_args, stage=2, **overrides), engine)
         return 0
+    from finedefics_training.dry_run import check_engine_memory
+
+    check_engine_memory(model_args, training_args)  # CPU offload against this machine's memory, before weights load
     stage1_dir, stage2_dir = run_two_stage(model_args, data_args, training_args, overrides)
     print(f"stage I checkpoint:  {stage1_dir}\nstage II checkpoint: {stage2_dir}")
     return 0
