@@ -69,12 +69,9 @@ def mine_negatives(miner: str, records: list[dict], k: int, confusion_file: str 
 
 def read_confusion_file(path: Path) -> tuple[list[list[float]], list[str]]:
     """A confusion matrix and its names from FOCI results (``predictions``) or ``{"names", "matrix"}``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--confusion file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    from .schema import read_json_file
+
+    data = read_json_file(path, "--confusion file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected FOCI results ('predictions') or {{'names', 'matrix'}}")
     if "matrix" in data and "names" in data:

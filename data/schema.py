@@ -312,6 +312,18 @@ def read_text(path: str | Path) -> str:
                           f"{error.start}); re-save the file as UTF-8") from None
 
 
+def read_json_file(path: str | Path, what: str, hint: str = ""):
+    """The JSON value a file holds; a missing file is ``FileNotFoundError("<what> not found: <path><hint>")``,
+    text that is not UTF-8 JSON a ``ValueError`` naming the file. The one reader of the JSON files users give."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}{hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+
+
 def read_jsonl(path: str | Path, what: str = "metadata file", check_row=None) -> list[dict]:
     """The rows of a JSON-lines file (blank lines skipped); a bad line is an error naming file and line.
 

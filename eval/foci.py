@@ -23,7 +23,7 @@ from pathlib import Path
 
 from finedefics_data.names import names_match, normalize_name
 from finedefics_data.prompts import CHOICE_LETTERS, ObjectNoun, multiple_choice_prompt, multiple_choice_query
-from finedefics_data.schema import OUTSIDE_ROOT_PROBLEM, escapes_image_root
+from finedefics_data.schema import OUTSIDE_ROOT_PROBLEM, escapes_image_root, read_json_file
 
 # FOCI marks an unparseable answer by this prefix in a prediction file's "predicted" field.
 FAILURE_PREFIX = "NA ### "
@@ -99,12 +99,7 @@ def load_option_file(path: str | Path, num_options: int = len(CHOICE_LETTERS),
             is not ``num_options``, or an image path leaves the image root.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FOCI option file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    data = read_json_file(path, "FOCI option file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object mapping each label to its examples")
     examples = []
@@ -243,12 +238,7 @@ def read_prediction_file(path: str | Path) -> PredictionFile:
             ground truth that is not among its options.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FOCI prediction file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    data = read_json_file(path, "FOCI prediction file")
     if not isinstance(data, dict) or not isinstance(data.get("predictions"), list):
         raise ValueError(f"{path}: expected an object with a 'predictions' list (FOCI's prediction format)")
     records = data["predictions"]

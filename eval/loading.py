@@ -410,12 +410,9 @@ def negatives_option(choice: str, model: LazyModel) -> dict | Callable | None:
 
 def read_negatives_file(path: Path) -> dict:
     """A JSON object mapping each category to a list of similar categories."""
-    if not path.is_file():
-        raise FileNotFoundError(f"negatives file not found: {path} (or use --negatives auto|names)")
-    try:
-        negatives = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    from finedefics_data.schema import read_json_file
+
+    negatives = read_json_file(path, "negatives file", " (or use --negatives auto|names)")
     if not isinstance(negatives, dict) or not all(isinstance(v, list) for v in negatives.values()):
         raise ValueError(f"{path}: expected a JSON object mapping each category to a list of similar categories")
     return negatives

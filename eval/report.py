@@ -182,12 +182,9 @@ def load_report(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"eval report not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    from finedefics_data.schema import read_json_file
+
+    return read_json_file(path, "eval report")
 
 
 # ----------------------------------------------------------------------------- several benchmarks

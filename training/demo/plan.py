@@ -152,7 +152,10 @@ def check_plan_value(key: str, value) -> None:
 # Plan fields only some runs read, and the reason a run that does not read them gives.
 SYNTHETIC_ONLY = ("pool_size", "vision_steps", "vision_batch_size", "vision_learning_rate", "caption_images",
                   "choice_images")
-CHOICE_PHASE = ("choice_batch_size", "choice_learning_rate", "choice_lookup_share", "choice_caption_share")
+# The settings of the base's multiple-choice phases: those of both (word lookups and category choices), and
+# those of the category choices alone.
+CHOICE_PHASES = ("choice_batch_size", "choice_learning_rate")
+CATEGORY_CHOICE_PHASE = ("choice_lookup_share", "choice_caption_share")
 
 
 def recorded_plan(plan: DemoPlan, synthetic: bool, shipped_base: bool) -> tuple[dict, dict]:
@@ -168,10 +171,10 @@ def recorded_plan(plan: DemoPlan, synthetic: bool, shipped_base: bool) -> tuple[
             unused.update({name: "no attribute pool for a dataset's own images: the base is built on its training "
                                  "rows, without vision pre-training" for name in SYNTHETIC_ONLY})
         if not plan.choice_steps:
-            unused.update({name: "choice_steps is 0: no category-choice phase" for name in CHOICE_PHASE[2:]})
+            unused.update({name: "choice_steps is 0: no category-choice phase" for name in CATEGORY_CHOICE_PHASE})
         if not plan.choice_steps and not plan.lookup_steps:
             unused.update({name: "lookup_steps and choice_steps are 0: no multiple-choice phase"
-                           for name in CHOICE_PHASE[:2]})
+                           for name in CHOICE_PHASES})
     used = {name: value for name, value in asdict(plan).items() if name not in unused}
     return used, unused
 
