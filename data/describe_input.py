@@ -59,17 +59,28 @@ class DescribeInput:
         return sorted({item.category for item in self.items})
 
 
-def read_input(source: str | Path, max_images: int | None = None) -> DescribeInput:
-    """The images of ``source`` (an image folder or a ``finedefics data`` folder), checked."""
+def read_input(source: str | Path, max_images: int | None = None, splits: list[str] | None = None) -> DescribeInput:
+    """The images of ``source`` (an image folder or a ``finedefics data`` folder), checked; with ``splits``, those
+    splits only (the others are neither described nor written)."""
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"INPUT {source} is not a folder")
     if (source / "dataset_dict.json").is_file() or (source / "categories.json").is_file():
-        described = _read_data_folder(source, max_images)
+        described = _read_data_folder(source, max_images, splits)
     else:
-        described = _read_image_folder(source, max_images)
+        described = _read_image_folder(source, max_images, splits)
     _check_categories(described)
     return described
+
+
+def _chosen(found: dict, splits: list[str] | None, source: Path) -> dict:
+    """``found`` ({split: anything}) cut to ``splits``; a split asked for and not there is an error naming both."""
+    if splits is None:
+        return found
+    missing = [split for split in splits if split not in found]
+    if missing:
+        raise ValueError(f"{source} has no {', '.join(missing)} split (it has {', '.join(found)})")
+    return {split: found[split] for split in splits}
 
 
 def _check_categories(described: DescribeInput) -> None:
@@ -135,11 +146,11 @@ def spread_over_categories(images: dict[str, list], limit: int | None) -> list[t
     return sorted(taken, key=lambda pair: order[pair[0]])  # rows grouped by category, as without a limit
 
 
-def _read_image_folder(source: Path, max_images: int | None) -> DescribeInput:
+def _read_image_folder(source: Path, max_images: int | None, chosen: list[str] | None = None) -> DescribeInput:
     import datasets
 
     extensions, splits, items, ignored = image_extensions(), {}, [], 0
-    for split, folder in split_folders(source).items():
+    for split, folder in _chosen(split_folders(source), chosen, source).items():
         images, others = _category_images(split, folder, extensions)
         ignored += others
         pairs = spread_over_categories(images, max_images)
@@ -152,7 +163,7 @@ def _read_image_folder(source: Path, max_images: int | None) -> DescribeInput:
 
 
 # ----------------------------------------------------------------------------- finedefics data folders
-def _read_data_folder(source: Path, max_images: int | None) -> DescribeInput:
+def _read_data_folder(source: Path, max_images: int | None, chosen: list[str] | None = None) -> DescribeInput:
     import datasets
 
     from .schema import data_noun
@@ -166,7 +177,7 @@ def _read_data_folder(source: Path, max_images: int | None) -> DescribeInput:
     if isinstance(loaded, datasets.Dataset):
         loaded = {"train": loaded}
     splits, items = {}, []
-    for split, table in loaded.items():
+    for split, table in _chosen(dict(loaded), chosen, source).items():
         if "image" not in table.column_names or "category" not in table.column_names:
             raise ValueError(f"{source} ({split} split) has no 'image' and 'category' columns to describe (it has "
                              f"{table.column_names})")

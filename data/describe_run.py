@@ -67,6 +67,7 @@ class DescribeSettings:
     noun: object = None  # an ObjectNoun; None: the data folder's, else "object"
     batch_size: int = 8
     max_images: int | None = None  # per split
+    splits: list[str] | None = None  # None: every split of INPUT
     num_negatives: int = 3
     taxonomy: dict[str, str] | None = None  # {category: group}
     max_new_tokens: int = 16
@@ -276,21 +277,28 @@ def _ask_batch(batch: list[tuple], vqa, cache: AnswerCache, answers: dict, max_n
 
 
 # ----------------------------------------------------------------------------- step 3: descriptions
-def visible_values(raw: dict[str, str], attributes: list[str]) -> dict[str, str]:
-    """The answers that name a value, cleaned; empty and "not visible" answers are left out."""
+def read_answer(attribute: str, answer: str) -> str:
+    """An answer as the attribute's value (the default reader): its first line, cleaned (``clean_answer``)."""
+    return clean_answer(answer)
+
+
+def visible_values(raw: dict[str, str], attributes: list[str], read_value=read_answer) -> dict[str, str]:
+    """The answers that name a value, read by ``read_value(attribute, answer)``; empty and "not visible" answers
+    are left out."""
     values = {}
     for attribute in attributes:
-        value = clean_answer(raw.get(attribute, ""))
+        value = read_value(attribute, raw.get(attribute, ""))
         if value not in NOT_VISIBLE:
             values[attribute] = value
     return values
 
 
 def summarise_all(values: dict[int, dict[str, str]], settings: DescribeSettings, noun, cache: AnswerCache,
-                  models: dict, counts: Answers,
-                  processes: DataParallel | None = None) -> tuple[dict[int, str], Counter]:
-    """One sentence per image: the summary model's first sentence, or the template sentence; an image with no
-    visible attribute gets ``""``. Returns the sentences and the counts of fallbacks used.
+                  models: dict, counts: Answers, processes: DataParallel | None = None,
+                  sentence_for=None) -> tuple[dict[int, str], Counter]:
+    """One sentence per image: the summary model's first sentence, else ``sentence_for(values)`` or the template
+    sentence; an image with no visible attribute gets ``""``. Returns the sentences and the counts of fallbacks
+    used.
 
     The summary model's prompts are taken ``batch_size`` at a time (the cached ones left out of each chunk); with
     ``processes`` the chunks are shared out like the images, and the sentences merged in order on every rank.
@@ -300,7 +308,8 @@ def summarise_all(values: dict[int, dict[str, str]], settings: DescribeSettings,
     notes["images with no visible attribute (no description)"] = len(sentences)
     described = [index for index, found in values.items() if found]
     if settings.summary_model is None:
-        sentences.update((index, template_summary(values[index], noun.singular)) for index in described)
+        write = sentence_for or (lambda found: template_summary(found, noun.singular))
+        sentences.update((index, write(values[index])) for index in described)
         return sentences, notes
     model = lazy_text_model(settings.summary_model, "--summary-model", settings)
     models["summary"] = {"name": model.name, "revision": model.revision}
@@ -436,11 +445,12 @@ def write_answers(path: Path, items: list[ImageItem], answers: dict[int, dict[st
 
 
 # ----------------------------------------------------------------------------- report
-def attribute_rates(answers: dict[int, dict[str, str]], attributes: list[str]) -> dict[str, dict]:
+def attribute_rates(answers: dict[int, dict[str, str]], attributes: list[str],
+                    read_value=read_answer) -> dict[str, dict]:
     """Per attribute: how many answers were empty, and how many said the attribute is not visible."""
     rates = {}
     for attribute in attributes:
-        cleaned = [clean_answer(found.get(attribute, "")) for found in answers.values()]
+        cleaned = [read_value(attribute, found.get(attribute, "")) for found in answers.values()]
         empty = sum(1 for value in cleaned if value == "")
         hidden = sum(1 for value in cleaned if value and value in NOT_VISIBLE)
         asked = len(cleaned)
@@ -451,7 +461,8 @@ def attribute_rates(answers: dict[int, dict[str, str]], attributes: list[str]) -
 
 
 def build_report(described: DescribeInput, output: Path, attributes, answers, sentences, counts: Answers,
-                 notes: Counter, models: dict, negatives_how: str, seconds: float) -> dict:
+                 notes: Counter, models: dict, negatives_how: str, seconds: float,
+                 read_value=read_answer) -> dict:
     images = len(described.items)
     described_count = sum(1 for text in sentences.values() if text)
     return {
@@ -461,7 +472,8 @@ def build_report(described: DescribeInput, output: Path, attributes, answers, se
         "ignored_files": described.ignored_files,
         "splits": {split: sum(1 for i in answers if described.items[i].split == split) for split in described.splits},
         "categories": len(described.categories), "attributes": attributes,
-        "attribute_answers": attribute_rates(answers, attributes),
+        "attribute_answers": attribute_rates(answers, attributes, read_value),
+        "answer_reader": _name_of(read_value),
         "answers": {"total": counts.from_cache + counts.computed, "from_cache": counts.from_cache,
                     "computed": counts.computed},
         "notes": dict(notes), "models": models, "negatives": negatives_how,
@@ -490,11 +502,18 @@ def summary_lines(report: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- the run
 def describe_folder(source: str | Path, output: str | Path, settings: DescribeSettings,
-                    resume: bool = False, processes: DataParallel | None = None) -> dict | None:
+                    resume: bool = False, processes: DataParallel | None = None, read_value=read_answer,
+                    sentence_for=None) -> dict | None:
     """Describe every image of ``source`` and write the dataset folder ``output``; returns the report.
 
     ``processes``: the launch to share the work with (default: every process of the launch this one belongs to,
     or this one alone). Rank 0 writes the folder and returns the report; the other ranks return None.
+
+    For a VQA model with an answer format of its own (Python callers only; both are named in the report):
+    ``read_value(attribute, answer) -> value`` reads the value out of an answer ("" or "not visible": none), and
+    ``sentence_for({attribute: value}) -> str`` writes the description when no summary model is given (instead
+    of the template sentence). The demo's base answers every question with a whole description, from which
+    ``finedefics demo --descriptions generated`` reads the asked attribute (``training/demo/descriptions.py``).
     """
     from .describe_models import load_vqa_model, model_revision
     from .prompts import DEFAULT_NOUN
@@ -507,7 +526,7 @@ def describe_folder(source: str | Path, output: str | Path, settings: DescribeSe
         raise ValueError(f"--batch-size must be at least 1, got {settings.batch_size}")
     if output.resolve() == source.resolve():
         raise ValueError("--output must be another folder than INPUT")
-    described = read_input(source, settings.max_images)
+    described = read_input(source, settings.max_images, settings.splits)
     noun = settings.noun or described.noun or DEFAULT_NOUN
     check_output(output, resume)
     if not (settings.attributes or settings.attribute_model):
@@ -543,9 +562,10 @@ def describe_folder(source: str | Path, output: str | Path, settings: DescribeSe
         answers, counts = merge_answers(processes, answers, counts)
         # False: every answer came from the cache (on every rank)
         models["vqa"]["loaded"] = any(processes.gather(vqa.loaded))
-        values = {index: visible_values(found, attributes) for index, found in answers.items()}
+        values = {index: visible_values(found, attributes, read_value) for index, found in answers.items()}
         summaries = Answers()  # this rank's share, added up over the ranks
-        sentences, notes = summarise_all(values, run_settings, noun, cache, models, summaries, processes)
+        sentences, notes = summarise_all(values, run_settings, noun, cache, models, summaries, processes,
+                                         sentence_for)
         for from_cache, computed in processes.gather((summaries.from_cache, summaries.computed)):
             counts.from_cache, counts.computed = counts.from_cache + from_cache, counts.computed + computed
     finally:
@@ -555,11 +575,11 @@ def describe_folder(source: str | Path, output: str | Path, settings: DescribeSe
         if not processes.is_main:
             return None
         merge_rank_caches(output / CACHE_FILE)
-    models.setdefault("summary", {"name": TEMPLATE, "revision": None})
+    models.setdefault("summary", {"name": _name_of(sentence_for) if sentence_for else TEMPLATE, "revision": None})
     negatives_how = _write_output(described, output, noun, settings, attributes, answers, values, sentences, notes,
                                   counts)
     report = build_report(described, output, attributes, answers, sentences, counts, notes, models, negatives_how,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, read_value)
     report["processes"] = processes.world_size
     (output / REPORT_FILE).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
@@ -592,15 +612,18 @@ def _write_output(described, output, noun, settings, attributes, answers, values
     return ("taxonomy group, then " if settings.taxonomy else "") + "similarity of the described attribute values"
 
 
+def _name_of(function) -> str:
+    """How the report names a reader or sentence writer: its module and name (its docstring's first line is the
+    user's to read in the code)."""
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
+
+
 def read_taxonomy(path: str | Path) -> dict[str, str]:
     """``{category: group}`` from a JSON file: that mapping, or ``{group: [categories]}``."""
+    from .schema import read_json_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--taxonomy file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--taxonomy {path} is not valid JSON ({error})") from None
+    data = read_json_file(path, "--taxonomy file")
     if not isinstance(data, dict) or not data:
         raise ValueError(f"--taxonomy {path} must hold a JSON object: {{category: group}} or {{group: [categories]}}")
     if all(isinstance(v, list) for v in data.values()):

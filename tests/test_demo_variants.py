@@ -60,14 +60,16 @@ def test_train_variants_chains_stages_records_phases_and_resumes(tmp_path, monke
     calls = []
     monkeypatch.setattr(train, "train_phase", lambda source, data, output, plan, **kw: calls.append(
         (source.name if source.name != "final" else f"{source.parent.name}/final", output.name, kw["stage"],
-         kw["steps"], kw["settings"])))
+         kw["steps"], kw["settings"], data.name)))
     plan = quick_plan()
     phases = Phases(tmp_path)
-    trained = train.train_variants(tmp_path / "base", tmp_path / "data", tmp_path / "runs", plan, 3, phases,
+    data_dirs = {"benchmark": tmp_path / "data", "generated": tmp_path / "described"}
+    trained = train.train_variants(tmp_path / "base", data_dirs, tmp_path / "runs", plan, 3, phases,
                                    ("finedefics", "instruction_tuning", "single_stage"))
-    assert calls == [("base", "finedefics-1", 1, 40, {}), ("finedefics-1/final", "finedefics-2", 2, 40, {}),
-                     ("base", "instruction-tuning", 2, 80, {}),
-                     ("base", "single-stage", 1, 80, {"stage1_recognition_ratio": 0.5})]
+    assert calls == [("base", "finedefics-1", 1, 40, {}, "data"),
+                     ("finedefics-1/final", "finedefics-2", 2, 40, {}, "data"),
+                     ("base", "instruction-tuning", 2, 80, {}, "data"),
+                     ("base", "single-stage", 1, 80, {"stage1_recognition_ratio": 0.5}, "data")]
     assert trained["finedefics"] == (tmp_path / "runs" / "seed-3" / "finedefics-2" / "final",
                                      [tmp_path / "runs" / "seed-3" / "finedefics-1",
                                       tmp_path / "runs" / "seed-3" / "finedefics-2"])
@@ -75,10 +77,14 @@ def test_train_variants_chains_stages_records_phases_and_resumes(tmp_path, monke
     assert {"seed 3: finedefics stage I", "seed 3: finedefics stage II", "seed 3: instruction tuning",
             "seed 3: single stage"} == set(Phases(tmp_path).state["done"])
     calls.clear()
-    train.train_variants(tmp_path / "base", tmp_path / "data", tmp_path / "runs", plan, 3, Phases(tmp_path),
-                         ("finedefics", "no_hard_negatives"))
-    assert [call[1] for call in calls] == ["no-hn-1", "no-hn-2"]  # only what had not run
+    train.train_variants(tmp_path / "base", data_dirs, tmp_path / "runs", plan, 3, Phases(tmp_path),
+                         ("finedefics", "no_hard_negatives", "finedefics_generated"))
+    assert [call[1] for call in calls] == ["no-hn-1", "no-hn-2", "finedefics-generated-1",
+                                           "finedefics-generated-2"]  # only what had not run
     assert calls[0][4] == {"use_hard_negatives": False}
+    # The generated-descriptions variant is Finedefics' schedule on the folder of generated descriptions.
+    assert [(call[2], call[3], call[4], call[5]) for call in calls[2:]] == [(1, 40, {}, "described"),
+                                                                            (2, 40, {}, "described")]
 
 
 def test_a_phase_trains_with_its_variants_settings_over_the_demo_defaults(tmp_path, monkeypatch):

@@ -39,6 +39,8 @@ def register(commands) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generation call (default 8)")
     parser.add_argument("--max-images", type=int, help="at most this many images per split, taken in turn from each "
                                                        "category (for a quick look)")
+    parser.add_argument("--splits", help='the splits to describe and write, comma-separated: "train" (default: '
+                                         "every split of INPUT)")
     parser.add_argument("--num-negatives", type=int, default=3, help="hard negatives per category (default 3)")
     parser.add_argument("--taxonomy", metavar="FILE.json",
                         help="category groups ({category: group} or {group: [categories]}): negatives are taken "
@@ -69,6 +71,7 @@ def run_describe(args) -> int:
         attributes=args.attributes.split(",") if args.attributes is not None else None,
         attribute_model=args.attribute_model, summary_model=args.summary_model, noun=noun_from_arguments(args),
         batch_size=args.batch_size, max_images=args.max_images, num_negatives=args.num_negatives,
+        splits=[split.strip() for split in args.splits.split(",") if split.strip()] if args.splits else None,
         taxonomy=read_taxonomy(args.taxonomy) if args.taxonomy else None, max_new_tokens=args.max_new_tokens,
         trust_remote_code=args.trust_remote_code, device=args.device, progress=not args.no_progress)
     report = describe_folder(args.input, args.output, settings, resume=args.resume)

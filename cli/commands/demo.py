@@ -46,6 +46,10 @@ def register(subparsers) -> None:
                                "single_stage (default: the first three)")
     variants.add_argument("--ablations", action="store_true",
                           help="all six variants: the paper's ablation table in miniature")
+    parser.add_argument("--descriptions", default="benchmark", choices=["benchmark", "generated"],
+                        help="generated: also train Finedefics on descriptions the base model writes for the training "
+                             "images (finedefics data describe, one question per attribute), beside the run on the "
+                             "benchmark's own (report row finedefics_generated)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a field of the demo plan for an experiment, e.g. --set stage1_steps=600")
     parser.set_defaults(func=run)
@@ -71,7 +75,8 @@ def run(args) -> int:
 
     variants = ABLATION_VARIANTS if args.ablations else args.variants
     table = run_demo(args.output_dir, quick=args.quick, seeds=seeds, overrides=overrides, data_dir=args.data,
-                     rebuild_base=args.rebuild_base, eval_split=args.eval_split, variants=variants)
+                     rebuild_base=args.rebuild_base, eval_split=args.eval_split, variants=variants,
+                     descriptions=args.descriptions)
     print(f"\nFinedefics demo: accuracy (%) on the held-out {args.eval_split} split"
           + (f", mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else "") + "\n")
     print(table)

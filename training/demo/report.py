@@ -160,6 +160,21 @@ def sibling_lines(measured: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the premise
+def description_lines(record: dict) -> list[str]:
+    """The generated descriptions' section: how they were made and how right their attribute values are."""
+    if record.get("source") != "generated":
+        return []
+    accuracy = record["attribute_accuracy"]
+    per_attribute = ", ".join(f"{name} {100 * share:.1f}%" for name, share in accuracy["per_attribute"].items())
+    return ["## Generated descriptions", "",
+            f"**finedefics_generated** trains on descriptions the base model wrote for the {record['images']} "
+            f"training images (`finedefics data describe`: one question per attribute, the value read from the "
+            f"answer by `{record['answer_reader']}`, the sentence written by `{record['summary']}`; negatives: "
+            f"{record['negatives']}). {record['described']} images described in {record['seconds']:.0f} s.", "",
+            f"Attribute values right (of the {accuracy['values_scored']} values the ground-truth descriptions "
+            f"state, read by the benchmark's parser): **{100 * accuracy['overall']:.1f}%** ({per_attribute}).", ""]
+
+
 def premise_summary(premise: dict, base_scores: dict) -> dict:
     extraction, knowledge = premise["object_information_extraction"], premise["category_knowledge"]
     summary = {
@@ -251,10 +266,12 @@ def _history(stage_dirs: list[Path]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the report
 def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict, plan, phases, data,
-                      split: str, sibling_negatives: dict | None = None, shipped_base: bool = False) -> str:
+                      split: str, sibling_negatives: dict | None = None, shipped_base: bool = False,
+                      descriptions: dict | None = None) -> str:
     """report.json + report.md; returns the markdown table printed at the end of the demo.
 
-    ``shipped_base``: the run started from the shipped base (the plan's base sizes were then not used)."""
+    ``shipped_base``: the run started from the shipped base (the plan's base sizes were then not used).
+    ``descriptions``: the generated descriptions' record (``descriptions.generate_descriptions``), if any ran."""
     base_scores = scores.pop("base")
     per_seed = {seed: [model_row("base", base_scores)] + [model_row(name, seed_scores[name]) for name in seed_scores]
                 for seed, seed_scores in scores.items()}
@@ -278,6 +295,7 @@ def write_demo_report(report_dir: Path, premise: dict, scores: dict, runs: dict,
                      for name in scores[min(scores)]},
         "comparison": mean, "comparison_per_seed": per_seed, "gaps": gap_table, "ablations": ablation,
         "in_batch_sibling_negatives": sibling_negatives or {},
+        "descriptions": descriptions or {"source": "benchmark"},
         "models": {"base": _without_rows(base_scores),
                    **{f"seed-{s}/{n}": _without_rows(v)
                       for s, seed_scores in scores.items() for n, v in seed_scores.items()}},
@@ -317,7 +335,7 @@ def _markdown(payload, table, per_seed, gap_table, premise, summary, plan, data,
         lines += ["## Ablations (%)", "", "The paper's ablation table in miniature (4-way multiple choice; open-set "
                   "naming)." + (" Mean ± standard deviation over the seeds." if several else ""), "",
                   markdown_table(ablation, with_std=several, columns=ABLATION_COLUMNS), ""]
-    lines += [*sibling_lines(payload["in_batch_sibling_negatives"]), "",
+    lines += [*sibling_lines(payload["in_batch_sibling_negatives"]), "", *description_lines(payload["descriptions"]),
               "![training curves](training_curves.png)", ""]
     if len(per_seed) > 1:
         lines += ["## Per seed", ""]

@@ -230,10 +230,11 @@ def demo_training_config(output_dir: Path, plan: DemoPlan, stage: int, steps: in
     return FinedeficsTrainingConfig(**{**settings, **overrides})
 
 
-def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases,
+def train_variants(base: Path, data_dirs: dict[str, Path], runs_dir: Path, plan: DemoPlan, seed: int, phases: Phases,
                    variants=DEFAULT_VARIANTS) -> dict:
     """The named variants (``variants.VARIANTS``) from ``base``; returns {variant: (final dir, stage dirs)}.
 
+    ``data_dirs``: the training data folder per description source (``{"benchmark": ..., "generated": ...}``).
     Each stage is one phase (``seed N: <phase>``); a variant's later stage starts from its previous stage."""
     prefix = f"seed {seed}: "
     run = runs_dir / f"seed-{seed}"
@@ -242,7 +243,8 @@ def train_variants(base: Path, data_dir: Path, runs_dir: Path, plan: DemoPlan, s
         source, stage_dirs = base, []
         for stage in VARIANTS[name].stages:
             output = run / stage.folder
-            phases.run(prefix + stage.phase, train_phase, source, data_dir, output, plan, stage=stage.stage,
+            phases.run(prefix + stage.phase, train_phase, source, data_dirs[stage.descriptions], output, plan,
+                       stage=stage.stage,
                        steps=stage.steps_of(plan), learning_rate=plan.learning_rate, seed=seed,
                        desc=prefix + stage.phase, settings=dict(stage.settings))
             source = output / "final"
