@@ -64,15 +64,17 @@ def make_base_dataset(data, output_dir: Path, plan: DemoPlan) -> None:
         captions = attribute_pool(plan.caption_images, data.synth_config, start=plan.pool_size)
         choices = attribute_pool(plan.choice_images, data.synth_config, start=plan.pool_size + plan.caption_images)
         image_rows = [(image, describe, caption) for image, caption in zip(captions.images, captions.captions)]
-        image_rows += description_choice_rows(choices, data.noun, seed=plan.base_seed)
-    else:
+        choice_rows = description_choice_rows(choices, data.noun, seed=plan.base_seed)
+        kinds = f"{len(image_rows)} captions, {len(choice_rows)} description choices"
+        image_rows += choice_rows
+    else:  # a dataset's own rows: captions of its training images only (no pool to draw choices from)
         image_rows = [(row["image"], describe, row["attribute"])
                       for row in data.splits["train"] if row.get("attribute")]
+        kinds = "captions of the training rows"
     descriptions = category_descriptions(data.splits["train"], data.categories)
     knowledge = knowledge_rows(descriptions, data.noun, plan.knowledge_repeats, data.negatives(), seed=plan.base_seed)
     datasets.DatasetDict({"train": base_dataset(image_rows, knowledge)}).save_to_disk(str(output_dir))
-    logger.info("base data: %d image rows (captions, description choices) + %d text-only knowledge rows",
-                len(image_rows), len(knowledge))
+    logger.info("base data: %d image rows (%s) + %d text-only knowledge rows", len(image_rows), kinds, len(knowledge))
 
 
 def make_choice_datasets(data, output_dir: Path, plan: DemoPlan, tokenizer_dir: Path,
