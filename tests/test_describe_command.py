@@ -374,3 +374,16 @@ def test_describe_then_init_model_two_stage_eval_and_push(tmp_path, models):
     assert main(["push", str(final), "--repo-id", "me/finedefics-vehicles", "--report", str(tmp_path / "eval"),
                  "--stage-only", str(staged)]) == 0
     assert "the vehicle in the image" in (staged / "README.md").read_text()
+
+
+def test_splits_option_describes_and_writes_only_the_splits_named(tmp_path, capsys):
+    images = write_image_folder(tmp_path / "my_images", per_split={"train": 1, "test": 1})
+    command = ["data", "describe", str(images), "--vqa-model", str(DEMO_BASE), "--attributes", "body colour",
+               "--noun", "vehicle", "--no-progress", "--splits", "test"]
+    assert main(command + ["--output", str(tmp_path / "described")]) == 0
+    report = json.loads((tmp_path / "described" / "describe_report.json").read_text())
+    assert report["splits"] == {"test": 3} and report["answers"]["computed"] == 3
+    assert list(load_from_disk(str(tmp_path / "described"))) == ["test"]
+    error = _error(command[:-1] + ["test,validation", "--output", str(tmp_path / "other")], capsys)
+    assert "has no validation split (it has test, train)" in error, error  # split folders are read in name order
+    assert not (tmp_path / "other").exists()  # refused before anything was written
