@@ -7,10 +7,15 @@ import pytest
 from datasets import load_from_disk
 from describe_helpers import DEMO_BASE
 
-from finedefics_data.synth import SynthConfig, generate_benchmark, parse_description
+from finedefics_data.synth import (
+    ATTRIBUTE_QUESTION_NAMES,
+    ATTRIBUTES,
+    SynthConfig,
+    generate_benchmark,
+    parse_description,
+)
 from finedefics_training.demo.data import DemoData
 from finedefics_training.demo.descriptions import (
-    QUESTION_NAMES,
     attribute_accuracy,
     benchmark_sentence,
     generate_descriptions,
@@ -33,7 +38,8 @@ def test_values_are_read_from_whole_description_answers_and_written_in_the_bench
     assert read_benchmark_value("wing pattern", answer) == "barred"
     assert read_benchmark_value("wing colour", answer) == "grey"
     assert read_benchmark_value("beak", answer) == "not visible"  # the answer does not state it
-    values = {QUESTION_NAMES[key]: value for key, value in parse_description(answer).items()}
+    assert set(ATTRIBUTE_QUESTION_NAMES) == set(ATTRIBUTES)  # one question per attribute of the benchmark
+    values = {ATTRIBUTE_QUESTION_NAMES[key]: value for key, value in parse_description(answer).items()}
     assert parse_description(benchmark_sentence(values)) == parse_description(answer)
     # Without build or plumage the benchmark's grammar cannot write a sentence: the template sentence instead.
     assert benchmark_sentence({"beak": "hooked"}) == "a bird with beak hooked."
@@ -62,7 +68,7 @@ def test_the_shipped_base_describes_the_training_split_and_the_variants_can_trai
     accuracy = record["attribute_accuracy"]
     assert accuracy["overall"] >= 0.7 and min(accuracy["per_attribute"][a] for a in ("build", "plumage")) >= 0.9, \
         accuracy
-    assert record["answers"]["computed"] == len(train) * len(QUESTION_NAMES)
+    assert record["answers"]["computed"] == len(train) * len(ATTRIBUTE_QUESTION_NAMES)
     described = load_from_disk(str(output))
     assert list(described) == ["train"]  # only the training split is described and written
     rows = described["train"]

@@ -60,6 +60,7 @@ from .drawing import (
 from .loading import benchmark_splits, load_benchmark, load_categories, load_metadata, load_synthetic_dataset
 from .readme import benchmark_readme
 from .vocabulary import (
+    ATTRIBUTE_QUESTION_NAMES,
     ATTRIBUTES,
     MIN_GENUS_DISTANCE,
     NOUN,
@@ -86,9 +87,9 @@ from .writing import (
 
 __all__ = [
     # vocabulary
-    "ATTRIBUTES", "MIN_GENUS_DISTANCE", "NOUN", "OCCLUDABLE", "SPECIES_ATTRIBUTES", "TEMPLATES", "attribute_phrase",
-    "build_categories", "describe", "distinguishing_attributes", "lookalikes", "parse_description",
-    "random_attributes",
+    "ATTRIBUTE_QUESTION_NAMES", "ATTRIBUTES", "MIN_GENUS_DISTANCE", "NOUN", "OCCLUDABLE", "SPECIES_ATTRIBUTES",
+    "TEMPLATES", "attribute_phrase", "build_categories", "describe", "distinguishing_attributes", "lookalikes",
+    "parse_description", "random_attributes",
     # config
     "SynthConfig",
     # drawing

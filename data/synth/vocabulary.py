@@ -29,6 +29,11 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "crest": ("crested", "smooth"),
     "eye": ("ringed", "dark"),
 }
+# Each attribute as a person asks about it ("What is the wing colour of the bird?"): the questions the demo's
+# generated descriptions ask, one per attribute.
+ATTRIBUTE_QUESTION_NAMES: dict[str, str] = {
+    "build": "build", "plumage": "plumage", "wing_color": "wing colour", "wing_pattern": "wing pattern",
+    "breast": "breast", "beak": "beak", "tail": "tail", "crest": "crest", "eye": "eye"}
 # Siblings differ from their genus's type species in one of these part-level attributes; build and
 # plumage stay fixed within a genus, as body shape and overall colour do within a real genus.
 SPECIES_ATTRIBUTES = ("wing_color", "wing_pattern", "breast", "beak", "tail", "crest", "eye")

@@ -26,23 +26,20 @@ import json
 import logging
 from pathlib import Path
 
+from finedefics_data.synth import ATTRIBUTE_QUESTION_NAMES, describe, parse_description
+
 logger = logging.getLogger(__package__)
 
 GENERATED = "generated"
 BENCHMARK = "benchmark"
 SOURCES = (BENCHMARK, GENERATED)
-# The benchmark's attribute keys as a person asks about them (the questions' wording).
-QUESTION_NAMES = {"build": "build", "plumage": "plumage", "wing_color": "wing colour", "wing_pattern": "wing pattern",
-                  "breast": "breast", "beak": "beak", "tail": "tail", "crest": "crest", "eye": "eye"}
-_KEY_OF = {question: key for key, question in QUESTION_NAMES.items()}
+_KEY_OF = {question: key for key, question in ATTRIBUTE_QUESTION_NAMES.items()}
 # Questions per generate call: a tiny model's decoding step costs about the same for 32 rows as for 128.
 DESCRIBE_BATCH_SIZE = 128
 
 
 def read_benchmark_value(attribute: str, answer: str) -> str:
     """The asked attribute's value as the benchmark's parser reads it in ``answer``, else "not visible"."""
-    from finedefics_data.synth import parse_description
-
     return parse_description(answer).get(_KEY_OF[attribute], "not visible")
 
 
@@ -50,7 +47,6 @@ def benchmark_sentence(values: dict[str, str]) -> str:
     """The benchmark's canonical sentence (template 0) for the values read; the template sentence when the base
     read no build or plumage (every benchmark sentence states both)."""
     from finedefics_data.describe import template_summary
-    from finedefics_data.synth import describe
 
     keyed = {_KEY_OF[attribute]: value for attribute, value in values.items()}
     if "build" not in keyed or "plumage" not in keyed:
@@ -60,45 +56,43 @@ def benchmark_sentence(values: dict[str, str]) -> str:
 
 def attribute_accuracy(truth: list[str], generated: list[str]) -> dict:
     """Of the values each ground-truth description states, the share its generated description states alike,
-    overall and per attribute (both read by the benchmark's parser)."""
-    from finedefics_data.synth import parse_description
+    overall and per attribute (both read by the benchmark's parser; scored as the premise scores descriptions)."""
+    from .premise import recall
 
-    right, stated = {}, {}
-    for true_text, generated_text in zip(truth, generated, strict=True):
-        true_values, found = parse_description(true_text), parse_description(generated_text)
-        for key, value in true_values.items():
-            stated[key] = stated.get(key, 0) + 1
-            right[key] = right.get(key, 0) + (found.get(key) == value)
-    total = sum(stated.values())
-    return {"overall": round(sum(right.values()) / total, 4) if total else None, "values_scored": total,
-            "per_attribute": {QUESTION_NAMES[key]: round(right[key] / stated[key], 4) for key in sorted(stated)}}
+    scored = recall([parse_description(text) for text in generated], [parse_description(text) for text in truth])
+    return {"overall": None if scored["recall"] is None else round(scored["recall"], 4),
+            "values_scored": scored["values"],
+            "per_attribute": {ATTRIBUTE_QUESTION_NAMES[key]: round(share, 4)
+                              for key, share in scored["per_attribute"].items()}}
 
 
 def generate_descriptions(data, base: Path, output_dir: Path, report_file: Path) -> dict:
     """Describe ``data``'s training split with ``base`` into ``output_dir`` (a dataset folder the variants train
     on); write and return the record the demo's report keeps under ``descriptions``.
 
+    ``data`` must be the synthetic benchmark, whose parser reads the answers (``run_demo`` refuses ``--data``
+    with ``--descriptions generated`` before anything runs).
+
     Raises:
-        ValueError: the data are not the synthetic benchmark (no parser to read answers with), or the base
-            described none of the training images (a base that does not describe, as ``--quick``'s micro one).
+        ValueError: the base described none of the training images (a base that does not describe, as
+            ``--quick``'s micro one, or data whose answers the benchmark's parser cannot read).
     """
     from finedefics_data.describe_run import DescribeSettings, describe_folder
 
     from .premise import DESCRIPTION_MAX_NEW_TOKENS
 
-    if data.synth_config is None:
-        raise ValueError("--descriptions generated needs the synthetic benchmark (its parser reads the base's "
-                         "answers); for your own data run `finedefics data describe` and give its --output as --data")
     genus = {category["name"]: category["genus"] for category in data.categories}
-    settings = DescribeSettings(vqa_model=str(base), attributes=list(QUESTION_NAMES.values()), noun=data.noun,
-                                batch_size=DESCRIBE_BATCH_SIZE, max_new_tokens=DESCRIPTION_MAX_NEW_TOKENS,
-                                splits=["train"], taxonomy=genus, device="cpu")
+    settings = DescribeSettings(vqa_model=str(base), attributes=list(ATTRIBUTE_QUESTION_NAMES.values()),
+                                noun=data.noun, batch_size=DESCRIBE_BATCH_SIZE,
+                                max_new_tokens=DESCRIPTION_MAX_NEW_TOKENS, splits=["train"], taxonomy=genus,
+                                device="cpu")
     report = describe_folder(data.source, output_dir, settings, resume=True, read_value=read_benchmark_value,
                              sentence_for=benchmark_sentence)
     if report["described"] == 0:
         raise ValueError(f"the base model {base} described none of the {report['images']} training images (no "
                          "attribute value could be read from its answers): --descriptions generated needs a base "
                          "that describes images (the shipped one does; --quick's micro base does not)")
+    # Scored from the folder the variants will train on (not from describe's memory): what is scored is what trains.
     generated = [row["attribute"] for row in _text_rows(output_dir)]
     truth = list(data.splits["train"]["attribute"])
     record = {"source": GENERATED, "vqa_model": str(base), "folder": str(output_dir),

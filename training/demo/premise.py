@@ -83,7 +83,7 @@ def recall(stated: list[dict[str, str]], truths: list[dict[str, str]], keys: lis
     """Share of true values stated, overall and per attribute; ``keys`` restricts each row to some attributes."""
     hits = total = 0
     per_attribute: dict[str, list[int]] = {}
-    for row, (answer, truth) in enumerate(zip(stated, truths)):
+    for row, (answer, truth) in enumerate(zip(stated, truths, strict=True)):  # misaligned rows: an error
         for name in (keys[row] if keys is not None else truth):
             if name not in truth:
                 continue  # not visible in this image
